@@ -1,0 +1,1 @@
+"""The file system core: no pyfuse3, no botocore."""

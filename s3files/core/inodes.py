@@ -1,0 +1,153 @@
+"""The inode table: stable numbers for paths, their attributes, and the kernel's lookup counts.
+
+Owns: ino <-> path, each inode's attributes and where they came from, lookup counting (an inode is
+forgotten only when the kernel says so), and the rule for merging a listing's view of a file with what a
+HEAD told us. Must not do I/O.
+
+Why attributes have two sources: LIST returns size, ETag and LastModified but no user metadata; HEAD also
+returns ``x-amz-meta-{mode,uid,gid,mtime}``. A listing never costs a HEAD per entry (``ls -l`` of N entries
+is ceil(N/1000) requests), so an entry only listed shows the mount defaults and LastModified until it is
+looked up or opened; once a HEAD has been seen for an ETag, its metadata wins for that ETag.
+"""
+
+from __future__ import annotations
+
+import itertools
+import stat
+from dataclasses import dataclass
+
+from s3files.core.namespace import posix_metadata
+from s3files.store.base import ObjectInfo
+
+ROOT_INO = 1
+
+
+@dataclass(frozen=True)
+class Attr:
+    """Attributes as the file-system front end reports them."""
+
+    ino: int
+    mode: int  # st_mode, type bits included
+    size: int
+    uid: int
+    gid: int
+    mtime: float
+    nlink: int = 1
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The mount's defaults for what objects do not say themselves."""
+
+    uid: int
+    gid: int
+    file_mode: int  # permission bits only
+    dir_mode: int
+
+
+@dataclass
+class Inode:
+    ino: int
+    path: str
+    is_dir: bool
+    mode: int
+    size: int
+    uid: int
+    gid: int
+    mtime: float
+    etag: str | None = None
+    meta_etag: str | None = None  # the ETag whose HEAD metadata is applied (None: defaults/listing only)
+    fresh_until: float = 0.0  # attributes may be trusted without asking S3 until then
+    page_cache_etag: str | None = None  # the ETag whose data the kernel page cache may hold
+    lookups: int = 0
+
+    def attr(self) -> Attr:
+        return Attr(self.ino, self.mode, self.size, self.uid, self.gid, self.mtime, 2 if self.is_dir else 1)
+
+
+class InodeTable:
+    """ino -> Inode and path -> ino. The root (ino 1) is never forgotten."""
+
+    def __init__(self, defaults: Defaults, root_mtime: float) -> None:
+        self.defaults = defaults
+        self._by_ino: dict[int, Inode] = {}
+        self._by_path: dict[str, int] = {}
+        self._next = itertools.count(ROOT_INO + 1)
+        root = Inode(
+            ROOT_INO, "", True, stat.S_IFDIR | defaults.dir_mode, 0, defaults.uid, defaults.gid, root_mtime
+        )
+        root.fresh_until = float("inf")
+        self._by_ino[ROOT_INO] = root
+        self._by_path[""] = ROOT_INO
+
+    def __len__(self) -> int:
+        return len(self._by_ino)
+
+    def get(self, ino: int) -> Inode | None:
+        return self._by_ino.get(ino)
+
+    def by_path(self, path: str) -> Inode | None:
+        ino = self._by_path.get(path)
+        return None if ino is None else self._by_ino[ino]
+
+    def _node(self, path: str, is_dir: bool) -> Inode:
+        node = self.by_path(path)
+        if node is not None and node.is_dir != is_dir:
+            # The name changed kind (file <-> folder) in S3: give it a new number so the kernel does not
+            # mix the two; the old inode lives on until the kernel forgets it.
+            del self._by_path[path]
+            node = None
+        if node is None:
+            d = self.defaults
+            mode = stat.S_IFDIR | d.dir_mode if is_dir else stat.S_IFREG | d.file_mode
+            node = Inode(next(self._next), path, is_dir, mode, 0, d.uid, d.gid, 0.0)
+            self._by_ino[node.ino] = node
+            self._by_path[path] = node.ino
+        return node
+
+    def put_dir(self, path: str, mtime: float, fresh_until: float) -> Inode:
+        node = self._node(path, True)
+        if node.mtime == 0.0:
+            node.mtime = mtime
+        node.fresh_until = fresh_until
+        return node
+
+    def put_file(self, path: str, info: ObjectInfo, fresh_until: float) -> Inode:
+        """Record what S3 says of file ``path``; ``info.metadata`` is None when it came from a listing."""
+        node = self._node(path, False)
+        d = self.defaults
+        if info.metadata is not None:
+            meta = posix_metadata(info.metadata)
+            node.meta_etag = info.etag
+        elif node.meta_etag == info.etag:
+            meta = {}  # a listing of the same version: keep what the HEAD told us
+            node.size, node.etag, node.fresh_until = info.size, info.etag, fresh_until
+            return node
+        else:
+            meta = {}
+            node.meta_etag = None
+        mode = int(meta.get("mode", d.file_mode))
+        # Metadata may carry permission bits only, or a type other than a regular file we cannot show
+        # yet (symlinks come with the write path): the entry is a regular file either way.
+        node.mode = stat.S_IFREG | stat.S_IMODE(mode)
+        node.uid = int(meta.get("uid", d.uid))
+        node.gid = int(meta.get("gid", d.gid))
+        node.mtime = float(meta.get("mtime", info.last_modified))
+        node.size = info.size
+        node.etag = info.etag
+        node.fresh_until = fresh_until
+        return node
+
+    def acquire(self, ino: int, n: int = 1) -> None:
+        """The kernel now holds ``n`` more references to ``ino`` (lookup, readdirplus entry)."""
+        self._by_ino[ino].lookups += n
+
+    def forget(self, ino: int, n: int) -> None:
+        node = self._by_ino.get(ino)
+        if node is None or ino == ROOT_INO:
+            return
+        node.lookups -= n
+        if node.lookups <= 0:
+            del self._by_ino[ino]
+            if self._by_path.get(node.path) == ino:
+                del self._by_path[node.path]

@@ -1,0 +1,127 @@
+"""Keys <-> names: which S3 keys are files and folders of the mount, and which are hidden.
+
+Owns: the mapping between mount paths ('' is the root, 'a/b' a file or folder) and keys (mount prefix +
+path), the rules for names that cannot be file names, and turning listing pages into directory entries.
+Must not do I/O; the caller brings the pages.
+
+Rules (interoperable with s3fs-fuse and Mountpoint, see DESIGN.md):
+- an object ``prefix + path`` is a file; any key under ``prefix + path + '/'`` makes ``path`` a folder;
+  an empty object ``path/`` is a folder marker (an empty folder).
+- a name is hidden when it is empty (``a//b``), ``.``, ``..``, longer than 255 bytes, or contains NUL;
+  each hidden key is logged once (bounded memory).
+- a folder shadows a file of the same name (``a`` and ``a/x`` both exist: ``a`` is a folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from cachetools import LRUCache
+
+from s3files.store.base import ListPage, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a listing or a HEAD says about one name. ``info`` is None for folders."""
+
+    name: str
+    is_dir: bool
+    info: ObjectInfo | None = None
+
+
+def valid_name(name: str) -> bool:
+    """True if ``name`` can be shown as one path segment."""
+    return (
+        name not in ("", ".", "..")
+        and "/" not in name
+        and "\0" not in name
+        and len(name.encode("utf-8", "surrogatepass")) <= NAME_MAX
+    )
+
+
+def join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+class Namespace:
+    """Key layout of one mount. Holds only the prefix and the set of keys already warned about."""
+
+    def __init__(self, prefix: str) -> None:
+        assert prefix == "" or prefix.endswith("/"), prefix
+        self.prefix = prefix
+        self._warned: LRUCache[str, bool] = LRUCache(maxsize=10_000)
+
+    def file_key(self, path: str) -> str:
+        return self.prefix + path
+
+    def dir_prefix(self, path: str) -> str:
+        return self.prefix + path + "/" if path else self.prefix
+
+    def hidden(self, key: str, why: str) -> None:
+        """Log a key that is not shown, once per key (while the bounded memory of warnings holds it)."""
+        if key not in self._warned:
+            self._warned[key] = True
+            log.warning("hiding key=%r: %s", key, why)
+
+    def entries(self, path: str, pages: Iterable[ListPage]) -> dict[str, Entry]:
+        """Turn the pages of a delimited listing of folder ``path`` into its entries, by name."""
+        base = self.dir_prefix(path)
+        files: dict[str, ObjectInfo] = {}
+        dirs: set[str] = set()
+        for page in pages:
+            for info in page.objects:
+                name = info.key[len(base) :]
+                if name == "":
+                    continue  # the folder's own marker object
+                if valid_name(name):
+                    files[name] = info
+                else:
+                    self.hidden(info.key, "not a valid file name")
+            for common in page.prefixes:
+                name = common[len(base) : -1]
+                if valid_name(name):
+                    dirs.add(name)
+                else:
+                    self.hidden(common, "not a valid folder name")
+        result: dict[str, Entry] = {}
+        for name, info in files.items():
+            if name in dirs:
+                self.hidden(info.key, "a folder of the same name shadows this file")
+                continue
+            result[name] = Entry(name, is_dir=False, info=info)
+        for name in dirs:
+            result[name] = Entry(name, is_dir=True)
+        return dict(sorted(result.items()))
+
+
+def posix_metadata(metadata: Mapping[str, str] | None) -> dict[str, float | int]:
+    """The POSIX fields found in ``x-amz-meta-*`` (s3fs-compatible names); garbage is ignored, not fatal."""
+    found: dict[str, float | int] = {}
+    if not metadata:
+        return found
+    for field, parse in (("mode", int), ("uid", int), ("gid", int), ("mtime", float)):
+        raw = metadata.get(field)
+        if raw is None:
+            continue
+        try:
+            value = parse(raw)
+        except ValueError:
+            log.debug("ignoring x-amz-meta-%s=%r: not a number", field, raw)
+            continue
+        if field == "mode" and not 0 <= int(value) <= 0o177777:
+            continue
+        found[field] = value
+    return found
+
+
+def kind_of_mode(mode: int) -> int:
+    """The S_IFMT bits of ``mode`` (0 when metadata carried only permission bits)."""
+    return stat.S_IFMT(mode)

@@ -1,0 +1,168 @@
+"""Reading one open object: ranged GETs, with a growing read-ahead window for sequential readers.
+
+Owns: which byte ranges are fetched when, the parts in flight and in memory for one open file, and
+cancelling them when the file is closed. Must not decide consistency (the caller pins the ETag).
+
+How it works. The object is split into *parts* fetched by concurrent ranged GETs (``If-Match`` the ETag
+the file was opened at, so a reader never mixes two versions). A reader that keeps reading where it
+stopped is sequential: the window ahead of it grows first_part -> x8 -> ... -> max_window (1 -> 8 ->
+64 MiB by default) and is kept full with parts of up to part_size. The first part is small because time to
+first byte is set by it. A reader that jumps is random: it fetches exactly the bytes asked for and the
+window starts again small. Parts never overlap, so no byte is fetched twice while it is held.
+
+Memory: at most ``max_window`` ahead plus ``part_size`` behind the reader (the kernel may deliver
+concurrent reads slightly out of order, so a part is dropped only once the reader is a part beyond it).
+
+Invariant: ``_parts`` is sorted, contiguous and non-overlapping; between awaits only this object mutates
+it (trio is single-threaded), so scheduling is done without awaiting.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import trio
+
+from s3files.errors import S3FilesError, StoreError
+from s3files.options import ReadOptions
+from s3files.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+
+
+@dataclass(eq=False)
+class _Part:
+    start: int
+    end: int
+    done: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    data: bytes | None = None
+    error: BaseException | None = None
+
+    async def wait(self) -> bytes:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.data is not None
+        return self.data
+
+
+@dataclass
+class ReaderStats:
+    gets: int = 0
+    bytes_fetched: int = 0
+    sequential_reads: int = 0
+    random_reads: int = 0
+
+
+class Reader:
+    """Reads of one open object version. ``spawn`` runs background fetches on the mount's nursery."""
+
+    def __init__(
+        self, store: ObjectStore, key: str, size: int, etag: str | None, opts: ReadOptions, spawn: Spawn
+    ) -> None:
+        self._store = store
+        self._key = key
+        self._size = size
+        self._etag = etag
+        self._opts = opts
+        self._spawn = spawn
+        self._parts: list[_Part] = []
+        self._next = 0  # where a sequential reader reads next
+        self._window = opts.first_part
+        self._streak = 0  # bytes read sequentially since the window last grew
+        self._closed = False
+        self.stats = ReaderStats()
+
+    # -- public ------------------------------------------------------------------------------------
+
+    async def read(self, off: int, size: int) -> bytes:
+        if self._closed:
+            raise StoreError("read on a closed file")
+        end = min(off + size, self._size)
+        if off >= end:
+            return b""
+        if self._covered(off) or off == self._next:
+            self.stats.sequential_reads += 1
+            self._advance(off, end)
+            self._next = max(self._next, end)
+            wanted = [p for p in self._parts if p.start < end and p.end > off]
+        else:
+            self.stats.random_reads += 1
+            self._drop_all()
+            self._window = self._opts.first_part
+            self._streak = 0
+            wanted = [self._start_part(off, end)]  # not kept: a random read holds only its own bytes
+            self._next = end
+        chunks = [await p.wait() for p in wanted]
+        data = b"".join(chunks)
+        base = wanted[0].start
+        return data[off - base : end - base]
+
+    def close(self) -> None:
+        """Cancel every fetch in flight and drop what is held."""
+        self._closed = True
+        self._drop_all()
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(p.end - p.start for p in self._parts)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _covered(self, off: int) -> bool:
+        return bool(self._parts) and self._parts[0].start <= off < self._parts[-1].end
+
+    def _advance(self, off: int, end: int) -> None:
+        """Drop parts well behind ``off``, grow the window, and schedule parts to fill it."""
+        if not self._covered(off):
+            self._drop_all()
+        keep_from = off - self._opts.part_size
+        while self._parts and self._parts[0].end <= keep_from:
+            self._parts.pop(0)  # consumed; its bytes are in the kernel's page cache now
+        target = min(max(end, off + self._window), self._size)
+        cursor = self._parts[-1].end if self._parts else off
+        while cursor < target:
+            step = min(self._opts.part_size, self._window)
+            part = self._start_part(cursor, min(cursor + step, self._size))
+            self._parts.append(part)
+            cursor = part.end
+        # Grow only after scheduling, so a new streak starts with one small part (time to first byte).
+        self._streak += end - off
+        if self._streak >= self._window and self._window < self._opts.max_window:
+            self._window = min(self._window * 8, self._opts.max_window)
+            self._streak = 0
+
+    def _start_part(self, start: int, end: int) -> _Part:
+        part = _Part(start, end)
+        self.stats.gets += 1
+
+        async def fetch() -> None:
+            with part.scope:
+                try:
+                    part.data = await self._store.get_range(self._key, start, end, if_match=self._etag)
+                    self.stats.bytes_fetched += len(part.data)
+                    if len(part.data) != end - start:
+                        raise StoreError(
+                            f"short read of {self._key}: {len(part.data)} bytes for range {start}-{end}"
+                        )
+                except S3FilesError as exc:
+                    part.error = exc
+                except Exception as exc:  # noqa: BLE001 - never let one GET take the mount down
+                    log.warning("op=get key=%s range=%d-%d failed: %r", self._key, start, end, exc)
+                    part.error = StoreError(f"reading {self._key} failed: {exc!r}")
+            if part.data is None and part.error is None:
+                part.error = StoreError(f"read of {self._key} was cancelled")
+            part.done.set()
+
+        self._spawn(fetch)
+        return part
+
+    def _drop_all(self) -> None:
+        for part in self._parts:
+            part.scope.cancel()
+        self._parts.clear()

@@ -1,0 +1,98 @@
+"""The error hierarchy of s3files and THE errno table.
+
+Every failure the file system can report is an ``S3FilesError`` carrying an errno. The FUSE adapter turns
+it into ``FUSEError(errno)``; the CLI prints ``str(error)`` as the one line a user reads. Store errors
+(raised by ``s3files.store``, which translates S3/botocore errors once) are subclasses too, so the core can
+let them travel up unchanged when no better errno exists.
+
+Nothing here imports pyfuse3 or botocore.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class S3FilesError(Exception):
+    """Base class. ``errno`` is what a file-system caller sees; ``str()`` is the user-facing line."""
+
+    errno: int = errno.EIO
+
+
+# --- file-system level -------------------------------------------------------------------------
+
+
+class NotFound(S3FilesError):
+    errno = errno.ENOENT
+
+
+class NotADirectory(S3FilesError):
+    errno = errno.ENOTDIR
+
+
+class IsADirectory(S3FilesError):
+    errno = errno.EISDIR
+
+
+class ReadOnly(S3FilesError):
+    # Judgement call: writes on a --read-only mount (and, until the write path lands, on any mount) are
+    # EROFS, which every tool reports as "Read-only file system" - the truth, and not a retryable error.
+    errno = errno.EROFS
+
+
+class InvalidName(S3FilesError):
+    # A name that cannot be an S3 key segment we can round-trip (e.g. over 1024 bytes of key).
+    errno = errno.ENAMETOOLONG
+
+
+# --- store level (S3 said something, or could not be reached) -----------------------------------
+
+
+class StoreError(S3FilesError):
+    """S3 failed in a way a file system caller sees as an I/O error (5xx after retries, bad reply)."""
+
+    errno = errno.EIO
+
+
+class ObjectNotFound(StoreError, NotFound):
+    errno = errno.ENOENT
+
+
+class PreconditionFailed(StoreError):
+    # The object changed under us (If-Match/If-None-Match refused). Judgement call: ESTALE tells a reader the
+    # data it was reading is gone; writers map it to a conflict in the core.
+    errno = errno.ESTALE
+
+
+class AccessDenied(StoreError):
+    errno = errno.EACCES
+
+
+class BucketNotFound(StoreError):
+    errno = errno.ENOENT
+
+
+class CredentialsError(StoreError):
+    # Missing or rejected credentials: EACCES, not EIO, because retrying will not help.
+    errno = errno.EACCES
+
+
+class EndpointUnreachable(StoreError):
+    # Judgement call: EIO rather than ENETUNREACH/ETIMEDOUT, which many programs do not expect from files.
+    errno = errno.EIO
+
+
+# --- set-up (mount time) ------------------------------------------------------------------------
+
+
+class MountError(S3FilesError):
+    """The mount cannot start (bad mount point, bad source, ...). Message is shown as one line."""
+
+    errno = errno.EINVAL
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a file-system caller sees for ``exc``; anything unexpected is EIO."""
+    if isinstance(exc, S3FilesError):
+        return exc.errno
+    return errno.EIO

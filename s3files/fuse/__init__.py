@@ -1,0 +1,1 @@
+"""The FUSE front end: the ONLY package that imports pyfuse3."""

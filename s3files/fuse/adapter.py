@@ -1,0 +1,185 @@
+"""The thin pyfuse3 Operations adapter: FUSE types in, core calls, errno out.
+
+Owns: converting between pyfuse3's types (bytes names, EntryAttributes, FileInfo) and the core's, and the
+guarantee that no handler raises anything but FUSEError. A handler that raised anything else would stop
+pyfuse3's main loop and so unmount the file system: ``guarded`` turns S3FilesError into its errno (the
+table lives in s3files.errors) and anything unexpected into a logged traceback and EIO.
+Must not hold file-system logic: if a branch here needs a test of its own, it belongs in the core.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from typing import Any, Awaitable, Callable, ParamSpec, Sequence, TypeVar
+
+import pyfuse3
+
+from s3files.core.fs import Attr, FileSystem
+from s3files.errors import NotFound, S3FilesError
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def guarded(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Wrap a handler so it raises only FUSEError; log by outcome (ENOENT is debug, EIO a warning)."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except S3FilesError as exc:
+            level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.EROFS) else logging.WARNING
+            log.log(level, "op=%s errno=%s: %s", handler.__name__, errno.errorcode.get(exc.errno), exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("op=%s failed unexpectedly; answering EIO", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _name(raw: bytes) -> str:
+    """S3 keys are UTF-8 text: a name that is not UTF-8 cannot exist in the bucket."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NotFound(f"not a UTF-8 name: {raw!r}") from None
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 handlers over a core FileSystem. ``ttl`` is how long the kernel may cache what we say."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: FileSystem, ttl: float) -> None:
+        super().__init__()
+        self.fs = fs
+        self.ttl = ttl
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = attr.ino
+        entry.generation = 0
+        entry.entry_timeout = self.ttl
+        entry.attr_timeout = self.ttl
+        entry.st_mode = attr.mode
+        entry.st_nlink = attr.nlink
+        entry.st_uid = attr.uid
+        entry.st_gid = attr.gid
+        entry.st_rdev = 0
+        entry.st_size = attr.size
+        entry.st_blksize = 1024 * 1024  # a hint to programs to read in big chunks
+        entry.st_blocks = (attr.size + 511) // 512
+        ns = int(attr.mtime * 1e9)
+        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = ns
+        return entry
+
+    # -- reading the tree --------------------------------------------------------------------------
+
+    @guarded
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> Any:
+        return self._entry(await self.fs.lookup(parent_inode, _name(name)))
+
+    @guarded
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Any:
+        return self._entry(await self.fs.getattr(inode))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # forget has no reply: it must never raise.
+        for inode, nlookup in inode_list:
+            try:
+                self.fs.forget(inode, nlookup)
+            except Exception:
+                log.exception("op=forget ino=%d failed", inode)
+
+    @guarded
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> Any:
+        return await self.fs.opendir(inode)
+
+    @guarded
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for name, attr, next_id in await self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._entry(attr), next_id):
+                break
+            self.fs.acquire(attr.ino)  # readdirplus: the kernel now holds a reference
+
+    @guarded
+    async def releasedir(self, fh: int) -> None:
+        self.fs.releasedir(fh)
+
+    @guarded
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
+        opened = await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache)
+
+    @guarded
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.fs.read(fh, off, size)
+
+    @guarded
+    async def release(self, fh: int) -> None:
+        self.fs.release(fh)
+
+    @guarded
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> Any:
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = st.f_frsize = 4096
+        # S3 has no capacity: report a large, constant size so tools that check free space proceed.
+        st.f_blocks = st.f_bfree = st.f_bavail = 2**40
+        st.f_files = st.f_ffree = st.f_favail = 2**32
+        st.f_namemax = 255
+        return st
+
+    # -- changing the tree (the write path is a later piece of work) ---------------------------------
+
+    async def _refuse(self, what: str) -> Any:
+        self.fs.check_writable(what)
+
+    @guarded
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> Any:
+        return await self._refuse("setattr")
+
+    @guarded
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        return await self._refuse("mknod")
+
+    @guarded
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        return await self._refuse("mkdir")
+
+    @guarded
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self._refuse("unlink")
+
+    @guarded
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self._refuse("rmdir")
+
+    @guarded
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        return await self._refuse("symlink")
+
+    @guarded
+    async def rename(self, p_old: int, n_old: bytes, p_new: int, n_new: bytes, flags: int, ctx: Any) -> None:
+        await self._refuse("rename")
+
+    @guarded
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        return await self._refuse("link")
+
+    @guarded
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
+        return await self._refuse("create")
+
+    @guarded
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self._refuse("write")

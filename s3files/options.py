@@ -1,0 +1,114 @@
+"""Every option of a mount, as frozen dataclasses validated once and shared by the CLI and the library.
+
+Owns: parsing ``s3://bucket/prefix`` sources, defaults, and the one place an option's meaning is written
+down. Must not touch the network or the file system beyond reading the mount point's state.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from s3files.errors import MountError
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the mount's files live: a bucket and a key prefix ('' or ending in '/')."""
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Source:
+        """Parse ``s3://bucket[/prefix[/]]``; a non-empty prefix always gets a trailing '/'."""
+        if not text.startswith("s3://"):
+            raise MountError(f"source must look like s3://bucket[/prefix], got {text!r}")
+        rest = text[len("s3://") :]
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise MountError(f"source {text!r} names no bucket; use s3://bucket[/prefix]")
+        prefix = prefix.strip("/")
+        if "//" in prefix:
+            raise MountError(f"source prefix {prefix!r} has an empty path segment")
+        return cls(bucket=bucket, prefix=prefix + "/" if prefix else "")
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """How to reach S3. None means: the standard AWS chain decides (env, profile, instance role)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    max_connections: int = 32
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """The read path. Parts are fetched concurrently; the window grows while a reader stays sequential.
+
+    ``first_part`` is small because it alone sets time to first byte; later parts are ``part_size``.
+    ``max_window`` bounds the memory one sequential reader holds.
+    """
+
+    first_part: int = 1 * MIB
+    part_size: int = 8 * MIB
+    max_window: int = 64 * MIB
+    read_ahead_kb: int = 1024  # the kernel's read-ahead for the mount: sets FUSE read sizes (1 MiB)
+
+    def __post_init__(self) -> None:
+        if not (0 < self.first_part <= self.part_size <= self.max_window):
+            raise MountError("read sizes must satisfy 0 < first_part <= part_size <= max_window")
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """Everything that shapes one mount."""
+
+    source: Source
+    mountpoint: Path
+    store: StoreOptions = field(default_factory=StoreOptions)
+    read: ReadOptions = field(default_factory=ReadOptions)
+    read_only: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    allow_other: bool = False
+    metadata_ttl: float = 1.0  # seconds the kernel and our caches may trust attributes and listings
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("file_mode", "dir_mode"):
+            value = getattr(self, name)
+            if not 0 <= value <= 0o7777:
+                raise MountError(f"--{name.replace('_', '-')} must be an octal mode like 644, got {value:o}")
+        if self.metadata_ttl < 0:
+            raise MountError("--metadata-ttl must be >= 0")
+
+    @property
+    def file_type_mode(self) -> int:
+        return stat.S_IFREG | self.file_mode
+
+    @property
+    def dir_type_mode(self) -> int:
+        return stat.S_IFDIR | self.dir_mode
+
+
+def parse_mode(text: str) -> int:
+    """Parse an octal mode such as '644' or '0o755' (argparse type)."""
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise MountError(f"not an octal mode: {text!r} (use e.g. 644)") from None
+    if not 0 <= value <= 0o7777:
+        raise MountError(f"mode out of range: {text!r}")
+    return value

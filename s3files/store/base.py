@@ -1,0 +1,138 @@
+"""The ObjectStore protocol: the only way the core talks to S3.
+
+Owns: the shapes of what S3 returns (``ObjectInfo``, ``ListPage``) and the operations the core may use.
+Every method is a *trio* coroutine (the core and the FUSE adapter run on trio); an implementation that
+speaks asyncio underneath (aiobotocore) crosses to its own event loop once per request.
+
+Errors: implementations raise only ``s3files.errors.StoreError`` subclasses (``ObjectNotFound``,
+``PreconditionFailed``, ``AccessDenied``, ``BucketNotFound``, ``CredentialsError``,
+``EndpointUnreachable``, plain ``StoreError``). Nothing S3-specific leaks past this seam.
+
+ETags are carried *without* quotes everywhere (RGW compares bare ETags in If-Match; AWS accepts both).
+
+``requests`` on every implementation counts requests sent, by operation name (``head``, ``get``, ``put``,
+``list``, ``delete``, ``copy``, ``create_multipart``, ``upload_part``, ``complete_multipart``,
+``abort_multipart``, ``head_bucket``), so tests can assert request budgets on real and fake stores alike.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, Sequence, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as S3 describes it. ``metadata`` is None when unknown (LIST does not return it)."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: float  # seconds since the epoch
+    metadata: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One ListObjectsV2 page. ``prefixes`` are the CommonPrefixes (ending in the delimiter)."""
+
+    objects: Sequence[ObjectInfo]
+    prefixes: Sequence[str]
+    next_token: str | None = None
+
+
+@dataclass(frozen=True)
+class CompletedPart:
+    number: int
+    etag: str
+
+
+@dataclass
+class RequestCounts:
+    """Requests sent, by operation. Shared shape for every store so tests read one thing."""
+
+    by_op: Counter[str] = field(default_factory=Counter)
+
+    def add(self, op: str, n: int = 1) -> None:
+        self.by_op[op] += n
+
+    def __getitem__(self, op: str) -> int:
+        return self.by_op[op]
+
+    def total(self) -> int:
+        return sum(self.by_op.values())
+
+    def reset(self) -> None:
+        self.by_op.clear()
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.by_op)
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """A bucket (already chosen) seen through the operations s3files needs.
+
+    Keys are full keys in the bucket; the core adds the mount prefix. Ranges are half-open
+    ``[start, end)`` byte offsets; ``end`` past the object's size is clipped (as S3 does).
+    """
+
+    requests: RequestCounts
+
+    async def check_bucket(self) -> None:
+        """Raise BucketNotFound / CredentialsError / AccessDenied / EndpointUnreachable, or return."""
+
+    async def head(self, key: str) -> ObjectInfo:
+        """Size, ETag, LastModified and user metadata of ``key``; ObjectNotFound if absent."""
+
+    async def get_range(self, key: str, start: int, end: int, if_match: str | None = None) -> bytes:
+        """Bytes ``[start, end)`` of ``key``. With ``if_match``, PreconditionFailed if the ETag differs."""
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        metadata: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        """Write a whole object. ``if_none_match``: only if absent; ``if_match``: only if ETag matches."""
+
+    async def list_page(
+        self,
+        prefix: str,
+        delimiter: str | None = "/",
+        token: str | None = None,
+        max_keys: int = 1000,
+        start_after: str | None = None,
+    ) -> ListPage:
+        """One page of ListObjectsV2."""
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key`` (absent is not an error, as in S3)."""
+
+    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        """Server-side copy; with ``metadata`` the copy's metadata is replaced, else kept."""
+
+    async def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None) -> str:
+        """Start a multipart upload; returns its upload id."""
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPart:
+        """Upload part ``number`` (1-based)."""
+
+    async def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[CompletedPart],
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        """Finish the upload; returns the new object's info (ETag from a HEAD if the server sent none)."""
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abandon the upload and its parts."""
+
+    async def aclose(self) -> None:
+        """Release connections/threads."""
