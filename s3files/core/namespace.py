@@ -107,6 +107,7 @@ def posix_metadata(metadata: Mapping[str, str] | None) -> dict[str, float | int]
     found: dict[str, float | int] = {}
     if not metadata:
         return found
+    # s3fs writes mode as the decimal st_mode (type bits included), e.g. "33188" for -rw-r--r--.
     for field, parse in (("mode", int), ("uid", int), ("gid", int), ("mtime", float)):
         raw = metadata.get(field)
         if raw is None:

@@ -98,7 +98,14 @@ class Reader:
             self._streak = 0
             wanted = [self._start_part(off, end)]  # not kept: a random read holds only its own bytes
             self._next = end
-        chunks = [await p.wait() for p in wanted]
+        try:
+            chunks = [await p.wait() for p in wanted]
+        except S3FilesError:
+            # Forget failed parts so the next read asks S3 again instead of repeating the error.
+            self._parts = [p for p in self._parts if p.error is None]
+            if self._parts and not all(a.end == b.start for a, b in zip(self._parts, self._parts[1:])):
+                self._drop_all()
+            raise
         data = b"".join(chunks)
         base = wanted[0].start
         return data[off - base : end - base]

@@ -1,0 +1,244 @@
+"""The ``s3files`` command: argparse front end for mount and unmount. No business logic here.
+
+Errors a user can cause or fix (bad mount point, missing bucket, rejected credentials, unreachable
+endpoint) are printed as one line ``s3files: error: ...`` with exit status 1, never a traceback.
+
+``mount`` without ``--foreground`` starts the daemon as a child process and returns only when the mount is
+usable (exit 0) or has failed (exit 1 with the daemon's one-line reason), within READY_TIMEOUT seconds.
+The child tells the parent through a pipe (``--ready-fd``) so the parent never guesses from polling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import trio
+
+from s3files.errors import MountError, S3FilesError
+from s3files.options import MountOptions, ReadOptions, Source, StoreOptions, parse_mode
+
+log = logging.getLogger("s3files")
+
+READY_TIMEOUT = 15.0
+
+
+def _mode(text: str) -> int:
+    try:
+        return parse_mode(text)
+    except MountError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s3files", description="Mount an S3 bucket as a file system; plain-file code runs unchanged."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    mount = sub.add_parser("mount", help="mount s3://bucket[/prefix] at a folder")
+    mount.add_argument("source", help="s3://bucket or s3://bucket/prefix/")
+    mount.add_argument("mountpoint", type=Path)
+    s3 = mount.add_argument_group("S3")
+    s3.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS")
+    s3.add_argument("--region", help="region (default: the AWS chain's, e.g. AWS_DEFAULT_REGION)")
+    s3.add_argument("--profile", help="AWS profile (default: the standard AWS credential chain)")
+    s3.add_argument("--max-connections", type=int, default=32, help="concurrent S3 connections")
+    fs = mount.add_argument_group("file system")
+    fs.add_argument("--read-only", action="store_true", help="refuse every change with EROFS")
+    fs.add_argument("--uid", type=int, default=os.getuid(), help="owner of objects without x-amz-meta-uid")
+    fs.add_argument("--gid", type=int, default=os.getgid(), help="group of objects without x-amz-meta-gid")
+    fs.add_argument("--file-mode", type=_mode, default=0o644, help="octal mode of files (default 644)")
+    fs.add_argument("--dir-mode", type=_mode, default=0o755, help="octal mode of folders (default 755)")
+    fs.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    fs.add_argument(
+        "--metadata-ttl", type=float, default=1.0, help="seconds attributes and listings are trusted"
+    )
+    fs.add_argument("--cache-dir", type=Path, help="folder for the local data cache")
+    run = mount.add_argument_group("daemon")
+    run.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-file", type=Path, help="write the daemon's log here")
+    run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    unmount = sub.add_parser("unmount", help="unmount a folder mounted by s3files")
+    unmount.add_argument("mountpoint", type=Path)
+    unmount.add_argument("--lazy", action="store_true", help="detach now even if files are open")
+    return parser
+
+
+def options_from(args: argparse.Namespace) -> MountOptions:
+    return MountOptions(
+        source=Source.parse(args.source),
+        mountpoint=args.mountpoint.absolute(),
+        store=StoreOptions(
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            profile=args.profile,
+            max_connections=args.max_connections,
+        ),
+        read=ReadOptions(),
+        read_only=args.read_only,
+        uid=args.uid,
+        gid=args.gid,
+        file_mode=args.file_mode,
+        dir_mode=args.dir_mode,
+        allow_other=args.allow_other,
+        metadata_ttl=args.metadata_ttl,
+        cache_dir=args.cache_dir,
+    )
+
+
+def _setup_logging(level: str, log_file: Path | None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    # botocore at DEBUG would log signed headers; keep it quiet whatever our level.
+    for noisy in ("botocore", "aiobotocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(message: str) -> int:
+    print(f"s3files: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _run_foreground(opts: MountOptions, ready_fd: int | None) -> int:
+    from s3files.fuse.mount import serve_with
+    from s3files.store.s3 import open_s3_store
+
+    def tell(line: str) -> None:
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, line.encode() + b"\n")
+                os.close(ready_fd)
+            except OSError:
+                pass
+
+    def open_store():  # type: ignore[no-untyped-def]
+        return open_s3_store(
+            opts.source.bucket,
+            endpoint_url=opts.store.endpoint_url,
+            region=opts.store.region,
+            profile=opts.store.profile,
+            max_connections=opts.store.max_connections,
+        )
+
+    try:
+        trio.run(
+            lambda: serve_with(opts, open_store, ready=lambda fs: tell("ready"), handle_signals=True)
+        )
+    except S3FilesError as exc:
+        tell(f"error: {exc}")
+        return _fail(str(exc))
+    except trio.TooSlowError:
+        message = f"S3 did not answer within the mount's check time; is {opts.store.endpoint_url or 'AWS'} up?"
+        tell(f"error: {message}")
+        return _fail(message)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _run_background(argv: Sequence[str], opts: MountOptions, log_file: Path | None) -> int:
+    """Start the daemon and wait for its word: ready, or one line saying why not."""
+    read_end, write_end = os.pipe()
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    child = subprocess.Popen(
+        [sys.executable, "-m", "s3files", *argv, "--foreground", "--ready-fd", str(write_end)],
+        pass_fds=(write_end,),
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    deadline = time.monotonic() + READY_TIMEOUT
+    buffer = b""
+    try:
+        while b"\n" not in buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                child.kill()
+                child.wait(5)
+                return _fail(
+                    f"mount at {opts.mountpoint} did not become ready within {READY_TIMEOUT:.0f} s"
+                    + (f"; see {log_file}" if log_file else "; run with --foreground to see why")
+                )
+            readable, _, _ = select.select([read_end], [], [], left)
+            if readable:
+                chunk = os.read(read_end, 4096)
+                if not chunk:
+                    break  # the daemon closed the pipe without a word: it died
+                buffer += chunk
+    finally:
+        os.close(read_end)
+    line = buffer.decode(errors="replace").strip()
+    if line == "ready":
+        return 0
+    if line.startswith("error: "):
+        child.wait(10)
+        return _fail(line[len("error: ") :])
+    code = child.wait(10)
+    return _fail(
+        f"the mount daemon exited (status {code}) before the mount was ready"
+        + (f"; see {log_file}" if log_file else "; run with --foreground to see why")
+    )
+
+
+def unmount(mountpoint: Path, lazy: bool) -> int:
+    from s3files.fuse.mount import mount_entry
+
+    mountpoint = mountpoint.absolute()
+    entry = mount_entry(mountpoint)
+    if entry is None:
+        return _fail(f"{mountpoint} is not mounted")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    command = [tool, "-u"] if tool else ["umount"]
+    if lazy:
+        command.append("-z" if tool else "-l")
+    result = subprocess.run([*command, str(mountpoint)], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unknown reason"
+        hint = "; close the files open there, or use --lazy" if "busy" in reason.lower() else ""
+        return _fail(f"cannot unmount {mountpoint}: {reason}{hint}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "unmount":
+        return unmount(args.mountpoint, args.lazy)
+    try:
+        opts = options_from(args)
+    except MountError as exc:
+        return _fail(str(exc))
+    if args.foreground:
+        _setup_logging(args.log_level, args.log_file)
+        return _run_foreground(opts, args.ready_fd)
+    # The parent checks what it can at once, so the common mistakes answer without starting a daemon.
+    from s3files.fuse.mount import check_mountpoint
+
+    try:
+        check_mountpoint(opts.mountpoint)
+    except MountError as exc:
+        return _fail(str(exc))
+    return _run_background(argv, opts, args.log_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

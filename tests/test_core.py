@@ -1,0 +1,269 @@
+"""Unit tests of the core (no FUSE, no network): results and request budgets against the in-memory store."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import stat
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import pytest
+import trio
+
+from s3files.core.fs import FileSystem
+from s3files.core.inodes import ROOT_INO
+from s3files.errors import S3FilesError
+from s3files.options import MIB, MountOptions, ReadOptions, Source
+from s3files.store import MemoryStore
+
+
+def run_fs(
+    store: MemoryStore, body: Callable[[FileSystem], Awaitable[None]], prefix: str = "", **kw: object
+) -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            opts = MountOptions(source=Source("bucket", prefix), mountpoint=Path("/unused"), **kw)  # type: ignore[arg-type]
+            await body(FileSystem(store, opts, spawn=nursery.start_soon))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+async def resolve(fs: FileSystem, path: str) -> int:
+    ino = ROOT_INO
+    for part in path.split("/"):
+        ino = (await fs.lookup(ino, part)).ino
+    return ino
+
+
+async def read_all(fs: FileSystem, ino: int, chunk: int = MIB) -> bytes:
+    opened = await fs.open(ino, os.O_RDONLY)
+    out = []
+    off = 0
+    for _ in range(100_000):
+        data = await fs.read(opened.fh, off, chunk)
+        if not data:
+            break
+        out.append(data)
+        off += len(data)
+    fs.release(opened.fh)
+    return b"".join(out)
+
+
+def test_listing_2500_entries_costs_3_lists_and_no_head() -> None:
+    store = MemoryStore()
+    for i in range(2500):
+        store.seed(f"big/f{i:05d}", b"x" * (i % 7))
+
+    async def body(fs: FileSystem) -> None:
+        dir_ino = await resolve(fs, "big")
+        store.requests.reset()
+        fh = await fs.opendir(dir_ino)
+        entries = await fs.readdir(fh, 0)
+        assert len(entries) == 2500
+        assert [e[0] for e in entries[:2]] == ["f00000", "f00001"]
+        assert entries[6][1].size == 6
+        assert store.requests.snapshot() == {"list": 3}
+        # the kernel's lookups of listed names (stat after ls) cost nothing
+        for name in ("f00000", "f01234", "f02499"):
+            attr = await fs.lookup(dir_ino, name)
+            assert attr.size == int(name[1:]) % 7
+            assert (await fs.getattr(attr.ino)).size == attr.size
+        with pytest.raises(S3FilesError) as missing:
+            await fs.lookup(dir_ino, "nope")
+        assert missing.value.errno == errno.ENOENT
+        assert store.requests.snapshot() == {"list": 3}
+        # paging from an offset returns the rest, stable positions
+        rest = await fs.readdir(fh, 2498)
+        assert [e[0] for e in rest] == ["f02498", "f02499"]
+        fs.releasedir(fh)
+
+    run_fs(store, body, metadata_ttl=60.0)
+
+
+def test_lookup_without_listing_uses_head_and_one_key_list() -> None:
+    store = MemoryStore()
+    store.seed("d/file", b"abc", {"mode": str(stat.S_IFREG | 0o600), "uid": "12", "gid": "34", "mtime": "1000.25"})
+    store.seed("d/sub/x", b"")
+
+    async def body(fs: FileSystem) -> None:
+        d = await fs.lookup(ROOT_INO, "d")
+        assert stat.S_ISDIR(d.mode)
+        store.requests.reset()
+        f = await fs.lookup(d.ino, "file")
+        assert store.requests.snapshot() == {"head": 1, "list": 1}
+        assert (f.size, stat.S_IMODE(f.mode), f.uid, f.gid, f.mtime) == (3, 0o600, 12, 34, 1000.25)
+        assert stat.S_ISREG(f.mode)
+        sub = await fs.lookup(d.ino, "sub")
+        assert stat.S_ISDIR(sub.mode)
+
+    run_fs(store, body, metadata_ttl=0.0)
+
+
+def test_awkward_keys_hidden_and_folder_shadows_file() -> None:
+    store = MemoryStore()
+    for key in ["a//b", "./x", "../y", "ok/..", "ok/.", "n" * 256, "m" * 255, "dup", "dup/inner", "ok/fine"]:
+        store.seed(key, b"1")
+    store.seed("empty/", b"")
+
+    async def body(fs: FileSystem) -> None:
+        fh = await fs.opendir(ROOT_INO)
+        names = {name: attr for name, attr, _ in await fs.readdir(fh, 0)}
+        assert set(names) == {"a", "dup", "empty", "m" * 255, "ok"}
+        assert stat.S_ISDIR(names["dup"].mode)  # the folder wins
+        assert stat.S_ISDIR(names["empty"].mode)
+        ok = await fs.lookup(ROOT_INO, "ok")
+        fh2 = await fs.opendir(ok.ino)
+        assert [n for n, _, _ in await fs.readdir(fh2, 0)] == ["fine"]
+        a = await fs.lookup(ROOT_INO, "a")
+        fh3 = await fs.opendir(a.ino)
+        assert await fs.readdir(fh3, 0) == []
+        empty = await fs.lookup(ROOT_INO, "empty")
+        assert await fs.readdir(await fs.opendir(empty.ino), 0) == []
+
+    run_fs(store, body)
+
+
+def test_prefix_mount_sees_only_its_prefix() -> None:
+    store = MemoryStore()
+    store.seed("outside", b"no")
+    store.seed("team/data/x.csv", b"1,2")
+    store.seed("team/top.txt", b"top")
+
+    async def body(fs: FileSystem) -> None:
+        names = [n for n, _, _ in await fs.readdir(await fs.opendir(ROOT_INO), 0)]
+        assert names == ["data", "top.txt"]
+        assert await read_all(fs, await resolve(fs, "data/x.csv")) == b"1,2"
+
+    run_fs(store, body, prefix="team/")
+
+
+def test_sequential_read_no_overlapping_gets_and_growing_window() -> None:
+    store = MemoryStore()
+    data = random.Random(1).randbytes(64 * MIB + 12345)
+    store.seed("big", data)
+    ranges: list[tuple[int, int]] = []
+    real_get = store.get_range
+
+    async def spy(key: str, start: int, end: int, if_match: str | None = None) -> bytes:
+        ranges.append((start, end))
+        return await real_get(key, start, end, if_match)
+
+    store.get_range = spy  # type: ignore[method-assign]
+
+    async def body(fs: FileSystem) -> None:
+        got = await read_all(fs, await resolve(fs, "big"))
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        spans = sorted(ranges)
+        for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+            assert e1 <= s2, f"overlapping GETs {s1}-{e1} and {s2}-{e2}"
+        assert sum(e - s for s, e in spans) == len(data)  # every byte fetched exactly once
+        assert spans[0] == (0, MIB)  # small first part: time to first byte
+        assert max(e - s for s, e in spans) == 8 * MIB
+        assert len(spans) <= 12
+
+    run_fs(store, body)
+
+
+def test_random_reads_fetch_only_what_is_asked() -> None:
+    store = MemoryStore()
+    data = random.Random(2).randbytes(32 * MIB)
+    store.seed("big", data)
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "big")
+        opened = await fs.open(ino, os.O_RDONLY)
+        rng = random.Random(3)
+        store.requests.reset()
+        for _ in range(50):
+            off = rng.randrange(0, len(data) - 4096)
+            assert await fs.read(opened.fh, off, 4096) == data[off : off + 4096]
+        assert store.requests["get"] == 50
+        # unaligned partial reads and reads past the end
+        assert await fs.read(opened.fh, len(data) - 5, 100) == data[-5:]
+        assert await fs.read(opened.fh, len(data) + 10, 100) == b""
+        fs.release(opened.fh)
+
+    run_fs(store, body)
+
+
+def test_reader_memory_is_bounded_by_the_window() -> None:
+    store = MemoryStore()
+    store.seed("big", bytes(200 * MIB))
+    peak = 0
+
+    async def body(fs: FileSystem) -> None:
+        nonlocal peak
+        opened = await fs.open(await resolve(fs, "big"), os.O_RDONLY)
+        for i in range(200):
+            await fs.read(opened.fh, i * MIB, MIB)
+            peak = max(peak, int(fs.statistics()["held_read_bytes"]))  # type: ignore[call-overload]
+        fs.release(opened.fh)
+        assert fs.statistics()["held_read_bytes"] == 0
+
+    run_fs(store, body, read=ReadOptions())
+    assert 0 < peak <= 64 * MIB + 2 * 8 * MIB
+
+
+def test_read_sees_changed_object_at_next_open_and_keep_cache_tracks_etag() -> None:
+    store = MemoryStore()
+    store.seed("f", b"one")
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "f")
+        first = await fs.open(ino, os.O_RDONLY)
+        assert not first.keep_cache
+        assert await fs.read(first.fh, 0, 10) == b"one"
+        fs.release(first.fh)
+        second = await fs.open(ino, os.O_RDONLY)
+        assert second.keep_cache  # same ETag: the kernel's pages are still right
+        fs.release(second.fh)
+        store.seed("f", b"two!" * MIB)
+        third = await fs.open(ino, os.O_RDONLY)
+        assert not third.keep_cache and third.attr.size == 4 * MIB
+        assert await fs.read(third.fh, 0, 8) == b"two!two!"
+        # an outside change while open: the pinned ETag refuses to mix versions
+        store.seed("f", b"three" * MIB)
+        with pytest.raises(S3FilesError) as stale:
+            await fs.read(third.fh, 3 * MIB, 10)
+        assert stale.value.errno == errno.ESTALE
+        fs.release(third.fh)
+
+    run_fs(store, body)
+
+
+def test_store_errors_become_errnos_not_crashes() -> None:
+    from s3files.errors import StoreError
+
+    store = MemoryStore()
+    store.seed("f", b"data" * 1000)
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "f")
+        opened = await fs.open(ino, os.O_RDONLY)
+        store.fail("get", StoreError("503 SlowDown after retries"))
+        with pytest.raises(S3FilesError) as failed:
+            await fs.read(opened.fh, 0, 100)
+        assert failed.value.errno == errno.EIO
+        assert await fs.read(opened.fh, 50_000, 100) == b""
+        assert await fs.read(opened.fh, 0, 4) == b"data"  # the file still works after the error
+        fs.release(opened.fh)
+
+    run_fs(store, body)
+
+
+def test_writes_are_refused_with_erofs() -> None:
+    store = MemoryStore()
+    store.seed("f", b"x")
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "f")
+        with pytest.raises(S3FilesError) as refused:
+            await fs.open(ino, os.O_WRONLY)
+        assert refused.value.errno == errno.EROFS
+        assert "read-only" in str(refused.value)
+
+    run_fs(store, body, read_only=True)
