@@ -1,0 +1,232 @@
+"""Through a real FUSE mount (/dev/fuse) against moto's S3 server on 127.0.0.1.
+
+Request budgets are read from the real store's counting hook (``S3Store.requests``, counted per HTTP
+request by a botocore event hook) because the mount runs on a thread of this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import random
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import pytest
+
+from s3files.core.fs import FileSystem
+from s3files.fuse.mount import mounted_in_thread
+from s3files.localserver import MotoServer
+from s3files.options import MIB, MountOptions, Source, StoreOptions
+from s3files.store.base import ObjectStore
+from s3files.store.s3 import open_s3_store
+
+pytestmark = pytest.mark.fuse
+
+
+@contextlib.contextmanager
+def mount(
+    server: MotoServer, bucket: str, mountpoint: Path, prefix: str = "", spy: list | None = None, **kw: Any
+) -> Iterator[FileSystem]:
+    """Mount ``bucket`` at ``mountpoint`` on a thread; ``spy`` collects (start, end) of every ranged GET."""
+    mountpoint.mkdir(exist_ok=True)
+    opts = MountOptions(
+        source=Source(bucket, prefix),
+        mountpoint=mountpoint,
+        store=StoreOptions(endpoint_url=server.endpoint_url),
+        **kw,
+    )
+
+    @contextlib.asynccontextmanager
+    async def open_store() -> AsyncIterator[ObjectStore]:
+        async with open_s3_store(bucket, endpoint_url=server.endpoint_url) as store:
+            if spy is not None:
+                real = store.get_range
+
+                async def recording(key: str, start: int, end: int, if_match: str | None = None) -> bytes:
+                    spy.append((start, end))
+                    return await real(key, start, end, if_match)
+
+                store.get_range = recording  # type: ignore[method-assign]
+            yield store
+
+    with mounted_in_thread(opts, open_store) as fs:
+        yield fs
+    assert not os.path.ismount(mountpoint)
+
+
+def put(client: Any, bucket: str, key: str, body: bytes, **meta: str) -> None:
+    client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=meta)
+
+
+def test_nested_tree_contents_and_stat(moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path) -> None:
+    tree = {
+        "a.txt": b"alpha",
+        "docs/readme.md": b"# hi\n",
+        "docs/deep/er/still/file.bin": bytes(range(256)) * 10,
+        "docs/deep/other.txt": b"",
+        "img/x.png": b"\x89PNG" + b"\0" * 100,
+        "empty-dir/": b"",
+    }
+    for key, body in tree.items():
+        put(boto3_client, bucket, key, body)
+    put(boto3_client, bucket, "meta.txt", b"12345", mtime="1600000000.5", mode=str(stat.S_IFREG | 0o600))
+    with mount(moto_server, bucket, tmp_path / "m") as fs:
+        root = tmp_path / "m"
+        # stat before any listing: a HEAD supplies x-amz-meta-mtime and mode
+        st = os.stat(root / "meta.txt")
+        assert (st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode)) == (5, 1600000000.5, 0o600)
+        found = {}
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in filenames:
+                full = Path(dirpath) / name
+                found[str(full.relative_to(root))] = full.read_bytes()
+        expected = {k: v for k, v in tree.items() if not k.endswith("/")}
+        expected["meta.txt"] = b"12345"
+        assert found == expected
+        assert (root / "empty-dir").is_dir() and os.listdir(root / "empty-dir") == []
+        # sizes and mtimes: LastModified for objects without x-amz-meta-mtime
+        head = boto3_client.head_object(Bucket=bucket, Key="docs/readme.md")
+        st = os.stat(root / "docs/readme.md")
+        assert st.st_size == 5
+        assert abs(st.st_mtime - head["LastModified"].timestamp()) < 1.0
+        assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.getuid()
+        assert stat.S_IMODE(os.stat(root / "docs").st_mode) == 0o755
+        with pytest.raises(FileNotFoundError):
+            os.stat(root / "docs/missing")
+        with pytest.raises(NotADirectoryError):
+            os.listdir(root / "a.txt")
+        assert fs.statistics()["open_files"] == 0
+
+
+def test_folder_of_1200_entries(moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path) -> None:
+    names = [f"item-{i:04d}.dat" for i in range(1200)]
+    for i, name in enumerate(names):
+        put(boto3_client, bucket, f"many/{name}", b"x" * (i % 13))
+    with mount(moto_server, bucket, tmp_path / "m", metadata_ttl=60.0):
+        listed = sorted(os.listdir(tmp_path / "m/many"))
+        assert listed == names
+        sizes = {e.name: e.stat().st_size for e in os.scandir(tmp_path / "m/many")}
+        assert all(sizes[name] == i % 13 for i, name in enumerate(names))
+
+
+def test_ls_l_of_2500_entries_costs_3_lists_and_stat_after_list_is_free(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    for i in range(2500):
+        put(boto3_client, bucket, f"big/f{i:05d}", b"")
+    with mount(moto_server, bucket, tmp_path / "m", metadata_ttl=60.0) as fs:
+        os.stat(tmp_path / "m/big")
+        fs.store.requests.reset()
+        out = subprocess.run(["ls", "-l", str(tmp_path / "m/big")], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert len(out.stdout.splitlines()) == 2501  # "total" + 2500 entries
+        assert fs.store.requests.snapshot() == {"list": 3}
+        fs.store.requests.reset()
+        for i in (0, 1234, 2499):
+            assert os.stat(tmp_path / f"m/big/f{i:05d}").st_size == 0
+        assert fs.store.requests.total() == 0
+
+
+def test_64_mib_sha256_and_no_overlapping_gets(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    data = random.Random(7).randbytes(64 * MIB)
+    put(boto3_client, bucket, "big.bin", data)
+    spans: list[tuple[int, int]] = []
+    with mount(moto_server, bucket, tmp_path / "m", spy=spans) as fs:
+        digest = hashlib.sha256()
+        with open(tmp_path / "m/big.bin", "rb") as f:
+            for chunk in iter(lambda: f.read(4 * MIB), b""):
+                digest.update(chunk)
+        assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+        ordered = sorted(spans)
+        for (s1, e1), (s2, e2) in zip(ordered, ordered[1:]):
+            assert e1 <= s2, f"overlapping GETs {s1}-{e1} and {s2}-{e2}"
+        assert sum(e - s for s, e in ordered) == len(data)
+        assert fs.store.requests["get"] == len(spans) <= 16
+
+
+def test_unaligned_partial_reads(moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path) -> None:
+    data = random.Random(8).randbytes(3 * MIB + 17)
+    put(boto3_client, bucket, "f.bin", data)
+    rng = random.Random(9)
+    with mount(moto_server, bucket, tmp_path / "m"):
+        fd = os.open(tmp_path / "m/f.bin", os.O_RDONLY)
+        try:
+            for _ in range(40):
+                off = rng.randrange(0, len(data) + 10)
+                size = rng.choice([1, 7, 4095, 4097, 65537, 300_001])
+                assert os.pread(fd, size, off) == data[off : off + size]
+            assert os.pread(fd, 100, len(data) - 3) == data[-3:]
+        finally:
+            os.close(fd)
+
+
+def test_awkward_keys_are_hidden_not_fatal(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    for key in ["ok.txt", "a//b", "dots/./x", "dots/../y", "l/" + "n" * 256, "dup", "dup/inner", "sp ace/ü.txt"]:
+        put(boto3_client, bucket, key, b"1")
+    with mount(moto_server, bucket, tmp_path / "m"):
+        root = tmp_path / "m"
+        assert sorted(os.listdir(root)) == ["a", "dots", "dup", "l", "ok.txt", "sp ace"]
+        assert os.listdir(root / "a") == [] and os.listdir(root / "dots") == [] and os.listdir(root / "l") == []
+        assert (root / "dup").is_dir() and os.listdir(root / "dup") == ["inner"]
+        assert (root / "sp ace/ü.txt").read_bytes() == b"1"
+        with pytest.raises(FileNotFoundError):
+            os.stat(root / "dots/..x")
+        assert (root / "ok.txt").read_bytes() == b"1"  # the mount is still alive
+
+
+def test_prefix_mount(moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path) -> None:
+    put(boto3_client, bucket, "outside.txt", b"no")
+    put(boto3_client, bucket, "team/a/data.csv", b"1,2,3\n")
+    put(boto3_client, bucket, "team/readme", b"r")
+    with mount(moto_server, bucket, tmp_path / "m", prefix="team/"):
+        assert sorted(os.listdir(tmp_path / "m")) == ["a", "readme"]
+        assert (tmp_path / "m/a/data.csv").read_bytes() == b"1,2,3\n"
+        assert not (tmp_path / "m/outside.txt").exists()
+
+
+def test_read_only_mount_refuses_writes_with_erofs(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    put(boto3_client, bucket, "f.txt", b"keep")
+    put(boto3_client, bucket, "d/g.txt", b"keep")
+    with mount(moto_server, bucket, tmp_path / "m", read_only=True) as fs:
+        root = tmp_path / "m"
+        attempts = [
+            lambda: open(root / "new.txt", "w"),
+            lambda: open(root / "f.txt", "a"),
+            lambda: os.truncate(root / "f.txt", 0),
+            lambda: os.mkdir(root / "newdir"),
+            lambda: os.unlink(root / "f.txt"),
+            lambda: os.rmdir(root / "d"),
+            lambda: os.rename(root / "f.txt", root / "g.txt"),
+            lambda: os.symlink("f.txt", root / "link"),
+            lambda: os.chmod(root / "f.txt", 0o600),
+        ]
+        fs.store.requests.reset()
+        for attempt in attempts:
+            with pytest.raises(OSError) as refused:
+                attempt()
+            assert refused.value.errno == errno.EROFS
+        assert (root / "f.txt").read_bytes() == b"keep"
+    assert boto3_client.get_object(Bucket=bucket, Key="f.txt")["Body"].read() == b"keep"
+    keys = [o["Key"] for o in boto3_client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["d/g.txt", "f.txt"]
+
+
+def test_changed_object_is_seen_at_next_open(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    put(boto3_client, bucket, "v.txt", b"version one")
+    with mount(moto_server, bucket, tmp_path / "m", metadata_ttl=0.0):
+        assert (tmp_path / "m/v.txt").read_bytes() == b"version one"
+        put(boto3_client, bucket, "v.txt", b"version two!")
+        assert (tmp_path / "m/v.txt").read_bytes() == b"version two!"
