@@ -67,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.add_argument("--log-file", type=Path, help="write the daemon's log here")
+    run.add_argument("--stats-file", type=Path, help="on SIGUSR1, write request counts etc. here (JSON)")
     run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    bench = sub.add_parser(
+        "bench", help="benchmark the mount against the SDK and download-process-upload", add_help=False
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
     unmount = sub.add_parser("unmount", help="unmount a folder mounted by s3files")
     unmount.add_argument("mountpoint", type=Path)
@@ -94,6 +100,7 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         allow_other=args.allow_other,
         metadata_ttl=args.metadata_ttl,
         cache_dir=args.cache_dir,
+        stats_file=args.stats_file.absolute() if args.stats_file else None,
     )
 
 
@@ -223,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "unmount":
         return unmount(args.mountpoint, args.lazy)
+    if args.command == "bench":
+        from s3files_bench.cli import main as bench_main
+
+        return bench_main(args.bench_args)
     try:
         opts = options_from(args)
     except MountError as exc:

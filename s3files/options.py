@@ -85,6 +85,7 @@ class MountOptions:
     allow_other: bool = False
     metadata_ttl: float = 1.0  # seconds the kernel and our caches may trust attributes and listings
     cache_dir: Path | None = None
+    stats_file: Path | None = None  # on SIGUSR1 the daemon writes its statistics here as JSON
 
     def __post_init__(self) -> None:
         for name in ("file_mode", "dir_mode"):
