@@ -35,9 +35,34 @@ class IsADirectory(S3FilesError):
 
 
 class ReadOnly(S3FilesError):
-    # Judgement call: writes on a --read-only mount (and, until the write path lands, on any mount) are
-    # EROFS, which every tool reports as "Read-only file system" - the truth, and not a retryable error.
+    # Writes on a --read-only mount: EROFS, which every tool reports as "Read-only file system".
     errno = errno.EROFS
+
+
+class FileExists(S3FilesError):
+    errno = errno.EEXIST
+
+
+class NotEmpty(S3FilesError):
+    errno = errno.ENOTEMPTY
+
+
+class CrossDevice(S3FilesError):
+    # Judgement call: renaming a folder would be a copy and delete of every key below it, not atomic and
+    # not fast. EXDEV makes mv(1) and shutil.move fall back to copying, which is what would happen anyway.
+    errno = errno.EXDEV
+
+
+class NotSupported(S3FilesError):
+    errno = errno.ENOTSUP
+
+
+class NotPermitted(S3FilesError):
+    errno = errno.EPERM
+
+
+class InvalidArgument(S3FilesError):
+    errno = errno.EINVAL
 
 
 class InvalidName(S3FilesError):

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import stat
+import tempfile
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -26,7 +27,10 @@ def run_fs(
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             opts = MountOptions(source=Source("bucket", prefix), mountpoint=Path("/unused"), **kw)  # type: ignore[arg-type]
-            await body(FileSystem(store, opts, spawn=nursery.start_soon))
+            with tempfile.TemporaryDirectory() as staging:
+                fs = FileSystem(store, opts, spawn=nursery.start_soon, staging=Path(staging))
+                await body(fs)
+                await fs.aclose()
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -49,7 +53,7 @@ async def read_all(fs: FileSystem, ino: int, chunk: int = MIB) -> bytes:
             break
         out.append(data)
         off += len(data)
-    fs.release(opened.fh)
+    await fs.release(opened.fh)
     return b"".join(out)
 
 
@@ -185,7 +189,7 @@ def test_random_reads_fetch_only_what_is_asked() -> None:
         # unaligned partial reads and reads past the end
         assert await fs.read(opened.fh, len(data) - 5, 100) == data[-5:]
         assert await fs.read(opened.fh, len(data) + 10, 100) == b""
-        fs.release(opened.fh)
+        await fs.release(opened.fh)
 
     run_fs(store, body)
 
@@ -201,7 +205,7 @@ def test_reader_memory_is_bounded_by_the_window() -> None:
         for i in range(200):
             await fs.read(opened.fh, i * MIB, MIB)
             peak = max(peak, int(fs.statistics()["held_read_bytes"]))  # type: ignore[call-overload]
-        fs.release(opened.fh)
+        await fs.release(opened.fh)
         assert fs.statistics()["held_read_bytes"] == 0
 
     run_fs(store, body, read=ReadOptions())
@@ -217,10 +221,10 @@ def test_read_sees_changed_object_at_next_open_and_keep_cache_tracks_etag() -> N
         first = await fs.open(ino, os.O_RDONLY)
         assert not first.keep_cache
         assert await fs.read(first.fh, 0, 10) == b"one"
-        fs.release(first.fh)
+        await fs.release(first.fh)
         second = await fs.open(ino, os.O_RDONLY)
         assert second.keep_cache  # same ETag: the kernel's pages are still right
-        fs.release(second.fh)
+        await fs.release(second.fh)
         store.seed("f", b"two!" * MIB)
         third = await fs.open(ino, os.O_RDONLY)
         assert not third.keep_cache and third.attr.size == 4 * MIB
@@ -230,7 +234,7 @@ def test_read_sees_changed_object_at_next_open_and_keep_cache_tracks_etag() -> N
         with pytest.raises(S3FilesError) as stale:
             await fs.read(third.fh, 3 * MIB, 10)
         assert stale.value.errno == errno.ESTALE
-        fs.release(third.fh)
+        await fs.release(third.fh)
 
     run_fs(store, body)
 
@@ -250,7 +254,7 @@ def test_store_errors_become_errnos_not_crashes() -> None:
         assert failed.value.errno == errno.EIO
         assert await fs.read(opened.fh, 50_000, 100) == b""
         assert await fs.read(opened.fh, 0, 4) == b"data"  # the file still works after the error
-        fs.release(opened.fh)
+        await fs.release(opened.fh)
 
     run_fs(store, body)
 
@@ -267,3 +271,193 @@ def test_writes_are_refused_with_erofs() -> None:
         assert "read-only" in str(refused.value)
 
     run_fs(store, body, read_only=True)
+
+
+# -- the write path ---------------------------------------------------------------------------------
+
+
+async def write_new(fs: FileSystem, parent: int, name: str, data: bytes, chunk: int = 128 * 1024) -> int:
+    opened = await fs.create(parent, name, 0o640, 1000, 1000)
+    for off in range(0, len(data), chunk):
+        assert await fs.write(opened.fh, off, data[off : off + chunk]) == len(data[off : off + chunk])
+    await fs.flush(opened.fh)
+    await fs.release(opened.fh)
+    return opened.attr.ino
+
+
+def test_create_write_close_uploads_with_metadata_and_if_none_match() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        store.requests.reset()
+        ino = await write_new(fs, ROOT_INO, "new.txt", b"hello")
+        assert store.data("new.txt") == b"hello"
+        assert store.requests.snapshot() == {"put": 1}
+        meta = (await store.head("new.txt")).metadata
+        assert meta is not None and int(meta["mode"]) == stat.S_IFREG | 0o640
+        assert (meta["uid"], meta["gid"]) == ("1000", "1000")
+        attr = await fs.getattr(ino)
+        assert (attr.size, stat.S_IMODE(attr.mode)) == (5, 0o640)
+        # visible in a listing of its folder and by lookup, right after close
+        names = [n for n, _, _ in await fs.readdir(await fs.opendir(ROOT_INO), 0)]
+        assert names == ["new.txt"]
+
+    run_fs(store, body, metadata_ttl=60.0)
+
+
+def test_new_file_is_visible_here_before_close() -> None:
+    store = MemoryStore()
+    store.seed("other", b"x")
+
+    async def body(fs: FileSystem) -> None:
+        await fs.readdir(await fs.opendir(ROOT_INO), 0)  # a fresh listing without the new name
+        opened = await fs.create(ROOT_INO, "draft", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"abc")
+        assert (await fs.lookup(ROOT_INO, "draft")).size == 3
+        names = [n for n, _, _ in await fs.readdir(await fs.opendir(ROOT_INO), 0)]
+        assert names == ["draft", "other"]
+        assert "draft" not in store.keys()
+        await fs.release(opened.fh)
+        assert store.data("draft") == b"abc"
+
+    run_fs(store, body, metadata_ttl=60.0)
+
+
+def test_overwrite_random_write_append_truncate() -> None:
+    store = MemoryStore()
+    store.seed("f", b"0123456789")
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "f")
+        opened = await fs.open(ino, os.O_RDWR)
+        await fs.write(opened.fh, 3, b"abc")
+        assert await fs.read(opened.fh, 0, 100) == b"012abc6789"  # reads see this handle's writes
+        await fs.write(opened.fh, 12, b"Z")  # past the end: a hole of zeros
+        await fs.release(opened.fh)
+        assert store.data("f") == b"012abc6789\0\0Z"
+        await fs.setattr(ino, size=4)  # truncate(2) on a path is persisted at once
+        assert store.data("f") == b"012a"
+        trunc = await fs.open(ino, os.O_WRONLY | os.O_TRUNC)
+        await fs.write(trunc.fh, 0, b"new")
+        await fs.release(trunc.fh)
+        assert store.data("f") == b"new"
+
+    run_fs(store, body)
+
+
+def test_large_file_uses_parallel_multipart_upload() -> None:
+    store = MemoryStore()
+    data = random.Random(5).randbytes(20 * MIB + 3)
+
+    async def body(fs: FileSystem) -> None:
+        store.requests.reset()
+        await write_new(fs, ROOT_INO, "big", data, chunk=MIB)
+        assert store.data("big") == data
+        counts = store.requests.snapshot()
+        assert counts == {"create_multipart": 1, "upload_part": 3, "complete_multipart": 1}
+
+    run_fs(store, body)
+
+
+def test_outside_change_while_writing_keeps_both_versions() -> None:
+    store = MemoryStore()
+    store.seed("doc", b"original")
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "doc")
+        opened = await fs.open(ino, os.O_WRONLY)
+        await fs.write(opened.fh, 0, b"OURS")
+        store.seed("doc", b"theirs")  # another machine writes meanwhile
+        with pytest.raises(S3FilesError) as conflict:
+            await fs.flush(opened.fh)
+        assert conflict.value.errno == errno.EIO
+        assert "s3files-conflict-" in str(conflict.value)
+        await fs.release(opened.fh)
+        assert store.data("doc") == b"theirs"
+        beside = [k for k in store.keys() if k.startswith("doc.s3files-conflict-")]
+        assert len(beside) == 1 and store.data(beside[0]) == b"OURSinal"
+
+    run_fs(store, body)
+
+
+def test_new_file_racing_an_outside_create_is_not_overwritten() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "race", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"mine")
+        store.seed("race", b"first")
+        with pytest.raises(S3FilesError):
+            await fs.release(opened.fh)
+        assert store.data("race") == b"first"
+        assert any(store.data(k) == b"mine" for k in store.keys() if k.startswith("race.s3files-conflict-"))
+
+    run_fs(store, body)
+
+
+def test_failed_upload_reports_eio_and_keeps_data_for_retry() -> None:
+    from s3files.errors import StoreError
+
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "keep", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"precious")
+        store.fail("put", StoreError("503 after retries"))
+        with pytest.raises(S3FilesError) as failed:
+            await fs.flush(opened.fh)
+        assert failed.value.errno == errno.EIO
+        assert "keep" not in store.keys()
+        await fs.flush(opened.fh)  # the next close/fsync retries with the same bytes
+        assert store.data("keep") == b"precious"
+        await fs.release(opened.fh)
+
+    run_fs(store, body)
+
+
+def test_unmount_uploads_what_was_never_closed() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "left-open", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"data")
+        # run_fs calls fs.aclose() after the body, as the mount does at unmount
+
+    run_fs(store, body)
+    assert store.data("left-open") == b"data"
+
+
+def test_unlink_mkdir_rmdir_rename() -> None:
+    store = MemoryStore()
+    store.seed("a.txt", b"A", {"mode": str(stat.S_IFREG | 0o600)})
+    store.seed("full/x", b"x")
+
+    async def body(fs: FileSystem) -> None:
+        d = await fs.mkdir(ROOT_INO, "d", 0o750, 0, 0)
+        assert stat.S_ISDIR(d.mode) and "d/" in store.keys()
+        with pytest.raises(S3FilesError) as exists:
+            await fs.mkdir(ROOT_INO, "d", 0o750, 0, 0)
+        assert exists.value.errno == errno.EEXIST
+        await fs.rename(ROOT_INO, "a.txt", d.ino, "b.txt", 0)
+        assert "a.txt" not in store.keys() and store.data("d/b.txt") == b"A"
+        meta = (await store.head("d/b.txt")).metadata
+        assert meta is not None and meta["mode"] == str(stat.S_IFREG | 0o600)  # metadata travels
+        with pytest.raises(S3FilesError) as not_empty:
+            await fs.rmdir(ROOT_INO, "d")
+        assert not_empty.value.errno == errno.ENOTEMPTY
+        full = await fs.lookup(ROOT_INO, "full")
+        with pytest.raises(S3FilesError) as exdev:
+            await fs.rename(ROOT_INO, "full", ROOT_INO, "other", 0)
+        assert exdev.value.errno == errno.EXDEV
+        with pytest.raises(S3FilesError) as isdir:
+            await fs.unlink(ROOT_INO, "full")
+        assert isdir.value.errno == errno.EISDIR
+        await fs.unlink(d.ino, "b.txt")
+        await fs.rmdir(ROOT_INO, "d")
+        assert store.keys() == ["full/x"]
+        with pytest.raises(S3FilesError) as gone:
+            await fs.lookup(ROOT_INO, "d")
+        assert gone.value.errno == errno.ENOENT
+        assert full.ino > 0
+
+    run_fs(store, body, metadata_ttl=60.0)

@@ -15,10 +15,13 @@ Request budget (asserted by tests):
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
+import stat
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,11 +31,19 @@ from cachetools import TTLCache
 from s3files.core.inodes import ROOT_INO, Attr, Defaults, Inode, InodeTable
 from s3files.core.namespace import Entry, Namespace, join, valid_name
 from s3files.core.reader import Reader, Spawn
+from s3files.core.writer import StagedFile, Uploader, WriteConflict
 from s3files.errors import (
+    CrossDevice,
+    FileExists,
+    InvalidArgument,
+    InvalidName,
     IsADirectory,
     NotADirectory,
+    NotEmpty,
     NotFound,
+    NotSupported,
     ObjectNotFound,
+    PreconditionFailed,
     ReadOnly,
     S3FilesError,
 )
@@ -41,7 +52,15 @@ from s3files.store.base import ListPage, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
+
+class BadHandle(S3FilesError):
+    errno = errno.EBADF
+
+
 MAX_LIST_PAGES = 1_000_000  # a bound on any listing loop: 10^9 keys
+UNMOUNT_UPLOAD_TIMEOUT = 300  # seconds unmount waits for unsent files before leaving them on disk
+RENAME_NOREPLACE = 1  # linux/fs.h renameat2 flags
+RENAME_EXCHANGE = 2
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,7 @@ class _DirHandle:
 class _FileHandle:
     ino: int
     reader: Reader
+    writable: bool = False
 
 
 class FileSystem:
@@ -72,10 +92,15 @@ class FileSystem:
         store: ObjectStore,
         opts: MountOptions,
         spawn: Spawn,
+        staging: Path,
         now: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self._staging = staging
+        self._wall = wall
+        self._uploader = Uploader(store, part_size=opts.read.part_size)
+        self._staged: dict[int, StagedFile] = {}  # ino -> its local copy while being changed
         self.opts = opts
         self._spawn = spawn
         self._now = now
@@ -103,6 +128,9 @@ class FileSystem:
         return self._now() + self.opts.metadata_ttl
 
     def _record(self, path: str, entry: Entry) -> Inode:
+        node = self.inodes.by_path(path)
+        if node is not None and node.ino in self._staged:
+            return node  # being changed here: our copy is newer than anything S3 or a listing says
         if entry.is_dir:
             return self.inodes.put_dir(path, self._mount_time, self._fresh_until())
         assert entry.info is not None
@@ -170,21 +198,27 @@ class FileSystem:
             raise NotADirectory(f"{parent.path} is not a folder")
         if not valid_name(name):
             raise NotFound(f"not a valid name: {name!r}")
-        path = join(parent.path, name)
-        listing = self._listings.get(parent.path)
+        node = self._record(join(parent.path, name), await self._entry(parent.path, name))
+        self.inodes.acquire(node.ino)
+        return node.attr()
+
+    async def _entry(self, parent_path: str, name: str) -> Entry:
+        """What ``name`` in folder ``parent_path`` is: a local new file, or per a fresh listing, or S3."""
+        path = join(parent_path, name)
+        local = self.inodes.by_path(path)
+        if local is not None and local.ino in self._staged:
+            return Entry(name, is_dir=False)
+        listing = self._listings.get(parent_path)
         if listing is not None:
             entry = listing.get(name)
             if entry is None:
                 raise NotFound(f"no such file or folder: {path}")
-        else:
-            entry = await self._probe(path)
-        node = self._record(path, entry)
-        self.inodes.acquire(node.ino)
-        return node.attr()
+            return entry
+        return await self._probe(path)
 
     async def getattr(self, ino: int) -> Attr:
         node = self._node(ino)
-        if node.is_dir or node.fresh_until > self._now():
+        if node.is_dir or node.fresh_until > self._now() or ino in self._staged:
             return node.attr()
         return (await self._head(node)).attr()
 
@@ -214,7 +248,15 @@ class FileSystem:
         if handle is None:
             raise S3FilesError(f"bad folder handle {fh}")
         if start == 0 or handle.entries is None:
-            handle.entries = list((await self._list(handle.path)).items())
+            entries = dict(await self._list(handle.path))
+            for staged_ino, staged in self._staged.items():
+                node = self.inodes.get(staged_ino)
+                if node is None or staged.unlinked:
+                    continue
+                parent, _, name = node.path.rpartition("/")
+                if parent == handle.path:
+                    entries.setdefault(name, Entry(name, is_dir=False))  # created here, not uploaded yet
+            handle.entries = sorted(entries.items())
         result = []
         for index in range(start, len(handle.entries)):
             name, entry = handle.entries[index]
@@ -228,39 +270,320 @@ class FileSystem:
     # -- files -------------------------------------------------------------------------------------
 
     def check_writable(self, what: str) -> None:
-        """Every changing operation goes through here until the write path lands."""
+        """Every changing operation goes through here: a --read-only mount refuses with EROFS."""
         if self.opts.read_only:
             raise ReadOnly(f"{what}: the mount is read-only")
-        raise ReadOnly(f"{what}: writing is not supported yet")
 
     async def open(self, ino: int, flags: int) -> OpenFile:
         node = self._node(ino)
         if node.is_dir:
             raise IsADirectory(f"{node.path} is a folder")
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+        writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        if writable or flags & os.O_TRUNC:
             self.check_writable(f"open {node.path} for writing")
-        node = await self._head(node)  # close-to-open: every open sees the newest version
-        keep_cache = node.page_cache_etag == node.etag
-        node.page_cache_etag = node.etag
+        staged = self._staged.get(ino)
+        if staged is None:
+            node = await self._head(node)  # close-to-open: every open sees the newest version
+            if writable:
+                staged = await self._stage(node, truncate=bool(flags & os.O_TRUNC))
+        elif flags & os.O_TRUNC:
+            self._truncate(node, staged, 0)
+        keep_cache = staged is None and node.page_cache_etag == node.etag
+        if staged is None:
+            node.page_cache_etag = node.etag
+        else:
+            staged.handles += 1
+            node.page_cache_etag = None
         fh = next(self._handles)
-        reader = Reader(
-            self.store, self.ns.file_key(node.path), node.size, node.etag, self.opts.read, self._spawn
-        )
-        self._files[fh] = _FileHandle(node.ino, reader)
+        self._files[fh] = _FileHandle(node.ino, self._reader(node), writable)
         return OpenFile(fh, keep_cache, node.attr())
 
+    def _reader(self, node: Inode) -> Reader:
+        return Reader(self.store, self.ns.file_key(node.path), node.size, node.etag, self.opts.read, self._spawn)
+
+    async def _stage(self, node: Inode, truncate: bool) -> StagedFile:
+        """Make the local copy of ``node`` that writes go to (downloading it unless it is truncated)."""
+        staged = StagedFile.create(self._staging, base_etag=node.etag)
+        try:
+            if truncate:
+                staged.dirty = node.size > 0
+            else:
+                reader = self._reader(node)
+                try:
+                    for off in range(0, node.size, self.opts.read.part_size):
+                        data = await reader.read(off, self.opts.read.part_size)
+                        await trio.to_thread.run_sync(os.pwrite, staged.fd, data, off)
+                finally:
+                    reader.close()
+        except BaseException:
+            staged.discard()
+            raise
+        node.size = staged.size()
+        self._staged[node.ino] = staged
+        return staged
+
+    def _truncate(self, node: Inode, staged: StagedFile, size: int) -> None:
+        staged.truncate(size)
+        node.size = size
+        node.mtime = self._wall()
+
+    async def create(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> OpenFile:
+        """Create and open a new file; it exists in S3 once closed (or fsynced). Acquires the inode."""
+        parent = self._node(parent_ino)
+        path = self._new_path(parent, name, "create")
+        node = self.inodes.put_local_file(path, mode, uid, gid, self._wall())
+        staged = StagedFile.create(self._staging, base_etag=None)
+        staged.dirty = True  # even an empty file must be created
+        staged.handles = 1
+        self._staged[node.ino] = staged
+        self._listings.pop(parent.path, None)
+        self.inodes.acquire(node.ino)
+        fh = next(self._handles)
+        self._files[fh] = _FileHandle(node.ino, self._reader(node), True)
+        return OpenFile(fh, False, node.attr())
+
+    def _new_path(self, parent: Inode, name: str, what: str) -> str:
+        self.check_writable(f"{what} {name}")
+        if not parent.is_dir:
+            raise NotADirectory(f"{parent.path} is not a folder")
+        if len(name.encode("utf-8", "surrogatepass")) > 255:
+            raise InvalidName(f"name too long: {name[:40]}...")
+        if not valid_name(name):
+            raise InvalidArgument(f"not a valid name: {name!r}")
+        return join(parent.path, name)
+
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self._files.get(fh)
-        if handle is None:
-            raise S3FilesError(f"bad file handle {fh}")
+        handle = self._handle(fh)
+        staged = self._staged.get(handle.ino)
+        if staged is not None:
+            return staged.read(off, size)
         return await handle.reader.read(off, size)
 
-    def release(self, fh: int) -> None:
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        handle = self._handle(fh)
+        staged = self._staged.get(handle.ino)
+        if not handle.writable or staged is None:
+            raise BadHandle(f"file handle {fh} is not open for writing")
+        written = staged.write(off, data)
+        node = self._node(handle.ino)
+        node.size = max(node.size, off + written)
+        node.mtime = self._wall()
+        return written
+
+    async def flush(self, fh: int) -> None:
+        """close() of one descriptor (and fsync): upload what was written, so others see it after."""
+        handle = self._handle(fh)
+        if handle.writable:
+            await self._commit(handle.ino)
+
+    async def _commit(self, ino: int) -> None:
+        staged = self._staged.get(ino)
+        node = self.inodes.get(ino)
+        if staged is None or node is None or staged.unlinked:
+            return
+        async with staged.lock:
+            if not staged.dirty:
+                return
+            staged.dirty = False  # a write during the upload sets it again, so the next flush sends it
+            try:
+                info = await self._uploader.upload(self.ns.file_key(node.path), staged, self._metadata(node))
+            except WriteConflict:
+                # Ours is safe beside theirs; the key holds theirs, which the next open will see.
+                node.fresh_until = 0.0
+                node.page_cache_etag = None
+                raise
+            except BaseException:
+                staged.dirty = True
+                raise
+            staged.base_etag = info.etag
+            node.etag = node.meta_etag = info.etag
+            node.fresh_until = self._fresh_until()
+            self._listings.pop(node.path.rpartition("/")[0], None)
+
+    @staticmethod
+    def _metadata(node: Inode) -> dict[str, str]:
+        """POSIX metadata in s3fs-compatible x-amz-meta-* form (mode as decimal st_mode)."""
+        return {"mode": str(node.mode), "uid": str(node.uid), "gid": str(node.gid), "mtime": f"{node.mtime:.9f}"}
+
+    async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
-        if handle is not None:
-            handle.reader.close()
+        if handle is None:
+            return
+        handle.reader.close()
+        staged = self._staged.get(handle.ino)
+        if staged is None or not handle.writable:
+            return
+        staged.handles -= 1
+        if staged.handles > 0:
+            return
+        try:
+            await self._commit(handle.ino)
+        finally:
+            if not staged.dirty or staged.unlinked:
+                self._staged.pop(handle.ino, None)
+                staged.discard()
+            else:
+                log.error("op=release ino=%d: upload failed; the data stays at %s", handle.ino, staged.path)
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime: float | None = None,
+    ) -> Attr:
+        node = self._node(ino)
+        self.check_writable(f"change attributes of {node.path}")
+        if size is not None:
+            if node.is_dir:
+                raise IsADirectory(f"{node.path} is a folder")
+            staged = self._staged.get(ino)
+            if staged is None:
+                node = await self._head(node)
+                staged = await self._stage(node, truncate=size == 0)
+            self._truncate(node, staged, size)
+        if mode is not None:
+            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
+        node.uid = node.uid if uid is None else uid
+        node.gid = node.gid if gid is None else gid
+        node.mtime = node.mtime if mtime is None else mtime
+        metadata_changed = (mode, uid, gid, mtime) != (None, None, None, None)
+        staged = self._staged.get(ino)
+        if staged is not None:
+            staged.dirty = staged.dirty or metadata_changed
+            if staged.handles == 0:  # truncate(2) on a path, not through an open file: persist now
+                try:
+                    await self._commit(ino)
+                finally:
+                    if not staged.dirty:
+                        self._staged.pop(ino, None)
+                        staged.discard()
+        elif metadata_changed and not node.is_dir:
+            key = self.ns.file_key(node.path)
+            info = await self.store.copy(key, key, metadata=self._metadata(node))
+            node.etag = node.meta_etag = info.etag
+        # Folders have no object of their own to carry metadata: their changes live while mounted.
+        return node.attr()
+
+    def _handle(self, fh: int) -> _FileHandle:
+        handle = self._files.get(fh)
+        if handle is None:
+            raise BadHandle(f"bad file handle {fh}")
+        return handle
+
+    # -- changing the tree -------------------------------------------------------------------------
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        parent = self._node(parent_ino)
+        self.check_writable(f"unlink {name}")
+        entry = await self._entry(parent.path, name)
+        if entry.is_dir:
+            raise IsADirectory(f"{join(parent.path, name)} is a folder")
+        path = join(parent.path, name)
+        node = self.inodes.by_path(path)
+        staged = self._staged.get(node.ino) if node is not None else None
+        if staged is None or staged.base_etag is not None:
+            await self.store.delete(self.ns.file_key(path))
+        if staged is not None and node is not None:
+            staged.unlinked = True
+            if staged.handles == 0:
+                self._staged.pop(node.ino, None)
+                staged.discard()
+        self.inodes.unlink_path(path)
+        self._listings.pop(parent.path, None)
+
+    async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Attr:
+        parent = self._node(parent_ino)
+        path = self._new_path(parent, name, "mkdir")
+        try:
+            await self._entry(parent.path, name)
+        except NotFound:
+            pass
+        else:
+            raise FileExists(f"{path} exists")
+        node = self.inodes.put_dir(path, self._wall(), self._fresh_until())
+        node.mode, node.uid, node.gid = stat.S_IFDIR | stat.S_IMODE(mode), uid, gid
+        try:
+            await self.store.put(self.ns.dir_prefix(path), b"", self._metadata(node), if_none_match=True)
+        except PreconditionFailed:
+            raise FileExists(f"{path} exists") from None
+        self._listings.pop(parent.path, None)
+        if self.opts.metadata_ttl > 0:
+            self._listings[path] = {}
+        self.inodes.acquire(node.ino)
+        return node.attr()
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        parent = self._node(parent_ino)
+        self.check_writable(f"rmdir {name}")
+        path = join(parent.path, name)
+        if not (await self._entry(parent.path, name)).is_dir:
+            raise NotADirectory(f"{path} is not a folder")
+        marker = self.ns.dir_prefix(path)
+        page = await self.store.list_page(marker, "/", max_keys=2)
+        local = any(
+            n is not None and n.path.startswith(path + "/") and not s.unlinked
+            for n, s in ((self.inodes.get(i), s) for i, s in self._staged.items())
+        )
+        if local or page.prefixes or any(o.key != marker for o in page.objects):
+            raise NotEmpty(f"{path} is not empty")
+        await self.store.delete(marker)
+        self.inodes.unlink_path(path)
+        self._listings.pop(parent.path, None)
+        self._listings.pop(path, None)
+
+    async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:
+        """Rename a file: server-side copy then delete (S3 has no rename). Folders: EXDEV (see errors)."""
+        src_parent, dst_parent = self._node(old_parent), self._node(new_parent)
+        dst_path = self._new_path(dst_parent, new_name, "rename")
+        src_path = join(src_parent.path, old_name)
+        if flags & RENAME_EXCHANGE:
+            raise NotSupported("rename with RENAME_EXCHANGE is not supported")
+        if (await self._entry(src_parent.path, old_name)).is_dir:
+            raise CrossDevice(f"cannot rename folder {src_path} in place; copy it instead")
+        try:
+            target = await self._entry(dst_parent.path, new_name)
+        except NotFound:
+            target = None
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FileExists(f"{dst_path} exists")
+            if target.is_dir:
+                raise IsADirectory(f"{dst_path} is a folder")
+        node = self.inodes.by_path(src_path)
+        if node is not None and node.ino in self._staged:
+            await self._commit(node.ino)  # the copy must carry what was written
+        src_key, dst_key = self.ns.file_key(src_path), self.ns.file_key(dst_path)
+        info = await self.store.copy(src_key, dst_key)
+        await self.store.delete(src_key)
+        self.inodes.move(src_path, dst_path)
+        if node is not None:
+            node.etag = info.etag
+            staged = self._staged.get(node.ino)
+            if staged is not None:
+                staged.base_etag = info.etag
+        self._listings.pop(src_parent.path, None)
+        self._listings.pop(dst_parent.path, None)
 
     # -- whole file system -------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """At unmount: upload what is still unsent (bounded), keep what fails on disk and say where."""
+        with trio.move_on_after(UNMOUNT_UPLOAD_TIMEOUT) as scope:
+            for ino, staged in list(self._staged.items()):
+                try:
+                    await self._commit(ino)
+                except S3FilesError as exc:
+                    log.error("op=unmount ino=%d: upload failed (%s); data kept at %s", ino, exc, staged.path)
+                    continue
+                if not staged.dirty or staged.unlinked:
+                    self._staged.pop(ino, None)
+                    staged.discard()
+        if scope.cancelled_caught:
+            log.error("uploads at unmount took over %d s; unsent data kept in %s", UNMOUNT_UPLOAD_TIMEOUT, self._staging)
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -269,6 +592,8 @@ class FileSystem:
             "open_folders": len(self._dirs),
             "cached_listings": len(self._listings),
             "held_read_bytes": sum(h.reader.held_bytes for h in self._files.values()),
+            "staged_files": len(self._staged),
+            "dirty_files": sum(1 for s in self._staged.values() if s.dirty),
             "requests": self.store.requests.snapshot(),
         }
 

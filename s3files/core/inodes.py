@@ -138,6 +138,26 @@ class InodeTable:
         node.fresh_until = fresh_until
         return node
 
+    def put_local_file(self, path: str, mode: int, uid: int, gid: int, mtime: float) -> Inode:
+        """A file created here that S3 does not have yet (it is uploaded when closed)."""
+        node = self._node(path, False)
+        node.mode = stat.S_IFREG | stat.S_IMODE(mode)
+        node.uid, node.gid, node.mtime, node.size = uid, gid, mtime, 0
+        node.etag = node.meta_etag = node.page_cache_etag = None
+        return node
+
+    def move(self, old: str, new: str) -> None:
+        """``old`` is now called ``new`` (rename); whatever was at ``new`` loses its name."""
+        ino = self._by_path.pop(old, None)
+        self._by_path.pop(new, None)
+        if ino is not None:
+            self._by_ino[ino].path = new
+            self._by_path[new] = ino
+
+    def unlink_path(self, path: str) -> None:
+        """``path`` is gone; its inode lives on (open handles) until the kernel forgets it."""
+        self._by_path.pop(path, None)
+
     def acquire(self, ino: int, n: int = 1) -> None:
         """The kernel now holds ``n`` more references to ``ino`` (lookup, readdirplus entry)."""
         self._by_ino[ino].lookups += n

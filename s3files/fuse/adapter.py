@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, ParamSpec, Sequence, TypeVar
 import pyfuse3
 
 from s3files.core.fs import Attr, FileSystem
-from s3files.errors import NotFound, S3FilesError
+from s3files.errors import InvalidArgument, NotFound, NotPermitted, NotSupported, S3FilesError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ def guarded(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+def _new_name(raw: bytes) -> str:
+    """A name to create: it becomes part of an S3 key, which must be UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"names must be UTF-8 to be stored in S3: {raw!r}") from None
 
 
 def _name(raw: bytes) -> str:
@@ -127,7 +135,7 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def release(self, fh: int) -> None:
-        self.fs.release(fh)
+        await self.fs.release(fh)
 
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> Any:
@@ -139,47 +147,65 @@ class Operations(pyfuse3.Operations):
         st.f_namemax = 255
         return st
 
-    # -- changing the tree (the write path is a later piece of work) ---------------------------------
-
-    async def _refuse(self, what: str) -> Any:
-        self.fs.check_writable(what)
-
-    @guarded
-    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> Any:
-        return await self._refuse("setattr")
-
-    @guarded
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
-        return await self._refuse("mknod")
-
-    @guarded
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
-        return await self._refuse("mkdir")
-
-    @guarded
-    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        await self._refuse("unlink")
-
-    @guarded
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        await self._refuse("rmdir")
-
-    @guarded
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
-        return await self._refuse("symlink")
-
-    @guarded
-    async def rename(self, p_old: int, n_old: bytes, p_new: int, n_new: bytes, flags: int, ctx: Any) -> None:
-        await self._refuse("rename")
-
-    @guarded
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
-        return await self._refuse("link")
+    # -- changing the tree --------------------------------------------------------------------------
 
     @guarded
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
-        return await self._refuse("create")
+        opened = await self.fs.create(parent_inode, _new_name(name), mode, ctx.uid, ctx.gid)
+        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=False), self._entry(opened.attr)
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self._refuse("write")
+        return await self.fs.write(fh, off, buf)
+
+    @guarded
+    async def flush(self, fh: int) -> None:
+        await self.fs.flush(fh)
+
+    @guarded
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.fs.flush(fh)
+
+    @guarded
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> Any:
+        return self._entry(
+            await self.fs.setattr(
+                inode,
+                size=attr.st_size if fields.update_size else None,
+                mode=attr.st_mode if fields.update_mode else None,
+                uid=attr.st_uid if fields.update_uid else None,
+                gid=attr.st_gid if fields.update_gid else None,
+                mtime=attr.st_mtime_ns / 1e9 if fields.update_mtime else None,
+            )
+        )
+
+    @guarded
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        return self._entry(await self.fs.mkdir(parent_inode, _new_name(name), mode, ctx.uid, ctx.gid))
+
+    @guarded
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.fs.unlink(parent_inode, _name(name))
+
+    @guarded
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.fs.rmdir(parent_inode, _name(name))
+
+    @guarded
+    async def rename(self, p_old: int, n_old: bytes, p_new: int, n_new: bytes, flags: int, ctx: Any) -> None:
+        await self.fs.rename(p_old, _name(n_old), p_new, _new_name(n_new), flags)
+
+    @guarded
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        self.fs.check_writable("mknod")
+        raise NotSupported("special files cannot be stored in S3")
+
+    @guarded
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        self.fs.check_writable("symlink")
+        raise NotSupported("symlinks are not supported yet")
+
+    @guarded
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        self.fs.check_writable("link")
+        raise NotPermitted("hard links cannot be stored in S3")

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import AsyncContextManager, AsyncIterator, Callable, Iterator
@@ -110,8 +111,42 @@ async def serve(
     with trio.fail_after(CHECK_TIMEOUT):
         await store.check_bucket()
     stop = stop if stop is not None else trio.Event()
+    with staging_folder(opts) as staging:
+        await _serve(opts, store, staging, ready, stop, handle_signals)
+
+
+@contextlib.contextmanager
+def staging_folder(opts: MountOptions) -> Iterator[Path]:
+    """Where files being written are staged: ``--cache-dir``/staged, else a private folder in /var/tmp.
+
+    A private folder is removed at unmount only when empty: it never throws away unsent data.
+    """
+    if opts.cache_dir is not None:
+        folder = opts.cache_dir / "staged"
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    base = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
+    folder = Path(tempfile.mkdtemp(prefix="s3files-staged-", dir=base))
+    try:
+        yield folder
+    finally:
+        try:
+            folder.rmdir()
+        except OSError:
+            log.error("unsent data left in %s", folder)
+
+
+async def _serve(
+    opts: MountOptions,
+    store: ObjectStore,
+    staging: Path,
+    ready: Callable[[FileSystem], None] | None,
+    stop: trio.Event,
+    handle_signals: bool,
+) -> None:
     async with trio.open_nursery() as nursery:
-        fs = FileSystem(store, opts, spawn=nursery.start_soon)
+        fs = FileSystem(store, opts, spawn=nursery.start_soon, staging=staging)
         pyfuse3.init(Operations(fs, opts.metadata_ttl), str(opts.mountpoint), fuse_options(opts))
         try:
             set_read_ahead(opts.mountpoint, opts.read.read_ahead_kb)
@@ -127,6 +162,8 @@ async def serve(
                 await pyfuse3.main()
         finally:
             pyfuse3.close(unmount=True)
+            with trio.CancelScope(shield=True):
+                await fs.aclose()
             nursery.cancel_scope.cancel()
     log.info("unmounted %s", opts.mountpoint)
 
