@@ -230,3 +230,61 @@ def test_changed_object_is_seen_at_next_open(
         assert (tmp_path / "m/v.txt").read_bytes() == b"version one"
         put(boto3_client, bucket, "v.txt", b"version two!")
         assert (tmp_path / "m/v.txt").read_bytes() == b"version two!"
+
+
+def test_writes_through_the_mount_reach_s3(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    put(boto3_client, bucket, "existing.txt", b"0123456789")
+    big = random.Random(11).randbytes(20 * MIB + 5)
+    with mount(moto_server, bucket, tmp_path / "m") as fs:
+        root = tmp_path / "m"
+        (root / "new.txt").write_bytes(b"fresh")
+        with open(root / "existing.txt", "r+b") as f:
+            f.seek(2)
+            f.write(b"AB")
+        with open(root / "existing.txt", "ab") as f:
+            f.write(b"++")
+        (root / "big.bin").write_bytes(big)
+        os.mkdir(root / "dir")
+        os.rename(root / "new.txt", root / "dir/renamed.txt")
+        os.chmod(root / "dir/renamed.txt", 0o600)
+        os.truncate(root / "existing.txt", 6)
+        (root / "gone.txt").write_bytes(b"x")
+        os.unlink(root / "gone.txt")
+        with pytest.raises(OSError) as not_empty:
+            os.rmdir(root / "dir")
+        assert not_empty.value.errno == errno.ENOTEMPTY
+        assert (root / "big.bin").stat().st_size == len(big)
+        assert sorted(os.listdir(root)) == ["big.bin", "dir", "existing.txt"]
+        assert fs.statistics()["staged_files"] == 0
+
+    def body(key: str) -> bytes:
+        return boto3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    assert body("existing.txt") == b"01AB45"
+    assert hashlib.sha256(body("big.bin")).digest() == hashlib.sha256(big).digest()
+    assert body("dir/renamed.txt") == b"fresh"
+    head = boto3_client.head_object(Bucket=bucket, Key="dir/renamed.txt")
+    assert int(head["Metadata"]["mode"]) == stat.S_IFREG | 0o600
+    keys = sorted(o["Key"] for o in boto3_client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == ["big.bin", "dir/", "dir/renamed.txt", "existing.txt"]
+
+
+def test_concurrent_outside_writer_is_detected_not_overwritten(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    put(boto3_client, bucket, "shared.txt", b"v1")
+    with mount(moto_server, bucket, tmp_path / "m"):
+        f = open(tmp_path / "m/shared.txt", "r+b")
+        f.write(b"ours")
+        f.flush()
+        put(boto3_client, bucket, "shared.txt", b"theirs")  # another machine, meanwhile
+        with pytest.raises(OSError) as failed:
+            f.close()
+        assert failed.value.errno == errno.EIO
+    keys = [o["Key"] for o in boto3_client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert boto3_client.get_object(Bucket=bucket, Key="shared.txt")["Body"].read() == b"theirs"
+    beside = [k for k in keys if k.startswith("shared.txt.s3files-conflict-")]
+    assert len(beside) == 1
+    assert boto3_client.get_object(Bucket=bucket, Key=beside[0])["Body"].read() == b"ours"
