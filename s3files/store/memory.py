@@ -19,6 +19,9 @@ import trio
 from s3files.errors import ObjectNotFound, PreconditionFailed, StoreError
 from s3files.store.base import CompletedPart, ListPage, ObjectInfo, RequestCounts
 
+MAX_LIST_KEYS = 1000  # S3's cap on one ListObjectsV2 page
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every multipart part but the last
+
 
 @dataclass
 class _Object:
@@ -80,7 +83,8 @@ class MemoryStore:
             data=bytes(data),
             etag=etag or hashlib.md5(data).hexdigest(),
             last_modified=self._now(),
-            metadata=dict(metadata or {}),
+            # S3 keeps user-metadata names in lowercase (they travel as HTTP headers).
+            metadata={name.lower(): value for name, value in (metadata or {}).items()},
         )
 
     def _info(self, key: str, obj: _Object, with_metadata: bool = True) -> ObjectInfo:
@@ -148,6 +152,7 @@ class MemoryStore:
         start_after: str | None = None,
     ) -> ListPage:
         await self._request("list")
+        max_keys = min(max_keys, MAX_LIST_KEYS)  # S3 never returns more than 1000 entries a page
         after = token or start_after or ""
         # The token is the last entry returned; when that entry is a common prefix, every key under it
         # was already reported through it.
@@ -210,9 +215,12 @@ class MemoryStore:
         upload = self._upload(key, upload_id)
         self._check(key, if_match, if_none_match)
         try:
-            data = b"".join(upload.parts[p.number] for p in sorted(parts, key=lambda p: p.number))
+            chunks = [upload.parts[p.number] for p in sorted(parts, key=lambda p: p.number)]
         except KeyError as exc:
             raise StoreError(f"part {exc} was never uploaded") from None
+        if any(len(chunk) < MIN_PART_SIZE for chunk in chunks[:-1]):
+            raise StoreError(f"EntityTooSmall: every part but the last must be >= {MIN_PART_SIZE} bytes")
+        data = b"".join(chunks)
         digest = hashlib.md5(b"".join(hashlib.md5(upload.parts[p.number]).digest() for p in parts))
         etag = f"{digest.hexdigest()}-{len(parts)}"
         obj = self._objects[key] = self._make(data, upload.metadata, etag=etag)

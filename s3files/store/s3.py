@@ -1,0 +1,641 @@
+"""The aiobotocore implementation of ObjectStore: S3 over HTTP, called from trio.
+
+Owns: an AsyncioThread (aiobotocore is asyncio-only), the aiobotocore clients living on it, the request
+counters, and THE translation of S3/botocore errors into ``s3files.errors`` (done once, here: nothing
+botocore-specific leaves this module). Each public method is a trio coroutine that crosses the bridge once;
+the asyncio half does the request (and, in the few cases noted, a follow-up HEAD) and translates errors
+there, so the trio side only ever sees StoreError subclasses.
+
+Interoperability choices (AWS, MinIO, Ceph RGW, moto):
+- ETags are stripped of quotes on the way in and sent bare in If-Match (RGW 16 refuses the quoted form).
+- A 412 for If-Match may mean "missing key" (RGW) or "changed" (everyone): a HEAD tells them apart, so
+  callers always see ObjectNotFound for a missing key, as on AWS.
+- An empty ETag from CompleteMultipartUpload (RGW) is replaced by the one a HEAD reports.
+- Checksums are only computed when an operation requires them: the newer botocore default (CRC32 on every
+  upload, aws-chunked bodies) is refused by several S3-compatible servers.
+- Bad programming (TypeError and friends) is not translated: only S3 answers, botocore errors and OS-level
+  connection errors (``TRANSLATED``) become StoreError, so bugs stay visible.
+
+Never log credentials or signed headers: log lines carry op, bucket, key and the S3 error code only.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import aiohttp
+import botocore.config
+import botocore.session
+import trio
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+)
+
+from s3files.errors import (
+    AccessDenied,
+    BucketNotFound,
+    CredentialsError,
+    EndpointUnreachable,
+    ObjectNotFound,
+    PreconditionFailed,
+    StoreError,
+)
+from s3files.store.base import CompletedPart, ListPage, ObjectInfo, RequestCounts
+from s3files.store.bridge import AsyncioThread, open_asyncio_thread
+
+log = logging.getLogger(__name__)
+
+# botocore operation name -> the op names of base.py's RequestCounts.
+OPERATION_NAMES: dict[str, str] = {
+    "HeadObject": "head",
+    "GetObject": "get",
+    "PutObject": "put",
+    "ListObjectsV2": "list",
+    "DeleteObject": "delete",
+    "CopyObject": "copy",
+    "CreateMultipartUpload": "create_multipart",
+    "UploadPart": "upload_part",
+    "CompleteMultipartUpload": "complete_multipart",
+    "AbortMultipartUpload": "abort_multipart",
+    "HeadBucket": "head_bucket",
+    "CreateBucket": "create_bucket",
+}
+
+# S3 error codes that mean "your credentials are wrong/expired", as opposed to "you may not do that".
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+    }
+)
+ACCESS_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "403", "Forbidden"})
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# 409 ConditionalRequestConflict (AWS): a concurrent conditional write won; ours did not happen. For the
+# caller this is the same situation as a failed precondition.
+PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+RANGE_CODES = frozenset({"InvalidRange", "416"})
+MAX_LIST_KEYS = 1000
+
+# What gets translated into StoreError: S3 answers, botocore failures, and OS-level connection errors.
+# Anything else (TypeError, ...) is a bug and propagates unchanged so it stays visible.
+TRANSLATED: tuple[type[Exception], ...] = (ClientError, BotoCoreError, OSError, aiohttp.ClientError)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach the bucket; frozen so a store's behaviour cannot change under it."""
+
+    bucket: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    max_connections: int = 32
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    max_attempts: int = 4
+
+
+def strip_etag(etag: str | None) -> str:
+    """ETags travel bare in s3files (see base.py); S3 sends them quoted."""
+    return (etag or "").strip().strip('"')
+
+
+def _metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """User metadata as S3 will store and return it: names in lowercase (they are HTTP header names)."""
+    return {name.lower(): value for name, value in (metadata or {}).items()}
+
+
+def _error_code(exc: ClientError) -> tuple[str, int | None, str]:
+    error = exc.response.get("Error", {}) or {}
+    status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
+    return str(error.get("Code", "") or status or ""), status, str(error.get("Message", "") or "")
+
+
+def _response_time(response: Mapping[str, Any]) -> float:
+    """The server's Date header as epoch seconds (PUT/COPY/complete replies carry no LastModified)."""
+    date = (response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}).get("date")
+    if date:
+        try:
+            return email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            pass
+    return time.time()
+
+
+class S3Store:
+    """ObjectStore over aiobotocore. Create it with ``open_s3_store``; every method is a trio coroutine."""
+
+    def __init__(self, bridge: AsyncioThread, settings: S3Settings) -> None:
+        self.requests = RequestCounts()
+        self.settings = settings
+        self.bucket = settings.bucket
+        self._bridge = bridge
+        self._stack = AsyncExitStack()
+        self._closed = False
+        self._client: Any = None  # the aiobotocore S3 client (asyncio thread only)
+        self._probe: Any = None  # a client with a short connect timeout and one retry, for check_bucket
+        self._endpoint = settings.endpoint_url or "the default AWS S3 endpoint"
+        # Sizes and metadata of parts/uploads started here, so complete_multipart can describe the object
+        # without a HEAD. Touched on the asyncio thread only.
+        self._part_sizes: dict[str, dict[int, int]] = {}
+        self._upload_metadata: dict[str, dict[str, str]] = {}
+
+    # -- life cycle (asyncio side) ---------------------------------------------------------------
+
+    def _config(self, *, connect_timeout: float, read_timeout: float, max_attempts: int) -> AioConfig:
+        s = self.settings
+        return AioConfig(
+            max_pool_connections=s.max_connections,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            # total_max_attempts counts the first try (botocore's "max_attempts" counts only retries).
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+            # Custom endpoints (MinIO, RGW, moto) rarely have wildcard DNS for virtual-hosted buckets.
+            s3={"addressing_style": "path"} if s.endpoint_url else None,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+
+    async def _a_open(self) -> None:
+        s = self.settings
+        try:
+            session = AioSession(profile=s.profile)
+            common: dict[str, Any] = {"region_name": s.region, "endpoint_url": s.endpoint_url}
+            self._client = await self._stack.enter_async_context(
+                session.create_client(
+                    "s3",
+                    config=self._config(
+                        connect_timeout=s.connect_timeout,
+                        read_timeout=s.read_timeout,
+                        max_attempts=s.max_attempts,
+                    ),
+                    **common,
+                )
+            )
+            # check_bucket must answer within seconds even when the endpoint is a black hole or accepts
+            # connections and never answers, so it has its own client: short timeouts, two attempts
+            # (worst case about 2 x 3 s plus backoff). HeadBucket is tiny; a healthy S3 answers in ms.
+            self._probe = await self._stack.enter_async_context(
+                session.create_client(
+                    "s3",
+                    config=self._config(
+                        connect_timeout=min(s.connect_timeout, 2.0),
+                        read_timeout=min(s.read_timeout, 3.0),
+                        max_attempts=2,
+                    ),
+                    **common,
+                )
+            )
+        except TRANSLATED as exc:
+            await self._stack.aclose()
+            self._reraise(exc, "open")
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self._endpoint = s.endpoint_url or self._client.meta.endpoint_url
+        for client in (self._client, self._probe):
+            client.meta.events.register("before-send.s3", self._count_request)
+
+    def _count_request(self, event_name: str = "", **kwargs: Any) -> None:
+        """botocore hook, once per HTTP request actually sent (each retry too). Must return None."""
+        operation = event_name.rsplit(".", 1)[-1]
+        self.requests.add(OPERATION_NAMES.get(operation, operation))
+
+    async def aclose(self) -> None:
+        """Close the clients (their connection pools) on the asyncio thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            await self._bridge.run(self._stack.aclose)
+
+    def statistics(self) -> dict[str, Any]:
+        return {"requests": self.requests.snapshot(), "bridge": self._bridge.statistics()}
+
+    # -- error translation (asyncio side, once) ----------------------------------------------------
+
+    def _reraise(self, exc: Exception, op: str, key: str | None = None) -> NoReturn:
+        """Raise the StoreError for ``exc`` (call inside ``except TRANSLATED``)."""
+        raise self._translate(exc, op, key) from exc
+
+    def _translate(self, exc: Exception, op: str, key: str | None = None) -> StoreError:
+        """The StoreError for one of TRANSLATED (S3 said no, or could not be reached)."""
+        where = f"s3://{self.bucket}/{key}" if key is not None else f"s3://{self.bucket}"
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return CredentialsError(
+                f"no usable AWS credentials for {self._endpoint}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or use --profile"
+            )
+        if isinstance(exc, ProfileNotFound):
+            return CredentialsError(f"AWS profile {self.settings.profile!r} not found (--profile)")
+        if isinstance(exc, NoRegionError):
+            return StoreError("no AWS region configured: set AWS_DEFAULT_REGION or --region")
+        if isinstance(exc, ClientError):
+            code, status, message = _error_code(exc)
+            log.debug("op=%s key=%s S3 error %s (%s)", op, key, code, status)
+            if code == "NoSuchBucket":
+                return BucketNotFound(f"bucket {self.bucket!r} does not exist at {self._endpoint}")
+            if code == "NoSuchUpload":
+                return StoreError(f"{op} {where}: no such multipart upload (aborted or completed)")
+            if code in NOT_FOUND_CODES or (status == 404 and code not in CREDENTIAL_CODES):
+                return ObjectNotFound(f"no such key: {key}" if key is not None else f"not found: {where}")
+            if code in PRECONDITION_CODES or status == 412:
+                return PreconditionFailed(f"{op} {where}: precondition failed ({code})")
+            if code in CREDENTIAL_CODES:
+                return CredentialsError(
+                    f"credentials rejected by {self._endpoint}: {code}; check AWS_ACCESS_KEY_ID/--profile"
+                )
+            if code in ACCESS_CODES or status == 403:
+                return AccessDenied(f"access denied to {where} by {self._endpoint} ({code})")
+            return StoreError(f"{op} {where} failed: S3 error {code} (HTTP {status}): {message}")
+        if isinstance(exc, ReadTimeoutError):
+            return EndpointUnreachable(
+                f"S3 endpoint {self._endpoint} did not answer {op} {where} in time: {exc}"
+            )
+        if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+            return EndpointUnreachable(f"cannot reach S3 endpoint {self._endpoint}: {exc}")
+        if isinstance(exc, (HTTPClientError, OSError, aiohttp.ClientConnectionError)):
+            # Reached it once, then the connection broke (reset, closed mid-body): after retries, the same
+            # story for the user.
+            return EndpointUnreachable(
+                f"connection to S3 endpoint {self._endpoint} failed ({op} {where}): {exc}"
+            )
+        return StoreError(f"{op} {where} failed: {exc}")
+
+    async def _call(self, op: str, key: str | None, method: str, /, **kwargs: Any) -> dict[str, Any]:
+        """One S3 request on the main client with errors translated."""
+        try:
+            response: dict[str, Any] = await getattr(self._client, method)(Bucket=self.bucket, **kwargs)
+        except TRANSLATED as exc:
+            self._reraise(exc, op, key)
+        return response
+
+    # -- ObjectStore (trio side: one crossing each) --------------------------------------------------
+
+    async def check_bucket(self) -> None:
+        """HeadBucket; its 403 has no body, so a 1-key listing names the real reason."""
+        await self._bridge.run(self._a_check_bucket)
+
+    async def _a_check_bucket(self) -> None:
+        try:
+            await self._probe.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            code, status, _ = _error_code(exc)
+            if status == 404 or code in ("404", "NoSuchBucket", "NotFound"):
+                raise BucketNotFound(f"bucket {self.bucket!r} does not exist at {self._endpoint}") from exc
+            if status == 301 or code == "301":
+                region = (
+                    exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+                )
+                raise StoreError(
+                    f"bucket {self.bucket!r} is in region {region or '?'}, not the one configured (--region)"
+                ) from exc
+            if status != 403:
+                self._reraise(exc, "head_bucket")
+        except TRANSLATED as exc:
+            self._reraise(exc, "head_bucket")
+        try:
+            await self._probe.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+        except TRANSLATED as exc:
+            self._reraise(exc, "head_bucket")
+        # Listing works although HeadBucket was refused: usable enough (some policies allow only List).
+
+    async def head(self, key: str) -> ObjectInfo:
+        return await self._bridge.run(self._a_head, key)
+
+    async def _a_head(self, key: str) -> ObjectInfo:
+        response = await self._call("head", key, "head_object", Key=key)
+        return ObjectInfo(
+            key=key,
+            size=int(response["ContentLength"]),
+            etag=strip_etag(response.get("ETag")),
+            last_modified=response["LastModified"].timestamp(),
+            metadata=dict(response.get("Metadata") or {}),
+        )
+
+    async def get_range(self, key: str, start: int, end: int, if_match: str | None = None) -> bytes:
+        if start < 0 or end < start:
+            raise StoreError(f"bad range {start}-{end} for {key}")
+        return await self._bridge.run(self._a_get_range, key, start, end, if_match)
+
+    async def _a_get_range(self, key: str, start: int, end: int, if_match: str | None) -> bytes:
+        # Ranges are inclusive in HTTP. An empty request (end == start) still asks for one byte: "bytes=5-4"
+        # is invalid and S3 would answer with the WHOLE object.
+        last = max(end, start + 1) - 1
+        kwargs: dict[str, Any] = {"Key": key, "Range": f"bytes={start}-{last}"}
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        try:
+            response = await self._client.get_object(Bucket=self.bucket, **kwargs)
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        except ClientError as exc:
+            code, status, _ = _error_code(exc)
+            if code in RANGE_CODES or status == 416:
+                return await self._a_unsatisfiable_range(key, start, if_match, exc)
+            self._reraise(exc, "get", key)
+        except TRANSLATED as exc:
+            self._reraise(exc, "get", key)
+        if not response.get("ContentRange"):
+            data = data[start:]  # the server ignored Range and sent everything (allowed by HTTP)
+        return data[: end - start]
+
+    async def _a_unsatisfiable_range(
+        self, key: str, start: int, if_match: str | None, exc: Exception
+    ) -> bytes:
+        """416: an empty object has no byte 0 to ask for, so any range on it is refused; a HEAD tells an
+        empty object (answer b'', like the memory store) from a read past the end (an error)."""
+        info = await self._a_head(key)
+        if if_match is not None and info.etag != if_match:
+            raise PreconditionFailed(f"get s3://{self.bucket}/{key}: precondition failed (etag changed)")
+        if info.size == 0:
+            return b""
+        raise StoreError(f"range {start}- not satisfiable for {key} of {info.size} bytes") from exc
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        metadata: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        return await self._bridge.run(
+            self._a_put, key, bytes(data), _metadata(metadata), if_match, if_none_match
+        )
+
+    async def _a_put(
+        self, key: str, data: bytes, metadata: dict[str, str], if_match: str | None, if_none_match: bool
+    ) -> ObjectInfo:
+        kwargs: dict[str, Any] = {"Key": key, "Body": data, "Metadata": metadata}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = strip_etag(if_match)
+        try:
+            response = await self._call("put", key, "put_object", **kwargs)
+        except PreconditionFailed:
+            if if_match is not None:
+                await self._a_head(key)  # raises ObjectNotFound when the 412 really meant "missing" (RGW)
+            raise
+        return ObjectInfo(
+            key=key,
+            size=len(data),
+            etag=strip_etag(response.get("ETag")),
+            last_modified=_response_time(response),
+            metadata=metadata,
+        )
+
+    async def list_page(
+        self,
+        prefix: str,
+        delimiter: str | None = "/",
+        token: str | None = None,
+        max_keys: int = 1000,
+        start_after: str | None = None,
+    ) -> ListPage:
+        return await self._bridge.run(self._a_list_page, prefix, delimiter, token, max_keys, start_after)
+
+    async def _a_list_page(
+        self, prefix: str, delimiter: str | None, token: str | None, max_keys: int, start_after: str | None
+    ) -> ListPage:
+        # AWS caps a page at 1000 keys; some servers (moto) do not: cap here so every server pages alike.
+        kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": min(max_keys, MAX_LIST_KEYS)}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if token:
+            kwargs["ContinuationToken"] = token
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        response = await self._call("list", prefix, "list_objects_v2", **kwargs)
+        objects = [
+            ObjectInfo(
+                key=item["Key"],
+                size=int(item["Size"]),
+                etag=strip_etag(item.get("ETag")),
+                last_modified=item["LastModified"].timestamp(),
+                metadata=None,
+            )
+            for item in response.get("Contents", [])
+        ]
+        prefixes = [item["Prefix"] for item in response.get("CommonPrefixes", [])]
+        next_token = response.get("NextContinuationToken") if response.get("IsTruncated") else None
+        return ListPage(objects=objects, prefixes=prefixes, next_token=next_token)
+
+    async def delete(self, key: str) -> None:
+        await self._bridge.run(self._a_delete, key)
+
+    async def _a_delete(self, key: str) -> None:
+        await self._call("delete", key, "delete_object", Key=key)
+
+    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        return await self._bridge.run(
+            self._a_copy, src, dst, None if metadata is None else _metadata(metadata)
+        )
+
+    async def _a_copy(self, src: str, dst: str, metadata: dict[str, str] | None) -> ObjectInfo:
+        """CopyObject, then a HEAD of the copy: the reply carries neither size nor metadata, and callers
+        need both. (Objects over 5 GiB need UploadPartCopy, which the core does not do yet.)"""
+        kwargs: dict[str, Any] = {"Key": dst, "CopySource": {"Bucket": self.bucket, "Key": src}}
+        if metadata is not None:
+            kwargs["MetadataDirective"] = "REPLACE"
+            kwargs["Metadata"] = metadata
+        response = await self._call("copy", src, "copy_object", **kwargs)
+        result = response.get("CopyObjectResult", {})
+        info = await self._a_head(dst)
+        return ObjectInfo(
+            key=dst,
+            size=info.size,
+            etag=strip_etag(result.get("ETag")) or info.etag,
+            last_modified=result["LastModified"].timestamp()
+            if "LastModified" in result
+            else info.last_modified,
+            metadata=info.metadata,
+        )
+
+    async def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None) -> str:
+        return await self._bridge.run(self._a_create_multipart, key, _metadata(metadata))
+
+    async def _a_create_multipart(self, key: str, metadata: dict[str, str]) -> str:
+        response = await self._call(
+            "create_multipart", key, "create_multipart_upload", Key=key, Metadata=metadata
+        )
+        upload_id: str = response["UploadId"]
+        self._upload_metadata[upload_id] = metadata
+        self._part_sizes[upload_id] = {}
+        return upload_id
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPart:
+        return await self._bridge.run(self._a_upload_part, key, upload_id, number, bytes(data))
+
+    async def _a_upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPart:
+        response = await self._call(
+            "upload_part", key, "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data
+        )
+        self._part_sizes.setdefault(upload_id, {})[number] = len(data)
+        return CompletedPart(number=number, etag=strip_etag(response.get("ETag")))
+
+    async def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[CompletedPart],
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        return await self._bridge.run(
+            self._a_complete_multipart, key, upload_id, list(parts), if_match, if_none_match
+        )
+
+    async def _a_complete_multipart(
+        self, key: str, upload_id: str, parts: list[CompletedPart], if_match: str | None, if_none_match: bool
+    ) -> ObjectInfo:
+        ordered = sorted(parts, key=lambda part: part.number)
+        kwargs: dict[str, Any] = {
+            "Key": key,
+            "UploadId": upload_id,
+            # Part ETags quoted, as S3 returned them: the form every server accepts in this XML body.
+            "MultipartUpload": {"Parts": [{"PartNumber": p.number, "ETag": f'"{p.etag}"'} for p in ordered]},
+        }
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = strip_etag(if_match)
+        try:
+            response = await self._call("complete_multipart", key, "complete_multipart_upload", **kwargs)
+        except PreconditionFailed:
+            if if_match is not None:
+                await self._a_head(key)  # ObjectNotFound when the 412 meant "missing" (RGW)
+            raise
+        sizes = self._part_sizes.pop(upload_id, {})
+        metadata = self._upload_metadata.pop(upload_id, None)
+        etag = strip_etag(response.get("ETag"))
+        if not etag or metadata is None or any(p.number not in sizes for p in ordered):
+            # RGW sends no ETag; an upload started by another process has no sizes here.
+            return await self._a_head(key)
+        return ObjectInfo(
+            key=key,
+            size=sum(sizes[p.number] for p in ordered),
+            etag=etag,
+            last_modified=_response_time(response),
+            metadata=metadata,
+        )
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self._bridge.run(self._a_abort_multipart, key, upload_id)
+
+    async def _a_abort_multipart(self, key: str, upload_id: str) -> None:
+        self._part_sizes.pop(upload_id, None)
+        self._upload_metadata.pop(upload_id, None)
+        try:
+            await self._call("abort_multipart", key, "abort_multipart_upload", Key=key, UploadId=upload_id)
+        except StoreError as exc:
+            # Abandoning an upload that is already gone is done, as for the memory store.
+            if isinstance(exc.__cause__, ClientError) and _error_code(exc.__cause__)[0] == "NoSuchUpload":
+                return
+            raise
+
+
+@asynccontextmanager
+async def open_s3_store(
+    bucket: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    max_connections: int = 32,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 60.0,
+    max_attempts: int = 4,
+) -> AsyncIterator[S3Store]:
+    """An S3Store for the block: its own asyncio thread and aiobotocore clients, closed on exit.
+
+    Credentials come from the standard AWS chain (env, ``profile``, config files, instance roles).
+    Does not contact S3; call ``check_bucket()`` to fail fast on a bad bucket/endpoint/credentials.
+    """
+    settings = S3Settings(
+        bucket=bucket,
+        endpoint_url=endpoint_url,
+        region=region,
+        profile=profile,
+        max_connections=max_connections,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_attempts=max_attempts,
+    )
+    async with open_asyncio_thread(name=f"s3files-asyncio-{bucket}") as bridge:
+        store = S3Store(bridge, settings)
+        await bridge.run(store._a_open)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+
+def create_bucket(
+    bucket: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    timeout: float = 10.0,
+) -> None:
+    """Create ``bucket`` (synchronously; for tests, benchmarks and local servers). Exists already: fine.
+
+    Lives here because botocore is imported only under s3files.store. Failures raise StoreError.
+    """
+    session = botocore.session.Session(profile=profile)
+    client = session.create_client(
+        "s3",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        config=botocore.config.Config(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"total_max_attempts": 3, "mode": "standard"},
+            s3={"addressing_style": "path"} if endpoint_url else None,
+        ),
+    )
+    try:
+        kwargs: dict[str, Any] = {"Bucket": bucket}
+        actual_region = region or client.meta.region_name
+        if actual_region and actual_region not in ("us-east-1", "aws-global"):
+            # Outside us-east-1, S3 wants the region repeated in the body.
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": actual_region}
+        try:
+            client.create_bucket(**kwargs)
+        except ClientError as exc:
+            if _error_code(exc)[0] != "BucketAlreadyOwnedByYou":
+                raise StoreError(
+                    f"cannot create bucket {bucket!r} at {client.meta.endpoint_url}: {exc}"
+                ) from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot create bucket {bucket!r} at {client.meta.endpoint_url}: {exc}") from exc
+    finally:
+        client.close()

@@ -1,0 +1,656 @@
+"""ONE contract for every ObjectStore: the in-memory store and the aiobotocore store against moto's server.
+
+A test here states S3's behaviour once; both stores must pass it. Where moto (not S3) lacks a feature the
+test is xfailed for the S3 store on moto only, with the reason, never by weakening the memory store.
+The last section holds S3-only cases (buckets, endpoints, credentials) that the memory store has no notion of.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
+
+import pytest
+import trio
+from conftest import run_trio
+
+from s3files.errors import (
+    BucketNotFound,
+    CredentialsError,
+    EndpointUnreachable,
+    ObjectNotFound,
+    PreconditionFailed,
+    StoreError,
+)
+from s3files.localserver import MotoServer, free_port, start_moto_server
+from s3files.store import CompletedPart, ListPage, MemoryStore, ObjectInfo, ObjectStore
+from s3files.store.s3 import S3Store, open_s3_store
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+
+OpenStore = Callable[[], AbstractAsyncContextManager[ObjectStore]]
+WithStore = Callable[[Callable[[ObjectStore], Awaitable[Any]]], Any]
+
+
+@asynccontextmanager
+async def _open_memory_store() -> AsyncIterator[ObjectStore]:
+    store = MemoryStore()
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture(params=["memory", "s3"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def open_store(store_kind: str, request: pytest.FixtureRequest) -> OpenStore:
+    """Opens a fresh store of the parametrized kind (inside the test's trio run)."""
+    if store_kind == "memory":
+        return _open_memory_store
+    server: MotoServer = request.getfixturevalue("moto_server")
+    bucket: str = request.getfixturevalue("bucket")
+    # Two attempts: retries stay exercised, but a moto 500 (see test_multipart_abort) costs < 1 s of backoff.
+    return lambda: open_s3_store(bucket, endpoint_url=server.endpoint_url, max_attempts=2)
+
+
+@pytest.fixture
+def with_store(open_store: OpenStore) -> WithStore:
+    """``with_store(async_fn)`` runs ``async_fn(store)`` under trio with the store open, bounded in time."""
+
+    def run(test: Callable[[ObjectStore], Awaitable[T]]) -> T:
+        async def main() -> T:
+            with trio.fail_after(30):
+                async with open_store() as store:
+                    return await test(store)
+
+        return run_trio(main)
+
+    return run
+
+
+def xfail_on_moto(store_kind: str, reason: str) -> None:
+    if store_kind == "s3":
+        pytest.xfail(f"moto 5.2.5: {reason}")
+
+
+async def _put_many(store: ObjectStore, keys: list[str], data: bytes = b"x") -> None:
+    """Create ``keys`` with bounded concurrency (fast on the HTTP store, harmless on the memory store)."""
+    limiter = trio.CapacityLimiter(32)
+
+    async def one(key: str) -> None:
+        async with limiter:
+            await store.put(key, data)
+
+    async with trio.open_nursery() as nursery:
+        for key in keys:
+            nursery.start_soon(one, key)
+
+
+async def _list_all(
+    store: ObjectStore, prefix: str, max_keys: int, delimiter: str | None = "/"
+) -> list[ListPage]:
+    pages: list[ListPage] = []
+    token: str | None = None
+    for _ in range(1000):  # bounded: far more pages than any test makes
+        page = await store.list_page(prefix, delimiter=delimiter, token=token, max_keys=max_keys)
+        pages.append(page)
+        token = page.next_token
+        if token is None:
+            return pages
+    raise AssertionError("listing never ended")
+
+
+def _multipart_etag(parts: list[bytes]) -> str:
+    digest = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+    return f"{digest}-{len(parts)}"
+
+
+# --- the protocol itself ------------------------------------------------------------------------
+
+
+def test_stores_satisfy_the_protocol(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        assert isinstance(store, ObjectStore)
+        assert store.requests.total() == 0  # opening sends nothing
+
+    with_store(test)
+
+
+# --- head -------------------------------------------------------------------------------------------
+
+
+def test_head_reports_size_etag_and_metadata(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        before = time.time()
+        put = await store.put("dir/file", b"hello world", {"mode": "33188", "mtime": "1700000000.5"})
+        info = await store.head("dir/file")
+        assert info.key == "dir/file"
+        assert info.size == 11
+        assert info.etag == hashlib.md5(b"hello world").hexdigest()  # bare: no quotes
+        assert '"' not in info.etag
+        assert info.etag == put.etag
+        assert info.metadata == {"mode": "33188", "mtime": "1700000000.5"}
+        assert abs(info.last_modified - before) < 60
+        assert put.size == 11 and put.metadata == {"mode": "33188", "mtime": "1700000000.5"}
+
+    with_store(test)
+
+
+def test_metadata_names_come_back_lowercase(with_store: WithStore) -> None:
+    # S3 stores user-metadata names in lowercase (they are HTTP header names).
+    async def test(store: ObjectStore) -> None:
+        put = await store.put("k", b"", {"Mode": "1", "UID": "2"})
+        assert put.metadata == {"mode": "1", "uid": "2"}
+        assert (await store.head("k")).metadata == {"mode": "1", "uid": "2"}
+
+    with_store(test)
+
+
+def test_head_missing_key_is_object_not_found(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        with pytest.raises(ObjectNotFound):
+            await store.head("no/such/key")
+
+    with_store(test)
+
+
+# --- get_range ---------------------------------------------------------------------------------------
+
+DATA = bytes(range(256)) * 40  # 10,240 bytes, every offset distinguishable
+
+
+def test_get_range_slices(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        await store.put("blob", DATA)
+        assert await store.get_range("blob", 100, 300) == DATA[100:300]  # middle
+        assert await store.get_range("blob", 10_000, 20_000) == DATA[10_000:]  # end clipped
+        assert await store.get_range("blob", 0, len(DATA)) == DATA  # whole
+        assert await store.get_range("blob", 0, 1) == DATA[:1]
+        assert await store.get_range("blob", len(DATA) - 1, len(DATA)) == DATA[-1:]
+        assert await store.get_range("blob", 50, 50) == b""  # empty range, not the whole object
+
+    with_store(test)
+
+
+def test_get_range_of_empty_object_is_empty(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        await store.put("empty", b"")
+        assert await store.get_range("empty", 0, 4096) == b""
+        assert await store.get_range("empty", 0, 0) == b""
+
+    with_store(test)
+
+
+def test_get_range_past_the_end_is_an_error(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        await store.put("short", b"abc")
+        with pytest.raises(StoreError) as caught:
+            await store.get_range("short", 3, 10)
+        assert not isinstance(caught.value, (ObjectNotFound, PreconditionFailed))
+
+    with_store(test)
+
+
+def test_get_range_missing_key_is_object_not_found(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        with pytest.raises(ObjectNotFound):
+            await store.get_range("absent", 0, 10)
+
+    with_store(test)
+
+
+def test_get_range_if_match(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        info = await store.put("blob", DATA)
+        assert await store.get_range("blob", 0, 10, if_match=info.etag) == DATA[:10]
+        with pytest.raises(PreconditionFailed):
+            await store.get_range("blob", 0, 10, if_match=hashlib.md5(b"other").hexdigest())
+        empty = await store.put("empty", b"")
+        assert await store.get_range("empty", 0, 10, if_match=empty.etag) == b""
+        with pytest.raises(PreconditionFailed):
+            await store.get_range("empty", 0, 10, if_match=info.etag)
+
+    with_store(test)
+
+
+# --- put ------------------------------------------------------------------------------------------------
+
+
+def test_put_if_none_match(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        await store.put("new", b"first", if_none_match=True)
+        with pytest.raises(PreconditionFailed):
+            await store.put("new", b"second", if_none_match=True)
+        assert await store.get_range("new", 0, 100) == b"first"
+
+    with_store(test)
+
+
+def test_put_if_match(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        first = await store.put("obj", b"one")
+        second = await store.put("obj", b"two", if_match=first.etag)
+        assert second.etag == hashlib.md5(b"two").hexdigest()
+        with pytest.raises(PreconditionFailed):
+            await store.put("obj", b"three", if_match=first.etag)  # stale etag
+        assert await store.get_range("obj", 0, 100) == b"two"
+        with pytest.raises(ObjectNotFound):
+            await store.put("missing", b"x", if_match=first.etag)
+        with pytest.raises(ObjectNotFound):
+            await store.head("missing")
+
+    with_store(test)
+
+
+def test_put_overwrites_data_and_metadata(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        await store.put("obj", b"old", {"mode": "1"})
+        await store.put("obj", b"newer")
+        info = await store.head("obj")
+        assert (info.size, info.metadata) == (5, {})
+
+    with_store(test)
+
+
+# --- list_page --------------------------------------------------------------------------------------------
+
+
+def test_list_with_delimiter_groups_prefixes(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        await _put_many(store, ["a.txt", "d/", "d/x", "d/sub/y", "d/sub/z/w", "e/f", "top"])
+        root = await store.list_page("")
+        assert [o.key for o in root.objects] == ["a.txt", "top"]
+        assert list(root.prefixes) == ["d/", "e/"]
+        assert root.next_token is None
+        assert all(o.metadata is None for o in root.objects)
+        assert all('"' not in o.etag for o in root.objects)
+
+        d = await store.list_page("d/")
+        assert [(o.key, o.size) for o in d.objects] == [("d/", 1), ("d/x", 1)]
+        assert list(d.prefixes) == ["d/sub/"]
+        nested = await store.list_page("d/sub/")
+        assert [o.key for o in nested.objects] == ["d/sub/y"]
+        assert list(nested.prefixes) == ["d/sub/z/"]
+
+        flat = await store.list_page("d/", delimiter=None)
+        assert [o.key for o in flat.objects] == ["d/", "d/sub/y", "d/sub/z/w", "d/x"]
+        assert list(flat.prefixes) == []
+
+        after = await store.list_page("d/", delimiter=None, start_after="d/sub/y")
+        assert [o.key for o in after.objects] == ["d/sub/z/w", "d/x"]
+
+    with_store(test)
+
+
+def test_list_empty(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        page = await store.list_page("nothing/")
+        assert (list(page.objects), list(page.prefixes), page.next_token) == ([], [], None)
+
+    with_store(test)
+
+
+def test_list_pagination_across_prefixes_and_objects(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        keys = [f"p/f{i:02d}" for i in range(10)]
+        keys += [f"p/g{i}/x{j}" for i in range(4) for j in range(3)]  # 4 prefixes with 3 keys each
+        keys += [f"p/h{i:02d}" for i in range(5)]
+        await _put_many(store, keys)
+        pages = await _list_all(store, "p/", max_keys=3)
+        objects = [o.key for page in pages for o in page.objects]
+        prefixes = [p for page in pages for p in page.prefixes]
+        assert objects == [f"p/f{i:02d}" for i in range(10)] + [f"p/h{i:02d}" for i in range(5)]
+        assert prefixes == [f"p/g{i}/" for i in range(4)]
+        assert all(len(page.objects) + len(page.prefixes) <= 3 for page in pages)
+        assert len(pages) == 7  # 19 entries, 3 a page
+
+    with_store(test)
+
+
+def test_list_pagination_past_1000_keys(with_store: WithStore) -> None:
+    # 1,001 keys, not more: moto spends ~5 ms of CPU per PUT, and one key past the cap proves the paging.
+    async def test(store: ObjectStore) -> None:
+        keys = [f"many/{i:05d}" for i in range(1001)]
+        await _put_many(store, keys)
+        pages = await _list_all(store, "many/", max_keys=1000)
+        assert [len(page.objects) for page in pages] == [1000, 1]
+        assert [o.key for page in pages for o in page.objects] == keys
+        # S3 never returns more than 1000 keys a page, whatever was asked.
+        big = await _list_all(store, "many/", max_keys=5000)
+        assert [len(page.objects) for page in big] == [1000, 1]
+
+    with_store(test)
+
+
+# --- delete / copy ---------------------------------------------------------------------------------------
+
+
+def test_delete_is_idempotent(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        await store.put("gone", b"x")
+        await store.delete("gone")
+        with pytest.raises(ObjectNotFound):
+            await store.head("gone")
+        await store.delete("gone")
+        await store.delete("never/existed")
+
+    with_store(test)
+
+
+def test_copy_keeps_or_replaces_metadata(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        src = await store.put("src", b"payload", {"mode": "1", "uid": "5"})
+        kept = await store.copy("src", "kept")
+        assert (kept.key, kept.size, kept.etag, kept.metadata) == (
+            "kept",
+            7,
+            src.etag,
+            {"mode": "1", "uid": "5"},
+        )
+        assert (await store.head("kept")).metadata == {"mode": "1", "uid": "5"}
+        replaced = await store.copy("src", "replaced", metadata={"mode": "2"})
+        assert replaced.metadata == {"mode": "2"}
+        assert (await store.head("replaced")).metadata == {"mode": "2"}
+        assert await store.get_range("replaced", 0, 100) == b"payload"
+        assert (await store.head("src")).metadata == {"mode": "1", "uid": "5"}  # source untouched
+        with pytest.raises(ObjectNotFound):
+            await store.copy("no-such-src", "dst")
+
+    with_store(test)
+
+
+# --- multipart ----------------------------------------------------------------------------------------------
+
+
+def test_multipart_upload(with_store: WithStore) -> None:
+    parts_data = [os.urandom(5 * MiB), os.urandom(5 * MiB), b"tail"]
+
+    async def test(store: ObjectStore) -> None:
+        upload_id = await store.create_multipart("big", {"mode": "33188"})
+        parts: list[CompletedPart] = []
+        for number, chunk in enumerate(parts_data, start=1):
+            part = await store.upload_part("big", upload_id, number, chunk)
+            assert part.number == number and part.etag == hashlib.md5(chunk).hexdigest()
+            parts.append(part)
+        info = await store.complete_multipart("big", upload_id, parts)
+        expected_etag = _multipart_etag(parts_data)
+        assert (info.key, info.size, info.etag) == ("big", 10 * MiB + 4, expected_etag)
+        assert info.metadata == {"mode": "33188"}
+        head = await store.head("big")
+        assert (head.size, head.etag, head.metadata) == (10 * MiB + 4, expected_etag, {"mode": "33188"})
+        whole = b"".join(parts_data)
+        assert await store.get_range("big", 0, len(whole)) == whole
+        assert await store.get_range("big", 5 * MiB - 2, 5 * MiB + 2) == whole[5 * MiB - 2 : 5 * MiB + 2]
+        assert store.requests["upload_part"] == 3
+        assert store.requests["complete_multipart"] == 1
+
+    with_store(test)
+
+
+def test_multipart_abort(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        upload_id = await store.create_multipart("aborted")
+        await store.upload_part("aborted", upload_id, 1, b"data")
+        await store.abort_multipart("aborted", upload_id)
+        with pytest.raises(ObjectNotFound):
+            await store.head("aborted")
+        await store.abort_multipart("aborted", upload_id)  # already gone: fine
+        # S3 says 404 NoSuchUpload; moto 5.2.5 answers 500 (KeyError) - a StoreError either way.
+        with pytest.raises(StoreError):
+            await store.upload_part("aborted", upload_id, 2, b"late")
+
+    with_store(test)
+
+
+def test_multipart_small_middle_part_is_refused(with_store: WithStore) -> None:
+    # Every part but the last must be at least 5 MiB; the uploader must never rely on less.
+    async def test(store: ObjectStore) -> None:
+        upload_id = await store.create_multipart("small")
+        parts = [await store.upload_part("small", upload_id, n, b"tiny") for n in (1, 2)]
+        with pytest.raises(StoreError):
+            await store.complete_multipart("small", upload_id, parts)
+        await store.abort_multipart("small", upload_id)
+
+    with_store(test)
+
+
+def test_multipart_if_none_match(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        await store.put("exists", b"x")
+        upload_id = await store.create_multipart("exists")
+        part = await store.upload_part("exists", upload_id, 1, b"y")
+        with pytest.raises(PreconditionFailed):
+            await store.complete_multipart("exists", upload_id, [part], if_none_match=True)
+        await store.abort_multipart("exists", upload_id)
+        assert await store.get_range("exists", 0, 10) == b"x"
+
+    with_store(test)
+
+
+def test_multipart_if_match(with_store: WithStore, store_kind: str) -> None:
+    xfail_on_moto(
+        store_kind,
+        "CompleteMultipartUpload ignores If-Match (moto/s3/responses.py checks only If-None-Match there)",
+    )
+
+    async def test(store: ObjectStore) -> None:
+        old = await store.put("target", b"old")
+        upload_id = await store.create_multipart("target")
+        part = await store.upload_part("target", upload_id, 1, b"new")
+        with pytest.raises(PreconditionFailed):
+            await store.complete_multipart(
+                "target", upload_id, [part], if_match=hashlib.md5(b"?").hexdigest()
+            )
+        info = await store.complete_multipart("target", upload_id, [part], if_match=old.etag)
+        assert info.etag == _multipart_etag([b"new"])
+
+    with_store(test)
+
+
+# --- request counting ---------------------------------------------------------------------------------------
+
+
+def test_request_counts(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        await store.put("k", b"abc")
+        assert store.requests.snapshot() == {"put": 1}
+        store.requests.reset()
+        await store.head("k")
+        assert store.requests["head"] == 1 and store.requests.total() == 1
+        await store.get_range("k", 0, 2)
+        await store.list_page("")
+        await store.delete("k")
+        await store.check_bucket()
+        assert store.requests.snapshot() == {"head": 1, "get": 1, "list": 1, "delete": 1, "head_bucket": 1}
+        with pytest.raises(ObjectNotFound):
+            await store.head("k")
+        assert store.requests["head"] == 2  # failed requests count too
+
+    with_store(test)
+
+
+# --- S3 only: buckets, endpoints, credentials ----------------------------------------------------------------
+
+
+def test_check_bucket_missing_bucket(moto_server: MotoServer) -> None:
+    async def main() -> None:
+        async with open_s3_store("no-such-bucket-here", endpoint_url=moto_server.endpoint_url) as store:
+            with pytest.raises(BucketNotFound, match="no-such-bucket-here"):
+                await store.check_bucket()
+            with pytest.raises(BucketNotFound, match="no-such-bucket-here"):
+                await store.list_page("")
+
+    run_trio(main)
+
+
+def test_unreachable_endpoint_fails_fast() -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+    async def main() -> S3Store:
+        async with open_s3_store("bucket", endpoint_url=endpoint, max_attempts=2) as store:
+            with pytest.raises(EndpointUnreachable, match="cannot reach S3 endpoint"):
+                await store.check_bucket()
+            store.requests.reset()
+            with pytest.raises(EndpointUnreachable, match=endpoint):
+                await store.head("key")
+            assert store.requests["head"] == 2  # every attempt (retries) is counted
+            return store
+
+    started = time.monotonic()
+    run_trio(main)
+    assert time.monotonic() - started < 10
+
+
+def test_silent_endpoint_does_not_hang_check_bucket() -> None:
+    """A server that accepts connections and never answers: check_bucket gives up within its timeouts."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes handshakes; nobody ever reads or answers
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+        async def main() -> None:
+            async with open_s3_store("bucket", endpoint_url=endpoint, read_timeout=1.0) as store:
+                with pytest.raises(EndpointUnreachable, match="did not answer"):
+                    await store.check_bucket()
+
+        started = time.monotonic()
+        run_trio(main)
+        assert time.monotonic() - started < 8
+
+
+@pytest.fixture(scope="module")
+def moto_auth_server(fake_aws_credentials: None) -> Any:
+    server = start_moto_server(auth=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_rejected_credentials(
+    moto_auth_server: MotoServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "never-shown-secret-4f2a"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    caplog.set_level(logging.DEBUG, logger="s3files")
+
+    async def main() -> None:
+        async with open_s3_store("any-bucket", endpoint_url=moto_auth_server.endpoint_url) as store:
+            with pytest.raises(CredentialsError, match="InvalidAccessKeyId") as caught:
+                await store.check_bucket()
+            message = str(caught.value)
+            assert message.startswith(f"credentials rejected by {moto_auth_server.endpoint_url}")
+            assert "\n" not in message
+            with pytest.raises(CredentialsError):
+                await store.put("key", b"x")
+
+    run_trio(main)
+    assert secret not in caplog.text
+
+
+def test_missing_credentials(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # do not wait for an instance role
+
+    async def main() -> None:
+        async with open_s3_store("any-bucket", endpoint_url=moto_server.endpoint_url) as store:
+            with pytest.raises(CredentialsError, match="credentials"):
+                await store.check_bucket()
+            assert store.requests.total() == 0  # nothing could be signed, so nothing was sent
+
+    run_trio(main)
+
+
+def test_s3_store_etags_are_bare_on_the_wire(moto_server: MotoServer, bucket: str, boto3_client: Any) -> None:
+    """Out-of-band check that what S3 stores matches what the store reports (and moto quotes its ETags)."""
+    boto3_client.put_object(Bucket=bucket, Key="k", Body=b"abc", Metadata={"mode": "1"})
+    raw = boto3_client.head_object(Bucket=bucket, Key="k")["ETag"]
+    assert raw.startswith('"')
+
+    async def main() -> ObjectInfo:
+        async with open_s3_store(bucket, endpoint_url=moto_server.endpoint_url) as store:
+            return await store.head("k")
+
+    info = run_trio(main)
+    assert info.etag == raw.strip('"') and info.metadata == {"mode": "1"}
+
+
+# --- S3 only: servers that behave like Ceph RGW (simulated on moto by rewriting replies) ----------------------
+
+
+def _client_error(status: int, code: str, operation: str) -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+
+
+def test_rgw_412_for_if_match_on_missing_key_is_object_not_found(
+    moto_server: MotoServer, bucket: str
+) -> None:
+    """RGW answers If-Match on a missing key with 412 where AWS says 404: callers must see ObjectNotFound."""
+    sent_if_match: list[str] = []
+
+    async def main() -> None:
+        async with open_s3_store(bucket, endpoint_url=moto_server.endpoint_url) as store:
+            client = store._client
+            real_put = client.put_object
+
+            async def rgw_put(**kwargs: Any) -> Any:
+                if "IfMatch" in kwargs:
+                    raise _client_error(412, "PreconditionFailed", "PutObject")
+                return await real_put(**kwargs)
+
+            def capture(request: Any, **_: Any) -> None:
+                value = request.headers.get("If-Match")
+                if value is not None:
+                    sent_if_match.append(value.decode() if isinstance(value, bytes) else value)
+
+            info = await store.put("exists", b"x")
+            await store.put("exists", b"y", if_match=info.etag)  # the real server, bare ETag on the wire
+            client.meta.events.register("before-send.s3.PutObject", capture)
+            client.put_object = rgw_put
+            with pytest.raises(ObjectNotFound):
+                await store.put("missing", b"x", if_match=info.etag)
+            with pytest.raises(PreconditionFailed):
+                await store.put("exists", b"z", if_match=info.etag)
+            client.put_object = real_put
+            await store.put("exists", b"w", if_match=hashlib.md5(b"y").hexdigest())
+
+    run_trio(main)
+    assert sent_if_match == [hashlib.md5(b"y").hexdigest()]  # bare, as RGW 16 requires
+
+
+def test_rgw_empty_etag_from_complete_is_replaced_by_head(moto_server: MotoServer, bucket: str) -> None:
+    async def main() -> None:
+        async with open_s3_store(bucket, endpoint_url=moto_server.endpoint_url) as store:
+            client = store._client
+            real_complete = client.complete_multipart_upload
+
+            async def rgw_complete(**kwargs: Any) -> Any:
+                response = await real_complete(**kwargs)
+                response["ETag"] = ""
+                return response
+
+            client.complete_multipart_upload = rgw_complete
+            upload_id = await store.create_multipart("k", {"mode": "1"})
+            part = await store.upload_part("k", upload_id, 1, b"abc")
+            store.requests.reset()
+            info = await store.complete_multipart("k", upload_id, [part])
+            assert info.etag == _multipart_etag([b"abc"])
+            assert (info.size, info.metadata) == (3, {"mode": "1"})
+            assert store.requests.snapshot() == {"complete_multipart": 1, "head": 1}
+
+    run_trio(main)
