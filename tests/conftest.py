@@ -10,6 +10,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
@@ -78,4 +79,64 @@ def bucket(moto_server: MotoServer) -> str:
     """A fresh, empty bucket on the moto server (unique name per test)."""
     name = f"test-{next(_bucket_numbers)}-{uuid.uuid4().hex[:8]}"
     moto_server.create_bucket(name)
+    return name
+
+
+# -- the same tests on a second, real S3 implementation: Ceph RadosGW -------------------------------
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3 server on 127.0.0.1 as the tests see it, whichever implementation it is."""
+
+    kind: str  # "moto" or "rgw"
+    endpoint_url: str
+
+    def create_bucket(self, name: str) -> None:
+        from s3files.store.s3 import create_bucket
+
+        create_bucket(name, endpoint_url=self.endpoint_url, region="us-east-1")
+
+
+@pytest.fixture(scope="session")
+def rgw_server(fake_aws_credentials: None) -> Iterator[Any]:
+    """One throw-away Ceph RadosGW for the session (scripts/rgw.sh; installs Ceph on first use).
+
+    Its fixed keys become the session's credentials: moto accepts any keys, so both servers work with them.
+    Set S3FILES_SKIP_RGW=1 to skip the RGW runs (e.g. where Debian's ceph packages cannot be installed).
+    """
+    if os.environ.get("S3FILES_SKIP_RGW") == "1":
+        pytest.skip("S3FILES_SKIP_RGW=1")
+    from s3files.rgwserver import RgwServer
+
+    server = RgwServer.start()
+    os.environ["AWS_ACCESS_KEY_ID"] = server.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = server.secret_key
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", params=["moto", "rgw"])
+def s3_server(request: pytest.FixtureRequest) -> S3Server:
+    """Each test that takes this runs on moto and again on Ceph RadosGW (one server of each per session)."""
+    kind = str(request.param)
+    server = request.getfixturevalue("moto_server" if kind == "moto" else "rgw_server")
+    return S3Server(kind, server.endpoint_url)
+
+
+@pytest.fixture
+def s3_client(s3_server: S3Server) -> Any:
+    """A boto3 client on ``s3_server`` (made per test: the session's credentials change for RGW)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh, empty bucket on ``s3_server``."""
+    name = f"test-{next(_bucket_numbers)}-{uuid.uuid4().hex[:8]}"
+    s3_server.create_bucket(name)
     return name

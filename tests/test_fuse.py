@@ -1,4 +1,4 @@
-"""Through a real FUSE mount (/dev/fuse) against moto's S3 server on 127.0.0.1.
+"""Through a real FUSE mount (/dev/fuse), against moto's S3 server and again against Ceph RadosGW (127.0.0.1).
 
 Request budgets are read from the real store's counting hook (``S3Store.requests``, counted per HTTP
 request by a botocore event hook) because the mount runs on a thread of this process.
@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import pytest
+from conftest import S3Server
 
 from s3files.core.fs import FileSystem
 from s3files.fuse.mount import mounted_in_thread
-from s3files.localserver import MotoServer
 from s3files.options import MIB, MountOptions, Source, StoreOptions
 from s3files.store.base import ObjectStore
 from s3files.store.s3 import open_s3_store
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.fuse
 
 @contextlib.contextmanager
 def mount(
-    server: MotoServer, bucket: str, mountpoint: Path, prefix: str = "", spy: list | None = None, **kw: Any
+    server: S3Server, bucket: str, mountpoint: Path, prefix: str = "", spy: list | None = None, **kw: Any
 ) -> Iterator[FileSystem]:
     """Mount ``bucket`` at ``mountpoint`` on a thread; ``spy`` collects (start, end) of every ranged GET."""
     mountpoint.mkdir(exist_ok=True)
@@ -63,7 +63,7 @@ def put(client: Any, bucket: str, key: str, body: bytes, **meta: str) -> None:
     client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=meta)
 
 
-def test_nested_tree_contents_and_stat(moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path) -> None:
+def test_nested_tree_contents_and_stat(s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path) -> None:
     tree = {
         "a.txt": b"alpha",
         "docs/readme.md": b"# hi\n",
@@ -73,9 +73,9 @@ def test_nested_tree_contents_and_stat(moto_server: MotoServer, boto3_client: An
         "empty-dir/": b"",
     }
     for key, body in tree.items():
-        put(boto3_client, bucket, key, body)
-    put(boto3_client, bucket, "meta.txt", b"12345", mtime="1600000000.5", mode=str(stat.S_IFREG | 0o600))
-    with mount(moto_server, bucket, tmp_path / "m") as fs:
+        put(s3_client, s3_bucket, key, body)
+    put(s3_client, s3_bucket, "meta.txt", b"12345", mtime="1600000000.5", mode=str(stat.S_IFREG | 0o600))
+    with mount(s3_server, s3_bucket, tmp_path / "m") as fs:
         root = tmp_path / "m"
         # stat before any listing: a HEAD supplies x-amz-meta-mtime and mode
         st = os.stat(root / "meta.txt")
@@ -90,7 +90,7 @@ def test_nested_tree_contents_and_stat(moto_server: MotoServer, boto3_client: An
         assert found == expected
         assert (root / "empty-dir").is_dir() and os.listdir(root / "empty-dir") == []
         # sizes and mtimes: LastModified for objects without x-amz-meta-mtime
-        head = boto3_client.head_object(Bucket=bucket, Key="docs/readme.md")
+        head = s3_client.head_object(Bucket=s3_bucket, Key="docs/readme.md")
         st = os.stat(root / "docs/readme.md")
         assert st.st_size == 5
         assert abs(st.st_mtime - head["LastModified"].timestamp()) < 1.0
@@ -103,11 +103,11 @@ def test_nested_tree_contents_and_stat(moto_server: MotoServer, boto3_client: An
         assert fs.statistics()["open_files"] == 0
 
 
-def test_folder_of_1200_entries(moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path) -> None:
+def test_folder_of_1200_entries(s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path) -> None:
     names = [f"item-{i:04d}.dat" for i in range(1200)]
     for i, name in enumerate(names):
-        put(boto3_client, bucket, f"many/{name}", b"x" * (i % 13))
-    with mount(moto_server, bucket, tmp_path / "m", metadata_ttl=60.0):
+        put(s3_client, s3_bucket, f"many/{name}", b"x" * (i % 13))
+    with mount(s3_server, s3_bucket, tmp_path / "m", metadata_ttl=60.0):
         listed = sorted(os.listdir(tmp_path / "m/many"))
         assert listed == names
         sizes = {e.name: e.stat().st_size for e in os.scandir(tmp_path / "m/many")}
@@ -115,11 +115,11 @@ def test_folder_of_1200_entries(moto_server: MotoServer, boto3_client: Any, buck
 
 
 def test_ls_l_of_2500_entries_costs_3_lists_and_stat_after_list_is_free(
-    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
     for i in range(2500):
-        put(boto3_client, bucket, f"big/f{i:05d}", b"")
-    with mount(moto_server, bucket, tmp_path / "m", metadata_ttl=60.0) as fs:
+        put(s3_client, s3_bucket, f"big/f{i:05d}", b"")
+    with mount(s3_server, s3_bucket, tmp_path / "m", metadata_ttl=60.0) as fs:
         os.stat(tmp_path / "m/big")
         fs.store.requests.reset()
         out = subprocess.run(["ls", "-l", str(tmp_path / "m/big")], capture_output=True, text=True, timeout=120)
@@ -133,12 +133,12 @@ def test_ls_l_of_2500_entries_costs_3_lists_and_stat_after_list_is_free(
 
 
 def test_64_mib_sha256_and_no_overlapping_gets(
-    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
     data = random.Random(7).randbytes(64 * MIB)
-    put(boto3_client, bucket, "big.bin", data)
+    put(s3_client, s3_bucket, "big.bin", data)
     spans: list[tuple[int, int]] = []
-    with mount(moto_server, bucket, tmp_path / "m", spy=spans) as fs:
+    with mount(s3_server, s3_bucket, tmp_path / "m", spy=spans) as fs:
         digest = hashlib.sha256()
         with open(tmp_path / "m/big.bin", "rb") as f:
             for chunk in iter(lambda: f.read(4 * MIB), b""):
@@ -151,11 +151,11 @@ def test_64_mib_sha256_and_no_overlapping_gets(
         assert fs.store.requests["get"] == len(spans) <= 16
 
 
-def test_unaligned_partial_reads(moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path) -> None:
+def test_unaligned_partial_reads(s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path) -> None:
     data = random.Random(8).randbytes(3 * MIB + 17)
-    put(boto3_client, bucket, "f.bin", data)
+    put(s3_client, s3_bucket, "f.bin", data)
     rng = random.Random(9)
-    with mount(moto_server, bucket, tmp_path / "m"):
+    with mount(s3_server, s3_bucket, tmp_path / "m"):
         fd = os.open(tmp_path / "m/f.bin", os.O_RDONLY)
         try:
             for _ in range(40):
@@ -168,11 +168,11 @@ def test_unaligned_partial_reads(moto_server: MotoServer, boto3_client: Any, buc
 
 
 def test_awkward_keys_are_hidden_not_fatal(
-    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
     for key in ["ok.txt", "a//b", "dots/./x", "dots/../y", "l/" + "n" * 256, "dup", "dup/inner", "sp ace/ü.txt"]:
-        put(boto3_client, bucket, key, b"1")
-    with mount(moto_server, bucket, tmp_path / "m"):
+        put(s3_client, s3_bucket, key, b"1")
+    with mount(s3_server, s3_bucket, tmp_path / "m"):
         root = tmp_path / "m"
         assert sorted(os.listdir(root)) == ["a", "dots", "dup", "l", "ok.txt", "sp ace"]
         assert os.listdir(root / "a") == [] and os.listdir(root / "dots") == [] and os.listdir(root / "l") == []
@@ -183,22 +183,22 @@ def test_awkward_keys_are_hidden_not_fatal(
         assert (root / "ok.txt").read_bytes() == b"1"  # the mount is still alive
 
 
-def test_prefix_mount(moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path) -> None:
-    put(boto3_client, bucket, "outside.txt", b"no")
-    put(boto3_client, bucket, "team/a/data.csv", b"1,2,3\n")
-    put(boto3_client, bucket, "team/readme", b"r")
-    with mount(moto_server, bucket, tmp_path / "m", prefix="team/"):
+def test_prefix_mount(s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path) -> None:
+    put(s3_client, s3_bucket, "outside.txt", b"no")
+    put(s3_client, s3_bucket, "team/a/data.csv", b"1,2,3\n")
+    put(s3_client, s3_bucket, "team/readme", b"r")
+    with mount(s3_server, s3_bucket, tmp_path / "m", prefix="team/"):
         assert sorted(os.listdir(tmp_path / "m")) == ["a", "readme"]
         assert (tmp_path / "m/a/data.csv").read_bytes() == b"1,2,3\n"
         assert not (tmp_path / "m/outside.txt").exists()
 
 
 def test_read_only_mount_refuses_writes_with_erofs(
-    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
-    put(boto3_client, bucket, "f.txt", b"keep")
-    put(boto3_client, bucket, "d/g.txt", b"keep")
-    with mount(moto_server, bucket, tmp_path / "m", read_only=True) as fs:
+    put(s3_client, s3_bucket, "f.txt", b"keep")
+    put(s3_client, s3_bucket, "d/g.txt", b"keep")
+    with mount(s3_server, s3_bucket, tmp_path / "m", read_only=True) as fs:
         root = tmp_path / "m"
         attempts = [
             lambda: open(root / "new.txt", "w"),
@@ -217,27 +217,27 @@ def test_read_only_mount_refuses_writes_with_erofs(
                 attempt()
             assert refused.value.errno == errno.EROFS
         assert (root / "f.txt").read_bytes() == b"keep"
-    assert boto3_client.get_object(Bucket=bucket, Key="f.txt")["Body"].read() == b"keep"
-    keys = [o["Key"] for o in boto3_client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert s3_client.get_object(Bucket=s3_bucket, Key="f.txt")["Body"].read() == b"keep"
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert keys == ["d/g.txt", "f.txt"]
 
 
 def test_changed_object_is_seen_at_next_open(
-    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
-    put(boto3_client, bucket, "v.txt", b"version one")
-    with mount(moto_server, bucket, tmp_path / "m", metadata_ttl=0.0):
+    put(s3_client, s3_bucket, "v.txt", b"version one")
+    with mount(s3_server, s3_bucket, tmp_path / "m", metadata_ttl=0.0):
         assert (tmp_path / "m/v.txt").read_bytes() == b"version one"
-        put(boto3_client, bucket, "v.txt", b"version two!")
+        put(s3_client, s3_bucket, "v.txt", b"version two!")
         assert (tmp_path / "m/v.txt").read_bytes() == b"version two!"
 
 
 def test_writes_through_the_mount_reach_s3(
-    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
-    put(boto3_client, bucket, "existing.txt", b"0123456789")
+    put(s3_client, s3_bucket, "existing.txt", b"0123456789")
     big = random.Random(11).randbytes(20 * MIB + 5)
-    with mount(moto_server, bucket, tmp_path / "m") as fs:
+    with mount(s3_server, s3_bucket, tmp_path / "m") as fs:
         root = tmp_path / "m"
         (root / "new.txt").write_bytes(b"fresh")
         with open(root / "existing.txt", "r+b") as f:
@@ -260,31 +260,31 @@ def test_writes_through_the_mount_reach_s3(
         assert fs.statistics()["staged_files"] == 0
 
     def body(key: str) -> bytes:
-        return boto3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
 
     assert body("existing.txt") == b"01AB45"
     assert hashlib.sha256(body("big.bin")).digest() == hashlib.sha256(big).digest()
     assert body("dir/renamed.txt") == b"fresh"
-    head = boto3_client.head_object(Bucket=bucket, Key="dir/renamed.txt")
+    head = s3_client.head_object(Bucket=s3_bucket, Key="dir/renamed.txt")
     assert int(head["Metadata"]["mode"]) == stat.S_IFREG | 0o600
-    keys = sorted(o["Key"] for o in boto3_client.list_objects_v2(Bucket=bucket)["Contents"])
+    keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])
     assert keys == ["big.bin", "dir/", "dir/renamed.txt", "existing.txt"]
 
 
 def test_concurrent_outside_writer_is_detected_not_overwritten(
-    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
-    put(boto3_client, bucket, "shared.txt", b"v1")
-    with mount(moto_server, bucket, tmp_path / "m"):
+    put(s3_client, s3_bucket, "shared.txt", b"v1")
+    with mount(s3_server, s3_bucket, tmp_path / "m"):
         f = open(tmp_path / "m/shared.txt", "r+b")
         f.write(b"ours")
         f.flush()
-        put(boto3_client, bucket, "shared.txt", b"theirs")  # another machine, meanwhile
+        put(s3_client, s3_bucket, "shared.txt", b"theirs")  # another machine, meanwhile
         with pytest.raises(OSError) as failed:
             f.close()
         assert failed.value.errno == errno.EIO
-    keys = [o["Key"] for o in boto3_client.list_objects_v2(Bucket=bucket)["Contents"]]
-    assert boto3_client.get_object(Bucket=bucket, Key="shared.txt")["Body"].read() == b"theirs"
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert s3_client.get_object(Bucket=s3_bucket, Key="shared.txt")["Body"].read() == b"theirs"
     beside = [k for k in keys if k.startswith("shared.txt.s3files-conflict-")]
     assert len(beside) == 1
-    assert boto3_client.get_object(Bucket=bucket, Key=beside[0])["Body"].read() == b"ours"
+    assert s3_client.get_object(Bucket=s3_bucket, Key=beside[0])["Body"].read() == b"ours"

@@ -527,6 +527,11 @@ class S3Store:
             kwargs["IfNoneMatch"] = "*"
         if if_match is not None:
             kwargs["IfMatch"] = strip_etag(if_match)
+        if if_none_match or if_match is not None:
+            # Ceph RGW 16 and moto ignore conditions on CompleteMultipartUpload (AWS honours them). Check
+            # first, so a conflict is still caught there; only the short window between this HEAD and the
+            # completion is unprotected on such servers. One extra HEAD per large conditional write.
+            await self._a_precondition(key, if_match, if_none_match)
         try:
             response = await self._call("complete_multipart", key, "complete_multipart_upload", **kwargs)
         except PreconditionFailed:
@@ -546,6 +551,18 @@ class S3Store:
             last_modified=_response_time(response),
             metadata=metadata,
         )
+
+    async def _a_precondition(self, key: str, if_match: str | None, if_none_match: bool) -> None:
+        try:
+            current = await self._a_head(key)
+        except ObjectNotFound:
+            if if_match is not None:
+                raise
+            return
+        if if_none_match:
+            raise PreconditionFailed(f"{key} already exists")
+        if if_match is not None and current.etag != strip_etag(if_match):
+            raise PreconditionFailed(f"{key} changed (etag {current.etag}, expected {strip_etag(if_match)})")
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._bridge.run(self._a_abort_multipart, key, upload_id)
