@@ -128,10 +128,11 @@ def s3_server(request: pytest.FixtureRequest) -> S3Server:
 
 @pytest.fixture
 def s3_client(s3_server: S3Server) -> Any:
-    """A boto3 client on ``s3_server`` (made per test: the session's credentials change for RGW)."""
+    """A boto3 client on ``s3_server``, from a new boto3 session: boto3's default session caches the
+    credentials it first found, and the session's credentials change when RGW starts."""
     import boto3
 
-    return boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
+    return boto3.session.Session().client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import os
 import random
 import stat
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
@@ -63,6 +64,12 @@ def put(client: Any, bucket: str, key: str, body: bytes, **meta: str) -> None:
     client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=meta)
 
 
+def put_many(client: Any, bucket: str, objects: dict[str, bytes]) -> None:
+    """Seed many objects with 16 requests in flight (set-up only; the servers are the slow part)."""
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda item: put(client, bucket, *item), objects.items()))
+
+
 def test_nested_tree_contents_and_stat(s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path) -> None:
     tree = {
         "a.txt": b"alpha",
@@ -105,8 +112,7 @@ def test_nested_tree_contents_and_stat(s3_server: S3Server, s3_client: Any, s3_b
 
 def test_folder_of_1200_entries(s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path) -> None:
     names = [f"item-{i:04d}.dat" for i in range(1200)]
-    for i, name in enumerate(names):
-        put(s3_client, s3_bucket, f"many/{name}", b"x" * (i % 13))
+    put_many(s3_client, s3_bucket, {f"many/{name}": b"x" * (i % 13) for i, name in enumerate(names)})
     with mount(s3_server, s3_bucket, tmp_path / "m", metadata_ttl=60.0):
         listed = sorted(os.listdir(tmp_path / "m/many"))
         assert listed == names
@@ -117,8 +123,7 @@ def test_folder_of_1200_entries(s3_server: S3Server, s3_client: Any, s3_bucket: 
 def test_ls_l_of_2500_entries_costs_3_lists_and_stat_after_list_is_free(
     s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
-    for i in range(2500):
-        put(s3_client, s3_bucket, f"big/f{i:05d}", b"")
+    put_many(s3_client, s3_bucket, {f"big/f{i:05d}": b"" for i in range(2500)})
     with mount(s3_server, s3_bucket, tmp_path / "m", metadata_ttl=60.0) as fs:
         os.stat(tmp_path / "m/big")
         fs.store.requests.reset()
