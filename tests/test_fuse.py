@@ -293,3 +293,25 @@ def test_concurrent_outside_writer_is_detected_not_overwritten(
     beside = [k for k in keys if k.startswith("shared.txt.s3files-conflict-")]
     assert len(beside) == 1
     assert s3_client.get_object(Bucket=s3_bucket, Key=beside[0])["Body"].read() == b"ours"
+
+
+def test_full_cache_disk_is_enospc_and_loses_nothing(
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
+) -> None:
+    put(s3_client, s3_bucket, "keep.bin", b"original")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cache)], check=True, timeout=10)
+    try:
+        with mount(s3_server, s3_bucket, tmp_path / "m", cache_dir=cache):
+            with pytest.raises(OSError) as full:
+                with open(tmp_path / "m/keep.bin", "wb") as f:
+                    for _ in range(4):
+                        f.write(b"x" * MIB)
+            assert full.value.errno == errno.ENOSPC
+            (tmp_path / "m/small.txt").write_bytes(b"still works")  # the mount survives
+    finally:
+        subprocess.run(["umount", str(cache)], check=True, timeout=10)
+    assert s3_client.get_object(Bucket=s3_bucket, Key="small.txt")["Body"].read() == b"still works"
+    keep = s3_client.get_object(Bucket=s3_bucket, Key="keep.bin")["Body"].read()
+    assert keep in (b"original", b"x" * len(keep))  # never a torn mix: either ours in whole or theirs
