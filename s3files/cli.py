@@ -18,8 +18,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import trio
 
@@ -162,7 +162,7 @@ def _run_foreground(opts: MountOptions, ready_fd: int | None) -> int:
 def _run_background(argv: Sequence[str], opts: MountOptions, log_file: Path | None) -> int:
     """Start the daemon and wait for its word: ready, or one line saying why not."""
     read_end, write_end = os.pipe()
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     child = subprocess.Popen(
         [sys.executable, "-m", "s3files", *argv, "--foreground", "--ready-fd", str(write_end)],
         pass_fds=(write_end,),

@@ -126,7 +126,7 @@ def _spawn(port: int, auth: bool, startup_timeout: float) -> MotoServer:
     else:
         env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
     # The server logs each request to stderr; a temp file (not a pipe nobody reads) so it can never block.
-    log_file = tempfile.TemporaryFile(prefix="moto-server-")  # noqa: SIM115 - closed by MotoServer.stop()
+    log_file = tempfile.TemporaryFile(prefix="moto-server-")
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
         stdin=subprocess.DEVNULL,

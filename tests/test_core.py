@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import random
 import stat
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import pytest
 import trio
@@ -162,7 +163,7 @@ def test_sequential_read_no_overlapping_gets_and_growing_window() -> None:
         got = await read_all(fs, await resolve(fs, "big"))
         assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
         spans = sorted(ranges)
-        for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+        for (s1, e1), (s2, e2) in itertools.pairwise(spans):
             assert e1 <= s2, f"overlapping GETs {s1}-{e1} and {s2}-{e2}"
         assert sum(e - s for s, e in spans) == len(data)  # every byte fetched exactly once
         assert spans[0] == (0, MIB)  # small first part: time to first byte

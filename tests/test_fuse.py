@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import random
 import stat
 import subprocess
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from conftest import S3Server
@@ -88,7 +90,7 @@ def test_nested_tree_contents_and_stat(s3_server: S3Server, s3_client: Any, s3_b
         st = os.stat(root / "meta.txt")
         assert (st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode)) == (5, 1600000000.5, 0o600)
         found = {}
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, _dirnames, filenames in os.walk(root):
             for name in filenames:
                 full = Path(dirpath) / name
                 found[str(full.relative_to(root))] = full.read_bytes()
@@ -150,7 +152,7 @@ def test_64_mib_sha256_and_no_overlapping_gets(
                 digest.update(chunk)
         assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
         ordered = sorted(spans)
-        for (s1, e1), (s2, e2) in zip(ordered, ordered[1:]):
+        for (s1, e1), (s2, e2) in itertools.pairwise(ordered):
             assert e1 <= s2, f"overlapping GETs {s1}-{e1} and {s2}-{e2}"
         assert sum(e - s for s, e in ordered) == len(data)
         assert fs.store.requests["get"] == len(spans) <= 16
@@ -304,10 +306,9 @@ def test_full_cache_disk_is_enospc_and_loses_nothing(
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cache)], check=True, timeout=10)
     try:
         with mount(s3_server, s3_bucket, tmp_path / "m", cache_dir=cache):
-            with pytest.raises(OSError) as full:
-                with open(tmp_path / "m/keep.bin", "wb") as f:
-                    for _ in range(4):
-                        f.write(b"x" * MIB)
+            with pytest.raises(OSError) as full, open(tmp_path / "m/keep.bin", "wb") as f:
+                for _ in range(4):
+                    f.write(b"x" * MIB)
             assert full.value.errno == errno.ENOSPC
             (tmp_path / "m/small.txt").write_bytes(b"still works")  # the mount survives
     finally:

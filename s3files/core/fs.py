@@ -21,9 +21,9 @@ import logging
 import os
 import stat
 import time
-from pathlib import Path
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
 import trio
 from cachetools import TTLCache

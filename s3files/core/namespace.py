@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from cachetools import LRUCache
 

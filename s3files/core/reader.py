@@ -19,9 +19,10 @@ it (trio is single-threaded), so scheduling is done without awaiting.
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 import trio
 
@@ -103,7 +104,7 @@ class Reader:
         except S3FilesError:
             # Forget failed parts so the next read asks S3 again instead of repeating the error.
             self._parts = [p for p in self._parts if p.error is None]
-            if self._parts and not all(a.end == b.start for a, b in zip(self._parts, self._parts[1:])):
+            if self._parts and not all(a.end == b.start for a, b in itertools.pairwise(self._parts)):
                 self._drop_all()
             raise
         data = b"".join(chunks)
@@ -159,7 +160,7 @@ class Reader:
                         )
                 except S3FilesError as exc:
                     part.error = exc
-                except Exception as exc:  # noqa: BLE001 - never let one GET take the mount down
+                except Exception as exc:
                     log.warning("op=get key=%s range=%d-%d failed: %r", self._key, start, end, exc)
                     part.error = StoreError(f"reading {self._key} failed: {exc!r}")
             if part.data is None and part.error is None:

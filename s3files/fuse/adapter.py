@@ -12,7 +12,8 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from typing import Any, Awaitable, Callable, ParamSpec, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 

@@ -21,8 +21,8 @@ import signal
 import stat
 import tempfile
 import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import AsyncContextManager, AsyncIterator, Callable, Iterator
 
 import pyfuse3
 import trio
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE = 5.0  # seconds running handlers get after a stop before they are cancelled
 CHECK_TIMEOUT = 15.0  # seconds the bucket check may take before the mount gives up
 
-OpenStore = Callable[[], AsyncContextManager[ObjectStore]]
+OpenStore = Callable[[], contextlib.AbstractAsyncContextManager[ObjectStore]]
 
 
 def _unescape(field: str) -> str:
@@ -234,7 +234,7 @@ def mounted_in_thread(opts: MountOptions, open_store: OpenStore, timeout: float 
     def run() -> None:
         try:
             trio.run(main)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+        except BaseException as exc:
             box["error"] = exc
         finally:
             started.set()
