@@ -1,3 +1,11 @@
-"""s3files: mount an S3 bucket (or a prefix of it) as a file system that plain-file code can use."""
+"""s3files: mount an S3 bucket (or a prefix of it) as a file system that plain-file code can use.
+
+    with s3files.mount("s3://bucket/prefix", "/mnt/data") as root:
+        text = (root / "notes.txt").read_text()
+"""
+
+from s3files.api import mount
+from s3files.errors import MountError, S3FilesError
 
 __version__ = "0.1.0"
+__all__ = ["MountError", "S3FilesError", "mount"]

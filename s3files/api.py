@@ -1,0 +1,83 @@
+"""The library API: ``with s3files.mount("s3://bucket/prefix", "/mnt/data") as root: ...``.
+
+Owns: starting a mount daemon as a child process for the block and unmounting it afterwards. Runs the
+same ``s3files mount`` command users run (pyfuse3 allows one mount per process, and a child process keeps
+the caller's process free of FUSE state and signal handlers), so the library and the CLI cannot drift.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from s3files.errors import MountError
+
+UNMOUNT_TIMEOUT = 30.0
+
+
+@contextlib.contextmanager
+def mount(
+    source: str,
+    mountpoint: str | Path,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    read_only: bool = False,
+    metadata_ttl: float | None = None,
+    cache_dir: str | Path | None = None,
+    log_file: str | Path | None = None,
+    extra_args: Sequence[str] = (),
+) -> Iterator[Path]:
+    """Mount ``source`` at ``mountpoint`` (created if missing) for the ``with`` block; yields the folder.
+
+    Raises MountError with the daemon's one-line reason if the mount cannot start.
+    """
+    root = Path(mountpoint).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    args = ["mount", source, str(root)]
+    for flag, value in (
+        ("--endpoint-url", endpoint_url),
+        ("--region", region),
+        ("--profile", profile),
+        ("--metadata-ttl", metadata_ttl),
+        ("--cache-dir", cache_dir),
+        ("--log-file", log_file),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    if read_only:
+        args.append("--read-only")
+    started = _s3files(*args, *extra_args)
+    if started.returncode != 0:
+        raise MountError(_reason(started))
+    try:
+        yield root
+    finally:
+        stopped = _s3files("unmount", str(root))
+        if stopped.returncode != 0:
+            raise MountError(_reason(stopped))
+        _wait_unmounted(root)
+
+
+def _s3files(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "s3files", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def _reason(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return lines[-1].removeprefix("s3files: error: ") if lines else f"s3files exited {result.returncode}"
+
+
+def _wait_unmounted(root: Path) -> None:
+    from s3files.fuse.mount import mount_entry
+
+    deadline = time.monotonic() + UNMOUNT_TIMEOUT
+    while mount_entry(root) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
