@@ -27,7 +27,7 @@ def test_library_mount_reads_writes_and_unmounts(
 
 
 def test_library_mount_error_is_one_line(moto_server: MotoServer, tmp_path: Path) -> None:
-    with pytest.raises(s3files.MountError) as failed:
-        with s3files.mount("s3://missing-bucket-x", tmp_path / "m", endpoint_url=moto_server.endpoint_url):
-            pass
+    endpoint = moto_server.endpoint_url
+    with pytest.raises(s3files.MountError) as failed, s3files.mount("s3://missing-bucket-x", tmp_path / "m", endpoint_url=endpoint):
+        pass
     assert "missing-bucket-x" in str(failed.value) and "\n" not in str(failed.value)
