@@ -68,6 +68,7 @@ class OpenFile:
     fh: int
     keep_cache: bool  # the kernel may keep its cached pages: the object is the version it cached
     attr: Attr
+    direct_io: bool = False  # bypass the kernel page cache for this handle (--direct-io, read-only opens)
 
 
 @dataclass
@@ -296,7 +297,7 @@ class FileSystem:
             node.page_cache_etag = None
         fh = next(self._handles)
         self._files[fh] = _FileHandle(node.ino, self._reader(node), writable)
-        return OpenFile(fh, keep_cache, node.attr())
+        return OpenFile(fh, keep_cache, node.attr(), direct_io=self.opts.direct_io and staged is None)
 
     def _reader(self, node: Inode) -> Reader:
         return Reader(self.store, self.ns.file_key(node.path), node.size, node.etag, self.opts.read, self._spawn)
@@ -352,7 +353,7 @@ class FileSystem:
             raise InvalidArgument(f"not a valid name: {name!r}")
         return join(parent.path, name)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self._handle(fh)
         staged = self._staged.get(handle.ino)
         if staged is not None:

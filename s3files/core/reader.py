@@ -81,7 +81,7 @@ class Reader:
 
     # -- public ------------------------------------------------------------------------------------
 
-    async def read(self, off: int, size: int) -> bytes:
+    async def read(self, off: int, size: int) -> bytes | memoryview:
         if self._closed:
             raise StoreError("read on a closed file")
         end = min(off + size, self._size)
@@ -107,9 +107,12 @@ class Reader:
             if self._parts and not all(a.end == b.start for a, b in itertools.pairwise(self._parts)):
                 self._drop_all()
             raise
-        data = b"".join(chunks)
         base = wanted[0].start
-        return data[off - base : end - base]
+        if len(chunks) == 1:
+            # The common case (a read inside one part): a view, not a copy. pyfuse3 replies from any
+            # buffer, and the part stays alive as long as the view does.
+            return memoryview(chunks[0])[off - base : end - base]
+        return b"".join(chunks)[off - base : end - base]
 
     def close(self) -> None:
         """Cancel every fetch in flight and drop what is held."""
