@@ -66,6 +66,9 @@ class Operations(pyfuse3.Operations):
     """pyfuse3 handlers over a core FileSystem. ``ttl`` is how long the kernel may cache what we say."""
 
     supports_dot_lookup = False
+    # The kernel's writeback cache would batch writes into 1 MiB requests (this kernel otherwise sends
+    # unaligned user writes a page at a time), but with it the kernel never takes a file's size from us
+    # again, so a file grown or shrunk by another writer would read truncated or padded. Consistency wins.
     enable_writeback_cache = False
     enable_acl = False
 

@@ -1,0 +1,101 @@
+"""``s3files bench`` end to end, as a user runs it: quick mode on the embedded moto server.
+
+A test of the harness, not a speed check: it asserts that every workload has raw, baseline and mount
+entries (a mount entry may be an error record, e.g. EROFS while writes are refused, but must be present),
+that the S3 requests of the SDK and of the mount were counted, that the markdown and the table were
+written, and that nothing was left mounted. Sizes are cut further than --quick so it stays well under
+three minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from s3files_bench.plan import WORKLOADS
+
+from s3files.localserver import MotoServer
+
+pytestmark = pytest.mark.fuse
+
+TIMEOUT_S = 240
+
+
+def bench(*args: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "s3files", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
+
+
+def bench_mounts() -> set[str]:
+    """FUSE mounts in a work directory of ``s3files bench`` (other tests may mount elsewhere meanwhile)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:
+        return {line.split()[4] for line in info if " - fuse" in line and "/s3files-bench-" in line}
+
+
+def test_quick_run_reports_every_workload_with_references_and_requests(tmp_path: Path) -> None:
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    mounted_before = bench_mounts()
+    result = bench("--quick", "--size", "8MiB", "--files", "12", "--json", str(out), "--markdown", str(md))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert bench_mounts() == mounted_before  # every mount the run made is gone
+
+    results = json.loads(out.read_text())
+    assert set(results["workloads"]) == set(WORKLOADS)
+    for wname, workload in results["workloads"].items():
+        assert workload["figures"], wname
+        for fname, figure in workload["figures"].items():
+            variants = figure["variants"]
+            for name in ("raw", "baseline", "mount"):
+                entry = variants.get(name)
+                assert entry is not None, (wname, fname, name)
+                assert "value" in entry or entry.get("error"), (wname, fname, name, entry)
+            for name in ("raw", "baseline"):  # the references always work on moto
+                assert "value" in variants[name], (wname, fname, name, variants[name])
+            assert "mount/raw" in figure["ratios"] and "mount/baseline" in figure["ratios"]
+
+    seq = results["workloads"]["seq_read"]["figures"]
+    assert seq["cold"]["variants"]["raw"]["requests"] == {"get": 1}
+    assert seq["cold"]["variants"]["mount"]["requests"].get("get", 0) >= 1  # counted by the daemon
+    assert "value" in seq["cold"]["variants"]["mount"]  # reading works through the mount
+    assert results["workloads"]["small_files"]["figures"]["stat"]["variants"]["raw"]["requests"] == {
+        "head": 12
+    }
+    transform = results["workloads"]["transform"]["figures"]["end_to_end"]["variants"]
+    assert transform["baseline"]["disk_peak_mib"] >= 8  # the local copy download-process-upload needs
+    assert transform["baseline"]["requests"]["get"] >= 1
+    assert results["meta"]["daemon_peak_rss_mib"] > 0
+
+    assert "| seq_read | cold |" in md.read_text()
+    assert "mount/raw" in result.stdout  # the summary table
+
+
+def test_unreachable_endpoint_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    from s3files.localserver import free_port
+
+    result = bench(
+        "--endpoint-url", f"http://127.0.0.1:{free_port()}", "--bucket", "nothing-here", timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("s3files bench: error: cannot reach S3"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_bucket_is_named(moto_server: MotoServer) -> None:
+    endpoint = moto_server.endpoint_url
+    result = bench("--endpoint-url", endpoint, "--bucket", "no-such-bucket-here", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"s3files bench: error: bucket no-such-bucket-here does not exist at {endpoint}"
+    ]
+    assert "Traceback" not in result.stderr
