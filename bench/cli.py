@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--concurrency", type=_positive, help="K readers/writers (quick: 4, full: 8)")
     what.add_argument("--rounds", type=_positive, help="rounds per workload (default 3)")
     what.add_argument(
+        "--mount-args", default="", help="more `s3files mount` options for the mount under test, e.g. '--direct-io'"
+    )
+    what.add_argument(
         "--peers",
         type=_list(PEERS),
         default=(),
@@ -250,7 +253,7 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
         ]
         mounts: list[FsMount] = []
         err.print(f"mounting s3files on {target.source}")
-        mounts.append(start_s3files(target, workdir))
+        mounts.append(start_s3files(target, workdir, shlex.split(args.mount_args)))
         stack.callback(mounts[-1].stop)
         for peer in peers:
             err.print(f"mounting {peer}")

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,8 +133,11 @@ def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subproces
         )
 
 
-def start_s3files(target: Target, workdir: Path) -> FsMount:
-    """Mount s3files on ``workdir/mount`` in the foreground as a child; its errors go to mount.err."""
+def start_s3files(target: Target, workdir: Path, extra_args: Sequence[str] = ()) -> FsMount:
+    """Mount s3files on ``workdir/mount`` in the foreground as a child; its errors go to mount.err.
+
+    ``extra_args`` are more `s3files mount` options (`--mount-args`), e.g. ``--direct-io``.
+    """
     root, cache, stats = workdir / "mount", workdir / "mount-cache", workdir / "mount-stats.json"
     root.mkdir()
     cache.mkdir()
@@ -149,6 +153,7 @@ def start_s3files(target: Target, workdir: Path) -> FsMount:
     command += ["--region", target.region, "--log-level", "WARNING"]
     if target.endpoint_url:
         command += ["--endpoint-url", target.endpoint_url]
+    command += list(extra_args)
     err = workdir / "mount.err"
     fs = FsMount("mount", root, _spawn(command, dict(target.env), err), err, stats, cache)
     return _wait_mounted(fs, "s3files")

@@ -63,11 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--metadata-ttl", type=float, default=1.0, help="seconds attributes and listings are trusted"
     )
     fs.add_argument("--cache-dir", type=Path, help="folder for the local data cache")
-    fs.add_argument(
-        "--direct-io",
-        action="store_true",
-        help="bypass the kernel page cache for read-only opens: larger FUSE reads, no mmap (see README)",
-    )
     run = mount.add_argument_group("daemon")
     run.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -104,7 +99,6 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         metadata_ttl=args.metadata_ttl,
         cache_dir=args.cache_dir,
         stats_file=args.stats_file.absolute() if args.stats_file else None,
-        direct_io=args.direct_io,
     )
 
 

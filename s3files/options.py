@@ -86,11 +86,6 @@ class MountOptions:
     metadata_ttl: float = 1.0  # seconds the kernel and our caches may trust attributes and listings
     cache_dir: Path | None = None
     stats_file: Path | None = None  # on SIGUSR1 the daemon writes its statistics here as JSON
-    # Bypass the kernel page cache for files opened read-only. On kernels that send buffered FUSE reads
-    # in 128 KiB requests whatever read_ahead_kb says (seen on 6.18), this gives requests as large as the
-    # program's reads (up to 1 MiB) and about twice the throughput, at the cost of no page cache (warm
-    # reads go to the daemon) and no mmap() of such files. Off by default.
-    direct_io: bool = False
 
     def __post_init__(self) -> None:
         for name in ("file_mode", "dir_mode"):

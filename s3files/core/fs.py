@@ -70,7 +70,6 @@ class OpenFile:
     fh: int
     keep_cache: bool  # the kernel may keep its cached pages: the object is the version it cached
     attr: Attr
-    direct_io: bool = False  # bypass the kernel page cache for this handle (--direct-io, read-only opens)
 
 
 @dataclass
@@ -303,7 +302,7 @@ class FileSystem:
             node.page_cache_etag = None
         fh = next(self._handles)
         self._files[fh] = _FileHandle(node.ino, self._reader(node), writable)
-        return OpenFile(fh, keep_cache, node.attr(), direct_io=self.opts.direct_io and staged is None)
+        return OpenFile(fh, keep_cache, node.attr())
 
     def _just_headed(self, node: Inode) -> bool:
         """True when the lookup just before this open HEADed the object (and within OPEN_GRACE seconds).

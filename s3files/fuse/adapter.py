@@ -131,7 +131,7 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
         opened = await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
+        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache)
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:

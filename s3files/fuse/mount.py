@@ -7,8 +7,9 @@ library runs further mounts in child processes.
 
 pyfuse3 facts this relies on: ``terminate()`` makes ``main()`` return but does not cancel running
 handlers, so handlers get a grace period and are then cancelled; ``max_read`` breaks the INIT handshake,
-so large FUSE reads come from raising the mount's ``read_ahead_kb`` instead (1024 KiB gives 1 MiB reads
-and 30-40% less daemon CPU than the default 128 KiB).
+so large FUSE reads come from raising the mount's ``read_ahead_kb`` instead (1024 KiB gave 1 MiB reads and
+30-40% less daemon CPU on earlier kernels; on Linux 6.18 buffered FUSE reads stay 128 KiB whatever it
+says, while max_pages is 256 - direct I/O gets 1 MiB requests - so this is kept for kernels where it works).
 """
 
 from __future__ import annotations
