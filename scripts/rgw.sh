@@ -250,6 +250,11 @@ admin_socket = $DIR/run/\$name.asok
 log_file = $DIR/log/\$name.log
 debug_rgw = 0/5
 rgw_enable_usage_log = false
+# Deleted objects are freed by garbage collection, by default hours later; the OSD keeps data in RAM, so
+# benchmarks that write and delete a lot would grow it without bound. Collect within a minute instead.
+rgw_gc_obj_min_wait = 30
+rgw_gc_processor_period = 30
+rgw_gc_processor_max_time = 30
 EOF
     mv "$CONF.tmp" "$CONF"
 }
