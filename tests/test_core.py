@@ -462,20 +462,3 @@ def test_unlink_mkdir_rmdir_rename() -> None:
         assert full.ino > 0
 
     run_fs(store, body, metadata_ttl=60.0)
-
-
-def test_open_right_after_lookup_reuses_its_head_once() -> None:
-    store = MemoryStore()
-    store.seed("f", b"data")
-
-    async def body(fs: FileSystem) -> None:
-        store.requests.reset()
-        attr = await fs.lookup(ROOT_INO, "f")
-        first = await fs.open(attr.ino, os.O_RDONLY)  # the open(2) that made the lookup: no new HEAD
-        assert store.requests.snapshot() == {"head": 1, "list": 1}
-        await fs.release(first.fh)
-        second = await fs.open(attr.ino, os.O_RDONLY)  # a later open revalidates
-        assert store.requests.snapshot() == {"head": 2, "list": 1}
-        await fs.release(second.fh)
-
-    run_fs(store, body, metadata_ttl=1.0)

@@ -10,8 +10,7 @@ Request budget (asserted by tests):
 - ``lookup`` of a name not in a fresh listing: one HEAD and one LIST (max-keys 1), concurrently, because a
   name may be a file, a folder (any key below it), or both (the folder wins).
 - ``getattr`` within ``metadata_ttl`` of the last answer: nothing; after it, one HEAD for a file.
-- ``open``: one HEAD (close-to-open: every open sees the newest version), none when the lookup of the same
-  open(2) just made one; reads then pin its ETag.
+- ``open``: one HEAD (close-to-open: every open sees the newest version); reads then pin its ETag.
 """
 
 from __future__ import annotations
@@ -59,7 +58,6 @@ class BadHandle(S3FilesError):
 
 
 MAX_LIST_PAGES = 1_000_000  # a bound on any listing loop: 10^9 keys
-OPEN_GRACE = 0.1  # seconds a HEAD counts as open()'s revalidation (see _just_headed)
 UNMOUNT_UPLOAD_TIMEOUT = 300  # seconds unmount waits for unsent files before leaving them on disk
 RENAME_NOREPLACE = 1  # linux/fs.h renameat2 flags
 RENAME_EXCHANGE = 2
@@ -200,10 +198,7 @@ class FileSystem:
             raise NotADirectory(f"{parent.path} is not a folder")
         if not valid_name(name):
             raise NotFound(f"not a valid name: {name!r}")
-        entry = await self._entry(parent.path, name)
-        node = self._record(join(parent.path, name), entry)
-        if entry.info is not None and entry.info.metadata is not None:  # a HEAD answered, just now
-            node.looked_up_at = self._now()
+        node = self._record(join(parent.path, name), await self._entry(parent.path, name))
         self.inodes.acquire(node.ino)
         return node.attr()
 
@@ -288,8 +283,7 @@ class FileSystem:
             self.check_writable(f"open {node.path} for writing")
         staged = self._staged.get(ino)
         if staged is None:
-            if not self._just_headed(node):
-                node = await self._head(node)  # close-to-open: every open sees the newest version
+            node = await self._head(node)  # close-to-open: every open sees the newest version
             if writable:
                 staged = await self._stage(node, truncate=bool(flags & os.O_TRUNC))
         elif flags & os.O_TRUNC:
@@ -303,16 +297,6 @@ class FileSystem:
         fh = next(self._handles)
         self._files[fh] = _FileHandle(node.ino, self._reader(node), writable)
         return OpenFile(fh, keep_cache, node.attr())
-
-    def _just_headed(self, node: Inode) -> bool:
-        """True when the lookup just before this open HEADed the object (and within OPEN_GRACE seconds).
-
-        The kernel sends LOOKUP and then OPEN for one open(2) of a name it has not cached; that lookup's
-        HEAD is this open's revalidation, so a second HEAD would only cost a round trip. Used once.
-        """
-        looked_up_at, node.looked_up_at = node.looked_up_at, None
-        grace = min(OPEN_GRACE, self.opts.metadata_ttl)
-        return looked_up_at is not None and self._now() - looked_up_at < grace
 
     def _reader(self, node: Inode) -> Reader:
         return Reader(self.store, self.ns.file_key(node.path), node.size, node.etag, self.opts.read, self._spawn)

@@ -58,7 +58,6 @@ class Inode:
     etag: str | None = None
     meta_etag: str | None = None  # the ETag whose HEAD metadata is applied (None: defaults/listing only)
     fresh_until: float = 0.0  # attributes may be trusted without asking S3 until then
-    looked_up_at: float | None = None  # when a lookup's HEAD confirmed it (consumed by the next open)
     page_cache_etag: str | None = None  # the ETag whose data the kernel page cache may hold
     lookups: int = 0
 
