@@ -82,6 +82,7 @@ class _FileHandle:
     ino: int
     reader: Reader
     writable: bool = False
+    etag: str | None = None  # the version this handle reads
 
 
 class FileSystem:
@@ -187,7 +188,8 @@ class FileSystem:
             info = await self.store.head(self.ns.file_key(node.path))
         except ObjectNotFound:
             raise NotFound(f"{node.path} was removed from the bucket") from None
-        return self.inodes.put_file(node.path, info, self._fresh_until())
+        self.inodes.refresh_file(node, info, self._fresh_until())
+        return node
 
     # -- metadata operations -------------------------------------------------------------------------
 
@@ -295,7 +297,7 @@ class FileSystem:
             staged.handles += 1
             node.page_cache_etag = None
         fh = next(self._handles)
-        self._files[fh] = _FileHandle(node.ino, self._reader(node), writable)
+        self._files[fh] = _FileHandle(node.ino, self._reader(node), writable, node.etag)
         return OpenFile(fh, keep_cache, node.attr())
 
     def _reader(self, node: Inode) -> Reader:
@@ -357,6 +359,11 @@ class FileSystem:
         staged = self._staged.get(handle.ino)
         if staged is not None:
             return staged.read(off, size)
+        node = self.inodes.get(handle.ino)
+        if node is not None and node.page_cache_etag != handle.etag:
+            # A handle of an older version reads after a newer open: the kernel caches what we return
+            # for the inode, so its pages may now mix versions and the next open must drop them.
+            node.page_cache_etag = None
         return await handle.reader.read(off, size)
 
     async def write(self, fh: int, off: int, data: bytes) -> int:

@@ -113,16 +113,22 @@ class InodeTable:
         return node
 
     def put_file(self, path: str, info: ObjectInfo, fresh_until: float) -> Inode:
-        """Record what S3 says of file ``path``; ``info.metadata`` is None when it came from a listing."""
+        """Record what S3 says of file ``path`` (a listing or a lookup); ``info.metadata`` None: a listing."""
         node = self._node(path, False)
+        self.refresh_file(node, info, fresh_until)
+        return node
+
+    def refresh_file(self, node: Inode, info: ObjectInfo, fresh_until: float) -> None:
+        """Update ``node`` itself (getattr, open of a known inode): never re-maps its path, which may
+        name something else by now (a folder that shadows it, say)."""
         d = self.defaults
         if info.metadata is not None:
             meta = posix_metadata(info.metadata)
             node.meta_etag = info.etag
         elif node.meta_etag == info.etag:
-            meta = {}  # a listing of the same version: keep what the HEAD told us
+            # a listing of the same version: keep what the HEAD told us
             node.size, node.etag, node.fresh_until = info.size, info.etag, fresh_until
-            return node
+            return
         else:
             meta = {}
             node.meta_etag = None
@@ -136,7 +142,6 @@ class InodeTable:
         node.size = info.size
         node.etag = info.etag
         node.fresh_until = fresh_until
-        return node
 
     def put_local_file(self, path: str, mode: int, uid: int, gid: int, mtime: float) -> Inode:
         """A file created here that S3 does not have yet (it is uploaded when closed)."""

@@ -15,6 +15,7 @@ Rules (interoperable with s3fs-fuse and Mountpoint, see DESIGN.md):
 from __future__ import annotations
 
 import logging
+import math
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -117,10 +118,20 @@ def posix_metadata(metadata: Mapping[str, str] | None) -> dict[str, float | int]
         except ValueError:
             log.debug("ignoring x-amz-meta-%s=%r: not a number", field, raw)
             continue
-        if field == "mode" and not 0 <= int(value) <= 0o177777:
+        if not _representable(field, value):
+            log.debug("ignoring x-amz-meta-%s=%r: no stat can carry it", field, raw)
             continue
         found[field] = value
     return found
+
+
+def _representable(field: str, value: float) -> bool:
+    """Whether ``value`` fits its stat field (mode 16 bits, ids 32 bits, mtime as int64 nanoseconds)."""
+    if field == "mode":
+        return 0 <= value <= 0o177777
+    if field in ("uid", "gid"):
+        return 0 <= value < 2**32 - 1  # 2**32 - 1 is (uid_t)-1, "no change" to chown
+    return math.isfinite(value) and abs(value) < 9.2e9
 
 
 def kind_of_mode(mode: int) -> int:
