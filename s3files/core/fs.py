@@ -361,9 +361,9 @@ class FileSystem:
             return staged.read(off, size)
         node = self.inodes.get(handle.ino)
         if node is not None and node.page_cache_etag != handle.etag:
-            # A handle of an older version reads after a newer open: the kernel caches what we return
-            # for the inode, so its pages may now mix versions and the next open must drop them.
-            node.page_cache_etag = None
+            # A newer version was opened since: the kernel caches what we return for the inode, not for
+            # the handle, so old bytes returned now would be read by the newer handles too. ESTALE.
+            raise PreconditionFailed(f"{node.path} changed since this file was opened; open it again")
         return await handle.reader.read(off, size)
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
