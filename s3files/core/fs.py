@@ -79,10 +79,14 @@ class _DirHandle:
 
 @dataclass
 class _FileHandle:
-    ino: int
+    node: Inode  # held, not looked up by number: it must outlive a forget while the file is open
     reader: Reader
     writable: bool = False
     etag: str | None = None  # the version this handle reads
+
+    @property
+    def ino(self) -> int:
+        return self.node.ino
 
 
 class FileSystem:
@@ -251,9 +255,9 @@ class FileSystem:
             raise S3FilesError(f"bad folder handle {fh}")
         if start == 0 or handle.entries is None:
             entries = dict(await self._list(handle.path))
-            for staged_ino, staged in self._staged.items():
-                node = self.inodes.get(staged_ino)
-                if node is None or staged.unlinked:
+            for staged in self._staged.values():
+                node = staged.node
+                if staged.unlinked:
                     continue
                 parent, _, name = node.path.rpartition("/")
                 if parent == handle.path:
@@ -297,7 +301,7 @@ class FileSystem:
             staged.handles += 1
             node.page_cache_etag = None
         fh = next(self._handles)
-        self._files[fh] = _FileHandle(node.ino, self._reader(node), writable, node.etag)
+        self._files[fh] = _FileHandle(node, self._reader(node), writable, node.etag)
         return OpenFile(fh, keep_cache, node.attr())
 
     def _reader(self, node: Inode) -> Reader:
@@ -305,7 +309,7 @@ class FileSystem:
 
     async def _stage(self, node: Inode, truncate: bool) -> StagedFile:
         """Make the local copy of ``node`` that writes go to (downloading it unless it is truncated)."""
-        staged = StagedFile.create(self._staging, base_etag=node.etag)
+        staged = StagedFile.create(self._staging, node, base_etag=node.etag)
         try:
             if truncate:
                 staged.dirty = node.size > 0
@@ -334,14 +338,14 @@ class FileSystem:
         parent = self._node(parent_ino)
         path = self._new_path(parent, name, "create")
         node = self.inodes.put_local_file(path, mode, uid, gid, self._wall())
-        staged = StagedFile.create(self._staging, base_etag=None)
+        staged = StagedFile.create(self._staging, node, base_etag=None)
         staged.dirty = True  # even an empty file must be created
         staged.handles = 1
         self._staged[node.ino] = staged
         self._listings.pop(parent.path, None)
         self.inodes.acquire(node.ino)
         fh = next(self._handles)
-        self._files[fh] = _FileHandle(node.ino, self._reader(node), True)
+        self._files[fh] = _FileHandle(node, self._reader(node), True)
         return OpenFile(fh, False, node.attr())
 
     def _new_path(self, parent: Inode, name: str, what: str) -> str:
@@ -359,8 +363,8 @@ class FileSystem:
         staged = self._staged.get(handle.ino)
         if staged is not None:
             return staged.read(off, size)
-        node = self.inodes.get(handle.ino)
-        if node is not None and node.page_cache_etag != handle.etag:
+        node = handle.node
+        if node.page_cache_etag != handle.etag:
             # A newer version was opened since: the kernel caches what we return for the inode, not for
             # the handle, so old bytes returned now would be read by the newer handles too. ESTALE.
             raise PreconditionFailed(f"{node.path} changed since this file was opened; open it again")
@@ -372,7 +376,7 @@ class FileSystem:
         if not handle.writable or staged is None:
             raise BadHandle(f"file handle {fh} is not open for writing")
         written = staged.write(off, data)
-        node = self._node(handle.ino)
+        node = handle.node
         node.size = max(node.size, off + written)
         node.mtime = self._wall()
         return written
@@ -385,9 +389,9 @@ class FileSystem:
 
     async def _commit(self, ino: int) -> None:
         staged = self._staged.get(ino)
-        node = self.inodes.get(ino)
-        if staged is None or node is None or staged.unlinked:
+        if staged is None or staged.unlinked:
             return
+        node = staged.node
         async with staged.lock:
             if not staged.dirty:
                 return
@@ -532,8 +536,7 @@ class FileSystem:
         marker = self.ns.dir_prefix(path)
         page = await self.store.list_page(marker, "/", max_keys=2)
         local = any(
-            n is not None and n.path.startswith(path + "/") and not s.unlinked
-            for n, s in ((self.inodes.get(i), s) for i, s in self._staged.items())
+            s.node.path.startswith(path + "/") and not s.unlinked for s in self._staged.values()
         )
         if local or page.prefixes or any(o.key != marker for o in page.objects):
             raise NotEmpty(f"{path} is not empty")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import trio
 
+from s3files.core.inodes import Inode
 from s3files.errors import ObjectNotFound, PreconditionFailed, S3FilesError
 from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore
 
@@ -51,15 +52,16 @@ class StagedFile:
     path: Path
     fd: int
     base_etag: str | None
+    node: Inode  # the file's inode, held: a dirty copy must find its key even after the kernel forgot it
     dirty: bool = False
     handles: int = 0
     unlinked: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @classmethod
-    def create(cls, folder: Path, base_etag: str | None) -> StagedFile:
+    def create(cls, folder: Path, node: Inode, base_etag: str | None) -> StagedFile:
         fd, name = _mkstemp(folder)
-        return cls(Path(name), fd, base_etag)
+        return cls(Path(name), fd, base_etag, node)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
