@@ -141,3 +141,13 @@ def s3_bucket(s3_server: S3Server) -> str:
     name = f"test-{next(_bucket_numbers)}-{uuid.uuid4().hex[:8]}"
     s3_server.create_bucket(name)
     return name
+
+
+# -- hypothesis: a fixed seed in CI, so a submission's result does not depend on the draw -----------------
+# Locally every run draws new examples (and remembers failures in .hypothesis/); in CI (CI=true) the same
+# examples run every time, so a red run is reproducible with `CI=true pytest tests/test_properties.py`.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI") == "true":
+    _hypothesis_settings.load_profile("ci")
