@@ -133,7 +133,3 @@ def _representable(field: str, value: float) -> bool:
         return 0 <= value < 2**32 - 1  # 2**32 - 1 is (uid_t)-1, "no change" to chown
     return math.isfinite(value) and abs(value) < 9.2e9
 
-
-def kind_of_mode(mode: int) -> int:
-    """The S_IFMT bits of ``mode`` (0 when metadata carried only permission bits)."""
-    return stat.S_IFMT(mode)
