@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
