@@ -400,6 +400,29 @@ def test_multipart_upload(with_store: WithStore) -> None:
     with_store(test)
 
 
+def test_upload_part_copy_reuses_ranges_of_a_pinned_version(with_store: WithStore) -> None:
+    old = os.urandom(6 * MiB) + b"0123456789"
+
+    async def test(store: ObjectStore) -> None:
+        first = await store.put("src", old, {"mode": "33188"})
+        upload_id = await store.create_multipart("src", {"mode": "33188"})
+        copied = await store.upload_part_copy("src", upload_id, 1, "src", 0, 6 * MiB, if_match=first.etag)
+        assert copied.etag == hashlib.md5(old[: 6 * MiB]).hexdigest()
+        tail = await store.upload_part("src", upload_id, 2, b"new tail")
+        info = await store.complete_multipart("src", upload_id, [copied, tail], if_match=first.etag)
+        expected = old[: 6 * MiB] + b"new tail"
+        assert info.size == len(expected)
+        assert await store.get_range("src", 0, len(expected) + 10) == expected
+        assert store.requests["upload_part_copy"] == 1
+        # The source changed since: a copy pinned to the old version is refused, nothing mixed in.
+        upload_id = await store.create_multipart("other")
+        with pytest.raises(PreconditionFailed):
+            await store.upload_part_copy("other", upload_id, 1, "src", 0, 5 * MiB, if_match=first.etag)
+        await store.abort_multipart("other", upload_id)
+
+    with_store(test)
+
+
 def test_multipart_abort(with_store: WithStore) -> None:
     async def test(store: ObjectStore) -> None:
         upload_id = await store.create_multipart("aborted")

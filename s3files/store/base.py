@@ -11,7 +11,7 @@ Errors: implementations raise only ``s3files.errors.StoreError`` subclasses (``O
 ETags are carried *without* quotes everywhere (RGW compares bare ETags in If-Match; AWS accepts both).
 
 ``requests`` on every implementation counts requests sent, by operation name (``head``, ``get``, ``put``,
-``list``, ``delete``, ``copy``, ``create_multipart``, ``upload_part``, ``complete_multipart``,
+``list``, ``delete``, ``copy``, ``create_multipart``, ``upload_part``, ``upload_part_copy``, ``complete_multipart``,
 ``abort_multipart``, ``head_bucket``), so tests can assert request budgets on real and fake stores alike.
 """
 
@@ -121,6 +121,22 @@ class ObjectStore(Protocol):
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPart:
         """Upload part ``number`` (1-based)."""
+
+    async def upload_part_copy(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        src: str,
+        start: int,
+        end: int,
+        if_match: str | None = None,
+    ) -> CompletedPart:
+        """Part ``number`` = bytes ``[start, end)`` of object ``src``, copied inside S3 (UploadPartCopy).
+
+        With ``if_match``, PreconditionFailed if ``src`` is no longer that version: the part must be the
+        bytes the writer started from.
+        """
 
     async def complete_multipart(
         self,

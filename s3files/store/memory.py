@@ -203,6 +203,25 @@ class MemoryStore:
         self._upload(key, upload_id).parts[number] = bytes(data)
         return CompletedPart(number=number, etag=hashlib.md5(data).hexdigest())
 
+    async def upload_part_copy(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        src: str,
+        start: int,
+        end: int,
+        if_match: str | None = None,
+    ) -> CompletedPart:
+        await self._request("upload_part_copy")
+        upload = self._upload(key, upload_id)
+        self._check(src, if_match, False)
+        source = self._get(src)
+        if not 0 <= start < end <= len(source.data):
+            raise StoreError(f"InvalidRange: bytes {start}-{end - 1} of {src} ({len(source.data)} bytes)")
+        data = upload.parts[number] = source.data[start:end]
+        return CompletedPart(number=number, etag=hashlib.md5(data).hexdigest())
+
     async def complete_multipart(
         self,
         key: str,

@@ -72,6 +72,7 @@ OPERATION_NAMES: dict[str, str] = {
     "CopyObject": "copy",
     "CreateMultipartUpload": "create_multipart",
     "UploadPart": "upload_part",
+    "UploadPartCopy": "upload_part_copy",
     "CompleteMultipartUpload": "complete_multipart",
     "AbortMultipartUpload": "abort_multipart",
     "HeadBucket": "head_bucket",
@@ -162,6 +163,7 @@ class S3Store:
         # without a HEAD. Touched on the asyncio thread only.
         self._part_sizes: dict[str, dict[int, int]] = {}
         self._upload_metadata: dict[str, dict[str, str]] = {}
+        self._checked_sources: dict[str, tuple[str, str]] = {}  # upload id -> (source, etag) checked
 
     # -- life cycle (asyncio side) ---------------------------------------------------------------
 
@@ -501,6 +503,41 @@ class S3Store:
         self._part_sizes.setdefault(upload_id, {})[number] = len(data)
         return CompletedPart(number=number, etag=strip_etag(response.get("ETag")))
 
+    async def upload_part_copy(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        src: str,
+        start: int,
+        end: int,
+        if_match: str | None = None,
+    ) -> CompletedPart:
+        return await self._bridge.run(
+            self._a_upload_part_copy, key, upload_id, number, src, start, end, if_match
+        )
+
+    async def _a_upload_part_copy(
+        self, key: str, upload_id: str, number: int, src: str, start: int, end: int, if_match: str | None
+    ) -> CompletedPart:
+        kwargs: dict[str, Any] = {
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": number,
+            "CopySource": {"Bucket": self.bucket, "Key": src},
+            "CopySourceRange": f"bytes={start}-{end - 1}",
+        }
+        if if_match is not None:
+            kwargs["CopySourceIfMatch"] = strip_etag(if_match)
+            # Ceph RGW 16 and moto ignore CopySourceIfMatch on UploadPartCopy (AWS honours it): check the
+            # source's version once per upload, so parts of a newer version are never mixed in.
+            if self._checked_sources.get(upload_id) != (src, if_match):
+                await self._a_precondition(src, if_match, False)
+                self._checked_sources[upload_id] = (src, if_match)
+        response = await self._call("upload_part_copy", src, "upload_part_copy", **kwargs)
+        self._part_sizes.setdefault(upload_id, {})[number] = end - start
+        return CompletedPart(number=number, etag=strip_etag(response.get("CopyPartResult", {}).get("ETag")))
+
     async def complete_multipart(
         self,
         key: str,
@@ -538,8 +575,9 @@ class S3Store:
             if if_match is not None:
                 await self._a_head(key)  # ObjectNotFound when the 412 meant "missing" (RGW)
             raise
-        sizes = self._part_sizes.pop(upload_id, {})
-        metadata = self._upload_metadata.pop(upload_id, None)
+        sizes = self._part_sizes.get(upload_id, {})
+        metadata = self._upload_metadata.get(upload_id)
+        self._forget_upload(upload_id)
         etag = strip_etag(response.get("ETag"))
         if not etag or metadata is None or any(p.number not in sizes for p in ordered):
             # RGW sends no ETag; an upload started by another process has no sizes here.
@@ -551,6 +589,11 @@ class S3Store:
             last_modified=_response_time(response),
             metadata=metadata,
         )
+
+    def _forget_upload(self, upload_id: str) -> None:
+        self._part_sizes.pop(upload_id, None)
+        self._upload_metadata.pop(upload_id, None)
+        self._checked_sources.pop(upload_id, None)
 
     async def _a_precondition(self, key: str, if_match: str | None, if_none_match: bool) -> None:
         try:
@@ -568,8 +611,7 @@ class S3Store:
         await self._bridge.run(self._a_abort_multipart, key, upload_id)
 
     async def _a_abort_multipart(self, key: str, upload_id: str) -> None:
-        self._part_sizes.pop(upload_id, None)
-        self._upload_metadata.pop(upload_id, None)
+        self._forget_upload(upload_id)
         try:
             await self._call("abort_multipart", key, "abort_multipart_upload", Key=key, UploadId=upload_id)
         except StoreError as exc:
