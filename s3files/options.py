@@ -85,6 +85,9 @@ class MountOptions:
     allow_other: bool = False
     metadata_ttl: float = 1.0  # seconds the kernel and our caches may trust attributes and listings
     cache_dir: Path | None = None
+    cache_size: int | None = None  # bytes the cache may hold on disk (None: as much as the disk has)
+    upload_part_size: int = 8 * MIB  # the first 1,000 parts; later parts double every 1,000 (5 TiB fits)
+    upload_concurrency: int = 8  # parts uploaded, copied or fetched at once, over all files
     stats_file: Path | None = None  # on SIGUSR1 the daemon writes its statistics here as JSON
 
     def __post_init__(self) -> None:
@@ -94,6 +97,12 @@ class MountOptions:
                 raise MountError(f"--{name.replace('_', '-')} must be an octal mode like 644, got {value:o}")
         if self.metadata_ttl < 0:
             raise MountError("--metadata-ttl must be >= 0")
+        if not 5 * MIB <= self.upload_part_size <= 5 * 1024 * MIB // 512:
+            raise MountError("--upload-part-size must be between 5 and 10 MiB (parts double every 1,000; S3 allows 5 GiB)")
+        if self.upload_concurrency < 1:
+            raise MountError("--upload-concurrency must be >= 1")
+        if self.cache_size is not None and self.cache_size < MIB:
+            raise MountError("--cache-size must be at least 1 MiB")
 
     @property
     def file_type_mode(self) -> int:

@@ -31,7 +31,8 @@ from cachetools import TTLCache
 from s3files.core.inodes import ROOT_INO, Attr, Defaults, Inode, InodeTable
 from s3files.core.namespace import Entry, Namespace, join, valid_name
 from s3files.core.reader import Reader, Spawn
-from s3files.core.writer import StagedFile, Uploader, WriteConflict
+from s3files.core.tasks import run_all
+from s3files.core.writer import PartLayout, StagedFile, Staging, WriteConflict, posix_metadata
 from s3files.errors import (
     CrossDevice,
     FileExists,
@@ -102,9 +103,15 @@ class FileSystem:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self._staging = staging
         self._wall = wall
-        self._uploader = Uploader(store, part_size=opts.read.part_size)
+        self._staging = Staging(
+            store,
+            staging,
+            spawn,
+            PartLayout(opts.upload_part_size),
+            concurrency=opts.upload_concurrency,
+            limit=opts.cache_size,
+        )
         self._staged: dict[int, StagedFile] = {}  # ino -> its local copy while being changed
         self.opts = opts
         self._spawn = spawn
@@ -174,9 +181,7 @@ class FileSystem:
             page = await self.store.list_page(self.ns.dir_prefix(path), "/", max_keys=1)
             found["dir"] = bool(page.objects or page.prefixes)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(head)
-            nursery.start_soon(below)
+        await run_all((head, below))
         name = path.rsplit("/", 1)[-1]
         if found.get("dir"):
             if "file" in found:
@@ -291,7 +296,7 @@ class FileSystem:
         if staged is None:
             node = await self._head(node)  # close-to-open: every open sees the newest version
             if writable:
-                staged = await self._stage(node, truncate=bool(flags & os.O_TRUNC))
+                staged = self._stage(node, truncate=bool(flags & os.O_TRUNC))
         elif flags & os.O_TRUNC:
             self._truncate(node, staged, 0)
         keep_cache = staged is None and node.page_cache_etag == node.etag
@@ -307,29 +312,15 @@ class FileSystem:
     def _reader(self, node: Inode) -> Reader:
         return Reader(self.store, self.ns.file_key(node.path), node.size, node.etag, self.opts.read, self._spawn)
 
-    async def _stage(self, node: Inode, truncate: bool) -> StagedFile:
-        """Make the local copy of ``node`` that writes go to (downloading it unless it is truncated)."""
-        staged = StagedFile.create(self._staging, node, base_etag=node.etag)
-        try:
-            if truncate:
-                staged.dirty = node.size > 0
-            else:
-                reader = self._reader(node)
-                try:
-                    for off in range(0, node.size, self.opts.read.part_size):
-                        data = await reader.read(off, self.opts.read.part_size)
-                        await trio.to_thread.run_sync(os.pwrite, staged.fd, data, off)
-                finally:
-                    reader.close()
-        except BaseException:
-            staged.discard()
-            raise
+    def _stage(self, node: Inode, truncate: bool) -> StagedFile:
+        """Make the local copy of ``node`` that writes go to (its parts are fetched when first needed)."""
+        staged = self._staging.create(node, node.etag, node.size, truncate)
         node.size = staged.size()
         self._staged[node.ino] = staged
         return staged
 
     def _truncate(self, node: Inode, staged: StagedFile, size: int) -> None:
-        staged.truncate(size)
+        self._staging.truncate(staged, size)
         node.size = size
         node.mtime = self._wall()
 
@@ -338,8 +329,7 @@ class FileSystem:
         parent = self._node(parent_ino)
         path = self._new_path(parent, name, "create")
         node = self.inodes.put_local_file(path, mode, uid, gid, self._wall())
-        staged = StagedFile.create(self._staging, node, base_etag=None)
-        staged.dirty = True  # even an empty file must be created
+        staged = self._staging.create(node, None, 0, truncate=True)
         staged.handles = 1
         self._staged[node.ino] = staged
         self._listings.pop(parent.path, None)
@@ -362,7 +352,7 @@ class FileSystem:
         handle = self._handle(fh)
         staged = self._staged.get(handle.ino)
         if staged is not None:
-            return staged.read(off, size)
+            return await self._staging.read(staged, self.ns.file_key(staged.node.path), off, size)
         node = handle.node
         if node.page_cache_etag != handle.etag:
             # A newer version was opened since: the kernel caches what we return for the inode, not for
@@ -375,7 +365,7 @@ class FileSystem:
         staged = self._staged.get(handle.ino)
         if not handle.writable or staged is None:
             raise BadHandle(f"file handle {fh} is not open for writing")
-        written = staged.write(off, data)
+        written = await self._staging.write(staged, self.ns.file_key(staged.node.path), off, data)
         node = handle.node
         node.size = max(node.size, off + written)
         node.mtime = self._wall()
@@ -397,7 +387,8 @@ class FileSystem:
                 return
             staged.dirty = False  # a write during the upload sets it again, so the next flush sends it
             try:
-                info = await self._uploader.upload(self.ns.file_key(node.path), staged, self._metadata(node))
+                key = self.ns.file_key(node.path)
+                info = await self._staging.commit(staged, key, posix_metadata(node, staged.mtime_set))
             except WriteConflict:
                 # Ours is safe beside theirs; the key holds theirs, which the next open will see.
                 node.fresh_until = 0.0
@@ -406,15 +397,11 @@ class FileSystem:
             except BaseException:
                 staged.dirty = True
                 raise
-            staged.base_etag = info.etag
             node.etag = node.meta_etag = info.etag
+            if not staged.mtime_set:
+                node.mtime = info.last_modified  # what a HEAD will say from now on
             node.fresh_until = self._fresh_until()
             self._listings.pop(node.path.rpartition("/")[0], None)
-
-    @staticmethod
-    def _metadata(node: Inode) -> dict[str, str]:
-        """POSIX metadata in s3fs-compatible x-amz-meta-* form (mode as decimal st_mode)."""
-        return {"mode": str(node.mode), "uid": str(node.uid), "gid": str(node.gid), "mtime": f"{node.mtime:.9f}"}
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
@@ -430,9 +417,11 @@ class FileSystem:
         try:
             await self._commit(handle.ino)
         finally:
-            if not staged.dirty or staged.unlinked:
+            if not staged.dirty or staged.unlinked or staged.broken:
+                # broken: the program was told a write failed; the object keeps its last good version
                 self._staged.pop(handle.ino, None)
-                staged.discard()
+                with trio.CancelScope(shield=True):
+                    await self._staging.discard(staged)
             else:
                 log.error("op=release ino=%d: upload failed; the data stays at %s", handle.ino, staged.path)
 
@@ -454,7 +443,7 @@ class FileSystem:
             staged = self._staged.get(ino)
             if staged is None:
                 node = await self._head(node)
-                staged = await self._stage(node, truncate=size == 0)
+                staged = self._stage(node, truncate=size == 0)
             self._truncate(node, staged, size)
         if mode is not None:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
@@ -465,16 +454,17 @@ class FileSystem:
         staged = self._staged.get(ino)
         if staged is not None:
             staged.dirty = staged.dirty or metadata_changed
+            staged.mtime_set = staged.mtime_set or mtime is not None
             if staged.handles == 0:  # truncate(2) on a path, not through an open file: persist now
                 try:
                     await self._commit(ino)
                 finally:
                     if not staged.dirty:
                         self._staged.pop(ino, None)
-                        staged.discard()
+                        await self._staging.discard(staged)
         elif metadata_changed and not node.is_dir:
             key = self.ns.file_key(node.path)
-            info = await self.store.copy(key, key, metadata=self._metadata(node))
+            info = await self.store.copy(key, key, metadata=posix_metadata(node))
             node.etag = node.meta_etag = info.etag
         # Folders have no object of their own to carry metadata: their changes live while mounted.
         return node.attr()
@@ -502,7 +492,7 @@ class FileSystem:
             staged.unlinked = True
             if staged.handles == 0:
                 self._staged.pop(node.ino, None)
-                staged.discard()
+                await self._staging.discard(staged)
         self.inodes.unlink_path(path)
         self._listings.pop(parent.path, None)
 
@@ -518,7 +508,7 @@ class FileSystem:
         node = self.inodes.put_dir(path, self._wall(), self._fresh_until())
         node.mode, node.uid, node.gid = stat.S_IFDIR | stat.S_IMODE(mode), uid, gid
         try:
-            await self.store.put(self.ns.dir_prefix(path), b"", self._metadata(node), if_none_match=True)
+            await self.store.put(self.ns.dir_prefix(path), b"", posix_metadata(node), if_none_match=True)
         except PreconditionFailed:
             raise FileExists(f"{path} exists") from None
         self._listings.pop(parent.path, None)
@@ -591,9 +581,11 @@ class FileSystem:
                     continue
                 if not staged.dirty or staged.unlinked:
                     self._staged.pop(ino, None)
-                    staged.discard()
+                    await self._staging.discard(staged)
         if scope.cancelled_caught:
-            log.error("uploads at unmount took over %d s; unsent data kept in %s", UNMOUNT_UPLOAD_TIMEOUT, self._staging)
+            log.error(
+                "uploads at unmount took over %d s; unsent data kept in %s", UNMOUNT_UPLOAD_TIMEOUT, self._staging.folder
+            )
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -604,6 +596,7 @@ class FileSystem:
             "held_read_bytes": sum(h.reader.held_bytes for h in self._files.values()),
             "staged_files": len(self._staged),
             "dirty_files": sum(1 for s in self._staged.values() if s.dirty),
+            "cache_bytes": self._staging.used,
             "requests": self.store.requests.snapshot(),
         }
 

@@ -1,14 +1,24 @@
-"""Files being written: their local staged copies, and uploading them as conditional writes.
+"""Files being written: their local staged copies, and turning them into objects with conditional writes.
 
-Owns: the staged copy of a file open for writing (the whole content, in a file under the cache folder),
-and turning it into one object with PUT (small) or a parallel multipart upload (large), conditional on
-the version we started from: If-None-Match for a new key, If-Match with the ETag we read for an overwrite.
-On a conflict nothing is lost: the outside version stays at the key, ours is uploaded beside it as
-``NAME.s3files-conflict-<UTC timestamp>``, and the caller gets ``WriteConflict`` (EIO at close/fsync).
-Must not decide when to upload (fs.py does: at flush/fsync/close, which is close-to-open).
+Owns: the staged copy of a file open for writing (a sparse file under the cache folder with the file's
+logical size), which parts of it hold real bytes, the multipart upload that parts stream into while the
+program is still writing, and the final conditional write: If-None-Match for a new key, If-Match with the
+ETag we started from for an overwrite. On a conflict nothing is lost: the outside version stays at the key,
+ours is uploaded beside it as ``NAME.s3files-conflict-<UTC timestamp>``, and the caller gets
+``WriteConflict`` (EIO at close/fsync). Must not decide *when* to commit (fs.py does: flush/fsync/close,
+which is close-to-open) nor touch inodes beyond reading the one a staged file belongs to.
 
-Why a whole-file staged copy: S3 has no partial writes, so any change produces a new whole object; keeping
-the file locally lets random writes, appends and truncates run at disk speed and upload once.
+Why parts: S3 has no partial writes, so any change produces a new whole object. Cutting every file into
+the same fixed parts (``PartLayout``) lets an edit touch only its parts: opening a 10 GiB file and changing
+a few bytes fetches one part, uploads one part, and copies every other part inside S3 (UploadPartCopy);
+a sequential writer's finished parts are uploaded while it writes, so close() only sends the tail.
+
+Invariants:
+- a part in ``changed`` differs from the base version (``base_etag``); a part not in it and wholly below
+  ``base_size`` still equals the base's bytes at the same offsets (so it may be copied inside S3);
+- a part below ``base_size`` is read from the local file only once it is in ``present`` (fetched, or
+  wholly overwritten); above ``base_size`` the local file is the truth (zeros where never written);
+- a part sent while streaming is reused at commit only if its generation and length are unchanged.
 """
 
 from __future__ import annotations
@@ -16,33 +26,90 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
 from s3files.core.inodes import Inode
+from s3files.core.tasks import run_all
 from s3files.errors import ObjectNotFound, PreconditionFailed, S3FilesError
 from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
 MIN_PART = 5 * 1024 * 1024  # S3's minimum part size (all parts but the last)
+MAX_PART = 5 * 1024**3  # S3's maximum part size
 MAX_PARTS = 10_000
+TIER_PARTS = 1_000  # parts per size tier: each tier's parts are twice the size of the previous tier's
+ABORT_TIMEOUT = 10.0
 
 
 class WriteConflict(S3FilesError):
-    """Someone else changed the object since we read it; ours was kept beside it."""
+    """Someone else changed the object since we read it; ours was kept beside it (or on local disk)."""
 
     errno = errno.EIO
 
 
 class CacheFull(S3FilesError):
-    """The local staging folder's disk is full: the write is refused, nothing already written is lost."""
+    """The local cache's disk (or ``--cache-size``) is full: the write is refused, nothing is uploaded."""
 
     errno = errno.ENOSPC
+
+
+@dataclass(frozen=True)
+class PartLayout:
+    """Where every file's parts start and end: ``TIER_PARTS`` parts of ``base`` bytes, then 1,000 of twice
+    that, and so on. Files up to ~8 TB (S3 allows 5 TiB) fit in 10,000 parts, and the layout never depends
+    on the final size, which a streaming writer does not know yet."""
+
+    base: int = 8 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not MIN_PART <= self.base <= MAX_PART >> 9:
+            raise ValueError(f"part size must be between 5 MiB and {MAX_PART >> 29} MiB")
+
+    def span(self, index: int) -> tuple[int, int]:
+        """Bytes ``[start, end)`` of part ``index`` (0-based; part number ``index + 1``)."""
+        tier, within = divmod(index, TIER_PARTS)
+        size = self.base << tier
+        start = TIER_PARTS * self.base * ((1 << tier) - 1) + within * size
+        return start, start + size
+
+    def index(self, offset: int) -> int:
+        """The part holding byte ``offset``."""
+        for tier in range(MAX_PARTS // TIER_PARTS):
+            tier_end = TIER_PARTS * self.base * ((1 << (tier + 1)) - 1)
+            if offset < tier_end:
+                tier_start = TIER_PARTS * self.base * ((1 << tier) - 1)
+                return tier * TIER_PARTS + (offset - tier_start) // (self.base << tier)
+        raise CacheFull(f"offset {offset} is beyond the largest object S3 can store")
+
+    def count(self, size: int) -> int:
+        """How many parts an object of ``size`` bytes has (at least one)."""
+        return self.index(size - 1) + 1 if size > 0 else 1
+
+    def overlapping(self, start: int, end: int) -> range:
+        """Indices of the parts that bytes ``[start, end)`` touch."""
+        if end <= start:
+            return range(0)
+        return range(self.index(start), self.index(end - 1) + 1)
+
+
+@dataclass(eq=False)
+class _Multipart:
+    """A multipart upload in progress at ``key``, and the parts sent to it: index -> (generation, length,
+    part)."""
+
+    key: str
+    upload_id: str
+    metadata: dict[str, str]
+    sent: dict[int, tuple[int, int, CompletedPart]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -52,117 +119,402 @@ class StagedFile:
     path: Path
     fd: int
     base_etag: str | None
+    base_size: int
     node: Inode  # the file's inode, held: a dirty copy must find its key even after the kernel forgot it
-    dirty: bool = False
+    dirty: bool = False  # something (data, size or metadata) differs from the object at the key
     handles: int = 0
     unlinked: bool = False
-    lock: trio.Lock = field(default_factory=trio.Lock)
-
-    @classmethod
-    def create(cls, folder: Path, node: Inode, base_etag: str | None) -> StagedFile:
-        fd, name = _mkstemp(folder)
-        return cls(Path(name), fd, base_etag, node)
+    broken: str | None = None  # why this copy must never be uploaded (a write into it failed)
+    closed: bool = False  # discarded: background sends must not touch it
+    mtime_set: bool = False  # mtime was set explicitly (utime) after the last write: store it
+    changed: dict[int, int] = field(default_factory=dict)  # part index -> generation of its last change
+    present: set[int] = field(default_factory=set)  # parts below base_size whose bytes are local
+    fetching: dict[int, trio.Event] = field(default_factory=dict)
+    upload: _Multipart | None = None
+    sending: int = 0  # parts being sent in the background
+    sent_event: trio.Event = field(default_factory=trio.Event)
+    lock: trio.Lock = field(default_factory=trio.Lock)  # one commit at a time
+    upload_lock: trio.Lock = field(default_factory=trio.Lock)  # one CreateMultipartUpload at a time
+    generation: int = 0
+    allocated: int = 0  # bytes of the cache disk this copy holds (counted against --cache-size)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
-    def read(self, off: int, size: int) -> bytes:
-        return os.pread(self.fd, size, off)
-
-    def write(self, off: int, data: bytes) -> int:
-        try:
-            written = os.pwrite(self.fd, data, off)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise CacheFull(f"the staging folder {self.path.parent} is full; free space there") from None
-            raise
+    def touch(self, parts: range) -> None:
+        """Mark ``parts`` changed (a new generation: a part sent before must be sent again)."""
+        self.generation += 1
+        for index in parts:
+            self.changed[index] = self.generation
         self.dirty = True
+        self.mtime_set = False
+
+
+class Staging:
+    """Owns every staged copy of one mount: creating, fetching missing parts, writing, committing.
+
+    ``concurrency`` bounds the parts in flight (uploads, copies and fetches) across all files; memory
+    held by uploads is at most ``concurrency`` parts. ``limit`` bounds the bytes staged copies hold on
+    the cache disk (``--cache-size``); past it writes fail with ENOSPC, as they do when the disk is full.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        folder: Path,
+        spawn: Callable[..., object],
+        layout: PartLayout | None = None,
+        concurrency: int = 8,
+        limit: int | None = None,
+    ) -> None:
+        self.store = store
+        self.folder = folder
+        self.layout = layout or PartLayout()
+        self._spawn = spawn
+        self._slots = trio.Semaphore(max(1, concurrency))
+        self.limit = limit
+        self.used = 0
+
+    # -- local copies --------------------------------------------------------------------------------
+
+    def create(self, node: Inode, base_etag: str | None, base_size: int, truncate: bool) -> StagedFile:
+        """A staged copy of ``node`` starting from version ``base_etag`` (None: a new file). Nothing is
+        downloaded now: parts are fetched when a read or a partial write first needs them."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.folder, prefix="staged-")
+        size = 0 if truncate or base_etag is None else base_size
+        try:
+            os.ftruncate(fd, size)  # sparse: holes until parts are fetched or written
+        except OSError:
+            os.close(fd)
+            os.unlink(name)
+            raise
+        return StagedFile(
+            Path(name),
+            fd,
+            base_etag=base_etag,
+            base_size=size,
+            node=node,
+            dirty=base_etag is None or (truncate and base_size > 0),  # even an empty new file is created
+        )
+
+    async def read(self, staged: StagedFile, key: str, off: int, size: int) -> bytes:
+        end = min(off + size, staged.size())
+        await self._ensure(staged, key, self.layout.overlapping(off, end))
+        return os.pread(staged.fd, size, off)
+
+    async def write(self, staged: StagedFile, key: str, off: int, data: bytes) -> int:
+        if staged.broken is not None:
+            raise CacheFull(f"an earlier write failed ({staged.broken}); close and write the file again")
+        end = off + len(data)
+        parts = self.layout.overlapping(off, end)
+        partial = [i for i in parts if not self._covers(staged, i, off, end)]
+        await self._ensure(staged, key, partial)
+        self._reserve(staged, len(data))
+        try:
+            written = os.pwrite(staged.fd, data, off)
+        except OSError as exc:
+            self._fail(staged, exc)
+        self._account(staged)
+        staged.present.update(i for i in parts if self.layout.span(i)[0] < staged.base_size)
+        staged.touch(parts)
+        self._stream(staged, key, parts, end)
         return written
 
-    def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
-        self.dirty = True
+    def _covers(self, staged: StagedFile, index: int, off: int, end: int) -> bool:
+        """Does a write of ``[off, end)`` replace every base byte of part ``index``?"""
+        start, stop = self.layout.span(index)
+        return off <= start and end >= min(stop, staged.base_size)
 
-    def discard(self) -> None:
-        """Close and delete the local copy (only once it is uploaded, or the file was removed)."""
+    def truncate(self, staged: StagedFile, size: int) -> None:
+        """Shrink or grow. Nothing is fetched: a part cut short still equals the base below the new
+        ``base_size`` and is fetched (or copied inside S3) when needed."""
+        old = staged.size()
         try:
-            os.close(self.fd)
+            os.ftruncate(staged.fd, size)
+        except OSError as exc:
+            self._fail(staged, exc)
+        self._account(staged)
+        if size < staged.base_size:
+            staged.base_size = size  # bytes past it are gone: growing again must show zeros, not the base
+        if size > old:
+            staged.touch(self.layout.overlapping(old, size))
+        else:
+            last = self.layout.count(size) if size else 0
+            for index in [i for i in staged.changed if i >= last]:
+                del staged.changed[index]
+            staged.dirty = staged.dirty or size != old
+
+    def _reserve(self, staged: StagedFile, nbytes: int) -> None:
+        if self.limit is not None and self.used + nbytes > self.limit:
+            raise CacheFull(
+                f"the cache holds {self.used} bytes of unsent data, its limit (--cache-size) is {self.limit};"
+                " close files to upload them, or raise --cache-size"
+            )
+
+    def _account(self, staged: StagedFile) -> None:
+        allocated = os.fstat(staged.fd).st_blocks * 512
+        self.used += allocated - staged.allocated
+        staged.allocated = allocated
+
+    def _fail(self, staged: StagedFile, exc: OSError) -> None:
+        """A local write failed: the copy is no longer what the program wrote, so it is never uploaded."""
+        staged.broken = os.strerror(exc.errno or errno.EIO)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CacheFull(f"the cache folder {self.folder} is full; free space there") from None
+        raise exc
+
+    async def _ensure(self, staged: StagedFile, key: str, parts: range | list[int]) -> None:
+        """Fetch the base bytes of ``parts`` that are not local yet (concurrently; each part once)."""
+        missing = [
+            i
+            for i in parts
+            if i not in staged.present and self.layout.span(i)[0] < staged.base_size
+        ]
+        await run_all(partial(self._fetch, staged, key, index) for index in missing)
+
+    async def _fetch(self, staged: StagedFile, key: str, index: int) -> None:
+        waiting = staged.fetching.get(index)
+        if waiting is not None:
+            await waiting.wait()
+            return
+        done = staged.fetching[index] = trio.Event()
+        try:
+            start, stop = self.layout.span(index)
+            stop = min(stop, staged.base_size)
+            assert staged.base_etag is not None
+            async with self._slots:
+                data = await self.store.get_range(key, start, stop, if_match=staged.base_etag)
+            if index in staged.present or staged.closed:
+                return  # overwritten whole while we fetched: the local bytes are newer
+            self._reserve(staged, len(data))
+            try:
+                os.pwrite(staged.fd, data, start)  # no await between the check above and this write
+            except OSError as exc:
+                self._fail(staged, exc)
+            self._account(staged)
+            staged.present.add(index)
+        finally:
+            del staged.fetching[index]
+            done.set()
+
+    async def discard(self, staged: StagedFile) -> None:
+        """Drop the local copy (uploaded, or the file was removed) and any upload it left unfinished."""
+        staged.closed = True
+        await self._wait_for_sends(staged)
+        if staged.upload is not None:
+            await self._abort(staged.upload)
+            staged.upload = None
+        try:
+            os.close(staged.fd)
         except OSError:
             pass
-        self.path.unlink(missing_ok=True)
+        self.used -= staged.allocated
+        staged.allocated = 0
+        staged.path.unlink(missing_ok=True)
 
+    # -- streaming: parts finished while the program writes go out at once ------------------------------
 
-def _mkstemp(folder: Path) -> tuple[int, str]:
-    import tempfile
+    def _stream(self, staged: StagedFile, key: str, parts: range, end: int) -> None:
+        """Send the parts this write finished (wrote up to their end) while the program goes on writing.
 
-    folder.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=folder, prefix="staged-")
+        Only for files past part 0 (smaller ones are one PUT at close). A part changed again later is
+        sent again at commit; a random writer that never reaches a part's end sends nothing early.
+        """
+        size = staged.size()
+        if size <= self.layout.span(0)[1]:
+            return
+        for index in parts:
+            start, stop = self.layout.span(index)
+            if stop > size or stop > end:
+                continue
+            if start < staged.base_size and index not in staged.present:
+                continue
+            staged.sending += 1
+            self._spawn(self._send_in_background, staged, key, index)
 
-
-class Uploader:
-    """Uploads staged files: PUT up to ``part_size``, else multipart with ``concurrency`` parts in flight."""
-
-    def __init__(self, store: ObjectStore, part_size: int = 8 * 1024 * 1024, concurrency: int = 8) -> None:
-        self.store = store
-        self.part_size = max(part_size, MIN_PART)
-        self.concurrency = concurrency
-
-    async def upload(self, key: str, staged: StagedFile, metadata: Mapping[str, str]) -> ObjectInfo:
-        """Write ``staged`` to ``key`` conditionally; on a conflict keep both versions and raise."""
+    async def _send_in_background(self, staged: StagedFile, key: str, index: int) -> None:
         try:
-            try:
-                return await self._upload(key, staged, metadata, conditional=True)
-            except ObjectNotFound:
-                # If-Match on a key someone deleted meanwhile. Judgement call: the writer's newer content
-                # re-creates the file (what a local file system would show the writer).
-                log.warning("op=upload key=%s was deleted outside this mount while open; writing it again", key)
-                staged.base_etag = None
-                return await self._upload(key, staged, metadata, conditional=True)
+            upload = await self._upload_for(staged, key)
+            await self._send(staged, upload, index)
+        except S3FilesError as exc:
+            log.debug("op=upload_part key=%s part=%d will be sent at close: %s", key, index + 1, exc)
+        except OSError as exc:
+            log.debug("op=upload_part key=%s part=%d could not be read: %s", key, index + 1, exc)
+        finally:
+            staged.sending -= 1
+            event, staged.sent_event = staged.sent_event, trio.Event()
+            event.set()
+
+    async def _upload_for(self, staged: StagedFile, key: str) -> _Multipart:
+        async with staged.upload_lock:
+            if staged.closed:
+                raise S3FilesError("discarded")
+            upload = staged.upload
+            if upload is None or upload.key != key:
+                metadata = posix_metadata(staged.node, staged.mtime_set)
+                upload_id = await self.store.create_multipart(key, metadata)
+                upload = staged.upload = _Multipart(key, upload_id, metadata)
+            return upload
+
+    async def _send(self, staged: StagedFile, upload: _Multipart, index: int) -> None:
+        generation = staged.changed.get(index, 0)
+        async with self._slots:
+            if staged.closed:
+                return
+            start, stop = self.layout.span(index)
+            stop = min(stop, staged.size())
+            previous = upload.sent.get(index)
+            if stop <= start or (previous is not None and previous[:2] == (generation, stop - start)):
+                return
+            data = await trio.to_thread.run_sync(os.pread, staged.fd, stop - start, start)
+            part = await self.store.upload_part(upload.key, upload.upload_id, index + 1, data)
+        upload.sent[index] = (generation, len(data), part)
+
+    async def _wait_for_sends(self, staged: StagedFile) -> None:
+        for _ in range(MAX_PARTS + 1):
+            if staged.sending == 0:
+                return
+            await staged.sent_event.wait()
+
+    # -- commit --------------------------------------------------------------------------------------
+
+    async def commit(self, staged: StagedFile, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        """Write ``staged`` to ``key`` conditionally; on a conflict keep both versions and raise.
+
+        The caller holds ``staged.lock``. On success the copy becomes the new base version.
+        """
+        if staged.broken is not None:
+            raise CacheFull(f"not uploaded: a write to this file failed earlier ({staged.broken})")
+        await self._wait_for_sends(staged)
+        snapshot = dict(staged.changed)
+        size = staged.size()
+        try:
+            info = await self._write(staged, key, metadata, size, conditional=True)
         except PreconditionFailed:
-            pass
+            await self._keep_ours_beside(staged, key, metadata, size)
+        except ObjectNotFound:
+            # If-Match on a key someone deleted meanwhile. Judgement call: the writer's newer content
+            # re-creates the file (what a local file system would show the writer).
+            log.warning("op=upload key=%s was deleted outside this mount while open; writing it again", key)
+            await self._standalone(staged, key)
+            try:
+                info = await self._write(staged, key, metadata, size, conditional=True)
+            except PreconditionFailed:
+                await self._keep_ours_beside(staged, key, metadata, size)
+        staged.base_etag, staged.base_size = info.etag, size
+        for index, generation in snapshot.items():
+            if staged.changed.get(index) == generation:
+                del staged.changed[index]  # changed again meanwhile: stays changed for the next commit
+        return info
+
+    async def _keep_ours_beside(
+        self, staged: StagedFile, key: str, metadata: Mapping[str, str], size: int
+    ) -> NoReturn:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         beside = f"{key}.s3files-conflict-{stamp}"
-        await self._upload(beside, staged, metadata, conditional=False)
+        await self._standalone(staged, key)
+        await self._write(staged, beside, metadata, size, conditional=False)
         log.warning("op=upload key=%s changed outside this mount; kept theirs, ours is at key=%s", key, beside)
         raise WriteConflict(f"{key} was changed by someone else; your version was saved as {beside}")
 
-    async def _upload(
-        self, key: str, staged: StagedFile, metadata: Mapping[str, str], conditional: bool
+    async def _standalone(self, staged: StagedFile, key: str) -> None:
+        """Make the local copy whole (every base part fetched, every part to be uploaded from it), for
+        writing it somewhere the base version cannot be copied from. Raises WriteConflict, keeping the
+        local file, when the base version is gone from S3."""
+        if staged.upload is not None:
+            await self._abort(staged.upload)
+            staged.upload = None
+        count = self.layout.count(staged.size())
+        try:
+            await self._ensure(staged, key, range(count))
+        except (PreconditionFailed, ObjectNotFound):
+            staged.broken = "changed outside this mount"
+            log.error(
+                "op=upload key=%s changed outside this mount and the parts we did not change are gone with "
+                "the old version; kept theirs at the key, our changed parts stay at %s",
+                key,
+                staged.path,
+            )
+            raise WriteConflict(
+                f"{key} was changed by someone else; your changes could not be merged and stay at {staged.path}"
+            ) from None
+        staged.generation += 1
+        staged.changed.update(dict.fromkeys(range(count), staged.generation))
+        staged.base_etag, staged.base_size = None, 0  # nothing is copied from S3 any more
+
+    async def _write(
+        self, staged: StagedFile, key: str, metadata: Mapping[str, str], size: int, conditional: bool
     ) -> ObjectInfo:
         if_match = staged.base_etag if conditional else None
         if_none_match = conditional and staged.base_etag is None
-        size = staged.size()
-        if size <= self.part_size:
-            data = await trio.to_thread.run_sync(staged.read, 0, size)
+        if size <= self.layout.span(0)[1]:
+            if staged.upload is not None:  # streamed, then truncated small again
+                await self._abort(staged.upload)
+                staged.upload = None
+            await self._ensure(staged, key, range(1))
+            data = await trio.to_thread.run_sync(os.pread, staged.fd, size, 0)
             return await self.store.put(key, data, metadata, if_match=if_match, if_none_match=if_none_match)
-        part_size = max(self.part_size, -(-size // MAX_PARTS))
-        upload_id = await self.store.create_multipart(key, metadata)
+        upload = await self._upload_for(staged, key)
         try:
-            parts = await self._parts(key, upload_id, staged, size, part_size)
-            return await self.store.complete_multipart(
-                key, upload_id, parts, if_match=if_match, if_none_match=if_none_match
+            parts = await self._parts(staged, key, upload, size)
+            info = await self.store.complete_multipart(
+                key, upload.upload_id, parts, if_match=if_match, if_none_match=if_none_match
             )
         except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                try:
-                    await self.store.abort_multipart(key, upload_id)
-                except S3FilesError as exc:
-                    log.warning("op=abort_multipart key=%s failed: %s", key, exc)
+            with trio.CancelScope(shield=True):
+                await self._abort(upload)
+            if staged.upload is upload:
+                staged.upload = None
             raise
+        if staged.upload is upload:
+            staged.upload = None
+        if dict(metadata) != upload.metadata:  # changed (chmod, utime) after the upload began
+            info = await self.store.copy(key, key, metadata=metadata)
+        return info
 
-    async def _parts(
-        self, key: str, upload_id: str, staged: StagedFile, size: int, part_size: int
-    ) -> list[CompletedPart]:
-        count = -(-size // part_size)
+    async def _parts(self, staged: StagedFile, key: str, upload: _Multipart, size: int) -> list[CompletedPart]:
+        """Every part of the new object: reused if sent while writing, copied inside S3 if unchanged
+        from the base version, otherwise uploaded from the local copy."""
+        count = self.layout.count(size)
         done: list[CompletedPart | None] = [None] * count
-        limit = trio.Semaphore(self.concurrency)
 
         async def one(index: int) -> None:
-            async with limit:
-                data = await trio.to_thread.run_sync(staged.read, index * part_size, part_size)
-                done[index] = await self.store.upload_part(key, upload_id, index + 1, data)
+            start, stop = self.layout.span(index)
+            stop = min(stop, size)
+            sent = upload.sent.get(index)
+            if sent is not None and sent[:2] == (staged.changed.get(index, 0), stop - start):
+                done[index] = sent[2]
+                return
+            if index not in staged.changed and stop <= staged.base_size and staged.base_etag is not None:
+                async with self._slots:
+                    done[index] = await self.store.upload_part_copy(
+                        key, upload.upload_id, index + 1, key, start, stop, if_match=staged.base_etag
+                    )
+                return
+            await self._ensure(staged, key, [index])
+            await self._send(staged, upload, index)
+            done[index] = upload.sent[index][2]
 
-        async with trio.open_nursery() as nursery:
-            for index in range(count):
-                nursery.start_soon(one, index)
+        await run_all(partial(one, index) for index in range(count))
         return [part for part in done if part is not None]
+
+    async def _abort(self, upload: _Multipart) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(ABORT_TIMEOUT):
+            try:
+                await self.store.abort_multipart(upload.key, upload.upload_id)
+            except S3FilesError as exc:
+                log.warning("op=abort_multipart key=%s failed: %s", upload.key, exc)
+
+
+def posix_metadata(node: Inode, with_mtime: bool = True) -> dict[str, str]:
+    """POSIX metadata in s3fs-compatible x-amz-meta-* form (mode as decimal st_mode).
+
+    Written data goes without ``mtime`` unless it was set explicitly after the last write (``cp -p``):
+    the object's LastModified is then the file's mtime, which is right for new data, and an upload that
+    began while the program was still writing need not be fixed up afterwards.
+    """
+    metadata = {"mode": str(node.mode), "uid": str(node.uid), "gid": str(node.gid)}
+    if with_mtime:
+        metadata["mtime"] = f"{node.mtime:.9f}"
+    return metadata
