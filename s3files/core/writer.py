@@ -126,6 +126,7 @@ class StagedFile:
     unlinked: bool = False
     broken: str | None = None  # why this copy must never be uploaded (a write into it failed)
     closed: bool = False  # discarded: background sends must not touch it
+    keep_file: bool = False  # holds changes that could not be uploaded anywhere: never delete it
     mtime_set: bool = False  # mtime was set explicitly (utime) after the last write: store it
     changed: dict[int, int] = field(default_factory=dict)  # part index -> generation of its last change
     present: set[int] = field(default_factory=set)  # parts below base_size whose bytes are local
@@ -218,7 +219,7 @@ class Staging:
         self._account(staged)
         staged.present.update(i for i in parts if self.layout.span(i)[0] < staged.base_size)
         staged.touch(parts)
-        self._stream(staged, key, parts, end)
+        self._stream(staged, key, parts, off, end)
         return written
 
     def _covers(self, staged: StagedFile, index: int, off: int, end: int) -> bool:
@@ -247,6 +248,7 @@ class Staging:
 
     def _reserve(self, staged: StagedFile, nbytes: int) -> None:
         if self.limit is not None and self.used + nbytes > self.limit:
+            staged.broken = "the cache was full"  # the file is not what the program meant: never upload it
             raise CacheFull(
                 f"the cache holds {self.used} bytes of unsent data, its limit (--cache-size) is {self.limit};"
                 " close files to upload them, or raise --cache-size"
@@ -311,19 +313,23 @@ class Staging:
             pass
         self.used -= staged.allocated
         staged.allocated = 0
-        staged.path.unlink(missing_ok=True)
+        if not staged.keep_file:
+            staged.path.unlink(missing_ok=True)
 
     # -- streaming: parts finished while the program writes go out at once ------------------------------
 
-    def _stream(self, staged: StagedFile, key: str, parts: range, end: int) -> None:
+    def _stream(self, staged: StagedFile, key: str, parts: range, off: int, end: int) -> None:
         """Send the parts this write finished (wrote up to their end) while the program goes on writing.
 
         Only for files past part 0 (smaller ones are one PUT at close). A part changed again later is
         sent again at commit; a random writer that never reaches a part's end sends nothing early.
         """
         size = staged.size()
-        if size <= self.layout.span(0)[1]:
+        first_end = self.layout.span(0)[1]
+        if size <= first_end:
             return
+        if off <= first_end < end:
+            parts = range(0, parts[-1] + 1)  # just grew past part 0, which was held back: it goes too
         for index in parts:
             start, stop = self.layout.span(index)
             if stop > size or stop > end:
@@ -430,6 +436,7 @@ class Staging:
             await self._ensure(staged, key, range(count))
         except (PreconditionFailed, ObjectNotFound):
             staged.broken = "changed outside this mount"
+            staged.keep_file = True
             log.error(
                 "op=upload key=%s changed outside this mount and the parts we did not change are gone with "
                 "the old version; kept theirs at the key, our changed parts stay at %s",

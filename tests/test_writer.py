@@ -1,0 +1,180 @@
+"""Unit tests of the write path in parts (s3files.core.writer through FileSystem), on the in-memory store:
+contents, and request budgets that show what is fetched, streamed, copied inside S3 or uploaded."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+
+import pytest
+import trio
+from test_core import resolve, run_fs, write_new
+
+from s3files.core.fs import FileSystem
+from s3files.core.inodes import ROOT_INO
+from s3files.core.writer import MAX_PART, MAX_PARTS, PartLayout
+from s3files.errors import S3FilesError
+from s3files.options import MIB
+from s3files.store import MemoryStore
+
+
+def spy_gets(store: MemoryStore) -> list[tuple[int, int]]:
+    """Record (start, end) of every ranged GET the store serves."""
+    seen: list[tuple[int, int]] = []
+    real = store.get_range
+
+    async def recording(key: str, start: int, end: int, if_match: str | None = None) -> bytes:
+        seen.append((start, end))
+        return await real(key, start, end, if_match)
+
+    store.get_range = recording  # type: ignore[method-assign]
+    return seen
+
+
+def test_part_layout_reaches_5_tib_within_s3_limits() -> None:
+    layout = PartLayout(8 * MIB)
+    assert layout.span(0) == (0, 8 * MIB)
+    assert layout.span(999) == (999 * 8 * MIB, 1000 * 8 * MIB)
+    assert layout.span(1000) == (1000 * 8 * MIB, 1000 * 8 * MIB + 16 * MIB)  # the second tier doubles
+    for index in (0, 1, 999, 1000, 1001, 4321, 9999):
+        start, end = layout.span(index)
+        assert layout.index(start) == index and layout.index(end - 1) == index
+        assert end == layout.span(index + 1)[0]
+    five_tib = 5 * 1024**4
+    assert layout.count(five_tib) <= MAX_PARTS
+    assert max(end - start for start, end in map(layout.span, range(layout.count(five_tib)))) <= MAX_PART
+    assert layout.count(0) == layout.count(1) == 1 and layout.count(8 * MIB + 1) == 2
+
+
+def test_small_edit_of_a_large_file_fetches_one_part_and_copies_the_rest() -> None:
+    store = MemoryStore()
+    base = random.Random(1).randbytes(24 * MIB)
+    store.seed("big", base)
+    gets = spy_gets(store)
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "big")
+        store.requests.reset()
+        opened = await fs.open(ino, os.O_RDWR)
+        await fs.write(opened.fh, 9 * MIB + 3, b"edited")  # unaligned, inside part 2 of 3
+        assert await fs.read(opened.fh, 9 * MIB, 16) == base[9 * MIB : 9 * MIB + 3] + b"edited" + base[
+            9 * MIB + 9 : 9 * MIB + 16
+        ]
+        await fs.release(opened.fh)
+
+    run_fs(store, body)
+    assert store.data("big") == base[: 9 * MIB + 3] + b"edited" + base[9 * MIB + 9 :]
+    assert gets == [(8 * MIB, 16 * MIB)]  # only the part written into
+    assert store.requests.snapshot() == {
+        "head": 1,
+        "get": 1,
+        "create_multipart": 1,
+        "upload_part": 1,
+        "upload_part_copy": 2,
+        "complete_multipart": 1,
+    }
+
+
+def test_append_to_a_large_file_downloads_nothing() -> None:
+    store = MemoryStore()
+    base = random.Random(2).randbytes(20 * MIB + 7)
+    store.seed("log", base)
+    gets = spy_gets(store)
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "log")
+        opened = await fs.open(ino, os.O_WRONLY | os.O_APPEND)
+        await fs.write(opened.fh, len(base), b"+appended")
+        await fs.release(opened.fh)
+
+    run_fs(store, body)
+    assert store.data("log") == base + b"+appended"
+    # The last part [16 MiB, 20 MiB+7) gains bytes: its base bytes are fetched, the first two are copied.
+    assert gets == [(16 * MIB, 20 * MIB + 7)]
+    assert store.requests["upload_part_copy"] == 2 and store.requests["upload_part"] == 1
+
+
+def test_sequential_writer_streams_parts_before_close() -> None:
+    store = MemoryStore()
+    data = random.Random(3).randbytes(26 * MIB)
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "stream", 0o644, 0, 0)
+        for off in range(0, 25 * MIB, MIB):
+            await fs.write(opened.fh, off, data[off : off + MIB])
+        with trio.move_on_after(10):  # the sends run in the background (reads on worker threads)
+            while store.requests["upload_part"] < 3:
+                await trio.sleep(0.01)
+        # Parts 1-3 (24 MiB) went out while the program was still writing; nothing is complete yet.
+        assert store.requests["upload_part"] == 3 and "stream" not in store.keys()
+        await fs.write(opened.fh, 25 * MIB, data[25 * MIB :])
+        await fs.write(opened.fh, 5, b"REWRITE")  # back into part 1: it is sent again at close
+        await fs.release(opened.fh)
+
+    run_fs(store, body)
+    assert store.data("stream") == data[:5] + b"REWRITE" + data[12:]
+    assert store.requests.snapshot() == {"create_multipart": 1, "upload_part": 5, "complete_multipart": 1}
+
+
+def test_truncate_shrink_then_grow_shows_zeros_not_old_bytes() -> None:
+    store = MemoryStore()
+    base = random.Random(4).randbytes(24 * MIB)
+    store.seed("t", base)
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "t")
+        opened = await fs.open(ino, os.O_RDWR)
+        await fs.setattr(ino, size=10 * MIB + 1)
+        await fs.setattr(ino, size=12 * MIB)
+        assert await fs.read(opened.fh, 10 * MIB - 2, 5) == base[10 * MIB - 2 : 10 * MIB + 1] + b"\0\0"
+        await fs.release(opened.fh)
+
+    run_fs(store, body)
+    assert store.data("t") == base[: 10 * MIB + 1] + bytes(2 * MIB - 1)
+    assert store.requests["upload_part_copy"] == 1  # part 1 unchanged; part 2 = base prefix + zeros
+
+
+def test_cache_size_limit_is_enospc_and_the_object_keeps_its_version() -> None:
+    store = MemoryStore()
+    store.seed("keep", b"original")
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "keep")
+        opened = await fs.open(ino, os.O_WRONLY | os.O_TRUNC)
+        with pytest.raises(S3FilesError) as full:
+            for off in range(0, 8 * MIB, MIB):
+                await fs.write(opened.fh, off, b"x" * MIB)
+        assert full.value.errno == errno.ENOSPC
+        assert "--cache-size" in str(full.value)
+        with pytest.raises(S3FilesError) as at_close:
+            await fs.release(opened.fh)
+        assert at_close.value.errno == errno.ENOSPC
+        assert fs.statistics()["cache_bytes"] == 0  # the broken copy is gone from the cache
+        await write_new(fs, ROOT_INO, "small", b"fits")  # the mount goes on
+
+    run_fs(store, body, cache_size=4 * MIB)
+    assert store.data("keep") == b"original"  # never a truncated object at the key
+    assert store.data("small") == b"fits"
+
+
+def test_conflict_after_a_partial_edit_keeps_our_changes_on_disk() -> None:
+    store = MemoryStore()
+    base = random.Random(5).randbytes(17 * MIB)
+    store.seed("shared", base)
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "shared")
+        opened = await fs.open(ino, os.O_RDWR)
+        await fs.write(opened.fh, 1, b"ours")
+        store.seed("shared", b"theirs")  # replaced elsewhere: our unchanged parts are gone with it
+        with pytest.raises(S3FilesError) as conflict:
+            await fs.flush(opened.fh)
+        assert conflict.value.errno == errno.EIO
+        assert "stay at" in str(conflict.value)
+        await fs.release(opened.fh)
+
+    run_fs(store, body)
+    assert store.data("shared") == b"theirs"
+    assert not [k for k in store.keys() if "conflict" in k]
+    assert store.requests["abort_multipart"] == 1 and not store._uploads  # nothing left half-uploaded
