@@ -24,7 +24,15 @@ from pathlib import Path
 import trio
 
 from s3files.errors import MountError, S3FilesError
-from s3files.options import MountOptions, ReadOptions, Source, StoreOptions, parse_mode
+from s3files.options import (
+    MountOptions,
+    ReadOptions,
+    Source,
+    StoreOptions,
+    default_cache_dir,
+    parse_mode,
+    parse_size,
+)
 
 log = logging.getLogger("s3files")
 
@@ -34,6 +42,13 @@ READY_TIMEOUT = 15.0
 def _mode(text: str) -> int:
     try:
         return parse_mode(text)
+    except MountError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
     except MountError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -62,7 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument(
         "--metadata-ttl", type=float, default=1.0, help="seconds attributes and listings are trusted"
     )
-    fs.add_argument("--cache-dir", type=Path, help="folder for the local data cache")
+    cache = mount.add_argument_group("cache and uploads")
+    cache.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="folder for the local cache (default $XDG_CACHE_HOME/s3files, /var/cache/s3files for root)",
+    )
+    cache.add_argument("--cache-size", type=_size, help="bytes the cache may hold, e.g. 20G (default: the disk)")
+    cache.add_argument("--upload-concurrency", type=int, default=8, help="parts in flight at once (default 8)")
+    cache.add_argument(
+        "--upload-part-size", type=_size, default=8 << 20, help="multipart part size, 5M-10M (default 8M)"
+    )
     run = mount.add_argument_group("daemon")
     run.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -97,7 +122,10 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         dir_mode=args.dir_mode,
         allow_other=args.allow_other,
         metadata_ttl=args.metadata_ttl,
-        cache_dir=args.cache_dir,
+        cache_dir=args.cache_dir.absolute() if args.cache_dir else default_cache_dir(),
+        cache_size=args.cache_size,
+        upload_concurrency=args.upload_concurrency,
+        upload_part_size=args.upload_part_size,
         stats_file=args.stats_file.absolute() if args.stats_file else None,
     )
 

@@ -122,3 +122,29 @@ def parse_mode(text: str) -> int:
     if not 0 <= value <= 0o7777:
         raise MountError(f"mode out of range: {text!r}")
     return value
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count such as '512M', '20G' or '1048576' (binary units; argparse type)."""
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned[-1:] in _UNITS else (cleaned, "")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise MountError(f"not a size: {text!r} (use e.g. 512M or 20G)") from None
+    if not 0 < value < 1 << 60:
+        raise MountError(f"size out of range: {text!r}")
+    return int(value)
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/s3files, else /var/cache/s3files for root and ~/.cache/s3files for others."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg) / "s3files"
+    if os.geteuid() == 0:
+        return Path("/var/cache/s3files")
+    return Path.home() / ".cache" / "s3files"

@@ -46,6 +46,12 @@ def guarded(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
+def _seconds(ns: int) -> float:
+    """Nanoseconds to float seconds, whole seconds first: ns / 1e9 would round 1500000000.25 down."""
+    whole, frac = divmod(ns, 1_000_000_000)
+    return whole + frac / 1e9
+
+
 def _new_name(raw: bytes) -> str:
     """A name to create: it becomes part of an S3 key, which must be UTF-8."""
     try:
@@ -91,7 +97,8 @@ class Operations(pyfuse3.Operations):
         entry.st_size = attr.size
         entry.st_blksize = 1024 * 1024  # a hint to programs to read in big chunks
         entry.st_blocks = (attr.size + 511) // 512
-        ns = int(attr.mtime * 1e9)
+        whole = int(attr.mtime // 1)
+        ns = whole * 1_000_000_000 + round((attr.mtime - whole) * 1e9)  # exact for .25, unlike mtime*1e9
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = ns
         return entry
 
@@ -179,7 +186,7 @@ class Operations(pyfuse3.Operations):
                 mode=attr.st_mode if fields.update_mode else None,
                 uid=attr.st_uid if fields.update_uid else None,
                 gid=attr.st_gid if fields.update_gid else None,
-                mtime=attr.st_mtime_ns / 1e9 if fields.update_mtime else None,
+                mtime=_seconds(attr.st_mtime_ns) if fields.update_mtime else None,
             )
         )
 

@@ -118,17 +118,23 @@ async def serve(
 
 @contextlib.contextmanager
 def staging_folder(opts: MountOptions) -> Iterator[Path]:
-    """Where files being written are staged: ``--cache-dir``/staged, else a private folder in /var/tmp.
-
-    A private folder is removed at unmount only when empty: it never throws away unsent data.
-    """
+    """This mount's private folder for files being written: under ``--cache-dir``/staged (created mode
+    0700), else under /var/tmp. Removed at unmount only when empty: it never throws away unsent data."""
     if opts.cache_dir is not None:
-        folder = opts.cache_dir / "staged"
-        folder.mkdir(parents=True, exist_ok=True)
-        yield folder
-        return
-    base = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
-    folder = Path(tempfile.mkdtemp(prefix="s3files-staged-", dir=base))
+        base = opts.cache_dir / "staged"
+        try:
+            opts.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            base.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise MountError(
+                f"cannot use cache folder {opts.cache_dir}: {exc.strerror}; choose another with --cache-dir"
+            ) from None
+    else:
+        base = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="s3files-mount-", dir=base))
+    except OSError as exc:
+        raise MountError(f"cannot write to cache folder {base}: {exc.strerror}; choose another with --cache-dir") from None
     try:
         yield folder
     finally:
