@@ -23,13 +23,18 @@ from s3files.store import MemoryStore
 
 
 def run_fs(
-    store: MemoryStore, body: Callable[[FileSystem], Awaitable[None]], prefix: str = "", **kw: object
+    store: MemoryStore,
+    body: Callable[[FileSystem], Awaitable[None]],
+    prefix: str = "",
+    now: Callable[[], float] | None = None,
+    **kw: object,
 ) -> None:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             opts = MountOptions(source=Source("bucket", prefix), mountpoint=Path("/unused"), **kw)  # type: ignore[arg-type]
             with tempfile.TemporaryDirectory() as staging:
-                fs = FileSystem(store, opts, spawn=nursery.start_soon, staging=Path(staging))
+                clock = {"now": now} if now is not None else {}
+                fs = FileSystem(store, opts, spawn=nursery.start_soon, staging=Path(staging), **clock)
                 await body(fs)
                 await fs.aclose()
             nursery.cancel_scope.cancel()

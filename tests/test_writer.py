@@ -178,3 +178,39 @@ def test_conflict_after_a_partial_edit_keeps_our_changes_on_disk() -> None:
     assert store.data("shared") == b"theirs"
     assert not [k for k in store.keys() if "conflict" in k]
     assert store.requests["abort_multipart"] == 1 and not store._uploads  # nothing left half-uploaded
+
+
+def test_creating_small_files_costs_one_put_each() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        folder = await fs.mkdir(ROOT_INO, "many", 0o755, 0, 0)
+        store.requests.reset()
+        for n in range(50):
+            name = f"f{n}"
+            with pytest.raises(S3FilesError):
+                await fs.lookup(folder.ino, name)  # what the kernel asks before create: a fresh listing says no
+            await write_new(fs, folder.ino, name, b"x" * n)
+        assert store.requests.snapshot() == {"put": 50}
+        assert (await fs.lookup(folder.ino, "f7")).size == 7  # our own listing stays true: no request
+        assert store.requests.snapshot() == {"put": 50}
+
+    run_fs(store, body, metadata_ttl=60.0)
+
+
+def test_lookups_in_a_small_folder_relist_it_instead_of_probing_each_name() -> None:
+    store = MemoryStore()
+    store.seed("d/a", b"a")
+    now = [0.0]
+
+    async def body(fs: FileSystem) -> None:
+        d = await resolve(fs, "d")
+        await fs.readdir(await fs.opendir(d), 0)  # one page: remembered as a small folder
+        now[0] += 10  # the listing expired
+        store.requests.reset()
+        for name in ("new1", "new2", "new3"):
+            with pytest.raises(S3FilesError):
+                await fs.lookup(d, name)
+        assert store.requests.snapshot() == {"list": 1}
+
+    run_fs(store, body, now=lambda: now[0])

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from s3files.core.inodes import ROOT_INO, Attr, Defaults, Inode, InodeTable
 from s3files.core.namespace import Entry, Namespace, join, valid_name
@@ -124,6 +124,9 @@ class FileSystem:
         self._listings: TTLCache[str, dict[str, Entry]] = TTLCache(
             maxsize=256, ttl=max(opts.metadata_ttl, 1e-9), timer=now
         )
+        # Folders whose last listing was one page: a lookup there re-lists (1 LIST answers every name for
+        # metadata_ttl) instead of probing each new name (HEAD + LIST), as when creating many files.
+        self._one_page: LRUCache[str, bool] = LRUCache(maxsize=4096)
         self._handles = itertools.count(1)
         self._dirs: dict[int, _DirHandle] = {}
         self._files: dict[int, _FileHandle] = {}
@@ -165,7 +168,23 @@ class FileSystem:
         entries = self.ns.entries(path, pages)
         if self.opts.metadata_ttl > 0:
             self._listings[path] = entries
+            if len(pages) == 1:
+                self._one_page[path] = True
+            else:
+                self._one_page.pop(path, None)
         return entries
+
+    def _listed(self, path: str, entry: Entry | None) -> None:
+        """Keep a fresh listing of ``path``'s folder true after our own change (None: the name is gone),
+        so the next lookups there still cost nothing."""
+        parent, _, name = path.rpartition("/")
+        listing = self._listings.get(parent)
+        if listing is None:
+            return
+        if entry is None:
+            listing.pop(name, None)
+        else:
+            listing[name] = entry
 
     async def _probe(self, path: str) -> Entry:
         """Ask S3 whether ``path`` is a folder or a file: HEAD and a 1-key LIST, concurrently."""
@@ -220,6 +239,8 @@ class FileSystem:
         if local is not None and local.ino in self._staged:
             return Entry(name, is_dir=False)
         listing = self._listings.get(parent_path)
+        if listing is None and parent_path in self._one_page:
+            listing = await self._list(parent_path)
         if listing is not None:
             entry = listing.get(name)
             if entry is None:
@@ -332,7 +353,6 @@ class FileSystem:
         staged = self._staging.create(node, None, 0, truncate=True)
         staged.handles = 1
         self._staged[node.ino] = staged
-        self._listings.pop(parent.path, None)
         self.inodes.acquire(node.ino)
         fh = next(self._handles)
         self._files[fh] = _FileHandle(node, self._reader(node), True)
@@ -401,7 +421,7 @@ class FileSystem:
             if not staged.mtime_set:
                 node.mtime = info.last_modified  # what a HEAD will say from now on
             node.fresh_until = self._fresh_until()
-            self._listings.pop(node.path.rpartition("/")[0], None)
+            self._listed(node.path, Entry(node.path.rpartition("/")[2], is_dir=False, info=info))
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
@@ -494,7 +514,7 @@ class FileSystem:
                 self._staged.pop(node.ino, None)
                 await self._staging.discard(staged)
         self.inodes.unlink_path(path)
-        self._listings.pop(parent.path, None)
+        self._listed(path, None)
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Attr:
         parent = self._node(parent_ino)
@@ -511,9 +531,10 @@ class FileSystem:
             await self.store.put(self.ns.dir_prefix(path), b"", posix_metadata(node), if_none_match=True)
         except PreconditionFailed:
             raise FileExists(f"{path} exists") from None
-        self._listings.pop(parent.path, None)
+        self._listed(path, Entry(name, is_dir=True))
         if self.opts.metadata_ttl > 0:
             self._listings[path] = {}
+            self._one_page[path] = True
         self.inodes.acquire(node.ino)
         return node.attr()
 
@@ -532,7 +553,7 @@ class FileSystem:
             raise NotEmpty(f"{path} is not empty")
         await self.store.delete(marker)
         self.inodes.unlink_path(path)
-        self._listings.pop(parent.path, None)
+        self._listed(path, None)
         self._listings.pop(path, None)
 
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:

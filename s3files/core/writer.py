@@ -477,7 +477,8 @@ class Staging:
         if staged.upload is upload:
             staged.upload = None
         if dict(metadata) != upload.metadata:  # changed (chmod, utime) after the upload began
-            info = await self.store.copy(key, key, metadata=metadata)
+            copied = await self.store.copy(key, key, metadata=metadata)
+            info = ObjectInfo(key, size, copied.etag, copied.last_modified, dict(metadata))
         return info
 
     async def _parts(self, staged: StagedFile, key: str, upload: _Multipart, size: int) -> list[CompletedPart]:

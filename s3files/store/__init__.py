@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from s3files.store.base import CompletedPart, ListPage, ObjectInfo, ObjectStore, RequestCounts
+from s3files.store.base import CompletedPart, Copied, ListPage, ObjectInfo, ObjectStore, RequestCounts
 from s3files.store.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ _LAZY = {
 __all__ = [
     "AsyncioThread",
     "CompletedPart",
+    "Copied",
     "ListPage",
     "MemoryStore",
     "ObjectInfo",

@@ -44,6 +44,16 @@ class ListPage:
 
 
 @dataclass(frozen=True)
+class Copied:
+    """What a server-side copy reports: the new object's ETag and time (S3 returns no size or metadata,
+    and asking with a HEAD would double the cost of every rename)."""
+
+    key: str
+    etag: str
+    last_modified: float
+
+
+@dataclass(frozen=True)
 class CompletedPart:
     number: int
     etag: str
@@ -113,8 +123,8 @@ class ObjectStore(Protocol):
     async def delete(self, key: str) -> None:
         """Delete ``key`` (absent is not an error, as in S3)."""
 
-    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        """Server-side copy; with ``metadata`` the copy's metadata is replaced, else kept."""
+    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> Copied:
+        """Server-side copy (one request); with ``metadata`` the copy's metadata is replaced, else kept."""
 
     async def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None) -> str:
         """Start a multipart upload; returns its upload id."""

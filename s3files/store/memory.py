@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import trio
 
 from s3files.errors import ObjectNotFound, PreconditionFailed, StoreError
-from s3files.store.base import CompletedPart, ListPage, ObjectInfo, RequestCounts
+from s3files.store.base import CompletedPart, Copied, ListPage, ObjectInfo, RequestCounts
 
 MAX_LIST_KEYS = 1000  # S3's cap on one ListObjectsV2 page
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every multipart part but the last
@@ -178,13 +178,14 @@ class MemoryStore:
         await self._request("delete")
         self._objects.pop(key, None)
 
-    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> Copied:
         await self._request("copy")
         source = self._get(src)
         obj = self._objects[dst] = self._make(
             source.data, metadata if metadata is not None else source.metadata, etag=source.etag
         )
-        return self._info(dst, obj)
+        info = self._info(dst, obj)
+        return Copied(dst, info.etag, info.last_modified)
 
     async def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None) -> str:
         await self._request("create_multipart")

@@ -57,7 +57,7 @@ from s3files.errors import (
     PreconditionFailed,
     StoreError,
 )
-from s3files.store.base import CompletedPart, ListPage, ObjectInfo, RequestCounts
+from s3files.store.base import CompletedPart, Copied, ListPage, ObjectInfo, RequestCounts
 from s3files.store.bridge import AsyncioThread, open_asyncio_thread
 
 log = logging.getLogger(__name__)
@@ -456,30 +456,25 @@ class S3Store:
     async def _a_delete(self, key: str) -> None:
         await self._call("delete", key, "delete_object", Key=key)
 
-    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    async def copy(self, src: str, dst: str, metadata: Mapping[str, str] | None = None) -> Copied:
         return await self._bridge.run(
             self._a_copy, src, dst, None if metadata is None else _metadata(metadata)
         )
 
-    async def _a_copy(self, src: str, dst: str, metadata: dict[str, str] | None) -> ObjectInfo:
-        """CopyObject, then a HEAD of the copy: the reply carries neither size nor metadata, and callers
-        need both. (Objects over 5 GiB need UploadPartCopy, which the core does not do yet.)"""
+    async def _a_copy(self, src: str, dst: str, metadata: dict[str, str] | None) -> Copied:
+        """CopyObject: one request (objects over 5 GiB would need UploadPartCopy, not done here)."""
         kwargs: dict[str, Any] = {"Key": dst, "CopySource": {"Bucket": self.bucket, "Key": src}}
         if metadata is not None:
             kwargs["MetadataDirective"] = "REPLACE"
             kwargs["Metadata"] = metadata
         response = await self._call("copy", src, "copy_object", **kwargs)
         result = response.get("CopyObjectResult", {})
-        info = await self._a_head(dst)
-        return ObjectInfo(
-            key=dst,
-            size=info.size,
-            etag=strip_etag(result.get("ETag")) or info.etag,
-            last_modified=result["LastModified"].timestamp()
-            if "LastModified" in result
-            else info.last_modified,
-            metadata=info.metadata,
-        )
+        etag = strip_etag(result.get("ETag"))
+        if not etag:  # no server seen does this; a HEAD then says what was made
+            info = await self._a_head(dst)
+            return Copied(dst, info.etag, info.last_modified)
+        modified = result["LastModified"].timestamp() if "LastModified" in result else _response_time(response)
+        return Copied(dst, etag, modified)
 
     async def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None) -> str:
         return await self._bridge.run(self._a_create_multipart, key, _metadata(metadata))
