@@ -251,7 +251,7 @@ class SeqWrite(Workload):
                 copy_file(source, _root(v) / name, b.plan.chunk)
                 b.wait_written(name, size)
             elif v.kind == "sdk":
-                b.put(v.client, name, source)
+                b.upload(v.client, name, source)  # boto3's parallel multipart upload of the same bytes
             else:
                 local = _scratch(v) / "out.bin"
                 copy_file(source, local, b.plan.chunk)

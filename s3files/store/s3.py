@@ -21,7 +21,9 @@ Never log credentials or signed headers: log lines carry op, bucket, key and the
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -47,6 +49,7 @@ from botocore.exceptions import (
     ProfileNotFound,
     ReadTimeoutError,
 )
+from botocore.handlers import convert_body_to_file_like_object
 
 from s3files.errors import (
     AccessDenied,
@@ -119,6 +122,15 @@ class S3Settings:
     max_attempts: int = 4
 
 
+async def content_md5(data: bytes) -> str:
+    """Base64 MD5 of a body, for Content-MD5: the server checks the bytes it got against it. Large bodies
+    are hashed on a worker thread (hashlib releases the GIL), never on the event loops."""
+    if len(data) < 256 * 1024:
+        return base64.b64encode(hashlib.md5(data).digest()).decode()
+    digest = await trio.to_thread.run_sync(lambda: hashlib.md5(data).digest())
+    return base64.b64encode(digest).decode()
+
+
 def strip_etag(etag: str | None) -> str:
     """ETags travel bare in s3files (see base.py); S3 sends them quoted."""
     return (etag or "").strip().strip('"')
@@ -175,8 +187,14 @@ class S3Store:
             read_timeout=read_timeout,
             # total_max_attempts counts the first try (botocore's "max_attempts" counts only retries).
             retries={"total_max_attempts": max_attempts, "mode": "standard"},
-            # Custom endpoints (MinIO, RGW, moto) rarely have wildcard DNS for virtual-hosted buckets.
-            s3={"addressing_style": "path"} if s.endpoint_url else None,
+            s3={
+                # Custom endpoints (MinIO, RGW, moto) rarely have wildcard DNS for virtual-hosted buckets.
+                **({"addressing_style": "path"} if s.endpoint_url else {}),
+                # Bodies carry a Content-MD5 (signed with the headers) computed on a worker thread instead:
+                # a SHA-256 of every body on the asyncio thread (which botocore does over plain http)
+                # capped uploads at one core's hashing speed. Over https botocore skips it anyway.
+                "payload_signing_enabled": False,
+            },
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
@@ -220,6 +238,12 @@ class S3Store:
         self._endpoint = s.endpoint_url or self._client.meta.endpoint_url
         for client in (self._client, self._probe):
             client.meta.events.register("before-send.s3", self._count_request)
+        for operation in ("PutObject", "UploadPart"):
+            # botocore wraps bytes bodies in BytesIO, which aiohttp then copies and sends in 64 KiB slices
+            # with a loop iteration each; bytes go out as they are.
+            self._client.meta.events.unregister(
+                f"before-parameter-build.s3.{operation}", convert_body_to_file_like_object
+            )
 
     def _count_request(self, event_name: str = "", **kwargs: Any) -> None:
         """botocore hook, once per HTTP request actually sent (each retry too). Must return None."""
@@ -388,14 +412,20 @@ class S3Store:
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> ObjectInfo:
-        return await self._bridge.run(
-            self._a_put, key, bytes(data), _metadata(metadata), if_match, if_none_match
-        )
+        data = bytes(data)
+        md5 = await content_md5(data)
+        return await self._bridge.run(self._a_put, key, data, md5, _metadata(metadata), if_match, if_none_match)
 
     async def _a_put(
-        self, key: str, data: bytes, metadata: dict[str, str], if_match: str | None, if_none_match: bool
+        self,
+        key: str,
+        data: bytes,
+        md5: str,
+        metadata: dict[str, str],
+        if_match: str | None,
+        if_none_match: bool,
     ) -> ObjectInfo:
-        kwargs: dict[str, Any] = {"Key": key, "Body": data, "Metadata": metadata}
+        kwargs: dict[str, Any] = {"Key": key, "Body": data, "ContentMD5": md5, "Metadata": metadata}
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         if if_match is not None:
@@ -489,11 +519,22 @@ class S3Store:
         return upload_id
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPart:
-        return await self._bridge.run(self._a_upload_part, key, upload_id, number, bytes(data))
+        data = bytes(data)
+        md5 = await content_md5(data)
+        return await self._bridge.run(self._a_upload_part, key, upload_id, number, data, md5)
 
-    async def _a_upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPart:
+    async def _a_upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes, md5: str
+    ) -> CompletedPart:
         response = await self._call(
-            "upload_part", key, "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data
+            "upload_part",
+            key,
+            "upload_part",
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ContentMD5=md5,
         )
         self._part_sizes.setdefault(upload_id, {})[number] = len(data)
         return CompletedPart(number=number, etag=strip_etag(response.get("ETag")))
