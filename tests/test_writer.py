@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import os
 import random
+import tracemalloc
+from collections.abc import Sequence
 
 import pytest
 import trio
@@ -17,6 +19,7 @@ from s3files.core.writer import MAX_PART, MAX_PARTS, PartLayout
 from s3files.errors import S3FilesError
 from s3files.options import MIB
 from s3files.store import MemoryStore
+from s3files.store.base import CompletedPart, ObjectInfo
 
 
 def spy_gets(store: MemoryStore) -> list[tuple[int, int]]:
@@ -214,3 +217,42 @@ def test_lookups_in_a_small_folder_relist_it_instead_of_probing_each_name() -> N
         assert store.requests.snapshot() == {"list": 1}
 
     run_fs(store, body, now=lambda: now[0])
+
+
+class SinkStore(MemoryStore):
+    """Keeps only the sizes of uploaded parts: a large write's memory is then the writer's alone."""
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPart:
+        await self._request("upload_part")
+        self._upload(key, upload_id).parts[number] = b"%d" % len(data)
+        return CompletedPart(number=number, etag=f"etag-{number}")
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[CompletedPart], **_: object
+    ) -> ObjectInfo:
+        await self._request("complete_multipart")
+        upload = self._uploads.pop(upload_id)
+        size = sum(int(upload.parts[p.number]) for p in parts)
+        return ObjectInfo(key, size, f"sink-{len(parts)}", 0.0, upload.metadata)
+
+
+def test_memory_while_writing_a_large_file_is_bounded_by_the_parts_in_flight() -> None:
+    store = SinkStore()
+    chunk = random.Random(9).randbytes(MIB)
+    size = 320 * MIB
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "huge", 0o644, 0, 0)
+        tracemalloc.start()
+        try:
+            for off in range(0, size, MIB):
+                await fs.write(opened.fh, off, chunk)
+            await fs.release(opened.fh)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        # 4 parts of 8 MiB in flight at most (+ bookkeeping), whatever the file's size
+        assert peak < 4 * 8 * MIB + 8 * MIB, peak
+        assert store.requests["upload_part"] == 40 and store.requests["complete_multipart"] == 1
+
+    run_fs(store, body, upload_concurrency=4)
