@@ -256,3 +256,46 @@ def test_memory_while_writing_a_large_file_is_bounded_by_the_parts_in_flight() -
         assert store.requests["upload_part"] == 40 and store.requests["complete_multipart"] == 1
 
     run_fs(store, body, upload_concurrency=4)
+
+
+def test_what_was_just_written_is_read_back_from_the_clean_copy() -> None:
+    store = MemoryStore()
+    data = random.Random(10).randbytes(9 * MIB)
+
+    async def body(fs: FileSystem) -> None:
+        ino = await write_new(fs, ROOT_INO, "out", data, chunk=MIB)
+        assert fs.statistics()["clean_files"] == 1
+        store.requests.reset()
+        opened = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(opened.fh, 5, 10) == data[5:15]
+        await fs.release(opened.fh)
+        assert store.requests.snapshot() == {"head": 1}  # the open's revalidation; the bytes are local
+        # Editing it again fetches nothing either; an outside change makes the copy useless.
+        again = await fs.open(ino, os.O_WRONLY)
+        await fs.write(again.fh, 3, b"!")
+        await fs.release(again.fh)
+        assert store.requests["get"] == 0 and store.data("out") == data[:3] + b"!" + data[4:]
+        store.seed("out", b"outside")
+        opened = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(opened.fh, 0, 100) == b"outside"
+        await fs.release(opened.fh)
+
+    run_fs(store, body)
+
+
+def test_clean_copies_are_evicted_for_dirty_data_never_the_reverse() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        for n in range(3):
+            await write_new(fs, ROOT_INO, f"c{n}", bytes([n]) * (MIB + n), chunk=MIB)
+        assert fs.statistics()["clean_files"] == 3
+        opened = await fs.create(ROOT_INO, "big", 0o644, 0, 0)
+        for off in range(0, 3 * MIB, MIB):
+            await fs.write(opened.fh, off, b"b" * MIB)  # needs the room the clean copies hold
+        assert fs.statistics()["clean_files"] < 3
+        await fs.release(opened.fh)
+        assert store.data("big") == b"b" * 3 * MIB
+        assert int(fs.statistics()["cache_bytes"]) <= 4 * MIB  # type: ignore[call-overload]
+
+    run_fs(store, body, cache_size=4 * MIB)

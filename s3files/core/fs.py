@@ -335,7 +335,11 @@ class FileSystem:
 
     def _stage(self, node: Inode, truncate: bool) -> StagedFile:
         """Make the local copy of ``node`` that writes go to (its parts are fetched when first needed)."""
-        staged = self._staging.create(node, node.etag, node.size, truncate)
+        staged = self._staging.take_clean(node)  # the copy we uploaded last, if still this version
+        if staged is None:
+            staged = self._staging.create(node, node.etag, node.size, truncate)
+        elif truncate:
+            self._staging.truncate(staged, 0)
         node.size = staged.size()
         self._staged[node.ino] = staged
         return staged
@@ -378,6 +382,9 @@ class FileSystem:
             # A newer version was opened since: the kernel caches what we return for the inode, not for
             # the handle, so old bytes returned now would be read by the newer handles too. ESTALE.
             raise PreconditionFailed(f"{node.path} changed since this file was opened; open it again")
+        local = self._staging.read_clean(node.ino, handle.etag, off, size)
+        if local is not None:
+            return local
         return await handle.reader.read(off, size)
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
@@ -439,9 +446,8 @@ class FileSystem:
         finally:
             if not staged.dirty or staged.unlinked or staged.broken:
                 # broken: the program was told a write failed; the object keeps its last good version
-                self._staged.pop(handle.ino, None)
                 with trio.CancelScope(shield=True):
-                    await self._staging.discard(staged)
+                    await self._settle(staged)
             else:
                 log.error("op=release ino=%d: upload failed; the data stays at %s", handle.ino, staged.path)
 
@@ -480,14 +486,22 @@ class FileSystem:
                     await self._commit(ino)
                 finally:
                     if not staged.dirty:
-                        self._staged.pop(ino, None)
-                        await self._staging.discard(staged)
+                        await self._settle(staged)
         elif metadata_changed and not node.is_dir:
             key = self.ns.file_key(node.path)
             info = await self.store.copy(key, key, metadata=posix_metadata(node))
             node.etag = node.meta_etag = info.etag
         # Folders have no object of their own to carry metadata: their changes live while mounted.
         return node.attr()
+
+    async def _settle(self, staged: StagedFile) -> None:
+        """A staged copy nobody has open any more: kept as the clean cache of the version it uploaded,
+        or deleted (the file was removed, a write into it failed, or an upload is still unfinished)."""
+        self._staged.pop(staged.node.ino, None)
+        if staged.unlinked or staged.broken or staged.dirty or staged.upload is not None or staged.sending:
+            await self._staging.discard(staged)
+        else:
+            self._staging.keep_clean(staged)
 
     def _handle(self, fh: int) -> _FileHandle:
         handle = self._files.get(fh)
@@ -513,6 +527,8 @@ class FileSystem:
             if staged.handles == 0:
                 self._staged.pop(node.ino, None)
                 await self._staging.discard(staged)
+        if node is not None:
+            self._staging.forget_clean(node.ino)
         self.inodes.unlink_path(path)
         self._listed(path, None)
 
@@ -603,6 +619,7 @@ class FileSystem:
                 if not staged.dirty or staged.unlinked:
                     self._staged.pop(ino, None)
                     await self._staging.discard(staged)
+        self._staging.aclose_clean()
         if scope.cancelled_caught:
             log.error(
                 "uploads at unmount took over %d s; unsent data kept in %s", UNMOUNT_UPLOAD_TIMEOUT, self._staging.folder
@@ -618,6 +635,7 @@ class FileSystem:
             "staged_files": len(self._staged),
             "dirty_files": sum(1 for s in self._staged.values() if s.dirty),
             "cache_bytes": self._staging.used,
+            "clean_files": self._staging.clean_count,
             "requests": self.store.requests.snapshot(),
         }
 

@@ -23,11 +23,13 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -48,6 +50,7 @@ MAX_PART = 5 * 1024**3  # S3's maximum part size
 MAX_PARTS = 10_000
 TIER_PARTS = 1_000  # parts per size tier: each tier's parts are twice the size of the previous tier's
 ABORT_TIMEOUT = 10.0
+DEFAULT_CLEAN_BYTES = 1024**3  # uploaded copies kept as a read cache when no --cache-size is given
 
 
 class WriteConflict(S3FilesError):
@@ -155,8 +158,13 @@ class Staging:
     """Owns every staged copy of one mount: creating, fetching missing parts, writing, committing.
 
     ``concurrency`` bounds the parts in flight (uploads, copies and fetches) across all files; memory
-    held by uploads is at most ``concurrency`` parts. ``limit`` bounds the bytes staged copies hold on
-    the cache disk (``--cache-size``); past it writes fail with ENOSPC, as they do when the disk is full.
+    held by uploads is at most ``concurrency`` parts. ``limit`` bounds the bytes the cache holds on disk
+    (``--cache-size``); past it writes fail with ENOSPC, as they do when the disk is full.
+
+    Clean copies: once uploaded and closed, a copy stays as a cache of that version (by inode and ETag),
+    so reading back what was just written, or editing it again, needs no request. Only clean copies are
+    ever evicted (least recently used first), when room is needed or they pass ``limit`` (1 GiB without
+    one); dirty data is never evicted.
     """
 
     def __init__(
@@ -175,6 +183,7 @@ class Staging:
         self._slots = trio.Semaphore(max(1, concurrency))
         self.limit = limit
         self.used = 0
+        self._clean: OrderedDict[int, StagedFile] = OrderedDict()  # inode -> uploaded copy, LRU first
 
     # -- local copies --------------------------------------------------------------------------------
 
@@ -199,6 +208,68 @@ class Staging:
             dirty=base_etag is None or (truncate and base_size > 0),  # even an empty new file is created
         )
 
+    # -- clean copies -----------------------------------------------------------------------------------
+
+    def keep_clean(self, staged: StagedFile) -> None:
+        """Keep an uploaded, closed copy as the cache of its version (``base_etag``)."""
+        assert not staged.dirty and staged.upload is None and staged.broken is None
+        old = self._clean.pop(staged.node.ino, None)
+        if old is not None:
+            self._drop(old)
+        self._clean[staged.node.ino] = staged
+        self._trim(0, self.limit if self.limit is not None else DEFAULT_CLEAN_BYTES)
+
+    def take_clean(self, node: Inode) -> StagedFile | None:
+        """The clean copy of ``node``'s current version, handed over to be written to (or None)."""
+        staged = self._clean.pop(node.ino, None)
+        if staged is None:
+            return None
+        if staged.base_etag != node.etag or staged.size() != node.size:
+            self._drop(staged)  # an older version: the object changed since
+            return None
+        staged.node = node
+        return staged
+
+    def read_clean(self, ino: int, etag: str | None, off: int, size: int) -> bytes | None:
+        """Bytes from the clean copy of version ``etag`` if it holds the whole file, else None."""
+        staged = self._clean.get(ino)
+        if staged is None or etag is None or staged.base_etag != etag:
+            return None
+        if len(staged.present) < self.layout.count(staged.base_size):
+            return None  # some parts were copied inside S3 and never came here
+        self._clean.move_to_end(ino)
+        return os.pread(staged.fd, size, off)
+
+    def forget_clean(self, ino: int) -> None:
+        staged = self._clean.pop(ino, None)
+        if staged is not None:
+            self._drop(staged)
+
+    def _trim(self, nbytes: int, limit: int | None) -> None:
+        """Evict clean copies, oldest first, until ``nbytes`` more fit under ``limit`` (None: all)."""
+        for _ in range(len(self._clean)):
+            if limit is not None and self.used + nbytes <= limit:
+                return
+            self._drop(self._clean.popitem(last=False)[1])
+
+    def _drop(self, staged: StagedFile) -> None:
+        """Delete a clean copy (it has no upload and no sends in flight)."""
+        staged.closed = True
+        with contextlib.suppress(OSError):
+            os.close(staged.fd)
+        self.used -= staged.allocated
+        staged.allocated = 0
+        staged.path.unlink(missing_ok=True)
+
+    def aclose_clean(self) -> None:
+        self._trim(0, None)
+
+    @property
+    def clean_count(self) -> int:
+        return len(self._clean)
+
+    # -- reading and writing a staged copy ---------------------------------------------------------------
+
     async def read(self, staged: StagedFile, key: str, off: int, size: int) -> bytes:
         end = min(off + size, staged.size())
         await self._ensure(staged, key, self.layout.overlapping(off, end))
@@ -213,7 +284,7 @@ class Staging:
         await self._ensure(staged, key, partial)
         self._reserve(staged, len(data))
         try:
-            written = os.pwrite(staged.fd, data, off)
+            written = self._pwrite(staged, data, off)
         except OSError as exc:
             self._fail(staged, exc)
         self._account(staged)
@@ -246,7 +317,19 @@ class Staging:
                 del staged.changed[index]
             staged.dirty = staged.dirty or size != old
 
+    def _pwrite(self, staged: StagedFile, data: bytes, off: int) -> int:
+        """pwrite; on a full disk, evict every clean copy and try once more."""
+        try:
+            return os.pwrite(staged.fd, data, off)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._clean:
+                raise
+        self._trim(0, None)
+        return os.pwrite(staged.fd, data, off)
+
     def _reserve(self, staged: StagedFile, nbytes: int) -> None:
+        if self.limit is not None and self.used + nbytes > self.limit:
+            self._trim(nbytes, self.limit)
         if self.limit is not None and self.used + nbytes > self.limit:
             staged.broken = "the cache was full"  # the file is not what the program meant: never upload it
             raise CacheFull(
@@ -291,7 +374,7 @@ class Staging:
                 return  # overwritten whole while we fetched: the local bytes are newer
             self._reserve(staged, len(data))
             try:
-                os.pwrite(staged.fd, data, start)  # no await between the check above and this write
+                self._pwrite(staged, data, start)  # no await between the check above and this write
             except OSError as exc:
                 self._fail(staged, exc)
             self._account(staged)
@@ -395,6 +478,7 @@ class Staging:
         await self._wait_for_sends(staged)
         snapshot = dict(staged.changed)
         size = staged.size()
+        base_size = staged.base_size
         try:
             info = await self._write(staged, key, metadata, size, conditional=True)
         except PreconditionFailed:
@@ -408,6 +492,13 @@ class Staging:
                 info = await self._write(staged, key, metadata, size, conditional=True)
             except PreconditionFailed:
                 await self._keep_ours_beside(staged, key, metadata, size)
+        # Parts now local: fetched, written, or past the old end (so written or zeros). Parts copied inside
+        # S3 stay holes, fetched if ever needed.
+        staged.present = {
+            i
+            for i in range(self.layout.count(size))
+            if i in staged.present or i in snapshot or self.layout.span(i)[0] >= base_size
+        }
         staged.base_etag, staged.base_size = info.etag, size
         for index, generation in snapshot.items():
             if staged.changed.get(index) == generation:
