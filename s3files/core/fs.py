@@ -317,9 +317,9 @@ class FileSystem:
         if staged is None:
             node = await self._head(node)  # close-to-open: every open sees the newest version
             if writable:
-                staged = self._stage(node, truncate=bool(flags & os.O_TRUNC))
+                staged = await self._stage(node, truncate=bool(flags & os.O_TRUNC))
         elif flags & os.O_TRUNC:
-            self._truncate(node, staged, 0)
+            await self._truncate(node, staged, 0)
         keep_cache = staged is None and node.page_cache_etag == node.etag
         if staged is None:
             node.page_cache_etag = node.etag
@@ -333,19 +333,19 @@ class FileSystem:
     def _reader(self, node: Inode) -> Reader:
         return Reader(self.store, self.ns.file_key(node.path), node.size, node.etag, self.opts.read, self._spawn)
 
-    def _stage(self, node: Inode, truncate: bool) -> StagedFile:
+    async def _stage(self, node: Inode, truncate: bool) -> StagedFile:
         """Make the local copy of ``node`` that writes go to (its parts are fetched when first needed)."""
         staged = self._staging.take_clean(node)  # the copy we uploaded last, if still this version
         if staged is None:
             staged = self._staging.create(node, node.etag, node.size, truncate)
         elif truncate:
-            self._staging.truncate(staged, 0)
+            await self._staging.truncate(staged, 0)
         node.size = staged.size()
         self._staged[node.ino] = staged
         return staged
 
-    def _truncate(self, node: Inode, staged: StagedFile, size: int) -> None:
-        self._staging.truncate(staged, size)
+    async def _truncate(self, node: Inode, staged: StagedFile, size: int) -> None:
+        await self._staging.truncate(staged, size)
         node.size = size
         node.mtime = self._wall()
 
@@ -469,8 +469,8 @@ class FileSystem:
             staged = self._staged.get(ino)
             if staged is None:
                 node = await self._head(node)
-                staged = self._stage(node, truncate=size == 0)
-            self._truncate(node, staged, size)
+                staged = await self._stage(node, truncate=size == 0)
+            await self._truncate(node, staged, size)
         if mode is not None:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
         node.uid = node.uid if uid is None else uid

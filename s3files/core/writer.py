@@ -50,6 +50,7 @@ MAX_PART = 5 * 1024**3  # S3's maximum part size
 MAX_PARTS = 10_000
 TIER_PARTS = 1_000  # parts per size tier: each tier's parts are twice the size of the previous tier's
 ABORT_TIMEOUT = 10.0
+WRITE_BEHIND_BYTES = 4 * 1024 * 1024  # per file: writes acknowledged before they reach the local disk
 DEFAULT_CLEAN_BYTES = 1024**3  # uploaded copies kept as a read cache when no --cache-size is given
 
 
@@ -141,9 +142,12 @@ class StagedFile:
     upload_lock: trio.Lock = field(default_factory=trio.Lock)  # one CreateMultipartUpload at a time
     generation: int = 0
     allocated: int = 0  # bytes of the cache disk this copy holds (counted against --cache-size)
+    length: int = 0  # the file's size: the local file catches up once pending writes are done
+    last_write: trio.Event | None = None  # set when every write queued so far is on the local disk
+    pending: int = 0  # bytes queued for the local disk, not written yet
 
     def size(self) -> int:
-        return os.fstat(self.fd).st_size
+        return self.length
 
     def touch(self, parts: range) -> None:
         """Mark ``parts`` changed (a new generation: a part sent before must be sent again)."""
@@ -183,6 +187,7 @@ class Staging:
         self._slots = trio.Semaphore(max(1, concurrency))
         self.limit = limit
         self.used = 0
+        self.pending = 0  # bytes of writes acknowledged but not on the local disk yet, over all files
         self._clean: OrderedDict[int, StagedFile] = OrderedDict()  # inode -> uploaded copy, LRU first
 
     # -- local copies --------------------------------------------------------------------------------
@@ -206,6 +211,7 @@ class Staging:
             base_size=size,
             node=node,
             dirty=base_etag is None or (truncate and base_size > 0),  # even an empty new file is created
+            length=size,
         )
 
     # -- clean copies -----------------------------------------------------------------------------------
@@ -273,6 +279,7 @@ class Staging:
     async def read(self, staged: StagedFile, key: str, off: int, size: int) -> bytes:
         end = min(off + size, staged.size())
         await self._ensure(staged, key, self.layout.overlapping(off, end))
+        await self._settled(staged)
         return os.pread(staged.fd, size, off)
 
     async def write(self, staged: StagedFile, key: str, off: int, data: bytes) -> int:
@@ -282,26 +289,72 @@ class Staging:
         parts = self.layout.overlapping(off, end)
         partial = [i for i in parts if not self._covers(staged, i, off, end)]
         await self._ensure(staged, key, partial)
+        if staged.broken is not None:  # a fetch above failed to land
+            raise CacheFull(f"an earlier write failed ({staged.broken}); close and write the file again")
         self._reserve(staged, len(data))
-        try:
-            written = self._pwrite(staged, data, off)
-        except OSError as exc:
-            self._fail(staged, exc)
-        self._account(staged)
+        self._write_behind(staged, data, off)
+        staged.length = max(staged.length, end)
         staged.present.update(i for i in parts if self.layout.span(i)[0] < staged.base_size)
         staged.touch(parts)
         self._stream(staged, key, parts, off, end)
-        return written
+        if staged.pending > WRITE_BEHIND_BYTES:
+            await self._settled(staged)  # backpressure: the disk is the slower side
+        return len(data)
+
+    def _write_behind(self, staged: StagedFile, data: bytes, off: int) -> None:
+        """Queue ``data`` for the local disk and return at once, so the next FUSE write is taken while a
+        worker thread copies this one (the copy into the page cache is most of a write's cost here).
+        Queued writes land in order; everything that reads the local file waits for them first."""
+        previous, done = staged.last_write, trio.Event()
+        staged.last_write = done
+        staged.pending += len(data)
+        self.pending += len(data)
+        self._spawn(self._land, staged, data, off, previous, done)
+
+    async def _land(
+        self, staged: StagedFile, data: bytes, off: int, previous: trio.Event | None, done: trio.Event
+    ) -> None:
+        try:
+            if previous is not None:
+                await previous.wait()
+            if staged.closed or staged.broken is not None:
+                return
+            try:
+                await trio.to_thread.run_sync(os.pwrite, staged.fd, data, off)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._clean:
+                    staged.broken = os.strerror(exc.errno or errno.EIO)
+                    log.warning("op=write path=%s failed: %s; the file will not be uploaded", staged.path, exc)
+                    return
+                self._trim(0, None)  # room taken by clean copies first
+                try:
+                    await trio.to_thread.run_sync(os.pwrite, staged.fd, data, off)
+                except OSError as again:
+                    staged.broken = os.strerror(again.errno or errno.EIO)
+                    log.warning("op=write path=%s failed: %s; the file will not be uploaded", staged.path, again)
+                    return
+            self._account(staged)
+        finally:
+            staged.pending -= len(data)
+            self.pending -= len(data)
+            done.set()
+
+    async def _settled(self, staged: StagedFile) -> None:
+        """Wait until every write queued so far is on the local disk."""
+        if staged.last_write is not None:
+            await staged.last_write.wait()
 
     def _covers(self, staged: StagedFile, index: int, off: int, end: int) -> bool:
         """Does a write of ``[off, end)`` replace every base byte of part ``index``?"""
         start, stop = self.layout.span(index)
         return off <= start and end >= min(stop, staged.base_size)
 
-    def truncate(self, staged: StagedFile, size: int) -> None:
+    async def truncate(self, staged: StagedFile, size: int) -> None:
         """Shrink or grow. Nothing is fetched: a part cut short still equals the base below the new
         ``base_size`` and is fetched (or copied inside S3) when needed."""
+        await self._settled(staged)
         old = staged.size()
+        staged.length = size
         try:
             os.ftruncate(staged.fd, size)
         except OSError as exc:
@@ -318,7 +371,7 @@ class Staging:
             staged.dirty = staged.dirty or size != old
 
     def _pwrite(self, staged: StagedFile, data: bytes, off: int) -> int:
-        """pwrite; on a full disk, evict every clean copy and try once more."""
+        """pwrite now; on a full disk, evict every clean copy and try once more."""
         try:
             return os.pwrite(staged.fd, data, off)
         except OSError as exc:
@@ -328,6 +381,7 @@ class Staging:
         return os.pwrite(staged.fd, data, off)
 
     def _reserve(self, staged: StagedFile, nbytes: int) -> None:
+        nbytes += self.pending
         if self.limit is not None and self.used + nbytes > self.limit:
             self._trim(nbytes, self.limit)
         if self.limit is not None and self.used + nbytes > self.limit:
@@ -386,6 +440,7 @@ class Staging:
     async def discard(self, staged: StagedFile) -> None:
         """Drop the local copy (uploaded, or the file was removed) and any upload it left unfinished."""
         staged.closed = True
+        await self._settled(staged)  # no queued write may touch the descriptor after it is closed
         await self._wait_for_sends(staged)
         if staged.upload is not None:
             await self._abort(staged.upload)
@@ -456,6 +511,7 @@ class Staging:
             previous = upload.sent.get(index)
             if stop <= start or (previous is not None and previous[:2] == (generation, stop - start)):
                 return
+            await self._settled(staged)
             data = await trio.to_thread.run_sync(os.pread, staged.fd, stop - start, start)
             part = await self.store.upload_part(upload.key, upload.upload_id, index + 1, data)
         upload.sent[index] = (generation, len(data), part)
@@ -473,6 +529,7 @@ class Staging:
 
         The caller holds ``staged.lock``. On success the copy becomes the new base version.
         """
+        await self._settled(staged)
         if staged.broken is not None:
             raise CacheFull(f"not uploaded: a write to this file failed earlier ({staged.broken})")
         await self._wait_for_sends(staged)
