@@ -52,6 +52,7 @@ TIER_PARTS = 1_000  # parts per size tier: each tier's parts are twice the size 
 ABORT_TIMEOUT = 10.0
 WRITE_BEHIND_BYTES = 4 * 1024 * 1024  # per file: writes acknowledged before they reach the local disk
 DEFAULT_CLEAN_BYTES = 1024**3  # uploaded copies kept as a read cache when no --cache-size is given
+MAX_CLEAN_FILES = 256  # each clean copy holds a file descriptor
 
 
 class WriteConflict(S3FilesError):
@@ -254,7 +255,7 @@ class Staging:
     def _trim(self, nbytes: int, limit: int | None) -> None:
         """Evict clean copies, oldest first, until ``nbytes`` more fit under ``limit`` (None: all)."""
         for _ in range(len(self._clean)):
-            if limit is not None and self.used + nbytes <= limit:
+            if limit is not None and self.used + nbytes <= limit and len(self._clean) <= MAX_CLEAN_FILES:
                 return
             self._drop(self._clean.popitem(last=False)[1])
 
