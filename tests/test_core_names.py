@@ -15,6 +15,7 @@ from test_core import read_all, resolve, run_fs, write_new
 
 from s3files.core.fs import RENAME_NOREPLACE, FileSystem
 from s3files.core.inodes import ROOT_INO
+from s3files.core.links import copy_object
 from s3files.errors import S3FilesError, StoreError
 from s3files.store import MemoryStore
 from s3files.store.base import ObjectInfo
@@ -328,5 +329,9 @@ def test_renamed_symlink_stays_listable_where_copies_lose_the_multipart_etag() -
         assert (await store.head("m")).etag.endswith("-1")
         assert store.requests["copy"] == 2 and store.requests["complete_multipart"] == 1  # links only
         assert await read_all(fs, await resolve(fs, "g")) == b"plain"
+        # metadata rewritten in place (what chown -h needs) keeps the form too
+        info = await copy_object(store, "m", "m", metadata={"mode": LINK, "uid": "5"})
+        assert info.etag.endswith("-1") and (await store.head("m")).metadata == {"mode": LINK, "uid": "5"}
+        assert store.data("m") == b"t"
 
     run_fs(store, body)

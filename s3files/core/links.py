@@ -70,12 +70,15 @@ async def put_link(
     return info if info.metadata is not None else replace(info, metadata=dict(metadata))
 
 
-async def copy_object(store: ObjectStore, src: str, dst: str) -> ObjectInfo:
-    """Server-side copy of ``src`` to ``dst``, metadata kept, and a symlink kept in its listable form: a
-    server may give the copy of a multipart object a plain ETag (AWS does), and a copied symlink would
-    then look like a file in listings. Such a copy is written again as a one-part upload (3 requests
-    more, for symlinks on such servers only)."""
-    info = await store.copy(src, dst)
+async def copy_object(
+    store: ObjectStore, src: str, dst: str, metadata: Mapping[str, str] | None = None
+) -> ObjectInfo:
+    """Server-side copy of ``src`` to ``dst`` (``src`` itself to rewrite metadata), metadata kept unless
+    ``metadata`` is given, and a symlink kept in its listable form: a server may give the copy of a
+    multipart object a plain ETag (AWS does), and a copied symlink would then look like a file in
+    listings. Such a copy is written again as a one-part upload (3 requests more, for symlinks on such
+    servers only)."""
+    info = await store.copy(src, dst, metadata=metadata)
     if not is_link(info) or link_candidate(info) or info.metadata is None:
         return info
     target = await store.get_range(dst, 0, info.size, if_match=info.etag) if info.size else b""
