@@ -335,3 +335,18 @@ def test_renamed_symlink_stays_listable_where_copies_lose_the_multipart_etag() -
         assert store.data("m") == b"t"
 
     run_fs(store, body)
+
+
+def test_folder_rename_of_1500_keys_pages_its_listing() -> None:
+    store = MemoryStore()
+    for i in range(1500):
+        store.seed(f"A/{i // 100}/k{i:04d}", b"x")
+
+    async def body(fs: FileSystem) -> None:
+        await fs.readdir(await fs.opendir(ROOT_INO), 0)
+        store.requests.reset()
+        await fs.rename(ROOT_INO, "A", ROOT_INO, "B", 0)
+        assert store.requests.snapshot() == {"list": 2, "copy": 1500, "delete": 1500}
+        assert len(store.keys()) == 1500 and all(k.startswith("B/") for k in store.keys())
+
+    run_fs(store, body, metadata_ttl=60.0)
