@@ -34,7 +34,7 @@ import trio
 from cachetools import TTLCache
 
 from s3files.core.inodes import ROOT_INO, Attr, Defaults, Inode, InodeTable
-from s3files.core.links import LINK_MAX, copy_object, link_candidate, link_metadata, put_link
+from s3files.core.links import LINK_MAX, copy_object, link_candidate, link_metadata, posix_fields, put_link
 from s3files.core.namespace import Entry, Namespace, join, valid_name
 from s3files.core.reader import Reader, Spawn
 from s3files.core.trees import for_each, move_tree
@@ -179,7 +179,7 @@ class FileSystem:
                 continue
             node = self.inodes.by_path(join(path, name))
             if node is not None and not node.is_dir and node.meta_etag == info.etag:
-                meta = self._metadata(node)
+                meta = posix_fields(node.mode, node.uid, node.gid, node.mtime)
                 found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
             else:
                 todo.append((name, info))
@@ -666,20 +666,23 @@ class FileSystem:
         if source.is_dir:
             await self._rename_folder(src_path, dst_path, target is not None)
         else:
-            await self._rename_file(src_path, dst_path)
+            await self._rename_file(src_path, dst_path, source.info)
         for path in (src_parent.path, dst_parent.path):
             self._listings.pop(path, None)
 
-    async def _rename_file(self, src_path: str, dst_path: str) -> None:
+    async def _rename_file(self, src_path: str, dst_path: str, info: ObjectInfo | None) -> None:
+        """``info``: what a listing or HEAD said of the source (None for a file created here)."""
         node = self.inodes.by_path(src_path)
         if node is not None and node.ino in self._staged:
             await self._commit(node.ino)  # the copy must carry what was written
         src_key, dst_key = self.ns.file_key(src_path), self.ns.file_key(dst_path)
-        info = await copy_object(self.store, src_key, dst_key)
+        if info is None or info.key != src_key:
+            info = ObjectInfo(src_key, node.size if node else 0, (node.etag if node else None) or "", 0.0)
+        etag = await copy_object(self.store, info, dst_key)
         await self.store.delete(src_key)
         self.inodes.move(src_path, dst_path)
         if node is not None:
-            self._follow(node, info)
+            self._follow(node, etag)
 
     async def _rename_folder(self, src_path: str, dst_path: str, replace_target: bool) -> None:
         """Move every key of folder ``src_path`` (trees.py: copy all, then delete all). Files written here
@@ -693,9 +696,9 @@ class FileSystem:
         src_prefix, dst_prefix = self.ns.dir_prefix(src_path), self.ns.dir_prefix(dst_path)
         moved = await move_tree(self.store, src_prefix, dst_prefix, replace_target)
         for node in self.inodes.move_tree(src_path, dst_path):
-            info = moved.get(node.path[len(below_dst) :]) if not node.is_dir else None
-            if info is not None:
-                self._follow(node, info)
+            etag = moved.get(node.path[len(below_dst) :]) if not node.is_dir else None
+            if etag is not None:
+                self._follow(node, etag)
         for handle in self._dirs.values():
             if handle.path == src_path or handle.path.startswith(below_src):
                 handle.path = dst_path + handle.path[len(src_path) :]
@@ -703,16 +706,16 @@ class FileSystem:
             if path in (src_path, dst_path) or path.startswith((below_src, below_dst)):
                 self._listings.pop(path, None)
 
-    def _follow(self, node: Inode, info: ObjectInfo) -> None:
-        """``node`` was renamed and its object is ``info`` now: open readers fetch from the new key, and
-        a staged copy's next upload is conditional on the copy's ETag. The copy keeps the metadata, so
-        what a HEAD told of the old version holds for the copy."""
+    def _follow(self, node: Inode, etag: str) -> None:
+        """``node`` was renamed and its object is the copy of ETag ``etag`` now: open readers fetch from
+        the new key, and a staged copy's next upload is conditional on the copy's ETag. The copy keeps the
+        metadata, so what a HEAD told of the old version holds for the copy."""
         if node.meta_etag == node.etag:
-            node.meta_etag = info.etag
-        node.etag = info.etag
+            node.meta_etag = etag
+        node.etag = etag
         staged = self._staged.get(node.ino)
         if staged is not None:
-            staged.base_etag = info.etag
+            staged.base_etag = etag
         key = self.ns.file_key(node.path)
         for handle in self._files.values():
             if handle.node is node:

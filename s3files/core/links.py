@@ -46,9 +46,14 @@ def is_link(info: ObjectInfo) -> bool:
     return stat.S_ISLNK(int(posix_metadata(info.metadata).get("mode", 0)))
 
 
+def posix_fields(mode: int, uid: int, gid: int, mtime: float) -> dict[str, str]:
+    """x-amz-meta-* in the s3fs-compatible form files use (mode as decimal st_mode)."""
+    return {"mode": str(mode), "uid": str(uid), "gid": str(gid), "mtime": f"{mtime:.9f}"}
+
+
 def link_metadata(uid: int, gid: int, mtime: float) -> dict[str, str]:
-    """x-amz-meta-* of a new symlink, in the form files use (fs.FileSystem._metadata)."""
-    return {"mode": str(LINK_MODE), "uid": str(uid), "gid": str(gid), "mtime": f"{mtime:.9f}"}
+    """x-amz-meta-* of a new symlink."""
+    return posix_fields(LINK_MODE, uid, gid, mtime)
 
 
 async def put_link(
@@ -71,15 +76,18 @@ async def put_link(
 
 
 async def copy_object(
-    store: ObjectStore, src: str, dst: str, metadata: Mapping[str, str] | None = None
-) -> ObjectInfo:
-    """Server-side copy of ``src`` to ``dst`` (``src`` itself to rewrite metadata), metadata kept unless
-    ``metadata`` is given, and a symlink kept in its listable form: a server may give the copy of a
-    multipart object a plain ETag (AWS does), and a copied symlink would then look like a file in
-    listings. Such a copy is written again as a one-part upload (3 requests more, for symlinks on such
-    servers only)."""
-    info = await store.copy(src, dst, metadata=metadata)
-    if not is_link(info) or link_candidate(info) or info.metadata is None:
-        return info
+    store: ObjectStore, src: ObjectInfo, dst: str, metadata: Mapping[str, str] | None = None
+) -> str:
+    """Server-side copy of object ``src`` to ``dst`` (``src.key`` itself to rewrite metadata), metadata
+    kept unless ``metadata`` is given; returns the copy's ETag. A symlink stays in its listable form: a
+    server may give the copy of a multipart object a plain ETag (AWS does), and a copied symlink would then
+    look like a file in listings. When a link candidate's copy comes back with a plain ETag, a HEAD tells
+    whether it is a symlink, and a symlink is written again as a one-part upload (on such servers only)."""
+    copied = await store.copy(src.key, dst, metadata=metadata)
+    if not link_candidate(src) or copied.etag.endswith("-1"):
+        return copied.etag
+    info = await store.head(dst)
+    if not is_link(info) or info.metadata is None:
+        return info.etag
     target = await store.get_range(dst, 0, info.size, if_match=info.etag) if info.size else b""
-    return await put_link(store, dst, target, info.metadata, if_none_match=False)
+    return (await put_link(store, dst, target, info.metadata, if_none_match=False)).etag

@@ -78,24 +78,25 @@ def interrupted_copy(source: dict[str, ObjectInfo], target: dict[str, ObjectInfo
     return a.keys() <= b.keys() or b.keys() <= a.keys()
 
 
-async def move_tree(store: ObjectStore, src: str, dst: str, check_target: bool) -> dict[str, ObjectInfo]:
+async def move_tree(store: ObjectStore, src: str, dst: str, check_target: bool) -> dict[str, str]:
     """Move every key under prefix ``src`` to prefix ``dst``: copy all (metadata kept), then delete all.
     ``check_target``: ``dst`` may hold keys; an empty folder there is replaced, an interrupted copy of
-    ``src`` completed, anything else is NotEmpty. Returns the objects now under ``dst``, by relative key."""
+    ``src`` completed, anything else is NotEmpty. Returns the ETags of the keys now under ``dst``, by key
+    relative to it."""
     source = await list_tree(store, src)
     if not source:
         raise NotFound(f"nothing under {src} to move")
     target = await list_tree(store, dst) if check_target else {}
     if any(rel for rel in target) and not interrupted_copy(source, target):
         raise NotEmpty(f"{dst} is not empty")
-    moved: dict[str, ObjectInfo] = {}
+    moved: dict[str, str] = {}
 
     async def copy(rel: str) -> None:
         there, here = target.get(rel), source[rel]
         if there is not None and (there.etag, there.size) == (here.etag, here.size):
-            moved[rel] = there  # copied before a crash: the same bytes are there already
+            moved[rel] = there.etag  # copied before a crash: the same bytes are there already
         else:
-            moved[rel] = await copy_object(store, src + rel, dst + rel)
+            moved[rel] = await copy_object(store, here, dst + rel)
 
     await for_each(list(source), copy)
     if set(target) == {""} and "" not in source:
