@@ -177,6 +177,7 @@ def test_a_folder_that_is_not_an_interrupted_copy_is_not_merged() -> None:
     seed(store, {"A/x": b"1", "A/y": b"22"})
     cases = [
         {"B/x": b"1", "B/y": b"2"},  # a key of another size
+        {"B/x": b"1", "B/y": b"33"},  # same sizes, other content (ETag)
         {"B/x": b"1", "B/z": b"3"},  # neither key set contains the other
         {"B/z": b"3"},  # nothing in common
     ]
@@ -188,6 +189,9 @@ def test_a_folder_that_is_not_an_interrupted_copy_is_not_merged() -> None:
             for key in case:
                 await store.delete(key)
         assert store.keys() == ["A/x", "A/y"]
+        # two folders that share only empty names: nothing tells them from a copy, so no merge
+        seed(store, {"C/e": b"", "C/sub/": b"", "D/e": b"", "D/sub/": b""})
+        assert await errno_of(fs.rename(ROOT_INO, "C", ROOT_INO, "D", 0)) == errno.ENOTEMPTY
 
     run_fs(store, body, metadata_ttl=0.0)
 

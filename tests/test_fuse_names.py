@@ -216,9 +216,11 @@ def test_s3fs_style_symlink_is_a_symlink_after_a_lookup(
         assert stat.S_ISLNK(os.lstat(root / "e/s3fs-link").st_mode)
     put(s3_client, s3_bucket, "f/s3fs-link", b"../d/target.txt", mode=str(LINK_MODE))
     with mount(s3_server, s3_bucket, root, metadata_ttl=0.5):
-        # the kernel trusts the listing's "file" for the TTL, then asks again: a new inode, never EIO
+        # The kernel trusts the listing's "file" for the TTL. Then any HEAD (a lookup, a getattr, the
+        # open of a read) shows the mode: the name gets a new inode, the old one is ESTALE, never EIO.
         assert os.listdir(root / "f") == ["s3fs-link"]
         os.lstat(root / "f/s3fs-link")
         time.sleep(0.6)
-        assert stat.S_ISLNK(os.lstat(root / "f/s3fs-link").st_mode)
         assert (root / "f/s3fs-link").read_bytes() == b"the target"
+        assert stat.S_ISLNK(os.lstat(root / "f/s3fs-link").st_mode)
+        assert os.readlink(root / "f/s3fs-link") == "../d/target.txt"

@@ -67,15 +67,26 @@ async def list_tree(store: ObjectStore, prefix: str) -> dict[str, ObjectInfo]:
 
 
 def interrupted_copy(source: dict[str, ObjectInfo], target: dict[str, ObjectInfo]) -> bool:
-    """Whether ``target`` looks like what a crash while moving ``source`` onto it leaves: some keys in
-    common, every common key of the same size, and one side's keys containing the other's (copies partly
-    made: target within source; deletes begun: source within target). Folder markers do not count."""
-    a = {rel: info.size for rel, info in source.items() if rel}
-    b = {rel: info.size for rel, info in target.items() if rel}
+    """Whether ``target`` looks like what a crash while moving ``source`` onto it leaves: every key both
+    hold may be a copy (``may_be_copy``), one side's keys contain the other's (copies partly made: target
+    within source; deletes begun: source within target), and at least one shared key has content. Empty
+    files and folder markers are no evidence: two folders holding only the same empty names (``a/x/`` and
+    ``b/x/``) are told apart from a copy by nothing, so they are not merged (ENOTEMPTY, as POSIX says).
+    The folders' own markers do not count."""
+    a = {rel: info for rel, info in source.items() if rel}
+    b = {rel: info for rel, info in target.items() if rel}
     common = a.keys() & b.keys()
-    if not common or any(a[rel] != b[rel] for rel in common):
+    if not any(a[rel].size > 0 for rel in common):
+        return False
+    if not all(may_be_copy(a[rel], b[rel]) for rel in common):
         return False
     return a.keys() <= b.keys() or b.keys() <= a.keys()
+
+
+def may_be_copy(src: ObjectInfo, copy: ObjectInfo) -> bool:
+    """Same size and same ETag (a server-side copy keeps the MD5 ETag); a multipart source's copy may
+    get a new ETag (AWS copies it as one part), so there the size must do."""
+    return src.size == copy.size and (src.etag == copy.etag or "-" in src.etag)
 
 
 async def move_tree(store: ObjectStore, src: str, dst: str, check_target: bool) -> dict[str, str]:
