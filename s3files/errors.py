@@ -48,9 +48,15 @@ class NotEmpty(S3FilesError):
 
 
 class CrossDevice(S3FilesError):
-    # Judgement call: renaming a folder would be a copy and delete of every key below it, not atomic and
-    # not fast. EXDEV makes mv(1) and shutil.move fall back to copying, which is what would happen anyway.
+    # Not raised by the core any more (folders are renamed by copying their keys); kept for front ends.
     errno = errno.EXDEV
+
+
+class KindChanged(S3FilesError):
+    # Judgement call: a name changed kind in S3 (a file became a symlink, say) while the kernel holds its
+    # old inode. ESTALE, not attributes of the new type: the kernel would mark the inode bad (EIO from then
+    # on), whereas ESTALE makes path walks look the name up again, and the lookup gives a new inode.
+    errno = errno.ESTALE
 
 
 class NotSupported(S3FilesError):

@@ -452,9 +452,9 @@ def test_unlink_mkdir_rmdir_rename() -> None:
             await fs.rmdir(ROOT_INO, "d")
         assert not_empty.value.errno == errno.ENOTEMPTY
         full = await fs.lookup(ROOT_INO, "full")
-        with pytest.raises(S3FilesError) as exdev:
-            await fs.rename(ROOT_INO, "full", ROOT_INO, "other", 0)
-        assert exdev.value.errno == errno.EXDEV
+        with pytest.raises(S3FilesError) as into_itself:
+            await fs.rename(ROOT_INO, "full", full.ino, "inner", 0)
+        assert into_itself.value.errno == errno.EINVAL
         with pytest.raises(S3FilesError) as isdir:
             await fs.unlink(ROOT_INO, "full")
         assert isdir.value.errno == errno.EISDIR

@@ -11,6 +11,10 @@ Request budget (asserted by tests):
   name may be a file, a folder (any key below it), or both (the folder wins).
 - ``getattr`` within ``metadata_ttl`` of the last answer: nothing; after it, one HEAD for a file.
 - ``open``: one HEAD (close-to-open: every open sees the newest version); reads then pin its ETag.
+- a listing's symlink candidates (<= 4096 bytes, ETag ``-1``: see links.py) cost one HEAD each, at most
+  ``CONCURRENCY`` at once; plain files none.
+- ``symlink``: 3 requests (one-part multipart upload, If-None-Match); ``readlink``: one GET per version.
+- ``rename`` of a folder of N keys: ceil(N/1000) LIST, N copies, N deletes (see trees.py).
 """
 
 from __future__ import annotations
@@ -22,23 +26,26 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 from cachetools import LRUCache, TTLCache
 
 from s3files.core.inodes import ROOT_INO, Attr, Defaults, Inode, InodeTable
+from s3files.core.links import LINK_MAX, copy_object, link_candidate, link_metadata, posix_fields, put_link
 from s3files.core.namespace import Entry, Namespace, join, valid_name
 from s3files.core.reader import Reader, Spawn
 from s3files.core.tasks import run_all
+from s3files.core.trees import for_each, move_tree
 from s3files.core.writer import PartLayout, StagedFile, Staging, WriteConflict, posix_metadata
 from s3files.errors import (
-    CrossDevice,
     FileExists,
     InvalidArgument,
     InvalidName,
     IsADirectory,
+    KindChanged,
     NotADirectory,
     NotEmpty,
     NotFound,
@@ -165,7 +172,7 @@ class FileSystem:
             token = page.next_token
             if not token:
                 break
-        entries = self.ns.entries(path, pages)
+        entries = await self._with_links(path, self.ns.entries(path, pages))
         if self.opts.metadata_ttl > 0:
             self._listings[path] = entries
             if len(pages) == 1:
@@ -185,6 +192,33 @@ class FileSystem:
             listing.pop(name, None)
         else:
             listing[name] = entry
+
+    async def _with_links(self, path: str, entries: dict[str, Entry]) -> dict[str, Entry]:
+        """The listing with its symlink candidates HEADed (links.py), so readdir and lookups report
+        S_IFLNK at once: an inode's type must never change later. A version a HEAD already described
+        (its inode's metadata ETag) is not asked again."""
+        found = dict(entries)
+        todo: list[tuple[str, ObjectInfo]] = []
+        for name, entry in entries.items():
+            info = entry.info
+            if info is None or not link_candidate(info):
+                continue
+            node = self.inodes.by_path(join(path, name))
+            if node is not None and not node.is_dir and node.meta_etag == info.etag:
+                meta = posix_fields(node.mode, node.uid, node.gid, node.mtime)
+                found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
+            else:
+                todo.append((name, info))
+
+        async def head(item: tuple[str, ObjectInfo]) -> None:
+            name, info = item
+            try:
+                found[name] = Entry(name, is_dir=False, info=await self.store.head(info.key))
+            except ObjectNotFound:
+                found.pop(name, None)  # deleted since the listing
+
+        await for_each(todo, head)
+        return found
 
     async def _probe(self, path: str) -> Entry:
         """Ask S3 whether ``path`` is a folder or a file: HEAD and a 1-key LIST, concurrently."""
@@ -216,8 +250,21 @@ class FileSystem:
             info = await self.store.head(self.ns.file_key(node.path))
         except ObjectNotFound:
             raise NotFound(f"{node.path} was removed from the bucket") from None
-        self.inodes.refresh_file(node, info, self._fresh_until())
+        if not self.inodes.refresh_file(node, info, self._fresh_until()):
+            self._kind_changed(node, info)
         return node
+
+    def _kind_changed(self, node: Inode, info: ObjectInfo) -> NoReturn:
+        """``node``'s object is of another kind now (a file became a symlink, or was one all along and
+        only a listing had been seen). The name gets a new inode and the cached listing learns the truth;
+        the old inode is ESTALE, which makes the kernel look the name up again (see inodes.py)."""
+        if self.inodes.by_path(node.path) is node:
+            self.inodes.put_file(node.path, info, self._fresh_until())
+            parent, _, name = node.path.rpartition("/")
+            listing = self._listings.get(parent)
+            if listing is not None and name in listing and not listing[name].is_dir:
+                listing[name] = Entry(name, is_dir=False, info=info)
+        raise KindChanged(f"{node.path} is no longer a {'symlink' if stat.S_ISLNK(node.mode) else 'file'}")
 
     # -- metadata operations -------------------------------------------------------------------------
 
@@ -298,6 +345,51 @@ class FileSystem:
 
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
+
+    # -- symlinks ----------------------------------------------------------------------------------
+
+    async def symlink(self, parent_ino: int, name: str, target: bytes, uid: int, gid: int) -> Attr:
+        """Create symlink ``name`` -> ``target`` (links.py: a one-part multipart upload, If-None-Match, so
+        an existing key is EEXIST). Acquires the inode."""
+        parent = self._node(parent_ino)
+        path = self._new_path(parent, name, "symlink")
+        if not 0 < len(target) < LINK_MAX:
+            raise InvalidName(f"a symlink target must be 1 to {LINK_MAX - 1} bytes")
+        local = self.inodes.by_path(path)
+        listing = self._listings.get(parent.path)
+        if (local is not None and local.ino in self._staged) or (listing is not None and name in listing):
+            raise FileExists(f"{path} exists")
+        metadata = link_metadata(uid, gid, self._wall())
+        try:
+            info = await put_link(self.store, self.ns.file_key(path), target, metadata, if_none_match=True)
+        except PreconditionFailed:
+            raise FileExists(f"{path} exists") from None
+        node = self.inodes.put_file(path, info, self._fresh_until())
+        node.target, node.target_etag = target, info.etag
+        self._listings.pop(parent.path, None)
+        self.inodes.acquire(node.ino)
+        return node.attr()
+
+    async def readlink(self, ino: int) -> bytes:
+        """The target of symlink ``ino``: one GET per version (ETag), then from the inode."""
+        node = self._node(ino)
+        if not stat.S_ISLNK(node.mode):
+            raise InvalidArgument(f"{node.path} is not a symlink")
+        for _ in range(2):  # a second time only after a HEAD found a newer version
+            if node.target is not None and node.target_etag == node.etag:
+                return node.target
+            etag = node.etag
+            try:
+                key = self.ns.file_key(node.path)
+                body = await self.store.get_range(key, 0, node.size, if_match=etag) if node.size else b""
+            except PreconditionFailed:
+                await self._head(node)  # changed since we looked: learn the new version (or its new kind)
+                continue
+            except ObjectNotFound:
+                raise NotFound(f"{node.path} was removed from the bucket") from None
+            node.target, node.target_etag = bytes(body), etag
+            return node.target
+        raise PreconditionFailed(f"{node.path} keeps changing; try again")
 
     # -- files -------------------------------------------------------------------------------------
 
@@ -572,15 +664,19 @@ class FileSystem:
         self._listed(path, None)
         self._listings.pop(path, None)
 
-    async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:
-        """Rename a file: server-side copy then delete (S3 has no rename). Folders: EXDEV (see errors)."""
+    async def rename(
+        self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int
+    ) -> None:
+        """Rename a file, symlink or folder: server-side copies, then deletes (S3 has no rename; neither
+        is atomic, see docs/SEMANTICS.md). Open files and the kernel's inodes follow the new name."""
         src_parent, dst_parent = self._node(old_parent), self._node(new_parent)
         dst_path = self._new_path(dst_parent, new_name, "rename")
         src_path = join(src_parent.path, old_name)
         if flags & RENAME_EXCHANGE:
             raise NotSupported("rename with RENAME_EXCHANGE is not supported")
-        if (await self._entry(src_parent.path, old_name)).is_dir:
-            raise CrossDevice(f"cannot rename folder {src_path} in place; copy it instead")
+        source = await self._entry(src_parent.path, old_name)
+        if source.is_dir and dst_path.startswith(src_path + "/"):
+            raise InvalidArgument(f"cannot move folder {src_path} into itself")
         try:
             target = await self._entry(dst_parent.path, new_name)
         except NotFound:
@@ -588,22 +684,69 @@ class FileSystem:
         if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise FileExists(f"{dst_path} exists")
-            if target.is_dir:
+            if source.is_dir and not target.is_dir:
+                raise NotADirectory(f"{dst_path} is not a folder")
+            if target.is_dir and not source.is_dir:
                 raise IsADirectory(f"{dst_path} is a folder")
+        if src_path == dst_path:
+            return  # rename(2) of a name onto itself does nothing
+        if source.is_dir:
+            await self._rename_folder(src_path, dst_path, target is not None)
+        else:
+            await self._rename_file(src_path, dst_path, source.info)
+        for path in (src_parent.path, dst_parent.path):
+            self._listings.pop(path, None)
+
+    async def _rename_file(self, src_path: str, dst_path: str, info: ObjectInfo | None) -> None:
+        """``info``: what a listing or HEAD said of the source (None for a file created here)."""
         node = self.inodes.by_path(src_path)
         if node is not None and node.ino in self._staged:
             await self._commit(node.ino)  # the copy must carry what was written
         src_key, dst_key = self.ns.file_key(src_path), self.ns.file_key(dst_path)
-        info = await self.store.copy(src_key, dst_key)
+        if info is None or info.key != src_key:
+            info = ObjectInfo(src_key, node.size if node else 0, (node.etag if node else None) or "", 0.0)
+        etag = await copy_object(self.store, info, dst_key)
         await self.store.delete(src_key)
         self.inodes.move(src_path, dst_path)
         if node is not None:
-            node.etag = info.etag
-            staged = self._staged.get(node.ino)
-            if staged is not None:
-                staged.base_etag = info.etag
-        self._listings.pop(src_parent.path, None)
-        self._listings.pop(dst_parent.path, None)
+            self._follow(node, etag)
+
+    async def _rename_folder(self, src_path: str, dst_path: str, replace_target: bool) -> None:
+        """Move every key of folder ``src_path`` (trees.py: copy all, then delete all). Files written here
+        and not yet uploaded are uploaded first, so the copies carry them."""
+        below_src, below_dst = src_path + "/", dst_path + "/"
+        for staged in list(self._staged.values()):
+            if not staged.unlinked and staged.node.path.startswith(below_src):
+                await self._commit(staged.node.ino)
+        if any(not s.unlinked and s.node.path.startswith(below_dst) for s in self._staged.values()):
+            raise NotEmpty(f"{dst_path} is not empty")
+        src_prefix, dst_prefix = self.ns.dir_prefix(src_path), self.ns.dir_prefix(dst_path)
+        moved = await move_tree(self.store, src_prefix, dst_prefix, replace_target)
+        for node in self.inodes.move_tree(src_path, dst_path):
+            etag = moved.get(node.path[len(below_dst) :]) if not node.is_dir else None
+            if etag is not None:
+                self._follow(node, etag)
+        for handle in self._dirs.values():
+            if handle.path == src_path or handle.path.startswith(below_src):
+                handle.path = dst_path + handle.path[len(src_path) :]
+        for path in list(self._listings):
+            if path in (src_path, dst_path) or path.startswith((below_src, below_dst)):
+                self._listings.pop(path, None)
+
+    def _follow(self, node: Inode, etag: str) -> None:
+        """``node`` was renamed and its object is the copy of ETag ``etag`` now: open readers fetch from
+        the new key, and a staged copy's next upload is conditional on the copy's ETag. The copy keeps the
+        metadata, so what a HEAD told of the old version holds for the copy."""
+        if node.meta_etag == node.etag:
+            node.meta_etag = etag
+        node.etag = etag
+        staged = self._staged.get(node.ino)
+        if staged is not None:
+            staged.base_etag = etag
+        key = self.ns.file_key(node.path)
+        for handle in self._files.values():
+            if handle.node is node:
+                handle.reader.moved(key)
 
     # -- whole file system -------------------------------------------------------------------------
 

@@ -8,6 +8,11 @@ Why attributes have two sources: LIST returns size, ETag and LastModified but no
 returns ``x-amz-meta-{mode,uid,gid,mtime}``. A listing never costs a HEAD per entry (``ls -l`` of N entries
 is ceil(N/1000) requests), so an entry only listed shows the mount defaults and LastModified until it is
 looked up or opened; once a HEAD has been seen for an ETag, its metadata wins for that ETag.
+
+Kinds: folder, regular file, symlink (a file object whose metadata ``mode`` says S_IFLNK). An inode never
+changes kind: the kernel marks an inode bad if its type changes, so when a name turns out to be of another
+kind (a HEAD shows S_IFLNK for what a listing called a file), the name gets a new inode and the old one is
+left to be forgotten (``refresh_file`` refuses to change it; the caller answers ESTALE).
 """
 
 from __future__ import annotations
@@ -59,7 +64,14 @@ class Inode:
     meta_etag: str | None = None  # the ETag whose HEAD metadata is applied (None: defaults/listing only)
     fresh_until: float = 0.0  # attributes may be trusted without asking S3 until then
     page_cache_etag: str | None = None  # the ETag whose data the kernel page cache may hold
+    target: bytes | None = None  # a symlink's target, as read for ``target_etag``
+    target_etag: str | None = None
     lookups: int = 0
+
+    @property
+    def kind(self) -> int:
+        """S_IFDIR, S_IFREG or S_IFLNK."""
+        return stat.S_IFMT(self.mode)
 
     def attr(self) -> Attr:
         return Attr(self.ino, self.mode, self.size, self.uid, self.gid, self.mtime, 2 if self.is_dir else 1)
@@ -90,23 +102,23 @@ class InodeTable:
         ino = self._by_path.get(path)
         return None if ino is None else self._by_ino[ino]
 
-    def _node(self, path: str, is_dir: bool) -> Inode:
+    def _node(self, path: str, kind: int) -> Inode:
         node = self.by_path(path)
-        if node is not None and node.is_dir != is_dir:
-            # The name changed kind (file <-> folder) in S3: give it a new number so the kernel does not
-            # mix the two; the old inode lives on until the kernel forgets it.
+        if node is not None and node.kind != kind:
+            # The name changed kind in S3 (file <-> folder <-> symlink): give it a new number so the kernel
+            # does not mix the two; the old inode lives on until the kernel forgets it.
             del self._by_path[path]
             node = None
         if node is None:
             d = self.defaults
-            mode = stat.S_IFDIR | d.dir_mode if is_dir else stat.S_IFREG | d.file_mode
-            node = Inode(next(self._next), path, is_dir, mode, 0, d.uid, d.gid, 0.0)
+            perm = {stat.S_IFDIR: d.dir_mode, stat.S_IFLNK: 0o777}.get(kind, d.file_mode)
+            node = Inode(next(self._next), path, kind == stat.S_IFDIR, kind | perm, 0, d.uid, d.gid, 0.0)
             self._by_ino[node.ino] = node
             self._by_path[path] = node.ino
         return node
 
     def put_dir(self, path: str, mtime: float, fresh_until: float) -> Inode:
-        node = self._node(path, True)
+        node = self._node(path, stat.S_IFDIR)
         if node.mtime == 0.0:
             node.mtime = mtime
         node.fresh_until = fresh_until
@@ -114,13 +126,28 @@ class InodeTable:
 
     def put_file(self, path: str, info: ObjectInfo, fresh_until: float) -> Inode:
         """Record what S3 says of file ``path`` (a listing or a lookup); ``info.metadata`` None: a listing."""
-        node = self._node(path, False)
+        node = self._node(path, self._kind(self.by_path(path), info))
         self.refresh_file(node, info, fresh_until)
         return node
 
-    def refresh_file(self, node: Inode, info: ObjectInfo, fresh_until: float) -> None:
+    @staticmethod
+    def _kind(node: Inode | None, info: ObjectInfo) -> int:
+        """S_IFLNK when the metadata's mode says so, else S_IFREG (other types are shown as files). A
+        listing of the version a HEAD already described keeps that HEAD's answer."""
+        if info.metadata is None:
+            if node is not None and not node.is_dir and node.meta_etag == info.etag:
+                return node.kind
+            return stat.S_IFREG
+        mode = int(posix_metadata(info.metadata).get("mode", 0))
+        return stat.S_IFLNK if stat.S_ISLNK(mode) else stat.S_IFREG
+
+    def refresh_file(self, node: Inode, info: ObjectInfo, fresh_until: float) -> bool:
         """Update ``node`` itself (getattr, open of a known inode): never re-maps its path, which may
-        name something else by now (a folder that shadows it, say)."""
+        name something else by now (a folder that shadows it, say). False, and nothing changed, when
+        ``info`` is of another kind than ``node`` (a file that is a symlink now): the caller must not
+        show it through this inode."""
+        if self._kind(node, info) != node.kind:
+            return False
         d = self.defaults
         if info.metadata is not None:
             meta = posix_metadata(info.metadata)
@@ -128,24 +155,25 @@ class InodeTable:
         elif node.meta_etag == info.etag:
             # a listing of the same version: keep what the HEAD told us
             node.size, node.etag, node.fresh_until = info.size, info.etag, fresh_until
-            return
+            return True
         else:
             meta = {}
             node.meta_etag = None
         mode = int(meta.get("mode", d.file_mode))
-        # Metadata may carry permission bits only, or a type other than a regular file we cannot show
-        # yet (symlinks come with the write path): the entry is a regular file either way.
-        node.mode = stat.S_IFREG | stat.S_IMODE(mode)
+        # Metadata may carry permission bits only, or a type we do not show (a FIFO written by s3fs):
+        # the type comes from the kind (a symlink or a regular file), the permissions from the metadata.
+        node.mode = node.kind | stat.S_IMODE(mode)
         node.uid = int(meta.get("uid", d.uid))
         node.gid = int(meta.get("gid", d.gid))
         node.mtime = float(meta.get("mtime", info.last_modified))
         node.size = info.size
         node.etag = info.etag
         node.fresh_until = fresh_until
+        return True
 
     def put_local_file(self, path: str, mode: int, uid: int, gid: int, mtime: float) -> Inode:
         """A file created here that S3 does not have yet (it is uploaded when closed)."""
-        node = self._node(path, False)
+        node = self._node(path, stat.S_IFREG)
         node.mode = stat.S_IFREG | stat.S_IMODE(mode)
         node.uid, node.gid, node.mtime, node.size = uid, gid, mtime, 0
         node.etag = node.meta_etag = node.page_cache_etag = None
@@ -158,6 +186,23 @@ class InodeTable:
         if ino is not None:
             self._by_ino[ino].path = new
             self._by_path[new] = ino
+
+    def move_tree(self, old: str, new: str) -> list[Inode]:
+        """Folder ``old`` is now folder ``new`` (rename): it and every name below it move along, so open
+        handles and the kernel's inodes keep working; what had the new names loses them. Returns the
+        moved inodes."""
+        for path in [p for p in self._by_path if p == new or p.startswith(new + "/")]:
+            del self._by_path[path]
+        below = [(p, ino) for p, ino in self._by_path.items() if p == old or p.startswith(old + "/")]
+        for path, _ in below:
+            del self._by_path[path]
+        moved = []
+        for path, ino in below:
+            node = self._by_ino[ino]
+            node.path = new + path[len(old) :]
+            self._by_path[node.path] = ino
+            moved.append(node)
+        return moved
 
     def unlink_path(self, path: str) -> None:
         """``path`` is gone; its inode lives on (open handles) until the kernel forgets it."""

@@ -114,6 +114,12 @@ class Reader:
             return memoryview(chunks[0])[off - base : end - base]
         return b"".join(chunks)[off - base : end - base]
 
+    def moved(self, key: str) -> None:
+        """The object was renamed (server-side copied to ``key``): fetch from there from now on. The
+        pinned ETag stays: if the copy has another ETag, reads of new bytes fail with ESTALE rather than
+        trust that the copy holds the version this file was opened at."""
+        self._key = key
+
     def close(self) -> None:
         """Cancel every fetch in flight and drop what is held."""
         self._closed = True

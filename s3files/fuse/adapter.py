@@ -213,8 +213,12 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
-        self.fs.check_writable("symlink")
-        raise NotSupported("symlinks are not supported yet")
+        attr = await self.fs.symlink(parent_inode, _new_name(name), target, ctx.uid, ctx.gid)
+        return self._entry(attr)
+
+    @guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.fs.readlink(inode)
 
     @guarded
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
