@@ -299,3 +299,26 @@ def test_clean_copies_are_evicted_for_dirty_data_never_the_reverse() -> None:
         assert int(fs.statistics()["cache_bytes"]) <= 4 * MIB  # type: ignore[call-overload]
 
     run_fs(store, body, cache_size=4 * MIB)
+
+
+def test_rename_of_an_object_over_the_copy_limit_copies_it_in_pinned_parts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from s3files.core import links
+
+    monkeypatch.setattr(links, "MAX_COPY_OBJECT", 10 * MIB)  # stands in for CopyObject's 5 GiB
+    monkeypatch.setattr(links, "COPY_PART", 5 * MIB)
+    store = MemoryStore()
+    data = random.Random(11).randbytes(12 * MIB + 5)
+    store.seed("huge", data, {"mode": "33152"})
+
+    async def body(fs: FileSystem) -> None:
+        await resolve(fs, "huge")
+        store.requests.reset()
+        await fs.rename(ROOT_INO, "huge", ROOT_INO, "moved", 0)
+
+    run_fs(store, body)
+    assert store.keys() == ["moved"] and store.data("moved") == data
+    assert store._objects["moved"].metadata == {"mode": "33152"}  # metadata travels
+    counts = store.requests.snapshot()
+    assert counts["upload_part_copy"] == 3 and counts.get("copy", 0) == 0 and counts["delete"] == 1

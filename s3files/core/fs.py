@@ -37,8 +37,8 @@ from s3files.core.inodes import ROOT_INO, Attr, Defaults, Inode, InodeTable
 from s3files.core.links import LINK_MAX, copy_object, link_candidate, link_metadata, posix_fields, put_link
 from s3files.core.namespace import Entry, Namespace, join, valid_name
 from s3files.core.reader import Reader, Spawn
-from s3files.core.tasks import run_all
-from s3files.core.trees import for_each, move_tree
+from s3files.core.tasks import for_each, run_all
+from s3files.core.trees import move_tree
 from s3files.core.writer import PartLayout, StagedFile, Staging, WriteConflict, posix_metadata
 from s3files.errors import (
     FileExists,

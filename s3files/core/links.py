@@ -25,11 +25,14 @@ from dataclasses import replace
 import trio
 
 from s3files.core.namespace import posix_metadata
+from s3files.core.tasks import for_each
 from s3files.errors import S3FilesError
-from s3files.store.base import ObjectInfo, ObjectStore
+from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
+MAX_COPY_OBJECT = 5 * 1024**3  # CopyObject's limit; larger objects are copied part by part
+COPY_PART = 512 * 1024**2  # UploadPartCopy part size (grown so a copy never needs over 10,000 parts)
 LINK_MAX = 4096  # PATH_MAX: a symlink target is shorter (4095 bytes and the kernel's NUL)
 LINK_MODE = stat.S_IFLNK | 0o777
 
@@ -76,13 +79,18 @@ async def put_link(
 
 
 async def copy_object(
-    store: ObjectStore, src: ObjectInfo, dst: str, metadata: Mapping[str, str] | None = None
+    store: ObjectStore,
+    src: ObjectInfo,
+    dst: str,
+    metadata: Mapping[str, str] | None = None,
 ) -> str:
     """Server-side copy of object ``src`` to ``dst`` (``src.key`` itself to rewrite metadata), metadata
     kept unless ``metadata`` is given; returns the copy's ETag. A symlink stays in its listable form: a
     server may give the copy of a multipart object a plain ETag (AWS does), and a copied symlink would then
     look like a file in listings. When a link candidate's copy comes back with a plain ETag, a HEAD tells
     whether it is a symlink, and a symlink is written again as a one-part upload (on such servers only)."""
+    if src.size > MAX_COPY_OBJECT:
+        return await _copy_in_parts(store, src, dst, metadata, COPY_PART)
     copied = await store.copy(src.key, dst, metadata=metadata)
     if not link_candidate(src) or copied.etag.endswith("-1"):
         return copied.etag
@@ -91,3 +99,32 @@ async def copy_object(
         return info.etag
     target = await store.get_range(dst, 0, info.size, if_match=info.etag) if info.size else b""
     return (await put_link(store, dst, target, info.metadata, if_none_match=False)).etag
+
+
+async def _copy_in_parts(
+    store: ObjectStore, src: ObjectInfo, dst: str, metadata: Mapping[str, str] | None, part_size: int
+) -> str:
+    """A copy over CopyObject's 5 GiB limit: a multipart upload of UploadPartCopy parts, each pinned to
+    ``src``'s version (If-Match), so a copy never mixes two versions. Metadata kept unless given."""
+    if metadata is None:
+        metadata = (await store.head(src.key)).metadata or {}
+    size = max(part_size, -(-src.size // 10_000))
+    upload_id = await store.create_multipart(dst, metadata)
+    spans = [(n + 1, start, min(start + size, src.size)) for n, start in enumerate(range(0, src.size, size))]
+    parts: dict[int, CompletedPart] = {}
+
+    async def one(span: tuple[int, int, int]) -> None:
+        number, start, end = span
+        parts[number] = await store.upload_part_copy(dst, upload_id, number, src.key, start, end, src.etag)
+
+    try:
+        await for_each(spans, one)
+        done = await store.complete_multipart(dst, upload_id, [parts[n] for n, _, _ in spans])
+    except BaseException:
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            try:
+                await store.abort_multipart(dst, upload_id)
+            except S3FilesError as exc:
+                log.warning("op=abort_multipart key=%s failed: %s", dst, exc)
+        raise
+    return done.etag

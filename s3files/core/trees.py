@@ -2,7 +2,7 @@
 
 Owns: listing a folder's subtree (no delimiter), the copy-all-then-delete-all order of a folder move, the
 rule that tells a retried move from a rename onto a real non-empty folder, and running many requests at
-a bounded concurrency. Must not touch inodes or caches (fs.py does).
+a bounded concurrency (tasks.for_each). Must not touch inodes or caches (fs.py does).
 
 Why copy all, then delete all: S3 has no rename, and a crash can stop a move anywhere. With this order a
 crash leaves every key at the source (copies partly made) or every key at the destination (sources partly
@@ -12,44 +12,12 @@ that "looks like an interrupted copy" of the source is accepted (see ``interrupt
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
-
-import trio
-
 from s3files.core.links import copy_object
-from s3files.errors import NotEmpty, NotFound, S3FilesError
+from s3files.core.tasks import for_each
+from s3files.errors import NotEmpty, NotFound
 from s3files.store.base import ObjectInfo, ObjectStore
 
-T = TypeVar("T")
-
 MAX_LIST_PAGES = 1_000_000  # a bound on any listing loop: 10^9 keys
-CONCURRENCY = 16  # copies or deletes in flight at once
-
-
-async def for_each(
-    items: Iterable[T], fn: Callable[[T], Awaitable[object]], limit: int = CONCURRENCY
-) -> None:
-    """Await ``fn(item)`` for every item, ``limit`` at a time. The first S3FilesError stops the rest from
-    starting and is raised as itself (not in an exception group), so callers still map it to an errno."""
-    pending = iter(items)
-    failed: list[S3FilesError] = []
-
-    async def worker() -> None:
-        for item in pending:  # shared by the workers; ends when the items do
-            if failed:
-                return
-            try:
-                await fn(item)
-            except S3FilesError as exc:
-                failed.append(exc)
-                return
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(limit):
-            nursery.start_soon(worker)
-    if failed:
-        raise failed[0]
 
 
 async def list_tree(store: ObjectStore, prefix: str) -> dict[str, ObjectInfo]:
