@@ -42,6 +42,19 @@ def run_fs(
     trio.run(main)
 
 
+def spy_gets(store: MemoryStore) -> list[tuple[int, int]]:
+    """Record (start, end) of every ranged GET the store serves."""
+    seen: list[tuple[int, int]] = []
+    real = store.get_range
+
+    async def recording(key: str, start: int, end: int, if_match: str | None = None) -> bytes:
+        seen.append((start, end))
+        return await real(key, start, end, if_match)
+
+    store.get_range = recording  # type: ignore[method-assign]
+    return seen
+
+
 async def resolve(fs: FileSystem, path: str) -> int:
     ino = ROOT_INO
     for part in path.split("/"):
@@ -155,14 +168,7 @@ def test_sequential_read_no_overlapping_gets_and_growing_window() -> None:
     store = MemoryStore()
     data = random.Random(1).randbytes(64 * MIB + 12345)
     store.seed("big", data)
-    ranges: list[tuple[int, int]] = []
-    real_get = store.get_range
-
-    async def spy(key: str, start: int, end: int, if_match: str | None = None) -> bytes:
-        ranges.append((start, end))
-        return await real_get(key, start, end, if_match)
-
-    store.get_range = spy  # type: ignore[method-assign]
+    ranges = spy_gets(store)
 
     async def body(fs: FileSystem) -> None:
         got = await read_all(fs, await resolve(fs, "big"))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 import trio
-from test_core import resolve, run_fs, write_new
+from test_core import resolve, run_fs, spy_gets, write_new
 
 from s3files.core.fs import FileSystem
 from s3files.core.inodes import ROOT_INO
@@ -20,19 +20,6 @@ from s3files.errors import S3FilesError
 from s3files.options import MIB
 from s3files.store import MemoryStore
 from s3files.store.base import CompletedPart, ObjectInfo
-
-
-def spy_gets(store: MemoryStore) -> list[tuple[int, int]]:
-    """Record (start, end) of every ranged GET the store serves."""
-    seen: list[tuple[int, int]] = []
-    real = store.get_range
-
-    async def recording(key: str, start: int, end: int, if_match: str | None = None) -> bytes:
-        seen.append((start, end))
-        return await real(key, start, end, if_match)
-
-    store.get_range = recording  # type: ignore[method-assign]
-    return seen
 
 
 def test_part_layout_reaches_5_tib_within_s3_limits() -> None:

@@ -22,12 +22,9 @@ import stat
 from collections.abc import Mapping
 from dataclasses import replace
 
-import trio
-
 from s3files.core.namespace import posix_metadata
 from s3files.core.tasks import for_each
-from s3files.errors import S3FilesError
-from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore
+from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore, abort_quietly
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +66,7 @@ async def put_link(
         part = await store.upload_part(key, upload_id, 1, target)
         info = await store.complete_multipart(key, upload_id, [part], if_none_match=if_none_match)
     except BaseException:
-        with trio.CancelScope(shield=True), trio.move_on_after(10):
-            try:
-                await store.abort_multipart(key, upload_id)
-            except S3FilesError as exc:
-                log.warning("op=abort_multipart key=%s failed: %s", key, exc)
+        await abort_quietly(store, key, upload_id)
         raise
     return info if info.metadata is not None else replace(info, metadata=dict(metadata))
 
@@ -121,10 +114,6 @@ async def _copy_in_parts(
         await for_each(spans, one)
         done = await store.complete_multipart(dst, upload_id, [parts[n] for n, _, _ in spans])
     except BaseException:
-        with trio.CancelScope(shield=True), trio.move_on_after(10):
-            try:
-                await store.abort_multipart(dst, upload_id)
-            except S3FilesError as exc:
-                log.warning("op=abort_multipart key=%s failed: %s", dst, exc)
+        await abort_quietly(store, dst, upload_id)
         raise
     return done.etag

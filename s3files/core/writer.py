@@ -41,7 +41,7 @@ import trio
 from s3files.core.inodes import Inode
 from s3files.core.tasks import run_all
 from s3files.errors import ObjectNotFound, PreconditionFailed, S3FilesError
-from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore
+from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore, abort_quietly
 
 log = logging.getLogger(__name__)
 
@@ -657,11 +657,7 @@ class Staging:
         return [part for part in done if part is not None]
 
     async def _abort(self, upload: _Multipart) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(ABORT_TIMEOUT):
-            try:
-                await self.store.abort_multipart(upload.key, upload.upload_id)
-            except S3FilesError as exc:
-                log.warning("op=abort_multipart key=%s failed: %s", upload.key, exc)
+        await abort_quietly(self.store, upload.key, upload.upload_id, ABORT_TIMEOUT)
 
 
 def posix_metadata(node: Inode, with_mtime: bool = True) -> dict[str, str]:

@@ -17,10 +17,17 @@ ETags are carried *without* quotes everywhere (RGW compares bare ETags in If-Mat
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+import trio
+
+from s3files.errors import S3FilesError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -163,3 +170,13 @@ class ObjectStore(Protocol):
 
     async def aclose(self) -> None:
         """Release connections/threads."""
+
+
+async def abort_quietly(store: ObjectStore, key: str, upload_id: str, timeout: float = 10.0) -> None:
+    """Abandon a multipart upload after a failure, even while being cancelled, within ``timeout``; a
+    failure to abort is logged (S3 lifecycle rules reap such uploads), never raised over the first error."""
+    with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+        try:
+            await store.abort_multipart(key, upload_id)
+        except S3FilesError as exc:
+            log.warning("op=abort_multipart key=%s failed: %s", key, exc)
