@@ -50,6 +50,7 @@ MAX_PART = 5 * 1024**3  # S3's maximum part size
 MAX_PARTS = 10_000
 TIER_PARTS = 1_000  # parts per size tier: each tier's parts are twice the size of the previous tier's
 ABORT_TIMEOUT = 10.0
+SMALL_IO = 256 * 1024  # local reads and writes up to this size are done inline, without a worker thread
 WRITE_BEHIND_BYTES = 4 * 1024 * 1024  # per file: writes acknowledged before they reach the local disk
 DEFAULT_CLEAN_BYTES = 1024**3  # uploaded copies kept as a read cache when no --cache-size is given
 MAX_CLEAN_FILES = 256  # each clean copy holds a file descriptor
@@ -293,7 +294,14 @@ class Staging:
         if staged.broken is not None:  # a fetch above failed to land
             raise CacheFull(f"an earlier write failed ({staged.broken}); close and write the file again")
         self._reserve(staged, len(data))
-        self._write_behind(staged, data, off)
+        if staged.pending or len(data) > SMALL_IO:
+            self._write_behind(staged, data, off)
+        else:  # a small write costs less than a hop to a worker thread and back
+            try:
+                self._pwrite(staged, data, off)
+            except OSError as exc:
+                self._fail(staged, exc)
+            self._account(staged)
         staged.length = max(staged.length, end)
         staged.present.update(i for i in parts if self.layout.span(i)[0] < staged.base_size)
         staged.touch(parts)
@@ -609,7 +617,11 @@ class Staging:
                 await self._abort(staged.upload)
                 staged.upload = None
             await self._ensure(staged, key, range(1))
-            data = await trio.to_thread.run_sync(os.pread, staged.fd, size, 0)
+            await self._settled(staged)
+            if size <= SMALL_IO:
+                data = os.pread(staged.fd, size, 0)
+            else:
+                data = await trio.to_thread.run_sync(os.pread, staged.fd, size, 0)
             return await self.store.put(key, data, metadata, if_match=if_match, if_none_match=if_none_match)
         upload = await self._upload_for(staged, key)
         try:
