@@ -309,3 +309,50 @@ def test_rename_of_an_object_over_the_copy_limit_copies_it_in_pinned_parts(
     assert store._objects["moved"].metadata == {"mode": "33152"}  # metadata travels
     counts = store.requests.snapshot()
     assert counts["upload_part_copy"] == 3 and counts.get("copy", 0) == 0 and counts["delete"] == 1
+
+
+def test_rename_over_a_file_open_for_writing_orphans_it() -> None:
+    # Found by tests/test_write_properties.py: the replaced file's close used to upload it again under its
+    # old name as a conflict, and return EIO.
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        victim = await fs.create(ROOT_INO, "target", 0o644, 0, 0)
+        await fs.write(victim.fh, 0, b"old")
+        await fs.flush(victim.fh)
+        await write_new(fs, ROOT_INO, "source", b"new")
+        await fs.rename(ROOT_INO, "source", ROOT_INO, "target", 0)
+        await fs.write(victim.fh, 3, b"-more")  # still works: an unlinked open file
+        assert await fs.read(victim.fh, 0, 100) == b"old-more"
+        await fs.release(victim.fh)  # no upload, no error
+        assert store.keys() == ["target"] and store.data("target") == b"new"
+
+    run_fs(store, body)
+
+
+def test_readers_of_a_file_being_written_see_the_writes_and_are_not_stale_after() -> None:
+    # Found by tests/test_write_properties.py: a read-only open of a file open for writing was counted as a
+    # writer that never closed, and readers opened earlier read ESTALE once a writer had come and gone.
+    store = MemoryStore()
+    store.seed("f", b"0123456789")
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "f")
+        early = await fs.open(ino, os.O_RDONLY)
+        writer = await fs.open(ino, os.O_RDWR)
+        late = await fs.open(ino, os.O_RDONLY)
+        await fs.write(writer.fh, 0, b"AB")
+        assert await fs.read(early.fh, 0, 4) == b"AB23" and await fs.read(late.fh, 0, 4) == b"AB23"
+        await fs.flush(writer.fh)  # close(2): flush, then release
+        await fs.release(writer.fh)
+        assert store.data("f") == b"AB23456789"
+        await fs.release(late.fh)
+        assert fs.statistics()["staged_files"] == 0  # the reader did not keep it open as a writer
+        assert await fs.read(early.fh, 0, 4) == b"AB23"
+        idle = await fs.open(ino, os.O_RDWR)  # opened for writing, nothing written
+        await fs.flush(idle.fh)
+        await fs.release(idle.fh)
+        assert await fs.read(early.fh, 2, 2) == b"23"
+        await fs.release(early.fh)
+
+    run_fs(store, body)

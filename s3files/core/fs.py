@@ -91,6 +91,7 @@ class _FileHandle:
     reader: Reader
     writable: bool = False
     etag: str | None = None  # the version this handle reads
+    counted: bool = False  # counted in its staged copy's handles: the copy lives until this one closes
 
     @property
     def ino(self) -> int:
@@ -416,10 +417,10 @@ class FileSystem:
         if staged is None:
             node.page_cache_etag = node.etag
         else:
-            staged.handles += 1
+            staged.handles += 1  # readers too: they read the staged copy, which must outlive them
             node.page_cache_etag = None
         fh = next(self._handles)
-        self._files[fh] = _FileHandle(node, self._reader(node), writable, node.etag)
+        self._files[fh] = _FileHandle(node, self._reader(node), writable, node.etag, counted=staged is not None)
         return OpenFile(fh, keep_cache, node.attr())
 
     def _reader(self, node: Inode) -> Reader:
@@ -451,7 +452,7 @@ class FileSystem:
         self._staged[node.ino] = staged
         self.inodes.acquire(node.ino)
         fh = next(self._handles)
-        self._files[fh] = _FileHandle(node, self._reader(node), True)
+        self._files[fh] = _FileHandle(node, self._reader(node), True, counted=True)
         return OpenFile(fh, False, node.attr())
 
     def _new_path(self, parent: Inode, name: str, what: str) -> str:
@@ -528,7 +529,7 @@ class FileSystem:
             return
         handle.reader.close()
         staged = self._staged.get(handle.ino)
-        if staged is None or not handle.writable:
+        if staged is None or not handle.counted:
             return
         staged.handles -= 1
         if staged.handles > 0:
@@ -594,6 +595,16 @@ class FileSystem:
             await self._staging.discard(staged)
         else:
             self._staging.keep_clean(staged)
+            self._repin(staged.node)
+
+    def _repin(self, node: Inode) -> None:
+        """The file's staged copy is now its object's version ``node.etag``: handles opened before (which
+        read the staged copy meanwhile) and the kernel's cached pages (written through) are of it."""
+        node.page_cache_etag = node.etag
+        for handle in self._files.values():
+            if handle.node is node and handle.etag != node.etag:
+                handle.reader.close()
+                handle.etag, handle.reader = node.etag, self._reader(node)
 
     def _handle(self, fh: int) -> _FileHandle:
         handle = self._files.get(fh)
@@ -614,15 +625,21 @@ class FileSystem:
         staged = self._staged.get(node.ino) if node is not None else None
         if staged is None or staged.base_etag is not None:
             await self.store.delete(self.ns.file_key(path))
-        if staged is not None and node is not None:
+        if node is not None:
+            await self._orphan(node)
+        self.inodes.unlink_path(path)
+        self._listed(path, None)
+
+    async def _orphan(self, node: Inode) -> None:
+        """``node`` lost its name (unlink, or a rename over it): open handles keep working on its staged
+        copy, which is never uploaded any more, and is dropped at the last close."""
+        staged = self._staged.get(node.ino)
+        if staged is not None:
             staged.unlinked = True
             if staged.handles == 0:
                 self._staged.pop(node.ino, None)
                 await self._staging.discard(staged)
-        if node is not None:
-            self._staging.forget_clean(node.ino)
-        self.inodes.unlink_path(path)
-        self._listed(path, None)
+        self._staging.forget_clean(node.ino)
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Attr:
         parent = self._node(parent_ino)
@@ -707,6 +724,9 @@ class FileSystem:
             info = ObjectInfo(src_key, node.size if node else 0, (node.etag if node else None) or "", 0.0)
         etag = await copy_object(self.store, info, dst_key)
         await self.store.delete(src_key)
+        replaced = self.inodes.by_path(dst_path)
+        if replaced is not None and replaced is not node:
+            await self._orphan(replaced)
         self.inodes.move(src_path, dst_path)
         if node is not None:
             self._follow(node, etag)
