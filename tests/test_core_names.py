@@ -359,3 +359,16 @@ def test_folder_rename_of_1500_keys_pages_its_listing() -> None:
         assert len(store.keys()) == 1500 and all(k.startswith("B/") for k in store.keys())
 
     run_fs(store, body, metadata_ttl=60.0)
+
+
+def test_chown_of_a_symlink_keeps_it_a_symlink_where_copies_lose_the_multipart_etag() -> None:
+    store = CopyLosesMultipartEtag()
+
+    async def body(fs: FileSystem) -> None:
+        link = await fs.symlink(ROOT_INO, "l", b"target", 0, 0)
+        await fs.setattr(link.ino, uid=5)  # chown -h: a metadata rewrite in place
+        head = await store.head("l")
+        assert head.etag.endswith("-1") and head.metadata is not None and head.metadata["uid"] == "5"
+        assert int(head.metadata["mode"]) & 0o170000 == 0o120000 and store.data("l") == b"target"
+
+    run_fs(store, body)

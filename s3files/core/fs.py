@@ -582,8 +582,9 @@ class FileSystem:
                         await self._settle(staged)
         elif metadata_changed and not node.is_dir:
             key = self.ns.file_key(node.path)
-            info = await self.store.copy(key, key, metadata=posix_metadata(node))
-            node.etag = node.meta_etag = info.etag
+            # copy_object: a symlink keeps its listable form, and objects over 5 GiB are copied in parts
+            source = ObjectInfo(key, node.size, node.etag or "", node.mtime)
+            node.etag = node.meta_etag = await copy_object(self.store, source, key, metadata=posix_metadata(node))
         # Folders have no object of their own to carry metadata: their changes live while mounted.
         return node.attr()
 
