@@ -17,7 +17,6 @@ HEAD shows S_IFLNK; the inode table then gives the name a new inode (see inodes.
 
 from __future__ import annotations
 
-import logging
 import stat
 from collections.abc import Mapping
 from dataclasses import replace
@@ -25,8 +24,6 @@ from dataclasses import replace
 from s3files.core.namespace import posix_metadata
 from s3files.core.tasks import for_each
 from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore, abort_quietly
-
-log = logging.getLogger(__name__)
 
 MAX_COPY_OBJECT = 5 * 1024**3  # CopyObject's limit; larger objects are copied part by part
 COPY_PART = 512 * 1024**2  # UploadPartCopy part size (grown so a copy never needs over 10,000 parts)

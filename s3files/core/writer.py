@@ -49,7 +49,6 @@ MIN_PART = 5 * 1024 * 1024  # S3's minimum part size (all parts but the last)
 MAX_PART = 5 * 1024**3  # S3's maximum part size
 MAX_PARTS = 10_000
 TIER_PARTS = 1_000  # parts per size tier: each tier's parts are twice the size of the previous tier's
-ABORT_TIMEOUT = 10.0
 SMALL_IO = 256 * 1024  # local reads and writes up to this size are done inline, without a worker thread
 WRITE_BEHIND_BYTES = 4 * 1024 * 1024  # per file: writes acknowledged before they reach the local disk
 DEFAULT_CLEAN_BYTES = 1024**3  # uploaded copies kept as a read cache when no --cache-size is given
@@ -197,7 +196,6 @@ class Staging:
     def create(self, node: Inode, base_etag: str | None, base_size: int, truncate: bool) -> StagedFile:
         """A staged copy of ``node`` starting from version ``base_etag`` (None: a new file). Nothing is
         downloaded now: parts are fetched when a read or a partial write first needs them."""
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.folder, prefix="staged-")
         size = 0 if truncate or base_etag is None else base_size
         try:
@@ -328,19 +326,15 @@ class Staging:
                 await previous.wait()
             if staged.closed or staged.broken is not None:
                 return
-            try:
-                await trio.to_thread.run_sync(os.pwrite, staged.fd, data, off)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._clean:
-                    staged.broken = os.strerror(exc.errno or errno.EIO)
-                    log.warning("op=write path=%s failed: %s; the file will not be uploaded", staged.path, exc)
-                    return
-                self._trim(0, None)  # room taken by clean copies first
+            for attempt in range(2):  # a second time only after clean copies made room
                 try:
                     await trio.to_thread.run_sync(os.pwrite, staged.fd, data, off)
-                except OSError as again:
-                    staged.broken = os.strerror(again.errno or errno.EIO)
-                    log.warning("op=write path=%s failed: %s; the file will not be uploaded", staged.path, again)
+                    break
+                except OSError as exc:
+                    if attempt == 0 and self._made_room(exc):
+                        continue
+                    staged.broken = os.strerror(exc.errno or errno.EIO)
+                    log.warning("op=write path=%s failed: %s; the file will not be uploaded", staged.path, exc)
                     return
             self._account(staged)
         finally:
@@ -384,10 +378,16 @@ class Staging:
         try:
             return os.pwrite(staged.fd, data, off)
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._clean:
+            if not self._made_room(exc):
                 raise
-        self._trim(0, None)
         return os.pwrite(staged.fd, data, off)
+
+    def _made_room(self, exc: OSError) -> bool:
+        """On a full disk, evict every clean copy: True if there were any, so a write may be tried again."""
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._clean:
+            return False
+        self._trim(0, None)
+        return True
 
     def _reserve(self, staged: StagedFile, nbytes: int) -> None:
         nbytes += self.pending
@@ -669,7 +669,7 @@ class Staging:
         return [part for part in done if part is not None]
 
     async def _abort(self, upload: _Multipart) -> None:
-        await abort_quietly(self.store, upload.key, upload.upload_id, ABORT_TIMEOUT)
+        await abort_quietly(self.store, upload.key, upload.upload_id)
 
 
 def posix_metadata(node: Inode, with_mtime: bool = True) -> dict[str, str]:
