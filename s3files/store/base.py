@@ -104,8 +104,10 @@ class ObjectStore(Protocol):
     async def head(self, key: str) -> ObjectInfo:
         """Size, ETag, LastModified and user metadata of ``key``; ObjectNotFound if absent."""
 
-    async def get_range(self, key: str, start: int, end: int, if_match: str | None = None) -> bytes:
-        """Bytes ``[start, end)`` of ``key``. With ``if_match``, PreconditionFailed if the ETag differs."""
+    async def get_range(self, key: str, start: int, end: int, if_match: str | None = None) -> bytes | bytearray:
+        """Bytes ``[start, end)`` of ``key``. With ``if_match``, PreconditionFailed if the ETag differs.
+
+        May be a bytearray (the S3 store receives bodies straight into one): treat it as read-only."""
 
     async def put(
         self,

@@ -62,6 +62,7 @@ from s3files.errors import (
 )
 from s3files.store.base import CompletedPart, Copied, ListPage, ObjectInfo, RequestCounts
 from s3files.store.bridge import AsyncioThread, open_asyncio_thread
+from s3files.store.rangeget import RangeGetter
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ class S3Store:
         self._closed = False
         self._client: Any = None  # the aiobotocore S3 client (asyncio thread only)
         self._probe: Any = None  # a client with a short connect timeout and one retry, for check_bucket
+        self._ranges: RangeGetter | None = None  # ranged GETs read straight into their buffer (asyncio side)
         self._endpoint = settings.endpoint_url or "the default AWS S3 endpoint"
         # Sizes and metadata of parts/uploads started here, so complete_multipart can describe the object
         # without a HEAD. Touched on the asyncio thread only.
@@ -236,6 +238,16 @@ class S3Store:
             await self._stack.aclose()
             raise
         self._endpoint = s.endpoint_url or self._client.meta.endpoint_url
+        self._ranges = RangeGetter(
+            self._presign_get,
+            self._client.meta.endpoint_url,
+            max_connections=s.max_connections,
+            connect_timeout=s.connect_timeout,
+            read_timeout=s.read_timeout,
+            on_request=lambda: self.requests.add("get"),
+            ca_bundle=session.get_config_variable("ca_bundle"),
+        )
+        self._stack.push_async_callback(self._ranges.aclose)
         for client in (self._client, self._probe):
             client.meta.events.register("before-send.s3", self._count_request)
         for operation in ("PutObject", "UploadPart"):
@@ -244,6 +256,12 @@ class S3Store:
             self._client.meta.events.unregister(
                 f"before-parameter-build.s3.{operation}", convert_body_to_file_like_object
             )
+
+    async def _presign_get(self, key: str) -> str:
+        url: str = await self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=300
+        )
+        return url
 
     def _count_request(self, event_name: str = "", **kwargs: Any) -> None:
         """botocore hook, once per HTTP request actually sent (each retry too). Must return None."""
@@ -259,7 +277,11 @@ class S3Store:
             await self._bridge.run(self._stack.aclose)
 
     def statistics(self) -> dict[str, Any]:
-        return {"requests": self.requests.snapshot(), "bridge": self._bridge.statistics()}
+        return {
+            "requests": self.requests.snapshot(),
+            "bridge": self._bridge.statistics(),
+            "direct_gets": self._ranges.served if self._ranges is not None else 0,
+        }
 
     # -- error translation (asyncio side, once) ----------------------------------------------------
 
@@ -365,15 +387,21 @@ class S3Store:
             metadata=dict(response.get("Metadata") or {}),
         )
 
-    async def get_range(self, key: str, start: int, end: int, if_match: str | None = None) -> bytes:
+    async def get_range(self, key: str, start: int, end: int, if_match: str | None = None) -> bytes | bytearray:
         if start < 0 or end < start:
             raise StoreError(f"bad range {start}-{end} for {key}")
         return await self._bridge.run(self._a_get_range, key, start, end, if_match)
 
-    async def _a_get_range(self, key: str, start: int, end: int, if_match: str | None) -> bytes:
+    async def _a_get_range(self, key: str, start: int, end: int, if_match: str | None) -> bytes | bytearray:
         # Ranges are inclusive in HTTP. An empty request (end == start) still asks for one byte: "bytes=5-4"
         # is invalid and S3 would answer with the WHOLE object.
         last = max(end, start + 1) - 1
+        if self._ranges is not None:
+            # The direct path (one copy per byte); None means "ask aiobotocore", which handles every error
+            # and special case (412, 416, a Range ignored, retries).
+            direct = await self._ranges.get(key, start, last, if_match)
+            if direct is not None:
+                return direct if len(direct) == end - start else direct[: end - start]
         kwargs: dict[str, Any] = {"Key": key, "Range": f"bytes={start}-{last}"}
         if if_match is not None:
             kwargs["IfMatch"] = if_match

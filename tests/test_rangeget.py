@@ -1,0 +1,262 @@
+"""The direct ranged-GET path (s3files/store/rangeget.py): bodies read straight into one buffer.
+
+Two halves: through S3Store against moto and Ceph RadosGW (the path is really taken, with awkward keys and
+If-Match, and every refusal still becomes the right error through aiobotocore), and RangeGetter alone
+against a scripted HTTP server on 127.0.0.1 (keep-alive, each answer it must not trust, stalls, failures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from conftest import S3Server, run_trio
+
+from s3files.errors import ObjectNotFound, PreconditionFailed
+from s3files.store.rangeget import RangeGetter
+from s3files.store.s3 import open_s3_store
+
+DATA = os.urandom(3 * 1024 * 1024 + 17)
+
+
+# --- through the S3 store, on real servers -----------------------------------------------------------
+
+
+def test_ranged_gets_take_the_direct_path(s3_server: S3Server, s3_bucket: str, s3_client: Any) -> None:
+    key = "a folder/ünïcode + plus?&=.bin"
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=DATA)
+    etag = s3_client.head_object(Bucket=s3_bucket, Key=key)["ETag"].strip('"')
+
+    async def main() -> None:
+        async with open_s3_store(s3_bucket, endpoint_url=s3_server.endpoint_url, max_attempts=2) as store:
+            ranges = [(0, 1), (5, 1_000_005), (1_000_000, len(DATA)), (len(DATA) - 1, len(DATA))]
+            for start, end in ranges:
+                assert await store.get_range(key, start, end, if_match=etag) == DATA[start:end]
+            assert await store.get_range(key, 7, 7) == b""
+            assert store.statistics()["direct_gets"] == len(ranges) + 1
+            assert store.requests["get"] == len(ranges) + 1  # one request each: no fallback happened
+
+            # Refusals come back through aiobotocore as the usual errors (the direct try + the fallback).
+            with pytest.raises(PreconditionFailed):
+                await store.get_range(key, 0, 10, if_match="0" * 32)
+            with pytest.raises(ObjectNotFound):
+                await store.get_range("no/such/key", 0, 10)
+            assert store.statistics()["direct_gets"] == len(ranges) + 1
+
+    run_trio(main)
+
+
+# --- RangeGetter alone, against a scripted server -----------------------------------------------------
+
+Handler = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]  # returns: keep the connection open
+
+
+class Scripted:
+    """An HTTP server on 127.0.0.1 whose answer to each request ``handler`` writes; records requests."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Scripted:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                request = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(request)
+                if not await self.handler(request, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def getter(self, read_timeout: float = 5.0) -> tuple[RangeGetter, list[int]]:
+        sent: list[int] = []
+
+        async def presign(key: str) -> str:
+            return f"http://127.0.0.1:{self.port}/bucket/{key}?X-Amz-Signature=abc"
+
+        getter = RangeGetter(
+            presign,
+            f"http://127.0.0.1:{self.port}",
+            max_connections=4,
+            connect_timeout=2.0,
+            read_timeout=read_timeout,
+            on_request=lambda: sent.append(1),
+        )
+        return getter, sent
+
+
+def _range_of(request: bytes) -> tuple[int, int]:
+    for line in request.decode().split("\r\n"):
+        if line.lower().startswith("range: bytes="):
+            first, last = line.split("=", 1)[1].split("-")
+            return int(first), int(last)
+    raise AssertionError(f"no Range in {request!r}")
+
+
+async def partial(request: bytes, writer: asyncio.StreamWriter, extra: str = "") -> bool:
+    first, last = _range_of(request)
+    body = DATA[first : last + 1]
+    head = (
+        f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Range: bytes {first}-{last}/{len(DATA)}\r\n{extra}\r\n"
+    )
+    writer.write(head.encode() + body)
+    await writer.drain()
+    return "close" not in extra
+
+
+def run_asyncio(main: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_keep_alive_reuses_one_connection_and_sends_the_signed_url() -> None:
+    async def main() -> None:
+        async with Scripted(partial) as server:
+            getter, sent = server.getter()
+            for start, last in [(0, 99), (100, 1_048_675), (len(DATA) - 5, len(DATA) - 1)]:
+                assert await getter.get("k", start, last, "etag1") == DATA[start : last + 1]
+            await getter.aclose()
+            assert server.connections == 1 and len(sent) == 3 and getter.served == 3
+            request = server.requests[0].decode()
+            assert request.startswith("GET /bucket/k?X-Amz-Signature=abc HTTP/1.1\r\n")
+            assert f"Host: 127.0.0.1:{server.port}\r\n" in request and "If-Match: etag1\r\n" in request
+
+    run_asyncio(main)
+
+
+def test_connection_close_is_honoured() -> None:
+    async def main() -> None:
+        async with Scripted(lambda r, w: partial(r, w, "Connection: close\r\n")) as server:
+            getter, _ = server.getter()
+            assert await getter.get("k", 0, 9, None) == DATA[:10]
+            assert await getter.get("k", 10, 19, None) == DATA[10:20]
+            await getter.aclose()
+            assert server.connections == 2
+
+    run_asyncio(main)
+
+
+async def whole_object(request: bytes, writer: asyncio.StreamWriter) -> bool:
+    writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(DATA)}\r\n\r\n".encode() + DATA)
+    return True
+
+
+async def chunked(request: bytes, writer: asyncio.StreamWriter) -> bool:
+    first, last = _range_of(request)
+    body = DATA[first : last + 1]
+    writer.write(
+        f"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\nContent-Range: bytes {first}-{last}/"
+        f"{len(DATA)}\r\n\r\n{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    )
+    return True
+
+
+async def wrong_range(request: bytes, writer: asyncio.StreamWriter) -> bool:
+    first, last = _range_of(request)
+    body = DATA[first + 1 : last + 2]
+    writer.write(
+        f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\nContent-Range: bytes {first + 1}-"
+        f"{last + 1}/{len(DATA)}\r\n\r\n".encode() + body
+    )
+    return True
+
+
+async def precondition_failed(request: bytes, writer: asyncio.StreamWriter) -> bool:
+    writer.write(b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\n\r\n")
+    return True
+
+
+async def cut_short(request: bytes, writer: asyncio.StreamWriter) -> bool:
+    first, last = _range_of(request)
+    writer.write(
+        f"HTTP/1.1 206 Partial Content\r\nContent-Length: {last - first + 1}\r\nContent-Range: bytes {first}-"
+        f"{last}/{len(DATA)}\r\n\r\n".encode() + DATA[first : first + (last - first) // 2]
+    )
+    await writer.drain()
+    return False
+
+
+@pytest.mark.parametrize("handler", [whole_object, chunked, wrong_range, precondition_failed, cut_short])
+def test_anything_but_the_exact_range_means_ask_aiobotocore(handler: Handler) -> None:
+    """None (the caller falls back), never wrong bytes, and the connection is not reused."""
+
+    async def main() -> None:
+        async with Scripted(handler) as server:
+            getter, sent = server.getter()
+            assert await getter.get("k", 1000, 1000 + 65_535, None) is None
+            assert await getter.get("k", 0, 9, None) is None
+            await getter.aclose()
+            assert len(sent) == 2 and server.connections == 2 and getter.served == 0
+
+    run_asyncio(main)
+
+
+def test_a_stalled_answer_times_out() -> None:
+    async def stall(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        first, last = _range_of(request)
+        writer.write(
+            f"HTTP/1.1 206 Partial Content\r\nContent-Length: {last - first + 1}\r\nContent-Range: bytes "
+            f"{first}-{last}/{len(DATA)}\r\n\r\n".encode() + DATA[first : first + 10]
+        )
+        await asyncio.sleep(5)
+        return False
+
+    async def main() -> None:
+        async with Scripted(stall) as server:
+            getter, _ = server.getter(read_timeout=0.3)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert await getter.get("k", 0, 999, None) is None
+            assert loop.time() - started < 2
+            await getter.aclose()
+
+    run_asyncio(main)
+
+
+def test_connection_failures_pause_the_direct_path() -> None:
+    """Against a closed port: three refused connections, then no attempts at all for a while."""
+
+    async def main() -> None:
+        async with Scripted(partial) as server:
+            getter, sent = server.getter()
+        # The server is gone; its port refuses connections now.
+        for _ in range(3):
+            assert await getter.get("k", 0, 9, None) is None
+        assert getter._paused_until > 0
+        assert await getter.get("k", 0, 9, None) is None
+        assert sent == [] and getter.served == 0
+
+    run_asyncio(main)
+
+
+def test_off_behind_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+
+    async def presign(key: str) -> str:
+        raise AssertionError("not used")
+
+    getter = RangeGetter(
+        presign, "http://10.1.2.3:9000", max_connections=1, connect_timeout=1, read_timeout=1, on_request=lambda: None
+    )
+    assert not getter.enabled
+    assert run_asyncio(lambda: getter.get("k", 0, 9, None)) is None
