@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--endpoint-url", help="an S3-compatible endpoint to use instead (standard AWS chain)")
     where.add_argument("--bucket", help="the bucket to use there; only a fresh prefix in it is written")
     where.add_argument("--region", help="region (default: AWS_DEFAULT_REGION or us-east-1)")
+    where.add_argument(
+        "--pin-server",
+        action="store_true",
+        help="embedded server on CPU 0, the benchmark and its mounts on the other CPUs (as if the server "
+        "were another machine; every variant gets the same client CPUs)",
+    )
     what = parser.add_argument_group("what")
     what.add_argument("--quick", action="store_true", help="small sizes, 3 rounds: under 3 minutes on moto")
     what.add_argument(
@@ -222,7 +228,12 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
         workdir = stack.enter_context(_workdir(err))
         storage = storage_bytes(plan, 3 + len(peers))
         where = (args.server, args.endpoint_url, args.bucket, args.region, storage, err.print)
-        target = stack.enter_context(open_target(*where))
+        target = stack.enter_context(open_target(*where, pin=args.pin_server))
+        if args.pin_server and target.server != "endpoint":
+            notes.append(
+                "the embedded server ran on CPU 0 and every client (raw SDK, baseline, mounts) on the other "
+                "CPUs (--pin-server), as if the server were another machine"
+            )
         workloads = [ALL[name]() for name in plan.workloads]
         admin = sdk.make_client(target, pool=32)
         bench = Bench(plan, target, admin, workdir)

@@ -99,6 +99,57 @@ def _env_default(name: str, value: str) -> Iterator[None]:
 MEMSTORE_OVERHEAD = 1.6
 
 
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (the RGW daemons all name their work directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    if text.encode() in cmdline.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+@contextlib.contextmanager
+def _pinned(server_pids: list[int], say: Callable[[str], None]) -> Iterator[None]:
+    """The embedded server on CPU 0, this process (and every child it starts: mounts, peers) on the rest.
+
+    Why: on a small machine the server otherwise competes for the same cores as the client under test, so
+    a client that spends more CPU per byte (a FUSE mount: two more copies than the SDK) is also charged
+    the server's slowdown. Pinned, the server behaves like the separate machine it is in real use, and
+    every variant (raw SDK, baseline, mounts) gets the same client CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or not server_pids:
+        say("note: --pin-server needs 2 CPUs and an embedded server; not pinned")
+        yield
+        return
+    server_cpus, client_cpus = {cpus[0]}, set(cpus[1:])
+    for pid in server_pids:
+        for tid in _threads(pid):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, server_cpus)
+    own = _threads(os.getpid())
+    for tid in own:
+        os.sched_setaffinity(tid, client_cpus)
+    say(f"server pinned to CPU {cpus[0]}, the benchmark and its mounts to CPUs {','.join(map(str, cpus[1:]))}")
+    try:
+        yield
+    finally:
+        for tid in own:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, set(cpus))
+
+
 def _check_memory(storage: int) -> None:
     """Refuse a run whose data would not fit in RAM (the OSD would be killed, or the machine would swap)."""
     try:
@@ -117,8 +168,11 @@ def _check_memory(storage: int) -> None:
 
 
 @contextlib.contextmanager
-def _embedded(server: str, storage: int, say: Callable[[str], None]) -> Iterator[tuple[str, str, str]]:
-    """(endpoint_url, access_key, secret_key) of a server started for the block, stopped after it.
+def _embedded(
+    server: str, storage: int, say: Callable[[str], None], pin: bool = False
+) -> Iterator[tuple[str, str, str]]:
+    """(endpoint_url, access_key, secret_key) of a server started for the block, stopped after it; with
+    ``pin``, the server and this process on separate CPUs (``_pinned``).
 
     RadosGW's OSD keeps objects in RAM and frees deleted data only at garbage collection, hours later, so
     its capacity (rgw.sh reads RGW_MEMSTORE_BYTES) must hold everything the run writes: ``storage``.
@@ -132,7 +186,8 @@ def _embedded(server: str, storage: int, say: Callable[[str], None]) -> Iterator
         except MotoServerError as exc:
             raise BenchError(f"moto's S3 server did not start: {str(exc).splitlines()[0]}") from None
         try:
-            yield moto.endpoint_url, "testing", "testing"
+            with _pinned([moto.pid], say) if pin else contextlib.nullcontext():
+                yield moto.endpoint_url, "testing", "testing"
         finally:
             moto.stop()
     else:
@@ -149,7 +204,8 @@ def _embedded(server: str, storage: int, say: Callable[[str], None]) -> Iterator
         except RuntimeError as exc:
             raise BenchError(f"Ceph RadosGW did not start: {str(exc).splitlines()[0]}") from None
         try:
-            yield rgw.endpoint_url, rgw.access_key, rgw.secret_key
+            with _pinned(_pids_mentioning(str(rgw.workdir)), say) if pin else contextlib.nullcontext():
+                yield rgw.endpoint_url, rgw.access_key, rgw.secret_key
         finally:
             try:
                 rgw.stop()
@@ -165,6 +221,7 @@ def open_target(
     region: str | None,
     storage: int,
     say: Callable[[str], None],
+    pin: bool = False,
 ) -> Iterator[Target]:
     """The run's Target for the block; on exit everything the run created is removed.
 
@@ -175,7 +232,7 @@ def open_target(
     prefix = f"s3files-bench-{uuid.uuid4().hex[:10]}/"
     if endpoint_url is None and bucket is None:
         region = region or "us-east-1"
-        with _embedded(server, storage, say) as (url, access_key, secret_key):
+        with _embedded(server, storage, say, pin) as (url, access_key, secret_key):
             target = Target(
                 server=server,
                 endpoint_url=url,

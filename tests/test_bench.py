@@ -99,3 +99,15 @@ def test_missing_bucket_is_named(moto_server: MotoServer) -> None:
         f"s3files bench: error: bucket no-such-bucket-here does not exist at {endpoint}"
     ]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs 2 CPUs")
+def test_pin_server_separates_server_and_client_cpus(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = bench("--quick", "--workloads", "seq_read", "--size", "4MiB", "--pin-server", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    cpus = sorted(os.sched_getaffinity(0))
+    assert f"server pinned to CPU {cpus[0]}, the benchmark and its mounts to CPUs " in result.stderr
+    results = json.loads(out.read_text())
+    assert any("--pin-server" in note for note in results["meta"]["notes"])
+    assert "value" in results["workloads"]["seq_read"]["figures"]["cold"]["variants"]["mount"]

@@ -47,9 +47,11 @@ def spy_gets(store: MemoryStore) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
     real = store.get_range
 
-    async def recording(key: str, start: int, end: int, if_match: str | None = None) -> bytes:
+    async def recording(
+        key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
+    ) -> bytes:
         seen.append((start, end))
-        return await real(key, start, end, if_match)
+        return await real(key, start, end, if_match, into)
 
     store.get_range = recording  # type: ignore[method-assign]
     return seen
@@ -222,6 +224,47 @@ def test_reader_memory_is_bounded_by_the_window() -> None:
 
     run_fs(store, body, read=ReadOptions())
     assert 0 < peak <= 64 * MIB + 2 * 8 * MIB
+
+
+class RecyclingStore(MemoryStore):
+    """Fills the spare buffer a reader offers (``into``), as the S3 store's direct GETs do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offered = 0
+
+    async def get_range(
+        self, key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
+    ) -> bytes | bytearray:
+        data = await super().get_range(key, start, end, if_match)
+        if into is None:
+            return bytearray(data)
+        self.offered += 1
+        into[:] = data
+        return into
+
+
+def test_reader_recycles_part_buffers_only_when_nothing_sees_them() -> None:
+    """A sequential reader refills consumed parts' buffers, but never one a reply still holds: a view
+    kept from an early part must keep its bytes while 190 MiB more are read through recycled buffers."""
+    store = RecyclingStore()
+    data = os.urandom(200 * MIB)
+    store.seed("big", data)
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.open(await resolve(fs, "big"), os.O_RDONLY)
+        held = None
+        for off in range(0, len(data), MIB):
+            got = await fs.read(opened.fh, off, MIB)
+            assert got == data[off : off + MIB]
+            if off == 8 * MIB:
+                held = got  # a view into a part of the read-ahead (8 MiB parts from 2 MiB on)
+        assert isinstance(held, memoryview) and bytes(held) == data[8 * MIB : 9 * MIB]
+        await fs.release(opened.fh)
+
+    run_fs(store, body, read=ReadOptions())
+    # Parts scheduled once the first ones were consumed (from about 66 MiB on) reuse their buffers.
+    assert store.offered >= 12
 
 
 def test_read_sees_changed_object_at_next_open_and_keep_cache_tracks_etag() -> None:

@@ -50,9 +50,11 @@ def mount(
             if spy is not None:
                 real = store.get_range
 
-                async def recording(key: str, start: int, end: int, if_match: str | None = None) -> bytes:
+                async def recording(
+                    key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
+                ) -> bytes | bytearray:
                     spy.append((start, end))
-                    return await real(key, start, end, if_match)
+                    return await real(key, start, end, if_match, into)
 
                 store.get_range = recording  # type: ignore[method-assign]
             yield store

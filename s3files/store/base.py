@@ -104,10 +104,14 @@ class ObjectStore(Protocol):
     async def head(self, key: str) -> ObjectInfo:
         """Size, ETag, LastModified and user metadata of ``key``; ObjectNotFound if absent."""
 
-    async def get_range(self, key: str, start: int, end: int, if_match: str | None = None) -> bytes | bytearray:
+    async def get_range(
+        self, key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
+    ) -> bytes | bytearray:
         """Bytes ``[start, end)`` of ``key``. With ``if_match``, PreconditionFailed if the ETag differs.
 
-        May be a bytearray (the S3 store receives bodies straight into one): treat it as read-only."""
+        May be a bytearray (the S3 store receives bodies straight into one): treat it as read-only.
+        ``into``: a spare buffer of exactly ``end - start`` bytes the store may fill and return instead of
+        allocating one (a sequential reader recycles its parts' buffers); a store may also ignore it."""
 
     async def put(
         self,

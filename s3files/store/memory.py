@@ -119,7 +119,9 @@ class MemoryStore:
         await self._request("head")
         return self._info(key, self._get(key))
 
-    async def get_range(self, key: str, start: int, end: int, if_match: str | None = None) -> bytes:
+    async def get_range(
+        self, key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
+    ) -> bytes:
         await self._request("get")
         obj = self._get(key)
         if if_match is not None and obj.etag != if_match:

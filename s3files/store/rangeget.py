@@ -84,6 +84,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._pos = 0
         self._want = 0
         self._expect = ""
+        self._into: bytearray | None = None
         self._done: asyncio.Future[bytearray] | None = None
 
     # -- asyncio callbacks ------------------------------------------------------------------------
@@ -123,14 +124,18 @@ class _Connection(asyncio.BufferedProtocol):
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def exchange(self, request: bytes, want: int, content_range: str) -> asyncio.Future[bytearray]:
-        """Send ``request``; the future gets the body of a 206 carrying exactly ``content_range``."""
+    def exchange(
+        self, request: bytes, want: int, content_range: str, into: bytearray | None = None
+    ) -> asyncio.Future[bytearray]:
+        """Send ``request``; the future gets the body of a 206 carrying exactly ``content_range`` (in
+        ``into`` when given and of the right length)."""
         assert self.transport is not None and (self._done is None or self._done.done())
         self._head.clear()
         self._body = None
         self._pos = 0
         self._want = want
         self._expect = content_range
+        self._into = into if into is not None and len(into) == want else None
         self._done = asyncio.get_running_loop().create_future()
         self.last_progress = time.monotonic()
         self.transport.write(request)
@@ -174,7 +179,9 @@ class _Connection(asyncio.BufferedProtocol):
         if len(rest) > self._want:
             self._fail(_Failed("more bytes than the range"))
             return
-        self._body = bytearray(self._want)
+        # A fresh bytearray is zeroed and page-faulted in: about a fifth of the daemon's CPU per byte read.
+        self._body = self._into if self._into is not None else bytearray(self._want)
+        self._into = None
         self._body[: len(rest)] = rest
         self._pos = len(rest)
         self._view = memoryview(self._body)
@@ -216,14 +223,18 @@ class RangeGetter:
         self.enabled = url.scheme in ("http", "https") and not _proxied(url)
         self.served = 0  # requests answered here (statistics and tests)
 
-    async def get(self, key: str, start: int, last: int, if_match: str | None) -> bytearray | None:
-        """Bytes ``start..last`` (inclusive) of ``key``, or None: the caller must ask through aiobotocore."""
+    async def get(
+        self, key: str, start: int, last: int, if_match: str | None, into: bytearray | None = None
+    ) -> bytearray | None:
+        """Bytes ``start..last`` (inclusive) of ``key``, or None: the caller must ask through aiobotocore.
+
+        ``into``: a buffer of exactly that length to receive them (returned), instead of a new one."""
         if not self.enabled or time.monotonic() < self._paused_until:
             return None
         try:
             url = await self._url(key)
             async with self._slots:
-                body = await self._get(url, start, last, if_match)
+                body = await self._get(url, start, last, if_match, into)
         except _Failed as exc:
             log.debug("direct GET of %s %d-%d not used: %s", key, start, last, exc)
             return None
@@ -258,7 +269,9 @@ class RangeGetter:
         self._urls[key] = (now + 60.0, url)
         return url
 
-    async def _get(self, url: urllib.parse.SplitResult, start: int, last: int, if_match: str | None) -> bytearray:
+    async def _get(
+        self, url: urllib.parse.SplitResult, start: int, last: int, if_match: str | None, into: bytearray | None
+    ) -> bytearray:
         host = url.hostname
         assert host is not None
         port = url.port or (443 if url.scheme == "https" else 80)
@@ -273,7 +286,7 @@ class RangeGetter:
         request = ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1")
         conn = await self._connection(host, port)
         try:
-            done = conn.exchange(request, last - start + 1, f"bytes {start}-{last}")
+            done = conn.exchange(request, last - start + 1, f"bytes {start}-{last}", into)
             body = await self._wait(conn, done)
         except BaseException:
             conn.close()

@@ -387,19 +387,23 @@ class S3Store:
             metadata=dict(response.get("Metadata") or {}),
         )
 
-    async def get_range(self, key: str, start: int, end: int, if_match: str | None = None) -> bytes | bytearray:
+    async def get_range(
+        self, key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
+    ) -> bytes | bytearray:
         if start < 0 or end < start:
             raise StoreError(f"bad range {start}-{end} for {key}")
-        return await self._bridge.run(self._a_get_range, key, start, end, if_match)
+        return await self._bridge.run(self._a_get_range, key, start, end, if_match, into)
 
-    async def _a_get_range(self, key: str, start: int, end: int, if_match: str | None) -> bytes | bytearray:
+    async def _a_get_range(
+        self, key: str, start: int, end: int, if_match: str | None, into: bytearray | None = None
+    ) -> bytes | bytearray:
         # Ranges are inclusive in HTTP. An empty request (end == start) still asks for one byte: "bytes=5-4"
         # is invalid and S3 would answer with the WHOLE object.
         last = max(end, start + 1) - 1
         if self._ranges is not None:
             # The direct path (one copy per byte); None means "ask aiobotocore", which handles every error
             # and special case (412, 416, a Range ignored, retries).
-            direct = await self._ranges.get(key, start, last, if_match)
+            direct = await self._ranges.get(key, start, last, if_match, into)
             if direct is not None:
                 return direct if len(direct) == end - start else direct[: end - start]
         kwargs: dict[str, Any] = {"Key": key, "Range": f"bytes={start}-{last}"}
