@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import select
 import shutil
 import subprocess
@@ -148,6 +149,18 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _raise_descriptor_limit() -> None:
+    """The daemon's soft descriptor limit up to its hard limit (at most 65536): the cache keeps a
+    descriptor per cached file (see core/writer.clean_files_for), and 1024 is a common default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the descriptor limit: %s", exc)
+
+
 def _run_foreground(opts: MountOptions, ready_fd: int | None) -> int:
     from s3files.fuse.mount import serve_with
     from s3files.store.s3 import open_s3_store
@@ -169,6 +182,7 @@ def _run_foreground(opts: MountOptions, ready_fd: int | None) -> int:
             max_connections=opts.store.max_connections,
         )
 
+    _raise_descriptor_limit()
     try:
         trio.run(
             lambda: serve_with(opts, open_store, ready=lambda fs: tell("ready"), handle_signals=True)

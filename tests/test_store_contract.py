@@ -673,3 +673,24 @@ def test_rgw_empty_etag_from_complete_is_replaced_by_head(moto_server: MotoServe
             assert store.requests.snapshot() == {"complete_multipart": 1, "head": 1}
 
     run_trio(main)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-28T04:47:14.123Z",
+        "2026-11-28T04:47:14Z",
+        "2026-11-28T04:47:14.123456789Z",
+        "2026-11-28T04:47:14+02:00",
+        "Sat, 28 Nov 2026 04:47:14 GMT",
+        "1700000000",
+        "1700000000.25",
+    ],
+)
+def test_fast_timestamp_parser_agrees_with_botocore(value: str) -> None:
+    import botocore.utils
+
+    from s3files.store.s3 import parse_timestamp
+
+    assert parse_timestamp(value) == botocore.utils.parse_timestamp(value)
+    assert parse_timestamp(value).tzinfo is not None

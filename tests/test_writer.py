@@ -15,7 +15,7 @@ from test_core import resolve, run_fs, spy_gets, write_new
 
 from s3files.core.fs import FileSystem
 from s3files.core.inodes import ROOT_INO
-from s3files.core.writer import MAX_PART, MAX_PARTS, PartLayout
+from s3files.core.writer import MAX_PART, MAX_PARTS, PartLayout, clean_files_for
 from s3files.errors import S3FilesError
 from s3files.options import MIB
 from s3files.store import MemoryStore
@@ -123,6 +123,28 @@ def test_truncate_shrink_then_grow_shows_zeros_not_old_bytes() -> None:
     run_fs(store, body)
     assert store.data("t") == base[: 10 * MIB + 1] + bytes(2 * MIB - 1)
     assert store.requests["upload_part_copy"] == 1  # part 1 unchanged; part 2 = base prefix + zeros
+
+
+def test_truncate_into_a_part_already_sent_sends_it_again() -> None:
+    """Found by test_write_properties: a new file past part 1 (so part 1 streams out), cut to 229 bytes,
+    then written past the old end: part 1 must be sent again as 229 bytes + zeros, not reused as sent."""
+    store = MemoryStore()
+    data = random.Random(5).randbytes(8 * MIB + 565_427)
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "cut", 0o644, 0, 0)
+        for off in range(0, len(data), MIB):
+            await fs.write(opened.fh, off, data[off : off + MIB])
+        with trio.move_on_after(10):
+            while store.requests["upload_part"] < 1:  # part 1 went out while the file was open
+                await trio.sleep(0.01)
+        assert store.requests["upload_part"] == 1
+        await fs.setattr(opened.attr.ino, size=229)
+        await fs.write(opened.fh, len(data), b"\xccC")
+        await fs.release(opened.fh)
+
+    run_fs(store, body)
+    assert store.data("cut") == data[:229] + bytes(len(data) - 229) + b"\xccC"
 
 
 def test_cache_size_limit_is_enospc_and_the_object_keeps_its_version() -> None:
@@ -356,3 +378,12 @@ def test_readers_of_a_file_being_written_see_the_writes_and_are_not_stale_after(
         await fs.release(early.fh)
 
     run_fs(store, body)
+
+
+def test_clean_copies_kept_scale_with_the_descriptor_limit() -> None:
+    """A quarter of the descriptors, within [64, 16384]: 1,000 small files written under a 20,000
+    limit all stay cached (no eviction, so no unlink, on the close path)."""
+    assert clean_files_for(20_000) == 5_000
+    assert clean_files_for(1024) == 256
+    assert clean_files_for(100) == 64
+    assert clean_files_for(10**7) == 16_384

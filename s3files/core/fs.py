@@ -23,6 +23,7 @@ import errno
 import itertools
 import logging
 import os
+import resource
 import stat
 import time
 from collections.abc import Callable
@@ -39,7 +40,14 @@ from s3files.core.namespace import Entry, Namespace, join, valid_name
 from s3files.core.reader import Reader, Spawn
 from s3files.core.tasks import for_each, run_all
 from s3files.core.trees import move_tree
-from s3files.core.writer import PartLayout, StagedFile, Staging, WriteConflict, posix_metadata
+from s3files.core.writer import (
+    PartLayout,
+    StagedFile,
+    Staging,
+    WriteConflict,
+    clean_files_for,
+    posix_metadata,
+)
 from s3files.errors import (
     FileExists,
     InvalidArgument,
@@ -119,6 +127,7 @@ class FileSystem:
             PartLayout(opts.upload_part_size),
             concurrency=opts.upload_concurrency,
             limit=opts.cache_size,
+            max_clean_files=clean_files_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
         )
         self._staged: dict[int, StagedFile] = {}  # ino -> its local copy while being changed
         self.opts = opts

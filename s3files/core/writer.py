@@ -52,7 +52,14 @@ TIER_PARTS = 1_000  # parts per size tier: each tier's parts are twice the size 
 SMALL_IO = 256 * 1024  # local reads and writes up to this size are done inline, without a worker thread
 WRITE_BEHIND_BYTES = 4 * 1024 * 1024  # per file: writes acknowledged before they reach the local disk
 DEFAULT_CLEAN_BYTES = 1024**3  # uploaded copies kept as a read cache when no --cache-size is given
-MAX_CLEAN_FILES = 256  # each clean copy holds a file descriptor
+MAX_CLEAN_FILES = 16384  # each clean copy holds a file descriptor: see clean_files_for()
+
+
+def clean_files_for(descriptor_limit: int) -> int:
+    """How many clean copies to keep open: a quarter of the process's descriptors (the rest stay for
+    files being written, sockets and the kernel's requests), within [64, MAX_CLEAN_FILES]. Evicting a
+    copy costs an unlink on the FUSE path, so a cache of many small files should not evict early."""
+    return max(64, min(MAX_CLEAN_FILES, descriptor_limit // 4))
 
 
 class WriteConflict(S3FilesError):
@@ -180,8 +187,10 @@ class Staging:
         layout: PartLayout | None = None,
         concurrency: int = 8,
         limit: int | None = None,
+        max_clean_files: int = 256,
     ) -> None:
         self.store = store
+        self.max_clean_files = max_clean_files
         self.folder = folder
         self.layout = layout or PartLayout()
         self._spawn = spawn
@@ -254,7 +263,7 @@ class Staging:
     def _trim(self, nbytes: int, limit: int | None) -> None:
         """Evict clean copies, oldest first, until ``nbytes`` more fit under ``limit`` (None: all)."""
         for _ in range(len(self._clean)):
-            if limit is not None and self.used + nbytes <= limit and len(self._clean) <= MAX_CLEAN_FILES:
+            if limit is not None and self.used + nbytes <= limit and len(self._clean) <= self.max_clean_files:
                 return
             self._drop(self._clean.popitem(last=False)[1])
 
@@ -371,6 +380,10 @@ class Staging:
             last = self.layout.count(size) if size else 0
             for index in [i for i in staged.changed if i >= last]:
                 del staged.changed[index]
+            if last - 1 in staged.changed and self.layout.span(last - 1)[1] > size:
+                # The part holding the new end lost bytes: a copy of it sent earlier is stale. (A base part
+                # cut short needs nothing: it still equals the base below the new base_size.)
+                staged.touch(range(last - 1, last))
             staged.dirty = staged.dirty or size != old
 
     def _pwrite(self, staged: StagedFile, data: bytes, off: int) -> int:

@@ -22,6 +22,7 @@ Never log credentials or signed headers: log lines carry op, bucket, key and the
 from __future__ import annotations
 
 import base64
+import datetime
 import email.utils
 import hashlib
 import logging
@@ -34,6 +35,7 @@ from typing import Any, NoReturn
 import aiohttp
 import botocore.config
 import botocore.session
+import botocore.utils
 import trio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
@@ -148,6 +150,24 @@ def _error_code(exc: ClientError) -> tuple[str, int | None, str]:
     return str(error.get("Code", "") or status or ""), status, str(error.get("Message", "") or "")
 
 
+def parse_timestamp(value: str) -> datetime.datetime:
+    """S3's timestamps, fast: ISO 8601 in listings (``2026-11-28T04:47:14.123Z``), RFC 1123 in headers.
+
+    botocore parses each with dateutil, about 60 us apiece: 7% of the daemon's CPU while creating small
+    files, whose folder listings are re-read. Anything unusual goes to botocore's own parser."""
+    try:
+        if value[:1].isdigit():
+            parsed = datetime.datetime.fromisoformat(value)
+        else:
+            parsed = email.utils.parsedate_to_datetime(value)
+        if parsed.tzinfo is not None:
+            return parsed
+    except (TypeError, ValueError, IndexError):
+        pass
+    result: datetime.datetime = botocore.utils.parse_timestamp(value)
+    return result
+
+
 def _response_time(response: Mapping[str, Any]) -> float:
     """The server's Date header as epoch seconds (PUT/COPY/complete replies carry no LastModified)."""
     date = (response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}).get("date")
@@ -205,6 +225,7 @@ class S3Store:
         s = self.settings
         try:
             session = AioSession(profile=s.profile)
+            session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
             common: dict[str, Any] = {"region_name": s.region, "endpoint_url": s.endpoint_url}
             self._client = await self._stack.enter_async_context(
                 session.create_client(
