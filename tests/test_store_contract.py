@@ -624,6 +624,7 @@ def test_rgw_412_for_if_match_on_missing_key_is_object_not_found(
 
     async def main() -> None:
         async with open_s3_store(bucket, endpoint_url=moto_server.endpoint_url) as store:
+            store._direct = None  # aiobotocore's way (the direct one: tests/test_direct.py, also on RGW)
             client = store._client
             real_put = client.put_object
 

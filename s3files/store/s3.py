@@ -64,7 +64,7 @@ from s3files.errors import (
 )
 from s3files.store.base import CompletedPart, Copied, ListPage, ObjectInfo, RequestCounts
 from s3files.store.bridge import AsyncioThread, open_asyncio_thread
-from s3files.store.rangeget import RangeGetter
+from s3files.store.direct import DirectHttp
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 RANGE_CODES = frozenset({"InvalidRange", "416"})
 MAX_LIST_KEYS = 1000
+# PUTs up to this size go the direct way (store/direct.py): small files, where per-request CPU dominates.
+DIRECT_PUT_MAX = 8 * 1024 * 1024
 
 # What gets translated into StoreError: S3 answers, botocore failures, and OS-level connection errors.
 # Anything else (TypeError, ...) is a bug and propagates unchanged so it stays visible.
@@ -170,7 +172,10 @@ def parse_timestamp(value: str) -> datetime.datetime:
 
 def _response_time(response: Mapping[str, Any]) -> float:
     """The server's Date header as epoch seconds (PUT/COPY/complete replies carry no LastModified)."""
-    date = (response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}).get("date")
+    return _header_time((response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}).get("date"))
+
+
+def _header_time(date: str | None) -> float:
     if date:
         try:
             return email.utils.parsedate_to_datetime(date).timestamp()
@@ -191,7 +196,8 @@ class S3Store:
         self._closed = False
         self._client: Any = None  # the aiobotocore S3 client (asyncio thread only)
         self._probe: Any = None  # a client with a short connect timeout and one retry, for check_bucket
-        self._ranges: RangeGetter | None = None  # ranged GETs read straight into their buffer (asyncio side)
+        self._direct: DirectHttp | None = None  # ranged GETs and small PUTs without aiobotocore (asyncio side)
+        self._session: AioSession | None = None
         self._endpoint = settings.endpoint_url or "the default AWS S3 endpoint"
         # Sizes and metadata of parts/uploads started here, so complete_multipart can describe the object
         # without a HEAD. Touched on the asyncio thread only.
@@ -259,16 +265,19 @@ class S3Store:
             await self._stack.aclose()
             raise
         self._endpoint = s.endpoint_url or self._client.meta.endpoint_url
-        self._ranges = RangeGetter(
+        self._session = session
+        self._direct = DirectHttp(
             self._presign_get,
+            self._frozen_credentials,
             self._client.meta.endpoint_url,
+            self._client.meta.region_name,
             max_connections=s.max_connections,
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
-            on_request=lambda: self.requests.add("get"),
+            on_request=self.requests.add,
             ca_bundle=session.get_config_variable("ca_bundle"),
         )
-        self._stack.push_async_callback(self._ranges.aclose)
+        self._stack.push_async_callback(self._direct.aclose)
         for client in (self._client, self._probe):
             client.meta.events.register("before-send.s3", self._count_request)
         for operation in ("PutObject", "UploadPart"):
@@ -283,6 +292,13 @@ class S3Store:
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=300
         )
         return url
+
+    async def _frozen_credentials(self) -> Any:
+        """The credentials the clients use (the standard chain, refreshed when they expire), for signing
+        direct PUTs."""
+        assert self._session is not None
+        credentials = await self._session.get_credentials()
+        return None if credentials is None else await credentials.get_frozen_credentials()
 
     def _count_request(self, event_name: str = "", **kwargs: Any) -> None:
         """botocore hook, once per HTTP request actually sent (each retry too). Must return None."""
@@ -301,7 +317,7 @@ class S3Store:
         return {
             "requests": self.requests.snapshot(),
             "bridge": self._bridge.statistics(),
-            "direct_gets": self._ranges.served if self._ranges is not None else 0,
+            "direct_requests": self._direct.served if self._direct is not None else 0,
         }
 
     # -- error translation (asyncio side, once) ----------------------------------------------------
@@ -421,10 +437,10 @@ class S3Store:
         # Ranges are inclusive in HTTP. An empty request (end == start) still asks for one byte: "bytes=5-4"
         # is invalid and S3 would answer with the WHOLE object.
         last = max(end, start + 1) - 1
-        if self._ranges is not None:
+        if self._direct is not None:
             # The direct path (one copy per byte); None means "ask aiobotocore", which handles every error
             # and special case (412, 416, a Range ignored, retries).
-            direct = await self._ranges.get(key, start, last, if_match, into)
+            direct = await self._direct.get(key, start, last, if_match, into)
             if direct is not None:
                 return direct if len(direct) == end - start else direct[: end - start]
         kwargs: dict[str, Any] = {"Key": key, "Range": f"bytes={start}-{last}"}
@@ -478,6 +494,22 @@ class S3Store:
         if_match: str | None,
         if_none_match: bool,
     ) -> ObjectInfo:
+        if self._direct is not None and len(data) <= DIRECT_PUT_MAX:
+            headers = {"Content-MD5": md5, **{f"x-amz-meta-{name}": value for name, value in metadata.items()}}
+            if if_none_match:
+                headers["If-None-Match"] = "*"
+            if if_match is not None:
+                headers["If-Match"] = strip_etag(if_match)
+            answer = await self._direct.put(key, data, headers)
+            if answer is not None and answer.get("etag"):
+                return ObjectInfo(
+                    key=key,
+                    size=len(data),
+                    etag=strip_etag(answer["etag"]),
+                    last_modified=_header_time(answer.get("date")),
+                    metadata=metadata,
+                )
+            # None: refused (412 ...) or not possible; aiobotocore asks again and translates the answer.
         kwargs: dict[str, Any] = {"Key": key, "Body": data, "ContentMD5": md5, "Metadata": metadata}
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"

@@ -1,22 +1,26 @@
-"""The direct ranged-GET path (s3files/store/rangeget.py): bodies read straight into one buffer.
+"""The direct HTTP path (s3files/store/direct.py): ranged GETs read straight into one buffer, small PUTs
+signed without aiobotocore.
 
-Two halves: through S3Store against moto and Ceph RadosGW (the path is really taken, with awkward keys and
-If-Match, and every refusal still becomes the right error through aiobotocore), and RangeGetter alone
-against a scripted HTTP server on 127.0.0.1 (keep-alive, each answer it must not trust, stalls, failures).
+Two halves: through S3Store against moto and Ceph RadosGW (the path is really taken, with awkward keys,
+metadata and conditions, and every refusal still becomes the right error through aiobotocore), and
+DirectHttp alone against a scripted HTTP server on 127.0.0.1 (keep-alive, each answer it must not trust,
+stalls, failures, what a signed PUT carries).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from botocore.credentials import ReadOnlyCredentials
 from conftest import S3Server, run_trio
 
 from s3files.errors import ObjectNotFound, PreconditionFailed
-from s3files.store.rangeget import RangeGetter
+from s3files.store.direct import DirectHttp
 from s3files.store.s3 import open_s3_store
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
@@ -36,7 +40,7 @@ def test_ranged_gets_take_the_direct_path(s3_server: S3Server, s3_bucket: str, s
             for start, end in ranges:
                 assert await store.get_range(key, start, end, if_match=etag) == DATA[start:end]
             assert await store.get_range(key, 7, 7) == b""
-            assert store.statistics()["direct_gets"] == len(ranges) + 1
+            assert store.statistics()["direct_requests"] == len(ranges) + 1
             assert store.requests["get"] == len(ranges) + 1  # one request each: no fallback happened
 
             # Refusals come back through aiobotocore as the usual errors (the direct try + the fallback).
@@ -44,12 +48,44 @@ def test_ranged_gets_take_the_direct_path(s3_server: S3Server, s3_bucket: str, s
                 await store.get_range(key, 0, 10, if_match="0" * 32)
             with pytest.raises(ObjectNotFound):
                 await store.get_range("no/such/key", 0, 10)
-            assert store.statistics()["direct_gets"] == len(ranges) + 1
+            assert store.statistics()["direct_requests"] == len(ranges) + 1
 
     run_trio(main)
 
 
-# --- RangeGetter alone, against a scripted server -----------------------------------------------------
+def test_small_puts_take_the_direct_path(s3_server: S3Server, s3_bucket: str, s3_client: Any) -> None:
+    """Metadata, Content-MD5 and conditions arrive as aiobotocore would send them; refusals are the
+    usual errors (the direct try, then aiobotocore's)."""
+    keys = ["plain", "a folder/ünïcode + plus?&=%.txt", "tilde~/x"]
+    meta = {"mode": "33188", "mtime": "1700000000.5"}
+
+    async def main() -> None:
+        async with open_s3_store(s3_bucket, endpoint_url=s3_server.endpoint_url, max_attempts=2) as store:
+            for key in keys:
+                info = await store.put(key, key.encode() * 3, meta, if_none_match=True)
+                head = s3_client.head_object(Bucket=s3_bucket, Key=key)
+                assert head["ETag"].strip('"') == info.etag and head["Metadata"] == meta
+                assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == key.encode() * 3
+                assert abs(info.last_modified - head["LastModified"].timestamp()) < 5
+                replaced = await store.put(key, b"v2", if_match=info.etag)
+                assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"v2"
+                assert replaced.etag != info.etag
+            assert store.statistics()["direct_requests"] == 2 * len(keys)
+            assert store.requests["put"] == 2 * len(keys)  # no fallback was needed
+
+            with pytest.raises(PreconditionFailed):
+                await store.put("plain", b"x", if_none_match=True)
+            with pytest.raises(PreconditionFailed):
+                await store.put("plain", b"x", if_match="0" * 32)
+            with pytest.raises(ObjectNotFound):
+                await store.put("never/written", b"x", if_match="0" * 32)
+            assert s3_client.get_object(Bucket=s3_bucket, Key="plain")["Body"].read() == b"v2"
+            assert store.statistics()["direct_requests"] == 2 * len(keys)
+
+    run_trio(main)
+
+
+# --- DirectHttp alone, against a scripted server ------------------------------------------------------
 
 Handler = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]  # returns: keep the connection open
 
@@ -57,8 +93,10 @@ Handler = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]  # returns: k
 class Scripted:
     """An HTTP server on 127.0.0.1 whose answer to each request ``handler`` writes; records requests."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, with_bodies: bool = False) -> None:
         self.handler = handler
+        self.with_bodies = with_bodies  # requests carry Content-Length bodies (PUTs): read them
+        self.bodies: list[bytes] = []
         self.requests: list[bytes] = []
         self.connections = 0
         self.port = 0
@@ -79,6 +117,9 @@ class Scripted:
             while True:
                 request = await reader.readuntil(b"\r\n\r\n")
                 self.requests.append(request)
+                if self.with_bodies:
+                    length = [line for line in request.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+                    self.bodies.append(await reader.readexactly(int(length[0].split(b":")[1])) if length else b"")
                 if not await self.handler(request, writer):
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -86,19 +127,25 @@ class Scripted:
         finally:
             writer.close()
 
-    def getter(self, read_timeout: float = 5.0) -> tuple[RangeGetter, list[int]]:
-        sent: list[int] = []
+    def getter(self, read_timeout: float = 5.0) -> tuple[DirectHttp, list[str]]:
+        sent: list[str] = []
 
         async def presign(key: str) -> str:
-            return f"http://127.0.0.1:{self.port}/bucket/{key}?X-Amz-Signature=abc"
+            path = urllib.parse.quote(key.encode(), safe="/~")
+            return f"http://127.0.0.1:{self.port}/bucket/{path}?X-Amz-Signature=abc"
 
-        getter = RangeGetter(
+        async def credentials() -> ReadOnlyCredentials:
+            return ReadOnlyCredentials("AKIDEXAMPLE", "secret", None)
+
+        getter = DirectHttp(
             presign,
+            credentials,
             f"http://127.0.0.1:{self.port}",
+            "us-east-1",
             max_connections=4,
             connect_timeout=2.0,
             read_timeout=read_timeout,
-            on_request=lambda: sent.append(1),
+            on_request=sent.append,
         )
         return getter, sent
 
@@ -134,7 +181,7 @@ def test_keep_alive_reuses_one_connection_and_sends_the_signed_url() -> None:
             for start, last in [(0, 99), (100, 1_048_675), (len(DATA) - 5, len(DATA) - 1)]:
                 assert await getter.get("k", start, last, "etag1") == DATA[start : last + 1]
             await getter.aclose()
-            assert server.connections == 1 and len(sent) == 3 and getter.served == 3
+            assert server.connections == 1 and sent == ["get"] * 3 and getter.served == 3
             request = server.requests[0].decode()
             assert request.startswith("GET /bucket/k?X-Amz-Signature=abc HTTP/1.1\r\n")
             assert f"Host: 127.0.0.1:{server.port}\r\n" in request and "If-Match: etag1\r\n" in request
@@ -255,8 +302,76 @@ def test_off_behind_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     async def presign(key: str) -> str:
         raise AssertionError("not used")
 
-    getter = RangeGetter(
-        presign, "http://10.1.2.3:9000", max_connections=1, connect_timeout=1, read_timeout=1, on_request=lambda: None
+    async def credentials() -> None:
+        raise AssertionError("not used")
+
+    getter = DirectHttp(
+        presign,
+        credentials,
+        "http://10.1.2.3:9000",
+        "us-east-1",
+        max_connections=1,
+        connect_timeout=1,
+        read_timeout=1,
+        on_request=lambda op: None,
     )
     assert not getter.enabled
     assert run_asyncio(lambda: getter.get("k", 0, 9, None)) is None
+
+
+def test_a_put_is_signed_and_carries_its_headers_and_body() -> None:
+    async def accept(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(
+            b'HTTP/1.1 200 OK\r\nETag: "abc123"\r\nDate: Sat, 28 Nov 2026 04:47:14 GMT\r\n'
+            b"Content-Length: 0\r\n\r\n"
+        )
+        return True
+
+    async def main() -> None:
+        async with Scripted(accept, with_bodies=True) as server:
+            getter, sent = server.getter()
+            headers = {"Content-MD5": "Q2hlY2sgSW50ZWdyaXR5IQ==", "x-amz-meta-mode": "33188", "If-None-Match": "*"}
+            answer = await getter.put("dir/ü x", b"payload!", headers)
+            assert answer is not None and answer["etag"] == '"abc123"'
+            await getter.aclose()
+            assert sent == ["put"] and server.bodies == [b"payload!"]
+            request = server.requests[0].decode("utf-8")
+        assert request.startswith("PUT /bucket/dir/%C3%BC%20x HTTP/1.1\r\n")
+        for line in (
+            "Content-MD5: Q2hlY2sgSW50ZWdyaXR5IQ==",
+            "x-amz-meta-mode: 33188",
+            "If-None-Match: *",
+            "Content-Length: 8",
+            "X-Amz-Content-SHA256: UNSIGNED-PAYLOAD",
+        ):
+            assert line + "\r\n" in request, line
+        assert "Authorization: AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/" in request
+        signed = request.split("SignedHeaders=", 1)[1].split(",", 1)[0]
+        assert {"content-md5", "host", "if-none-match", "x-amz-meta-mode", "x-amz-date"} <= set(signed.split(";"))
+
+    run_asyncio(main)
+
+
+def test_a_refused_put_or_an_unexpected_quoting_means_ask_aiobotocore() -> None:
+    async def refuse(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    async def main() -> None:
+        async with Scripted(refuse, with_bodies=True) as server:
+            getter, sent = server.getter()
+            assert await getter.put("k", b"x", {"If-None-Match": "*"}) is None
+            assert sent == ["put"] and getter.served == 0
+            await getter.aclose()
+
+            odd, odd_sent = server.getter()
+
+            async def presign(key: str) -> str:  # a server whose paths are not botocore's quoting
+                return f"http://127.0.0.1:{server.port}/bucket/{key.replace(' ', '+')}?X-Amz-Signature=abc"
+
+            odd._presign = presign
+            assert await odd.put("k", b"x", {}) is None
+            assert odd_sent == []  # nothing was sent
+            await odd.aclose()
+
+    run_asyncio(main)
