@@ -501,7 +501,9 @@ class S3Store:
             if if_match is not None:
                 headers["If-Match"] = strip_etag(if_match)
             answer = await self._direct.put(key, data, headers)
-            if answer is not None and answer.get("etag"):
+            if answer is not None:
+                if not answer.get("etag"):  # stored, but no ETag said: ask (never PUT again)
+                    return await self._a_head(key)
                 return ObjectInfo(
                     key=key,
                     size=len(data),
