@@ -647,8 +647,7 @@ class FileSystem:
         if staged is not None:
             staged.unlinked = True
             if staged.handles == 0:
-                self._staged.pop(node.ino, None)
-                await self._staging.discard(staged)
+                await self._settle(staged)
         self._staging.forget_clean(node.ino)
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Attr:

@@ -268,13 +268,15 @@ class Staging:
             self._drop(self._clean.popitem(last=False)[1])
 
     def _drop(self, staged: StagedFile) -> None:
-        """Delete a clean copy (it has no upload and no sends in flight)."""
+        """Close and delete a copy with no upload and no sends in flight (a clean copy, or one ``discard``
+        has settled); a file marked ``keep_file`` stays on disk."""
         staged.closed = True
         with contextlib.suppress(OSError):
             os.close(staged.fd)
         self.used -= staged.allocated
         staged.allocated = 0
-        staged.path.unlink(missing_ok=True)
+        if not staged.keep_file:
+            staged.path.unlink(missing_ok=True)
 
     def aclose_clean(self) -> None:
         self._trim(0, None)
@@ -467,14 +469,7 @@ class Staging:
         if staged.upload is not None:
             await self._abort(staged.upload)
             staged.upload = None
-        try:
-            os.close(staged.fd)
-        except OSError:
-            pass
-        self.used -= staged.allocated
-        staged.allocated = 0
-        if not staged.keep_file:
-            staged.path.unlink(missing_ok=True)
+        self._drop(staged)
 
     # -- streaming: parts finished while the program writes go out at once ------------------------------
 

@@ -381,12 +381,12 @@ class DirectHttp:
         body: bytes = b"",
         into: bytearray | None = None,
     ) -> _Response:
+        """One request on a pooled connection. ``header_lines`` carry everything but Host (for a PUT, the
+        signed headers, Content-Length among them)."""
         host = url.hostname
         assert host is not None
         port = url.port or (443 if url.scheme == "https" else 80)
         lines = [f"{method} {target} HTTP/1.1", f"Host: {_host(url)}", "User-Agent: s3files", *header_lines]
-        if method != "GET" and not any(line.lower().startswith("content-length:") for line in header_lines):
-            lines.append(f"Content-Length: {len(body)}")
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         conn = await self._connection(host, port)
         try:
