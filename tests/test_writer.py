@@ -15,8 +15,8 @@ from test_core import resolve, run_fs, spy_gets, write_new
 
 from s3files.core.fs import FileSystem
 from s3files.core.inodes import ROOT_INO
-from s3files.core.writer import MAX_PART, MAX_PARTS, PartLayout, clean_files_for
-from s3files.errors import S3FilesError
+from s3files.core.writer import MAX_PART, MAX_PARTS, SPILL_BYTES, PartLayout, clean_files_for
+from s3files.errors import EndpointUnreachable, S3FilesError
 from s3files.options import MIB
 from s3files.store import MemoryStore
 from s3files.store.base import CompletedPart, ObjectInfo
@@ -387,3 +387,77 @@ def test_clean_copies_kept_scale_with_the_descriptor_limit() -> None:
     assert clean_files_for(1024) == 256
     assert clean_files_for(100) == 64
     assert clean_files_for(10**7) == 16_384
+
+
+def _staged_files(fs: FileSystem) -> dict[str, bytes]:
+    folder = fs._staging.folder
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_small_new_file_is_staged_in_memory_and_moves_to_disk_when_it_grows() -> None:
+    store = MemoryStore()
+    head = random.Random(11).randbytes(SPILL_BYTES - 5)
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "grows", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, head)
+        assert _staged_files(fs) == {}  # no inode created on the cache disk for a small file
+        assert fs.statistics()["memory_bytes"] >= len(head) and fs.statistics()["cache_bytes"] == 0
+        await fs.write(opened.fh, len(head), b"0123456789")  # past SPILL_BYTES: moved to the cache folder
+        assert list(_staged_files(fs).values()) == [head + b"0123456789"]
+        assert fs.statistics()["memory_bytes"] == 0 and fs.statistics()["cache_bytes"] >= len(head)
+        assert await fs.read(opened.fh, len(head) - 3, 8) == head[-3:] + b"01234"
+        await fs.release(opened.fh)
+        small = await write_new(fs, ROOT_INO, "small", b"tiny")
+        again = await fs.open(small, os.O_RDONLY)
+        store.requests.reset()
+        assert await fs.read(again.fh, 0, 10) == b"tiny"  # its clean copy, in memory, serves reads
+        await fs.release(again.fh)
+        assert store.requests["get"] == 0
+
+    run_fs(store, body)
+    assert store.data("grows") == head + b"0123456789" and store.data("small") == b"tiny"
+
+
+def test_copies_in_memory_stay_within_their_budget() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        fs._staging.memory_budget = 2 * SPILL_BYTES
+        handles = []
+        for n in range(3):  # two fit in memory, the third is moved to the cache folder
+            opened = await fs.create(ROOT_INO, f"open{n}", 0o644, 0, 0)
+            await fs.write(opened.fh, 0, bytes([n]) * 4096)
+            await fs.write(opened.fh, 4096, bytes([n]) * (SPILL_BYTES - 8192))
+            handles.append(opened)
+        assert await fs.read(handles[2].fh, 0, 1) == b"\x02"  # waits for its queued write to land
+        assert list(_staged_files(fs).values()) == [bytes([2]) * (SPILL_BYTES - 4096)]
+        assert int(fs.statistics()["memory_bytes"]) <= 2 * SPILL_BYTES  # type: ignore[call-overload]
+        for opened in handles:
+            await fs.release(opened.fh)
+        for n in range(600):  # clean copies in memory are evicted, oldest first, for new ones
+            await write_new(fs, ROOT_INO, f"c{n}", bytes([n % 256]) * 8192)
+            assert int(fs.statistics()["memory_bytes"]) <= 2 * SPILL_BYTES  # type: ignore[call-overload]
+        assert fs.statistics()["clean_files"] < 600
+
+    run_fs(store, body)
+    assert [store.data(f"open{n}") for n in range(3)] == [bytes([n]) * (SPILL_BYTES - 4096) for n in range(3)]
+    assert store.data("c599") == bytes([599 % 256]) * 8192
+
+
+def test_a_small_file_whose_upload_fails_is_kept_on_disk() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "precious", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"do not lose me")
+        store.fail("put", EndpointUnreachable("S3 is down"), times=2)
+        with pytest.raises(S3FilesError):
+            await fs.flush(opened.fh)
+        with pytest.raises(S3FilesError):
+            await fs.release(opened.fh)  # tries once more, fails, keeps the data
+        assert list(_staged_files(fs).values()) == [b"do not lose me"]
+        assert fs.statistics()["memory_bytes"] == 0
+
+    run_fs(store, body)
+    assert store.data("precious") == b"do not lose me"  # uploaded at unmount, once S3 answered again

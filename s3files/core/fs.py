@@ -551,7 +551,8 @@ class FileSystem:
                 with trio.CancelScope(shield=True):
                     await self._settle(staged)
             else:
-                log.error("op=release ino=%d: upload failed; the data stays at %s", handle.ino, staged.path)
+                where = self._staging.keep_on_disk(staged)
+                log.error("op=release ino=%d: upload failed; the data stays at %s", handle.ino, where)
 
     async def setattr(
         self,
@@ -786,11 +787,15 @@ class FileSystem:
                 try:
                     await self._commit(ino)
                 except S3FilesError as exc:
-                    log.error("op=unmount ino=%d: upload failed (%s); data kept at %s", ino, exc, staged.path)
+                    where = self._staging.keep_on_disk(staged)
+                    log.error("op=unmount ino=%d: upload failed (%s); data kept at %s", ino, exc, where)
                     continue
                 if not staged.dirty or staged.unlinked:
                     self._staged.pop(ino, None)
                     await self._staging.discard(staged)
+        for staged in self._staged.values():
+            if staged.dirty and not staged.unlinked:
+                self._staging.keep_on_disk(staged)  # memory copies would end with the process
         self._staging.aclose_clean()
         if scope.cancelled_caught:
             log.error(
@@ -807,6 +812,7 @@ class FileSystem:
             "staged_files": len(self._staged),
             "dirty_files": sum(1 for s in self._staged.values() if s.dirty),
             "cache_bytes": self._staging.used,
+            "memory_bytes": self._staging.memory,
             "clean_files": self._staging.clean_count,
             "requests": self.store.requests.snapshot(),
         }
