@@ -19,7 +19,13 @@ CONCURRENCY = 16  # requests in flight at once for a bulk operation (folder copi
 
 
 async def run_all(calls: Iterable[Callable[[], Awaitable[object]]]) -> None:
-    """Await every call concurrently. The first to fail cancels the others and is raised unwrapped."""
+    """Await every call concurrently. The first to fail cancels the others and is raised unwrapped.
+    None or one call is awaited here, without a nursery (the common case on every small write)."""
+    calls = list(calls)
+    if len(calls) <= 1:
+        for call in calls:
+            await call()
+        return
     failures: list[Exception] = []
 
     async def one(call: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
