@@ -228,6 +228,30 @@ def test_lookups_in_a_small_folder_relist_it_instead_of_probing_each_name() -> N
     run_fs(store, body, now=lambda: now[0])
 
 
+def test_a_stat_loop_in_a_folder_never_listed_lists_it_after_two_names() -> None:
+    store = MemoryStore()
+    for n in range(300):
+        store.seed(f"small/f{n:03d}", b"x" * n)
+    for n in range(1001):  # more than one page: stays probed name by name
+        store.seed(f"big/f{n:04d}", b"y")
+
+    async def body(fs: FileSystem) -> None:
+        small, big = await resolve(fs, "small"), await resolve(fs, "big")
+        store.requests.reset()
+        sizes = [(await fs.lookup(small, f"f{n:03d}")).size for n in range(300)]
+        assert sizes == list(range(300))
+        with pytest.raises(S3FilesError):
+            await fs.lookup(small, "missing")
+        assert store.requests.snapshot() == {"head": 2, "list": 3}  # 2 probes (HEAD + LIST), then 1 LIST
+        store.requests.reset()
+        for n in range(10):
+            assert (await fs.lookup(big, f"f{n:04d}")).size == 1
+        # 2 probes, one first page tried (not the whole folder), then probes again: never the 2nd page
+        assert store.requests.snapshot() == {"head": 10, "list": 11}
+
+    run_fs(store, body, metadata_ttl=60.0)
+
+
 class SinkStore(MemoryStore):
     """Keeps only the sizes of uploaded parts: a large write's memory is then the writer's alone."""
 

@@ -74,6 +74,7 @@ class BadHandle(S3FilesError):
 
 
 MAX_LIST_PAGES = 1_000_000  # a bound on any listing loop: 10^9 keys
+PROBES_BEFORE_LISTING = 2  # names probed (HEAD + LIST each) in a folder never listed before it is listed
 UNMOUNT_UPLOAD_TIMEOUT = 300  # seconds unmount waits for unsent files before leaving them on disk
 RENAME_NOREPLACE = 1  # linux/fs.h renameat2 flags
 RENAME_EXCHANGE = 2
@@ -144,6 +145,7 @@ class FileSystem:
         # Folders whose last listing was one page: a lookup there re-lists (1 LIST answers every name for
         # metadata_ttl) instead of probing each new name (HEAD + LIST), as when creating many files.
         self._one_page: LRUCache[str, bool] = LRUCache(maxsize=4096)
+        self._probed: LRUCache[str, int] = LRUCache(maxsize=4096)  # folder -> names probed there
         self._handles = itertools.count(1)
         self._dirs: dict[int, _DirHandle] = {}
         self._files: dict[int, _FileHandle] = {}
@@ -168,8 +170,9 @@ class FileSystem:
         assert entry.info is not None
         return self.inodes.put_file(path, entry.info, self._fresh_until())
 
-    async def _list(self, path: str) -> dict[str, Entry]:
-        """All entries of folder ``path``, from a fresh cached listing or ceil(N/1000) LIST requests."""
+    async def _list(self, path: str, one_page_only: bool = False) -> dict[str, Entry] | None:
+        """All entries of folder ``path``, from a fresh cached listing or ceil(N/1000) LIST requests
+        (``one_page_only``: None if the folder takes more than one page)."""
         cached = self._listings.get(path)
         if cached is not None:
             return cached
@@ -182,6 +185,9 @@ class FileSystem:
             token = page.next_token
             if not token:
                 break
+            if one_page_only:
+                self._one_page.pop(path, None)  # grew past a page: probe its names from now on
+                return None
         entries = await self._with_links(path, self.ns.entries(path, pages))
         if self.opts.metadata_ttl > 0:
             self._listings[path] = entries
@@ -296,14 +302,26 @@ class FileSystem:
         if local is not None and local.ino in self._staged:
             return Entry(name, is_dir=False)
         listing = self._listings.get(parent_path)
-        if listing is None and parent_path in self._one_page:
-            listing = await self._list(parent_path)
+        if listing is None and (parent_path in self._one_page or self._probed_enough(parent_path)):
+            listing = await self._list(parent_path, one_page_only=True)
         if listing is not None:
             entry = listing.get(name)
             if entry is None:
                 raise NotFound(f"no such file or folder: {path}")
             return entry
         return await self._probe(path)
+
+    def _probed_enough(self, path: str) -> bool:
+        """Whether to list folder ``path`` (one page) instead of probing one more name in it.
+
+        A stat or open of every file of a folder never listed (``find``, a data loader reading a file list)
+        would cost HEAD + LIST per name. After ``PROBES_BEFORE_LISTING`` names one LIST page is tried once:
+        if it holds the whole folder it answers every later name for ``metadata_ttl`` (and the folder is
+        re-listed after that, see ``_one_page``); a larger folder goes on being probed name by name."""
+        if self.opts.metadata_ttl <= 0:
+            return False
+        probed = self._probed[path] = self._probed.get(path, 0) + 1
+        return probed == PROBES_BEFORE_LISTING + 1
 
     async def getattr(self, ino: int) -> Attr:
         node = self._node(ino)
@@ -337,7 +355,9 @@ class FileSystem:
         if handle is None:
             raise S3FilesError(f"bad folder handle {fh}")
         if start == 0 or handle.entries is None:
-            entries = dict(await self._list(handle.path))
+            listing = await self._list(handle.path)
+            assert listing is not None  # every page was asked for
+            entries = dict(listing)
             for staged in self._staged.values():
                 node = staged.node
                 if staged.unlinked:
