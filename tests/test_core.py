@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from s3files.core.fs import FileSystem
+from s3files.core.fs import OPEN_GET_BYTES, FileSystem
 from s3files.core.inodes import ROOT_INO
 from s3files.errors import S3FilesError
 from s3files.options import MIB, MountOptions, ReadOptions, Source
@@ -298,7 +298,7 @@ def test_store_errors_become_errnos_not_crashes() -> None:
     from s3files.errors import StoreError
 
     store = MemoryStore()
-    store.seed("f", b"data" * 1000)
+    store.seed("f", b"data" * 100_000)  # over OPEN_GET_BYTES: the open's HEAD brings no bytes
 
     async def body(fs: FileSystem) -> None:
         ino = await resolve(fs, "f")
@@ -307,7 +307,7 @@ def test_store_errors_become_errnos_not_crashes() -> None:
         with pytest.raises(S3FilesError) as failed:
             await fs.read(opened.fh, 0, 100)
         assert failed.value.errno == errno.EIO
-        assert await fs.read(opened.fh, 50_000, 100) == b""
+        assert await fs.read(opened.fh, 500_000, 100) == b""
         assert await fs.read(opened.fh, 0, 4) == b"data"  # the file still works after the error
         await fs.release(opened.fh)
 
@@ -516,3 +516,38 @@ def test_unlink_mkdir_rmdir_rename() -> None:
         assert full.ino > 0
 
     run_fs(store, body, metadata_ttl=60.0)
+
+
+def test_opening_a_small_file_for_reading_is_one_get_with_its_bytes() -> None:
+    store = MemoryStore()
+    small, large = random.Random(12).randbytes(OPEN_GET_BYTES), random.Random(13).randbytes(OPEN_GET_BYTES + 1)
+    store.seed("small", small, {"mode": str(stat.S_IFREG | 0o600)})
+    store.seed("large", large)
+
+    async def body(fs: FileSystem) -> None:
+        ino, big = await resolve(fs, "small"), await resolve(fs, "large")
+        store.requests.reset()
+        opened = await fs.open(ino, os.O_RDONLY)
+        assert stat.S_IMODE(opened.attr.mode) == 0o600  # the GET's metadata, as a HEAD would give it
+        assert bytes(await fs.read(opened.fh, 0, MIB)) == small
+        await fs.release(opened.fh)
+        assert store.requests.snapshot() == {"get": 1}
+        store.seed("small", b"replaced")  # elsewhere, while no page cache claims it: the next open sees it
+        fs._node(ino).page_cache_etag = None
+        store.requests.reset()
+        opened = await fs.open(ino, os.O_RDONLY)
+        assert (opened.attr.size, bytes(await fs.read(opened.fh, 0, MIB))) == (8, b"replaced")
+        await fs.release(opened.fh)
+        assert store.requests.snapshot() == {"get": 1}
+        store.requests.reset()
+        opened = await fs.open(big, os.O_RDONLY)  # larger: a HEAD, then ranged GETs as it is read
+        assert bytes(await fs.read(opened.fh, 0, MIB)) == large
+        await fs.release(opened.fh)
+        assert store.requests["head"] == 1 and store.requests["get"] >= 1
+        store.seed("small", b"")  # gone empty: described by the GET all the same
+        fs._node(ino).page_cache_etag = None
+        opened = await fs.open(ino, os.O_RDONLY)
+        assert (opened.attr.size, await fs.read(opened.fh, 0, 10)) == (0, b"")
+        await fs.release(opened.fh)
+
+    run_fs(store, body)

@@ -231,6 +231,29 @@ def test_read_only_mount_refuses_writes_with_erofs(
     assert keys == ["d/g.txt", "f.txt"]
 
 
+def test_reading_a_small_file_costs_one_get_and_sees_changes(
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
+) -> None:
+    small, large = random.Random(3).randbytes(200_000), random.Random(4).randbytes(300_000)
+    put_many(s3_client, s3_bucket, {"d/small.bin": small, "d/large.bin": large, "d/empty": b""})
+    with mount(s3_server, s3_bucket, tmp_path / "m", metadata_ttl=60.0) as fs:
+        os.listdir(tmp_path / "m/d")
+        fs.store.requests.reset()
+        assert (tmp_path / "m/d/small.bin").read_bytes() == small
+        assert fs.store.requests.snapshot() == {"get": 1}  # the open's GET brought the bytes: no HEAD
+        assert (tmp_path / "m/d/small.bin").read_bytes() == small
+        # Its pages are in the kernel's cache now: the next open revalidates with a HEAD (against RGW the
+        # kernel still reads the file again, one GET more, as it did before open used a GET; not explained).
+        assert fs.store.requests["head"] == 1 and fs.store.requests["get"] <= 2
+        fs.store.requests.reset()
+        assert (tmp_path / "m/d/large.bin").read_bytes() == large  # past 256 KiB: HEAD, then ranged GETs
+        assert fs.store.requests["head"] == 1 and fs.store.requests["get"] >= 1
+        assert (tmp_path / "m/d/empty").read_bytes() == b""
+        put(s3_client, s3_bucket, "d/small.bin", b"changed elsewhere")
+        assert (tmp_path / "m/d/small.bin").read_bytes() == b"changed elsewhere"  # close-to-open
+        assert os.stat(tmp_path / "m/d/small.bin").st_size == len(b"changed elsewhere")
+
+
 def test_changed_object_is_seen_at_next_open(
     s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:

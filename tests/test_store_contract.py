@@ -185,6 +185,27 @@ def test_get_range_slices(with_store: WithStore) -> None:
     with_store(test)
 
 
+def test_get_first_is_a_head_and_the_first_bytes_in_one_request(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        meta = {"mode": "33188", "uid": "1000"}
+        put = await store.put("blob", DATA, meta)
+        await store.put("empty", b"", meta)
+        store.requests.reset()
+        info, data = await store.get_first("blob", 4096)
+        assert data == DATA[:4096]
+        assert (info.key, info.size, info.etag, info.metadata) == ("blob", len(DATA), put.etag, meta)
+        assert abs(info.last_modified - put.last_modified) < 2
+        assert store.requests.snapshot() == {"get": 1}
+        info, data = await store.get_first("blob", 100_000)  # all of a smaller object
+        assert (data, info.size) == (DATA, len(DATA))
+        info, data = await store.get_first("empty", 4096)  # no byte 0 to ask for: still described
+        assert (data, info.size, info.metadata) == (b"", 0, meta)
+        with pytest.raises(ObjectNotFound):
+            await store.get_first("no/such/key", 4096)
+
+    with_store(test)
+
+
 def test_get_range_of_empty_object_is_empty(with_store: WithStore) -> None:
     async def test(store: ObjectStore) -> None:
         await store.put("empty", b"")

@@ -74,6 +74,7 @@ class BadHandle(S3FilesError):
 
 
 MAX_LIST_PAGES = 1_000_000  # a bound on any listing loop: 10^9 keys
+OPEN_GET_BYTES = 256 * 1024  # a file up to this size is opened for reading with one GET of it, not a HEAD
 PROBES_BEFORE_LISTING = 2  # names probed (HEAD + LIST each) in a folder never listed before it is listed
 UNMOUNT_UPLOAD_TIMEOUT = 300  # seconds unmount waits for unsent files before leaving them on disk
 RENAME_NOREPLACE = 1  # linux/fs.h renameat2 flags
@@ -266,6 +267,18 @@ class FileSystem:
             info = await self.store.head(self.ns.file_key(node.path))
         except ObjectNotFound:
             raise NotFound(f"{node.path} was removed from the bucket") from None
+        return self._refreshed(node, info)
+
+    async def _get_first(self, node: Inode) -> tuple[Inode, bytes]:
+        """What ``_head`` does, for a small file about to be read: the same answer and its bytes in one
+        GET (a HEAD and then a GET cost two round trips per small file read)."""
+        try:
+            info, data = await self.store.get_first(self.ns.file_key(node.path), OPEN_GET_BYTES)
+        except ObjectNotFound:
+            raise NotFound(f"{node.path} was removed from the bucket") from None
+        return self._refreshed(node, info), data
+
+    def _refreshed(self, node: Inode, info: ObjectInfo) -> Inode:
         if not self.inodes.refresh_file(node, info, self._fresh_until()):
             self._kind_changed(node, info)
         return node
@@ -436,7 +449,10 @@ class FileSystem:
         if writable or flags & os.O_TRUNC:
             self.check_writable(f"open {node.path} for writing")
         staged = self._staged.get(ino)
-        if staged is None:
+        first: bytes | None = None
+        if staged is None and not writable and self._small_to_read(node):
+            node, first = await self._get_first(node)  # close-to-open, and the bytes along with it
+        elif staged is None:
             node = await self._head(node)  # close-to-open: every open sees the newest version
             if writable:
                 staged = await self._stage(node, truncate=bool(flags & os.O_TRUNC))
@@ -449,11 +465,23 @@ class FileSystem:
             staged.handles += 1  # readers too: they read the staged copy, which must outlive them
             node.page_cache_etag = None
         fh = next(self._handles)
-        self._files[fh] = _FileHandle(node, self._reader(node), writable, node.etag, counted=staged is not None)
+        reader = self._reader(node, first if not keep_cache else None)
+        self._files[fh] = _FileHandle(node, reader, writable, node.etag, counted=staged is not None)
         return OpenFile(fh, keep_cache, node.attr())
 
-    def _reader(self, node: Inode) -> Reader:
-        return Reader(self.store, self.ns.file_key(node.path), node.size, node.etag, self.opts.read, self._spawn)
+    def _small_to_read(self, node: Inode) -> bool:
+        """Open with one GET of the whole file (``_get_first``): it was small when last seen, and neither
+        the kernel's page cache nor a clean local copy is likely to hold its bytes already."""
+        return (
+            0 < node.size <= OPEN_GET_BYTES
+            and node.page_cache_etag != node.etag
+            and not self._staging.holds_clean(node.ino)
+        )
+
+    def _reader(self, node: Inode, first: bytes | None = None) -> Reader:
+        return Reader(
+            self.store, self.ns.file_key(node.path), node.size, node.etag, self.opts.read, self._spawn, first
+        )
 
     async def _stage(self, node: Inode, truncate: bool) -> StagedFile:
         """Make the local copy of ``node`` that writes go to (its parts are fetched when first needed)."""

@@ -71,8 +71,16 @@ class Reader:
     """Reads of one open object version. ``spawn`` runs background fetches on the mount's nursery."""
 
     def __init__(
-        self, store: ObjectStore, key: str, size: int, etag: str | None, opts: ReadOptions, spawn: Spawn
+        self,
+        store: ObjectStore,
+        key: str,
+        size: int,
+        etag: str | None,
+        opts: ReadOptions,
+        spawn: Spawn,
+        first: bytes | None = None,
     ) -> None:
+        """``first``: the object's first bytes of version ``etag``, fetched already (at open)."""
         self._store = store
         self._key = key
         self._size = size
@@ -86,6 +94,10 @@ class Reader:
         self._closed = False
         self._spare: list[bytearray] = []  # consumed parts' buffers, for the next parts of part_size
         self.stats = ReaderStats()
+        if first:
+            part = _Part(0, min(len(first), size), data=first)
+            part.done.set()
+            self._parts.append(part)
 
     # -- public ------------------------------------------------------------------------------------
 

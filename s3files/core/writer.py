@@ -324,6 +324,9 @@ class Staging:
         self._clean.move_to_end(ino)
         return os.pread(staged.fd, size, off)
 
+    def holds_clean(self, ino: int) -> bool:
+        return ino in self._clean
+
     def forget_clean(self, ino: int) -> None:
         staged = self._clean.pop(ino, None)
         if staged is not None:

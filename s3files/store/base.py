@@ -104,6 +104,11 @@ class ObjectStore(Protocol):
     async def head(self, key: str) -> ObjectInfo:
         """Size, ETag, LastModified and user metadata of ``key``; ObjectNotFound if absent."""
 
+    async def get_first(self, key: str, nbytes: int) -> tuple[ObjectInfo, bytes]:
+        """What ``head`` says of ``key`` and its first ``nbytes`` bytes (all of a smaller object), in one
+        GET: opening a small file then costs one request instead of a HEAD and a GET. ObjectNotFound if
+        absent."""
+
     async def get_range(
         self, key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
     ) -> bytes | bytearray:

@@ -119,6 +119,11 @@ class MemoryStore:
         await self._request("head")
         return self._info(key, self._get(key))
 
+    async def get_first(self, key: str, nbytes: int) -> tuple[ObjectInfo, bytes]:
+        await self._request("get")
+        obj = self._get(key)
+        return self._info(key, obj), obj.data[:nbytes]
+
     async def get_range(
         self, key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
     ) -> bytes:

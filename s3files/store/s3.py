@@ -424,6 +424,37 @@ class S3Store:
             metadata=dict(response.get("Metadata") or {}),
         )
 
+    async def get_first(self, key: str, nbytes: int) -> tuple[ObjectInfo, bytes]:
+        if nbytes < 1:
+            raise StoreError(f"get_first of {key} needs at least one byte, not {nbytes}")
+        return await self._bridge.run(self._a_get_first, key, nbytes)
+
+    async def _a_get_first(self, key: str, nbytes: int) -> tuple[ObjectInfo, bytes]:
+        try:
+            response = await self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{nbytes - 1}")
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        except ClientError as exc:
+            code, status, _ = _error_code(exc)
+            if code in RANGE_CODES or status == 416:  # an empty object has no byte 0: a HEAD describes it
+                info = await self._a_head(key)
+                if info.size == 0:
+                    return info, b""
+            self._reraise(exc, "get", key)
+        except TRANSLATED as exc:
+            self._reraise(exc, "get", key)
+        total = (response.get("ContentRange") or "").rpartition("/")[2]
+        if not total.isdigit():  # no Content-Range: the server ignored Range and sent everything
+            total = str(len(data))
+        info = ObjectInfo(
+            key=key,
+            size=int(total),
+            etag=strip_etag(response.get("ETag")),
+            last_modified=response["LastModified"].timestamp(),
+            metadata=dict(response.get("Metadata") or {}),
+        )
+        return info, data[:nbytes]
+
     async def get_range(
         self, key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
     ) -> bytes | bytearray:
