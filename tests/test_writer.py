@@ -232,7 +232,7 @@ def test_a_stat_loop_in_a_folder_never_listed_lists_it_after_two_names() -> None
     store = MemoryStore()
     for n in range(300):
         store.seed(f"small/f{n:03d}", b"x" * n)
-    for n in range(1001):  # more than one page: stays probed name by name
+    for n in range(2001):  # more than two pages: stays probed name by name
         store.seed(f"big/f{n:04d}", b"y")
 
     async def body(fs: FileSystem) -> None:
@@ -246,8 +246,8 @@ def test_a_stat_loop_in_a_folder_never_listed_lists_it_after_two_names() -> None
         store.requests.reset()
         for n in range(10):
             assert (await fs.lookup(big, f"f{n:04d}")).size == 1
-        # 2 probes, one first page tried (not the whole folder), then probes again: never the 2nd page
-        assert store.requests.snapshot() == {"head": 10, "list": 11}
+        # 2 probes, two pages tried (not the whole folder), then probes again: never the 3rd page
+        assert store.requests.snapshot() == {"head": 10, "list": 12}
 
     run_fs(store, body, metadata_ttl=60.0)
 

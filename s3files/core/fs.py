@@ -76,6 +76,8 @@ class BadHandle(S3FilesError):
 MAX_LIST_PAGES = 1_000_000  # a bound on any listing loop: 10^9 keys
 OPEN_GET_BYTES = 256 * 1024  # a file up to this size is opened for reading with one GET of it, not a HEAD
 PROBES_BEFORE_LISTING = 2  # names probed (HEAD + LIST each) in a folder never listed before it is listed
+SMALL_FOLDER_PAGES = 2  # a folder listed instead of probed: at most this many pages (RGW sometimes ends a
+# page early: the raw SDK's listing of 1,000 keys took 2 LISTs in one benchmark round of 3)
 UNMOUNT_UPLOAD_TIMEOUT = 300  # seconds unmount waits for unsent files before leaving them on disk
 RENAME_NOREPLACE = 1  # linux/fs.h renameat2 flags
 RENAME_EXCHANGE = 2
@@ -143,9 +145,9 @@ class FileSystem:
         self._listings: TTLCache[str, dict[str, Entry]] = TTLCache(
             maxsize=256, ttl=max(opts.metadata_ttl, 1e-9), timer=now
         )
-        # Folders whose last listing was one page: a lookup there re-lists (1 LIST answers every name for
-        # metadata_ttl) instead of probing each new name (HEAD + LIST), as when creating many files.
-        self._one_page: LRUCache[str, bool] = LRUCache(maxsize=4096)
+        # Folders whose last listing was small (SMALL_FOLDER_PAGES): a lookup there re-lists (a LIST answers
+        # every name for metadata_ttl) instead of probing each new name (HEAD + LIST), as when creating files.
+        self._small_folders: LRUCache[str, bool] = LRUCache(maxsize=4096)
         self._probed: LRUCache[str, int] = LRUCache(maxsize=4096)  # folder -> names probed there
         self._handles = itertools.count(1)
         self._dirs: dict[int, _DirHandle] = {}
@@ -171,9 +173,9 @@ class FileSystem:
         assert entry.info is not None
         return self.inodes.put_file(path, entry.info, self._fresh_until())
 
-    async def _list(self, path: str, one_page_only: bool = False) -> dict[str, Entry] | None:
+    async def _list(self, path: str, max_pages: int = MAX_LIST_PAGES) -> dict[str, Entry] | None:
         """All entries of folder ``path``, from a fresh cached listing or ceil(N/1000) LIST requests
-        (``one_page_only``: None if the folder takes more than one page)."""
+        (None if that takes more than ``max_pages``)."""
         cached = self._listings.get(path)
         if cached is not None:
             return cached
@@ -186,16 +188,16 @@ class FileSystem:
             token = page.next_token
             if not token:
                 break
-            if one_page_only:
-                self._one_page.pop(path, None)  # grew past a page: probe its names from now on
+            if len(pages) >= max_pages:
+                self._small_folders.pop(path, None)  # too big to list for a lookup: probe its names from now on
                 return None
         entries = await self._with_links(path, self.ns.entries(path, pages))
         if self.opts.metadata_ttl > 0:
             self._listings[path] = entries
-            if len(pages) == 1:
-                self._one_page[path] = True
+            if len(pages) <= SMALL_FOLDER_PAGES:
+                self._small_folders[path] = True
             else:
-                self._one_page.pop(path, None)
+                self._small_folders.pop(path, None)
         return entries
 
     def _listed(self, path: str, entry: Entry | None) -> None:
@@ -315,8 +317,8 @@ class FileSystem:
         if local is not None and local.ino in self._staged:
             return Entry(name, is_dir=False)
         listing = self._listings.get(parent_path)
-        if listing is None and (parent_path in self._one_page or self._probed_enough(parent_path)):
-            listing = await self._list(parent_path, one_page_only=True)
+        if listing is None and (parent_path in self._small_folders or self._probed_enough(parent_path)):
+            listing = await self._list(parent_path, SMALL_FOLDER_PAGES)
         if listing is not None:
             entry = listing.get(name)
             if entry is None:
@@ -325,12 +327,12 @@ class FileSystem:
         return await self._probe(path)
 
     def _probed_enough(self, path: str) -> bool:
-        """Whether to list folder ``path`` (one page) instead of probing one more name in it.
+        """Whether to list folder ``path`` (SMALL_FOLDER_PAGES at most) instead of probing one more name.
 
         A stat or open of every file of a folder never listed (``find``, a data loader reading a file list)
-        would cost HEAD + LIST per name. After ``PROBES_BEFORE_LISTING`` names one LIST page is tried once:
-        if it holds the whole folder it answers every later name for ``metadata_ttl`` (and the folder is
-        re-listed after that, see ``_one_page``); a larger folder goes on being probed name by name."""
+        would cost HEAD + LIST per name. After ``PROBES_BEFORE_LISTING`` names a listing is tried once: if
+        it takes SMALL_FOLDER_PAGES or fewer it answers every later name for ``metadata_ttl`` (and the folder is
+        re-listed after that, see ``_small_folders``); a larger folder goes on being probed name by name."""
         if self.opts.metadata_ttl <= 0:
             return False
         probed = self._probed[path] = self._probed.get(path, 0) + 1
@@ -717,7 +719,7 @@ class FileSystem:
         self._listed(path, Entry(name, is_dir=True))
         if self.opts.metadata_ttl > 0:
             self._listings[path] = {}
-            self._one_page[path] = True
+            self._small_folders[path] = True
         self.inodes.acquire(node.ino)
         return node.attr()
 
