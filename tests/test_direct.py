@@ -20,7 +20,7 @@ from botocore.credentials import ReadOnlyCredentials
 from conftest import S3Server, run_trio
 
 from s3files.errors import ObjectNotFound, PreconditionFailed
-from s3files.store.direct import DirectHttp
+from s3files.store.direct import DirectHttp, sign_v4, signing_key
 from s3files.store.s3 import open_s3_store
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
@@ -49,6 +49,33 @@ def test_ranged_gets_take_the_direct_path(s3_server: S3Server, s3_bucket: str, s
             with pytest.raises(ObjectNotFound):
                 await store.get_range("no/such/key", 0, 10)
             assert store.statistics()["direct_requests"] == len(ranges) + 1
+
+    run_trio(main)
+
+
+def test_get_first_takes_the_direct_path_and_reads_like_a_head(
+    s3_server: S3Server, s3_bucket: str, s3_client: Any
+) -> None:
+    key = "small files/ünï + &=.txt"
+    meta = {"mode": "33188", "uid": "1000", "mtime": "1700000000.5"}
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=DATA[:5000], Metadata=meta)
+    s3_client.put_object(Bucket=s3_bucket, Key="empty", Body=b"")
+
+    async def main() -> None:
+        async with open_s3_store(s3_bucket, endpoint_url=s3_server.endpoint_url, max_attempts=2) as store:
+            head = await store.head(key)
+            store.requests.reset()
+            info, data = await store.get_first(key, 4096)
+            assert (data, info) == (DATA[:4096], head)  # size, ETag, time and metadata as a HEAD says them
+            info, data = await store.get_first(key, 1 << 20)
+            assert (data, info.size) == (DATA[:5000], 5000)
+            assert store.statistics()["direct_requests"] == 2 and store.requests.snapshot() == {"get": 2}
+            # An empty object's 416 and a missing key go through aiobotocore (direct try + fallback).
+            info, data = await store.get_first("empty", 4096)
+            assert (data, info.size) == (b"", 0)
+            with pytest.raises(ObjectNotFound):
+                await store.get_first("no/such/key", 4096)
+            assert store.statistics()["direct_requests"] == 2
 
     run_trio(main)
 
@@ -317,6 +344,33 @@ def test_off_behind_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert not getter.enabled
     assert run_asyncio(lambda: getter.get("k", 0, 9, None)) is None
+
+
+@pytest.mark.parametrize("token", [None, "session-token/+="])
+def test_sign_v4_signs_as_botocore_does(token: str | None) -> None:
+    import types
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    credentials = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    headers = {
+        "Content-MD5": "Q2hlY2sgSW50ZWdyaXR5IQ==",
+        "x-amz-meta-mode": "33188",
+        "x-amz-meta-mtime": "  1700000000.5  ",
+        "If-Match": '"0123abcd"',
+        "Content-Length": "4096",
+    }
+    path = "/bucket/a%20folder/%C3%BCn%C3%AFcode%20%2B%20plus%3F%26%3D.bin"
+    url = f"http://127.0.0.1:9000{path}"
+    theirs = AWSRequest(method="PUT", url=url, headers=dict(headers))
+    theirs.context["client_config"] = types.SimpleNamespace(s3={"payload_signing_enabled": False})
+    S3SigV4Auth(credentials, "s3", "eu-west-3").add_auth(theirs)
+    date = theirs.headers["X-Amz-Date"]
+    key = signing_key(credentials.secret_key, date[:8], "eu-west-3")
+    ours = sign_v4("PUT", "127.0.0.1:9000", path, headers, credentials, "eu-west-3", date, key)
+    assert ours["Authorization"] == theirs.headers["Authorization"]
+    assert {k.lower(): v for k, v in ours.items()} == {k.lower(): v for k, v in theirs.headers.items()}
 
 
 def test_a_put_is_signed_and_carries_its_headers_and_body() -> None:

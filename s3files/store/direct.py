@@ -1,4 +1,4 @@
-"""Direct HTTP for the two hot requests, ranged GETs and small PUTs, beside aiobotocore.
+"""Direct HTTP for the hot requests, ranged GETs and small PUTs, beside aiobotocore.
 
 Owns: a small keep-alive connection pool to the endpoint and the HTTP/1.1 exchanges of those two requests.
 Used only by ``S3Store`` (on its asyncio thread), which owns retries and error translation.
@@ -8,37 +8,38 @@ aiohttp's parser and stream and is joined at the end: two or three copies and Py
 1.1-1.4 s of CPU per GiB on the benchmark machine, more than the whole FUSE side of a read. Here an
 asyncio ``BufferedProtocol`` hands the socket a view of one preallocated buffer (``recv_into``): one copy,
 about 0.6 s per GiB. A small PUT through aiobotocore (or boto3) costs 2-3 ms of CPU in parameter
-validation, endpoint rules, signing and response parsing; here it is signed with botocore's own SigV4
-signer and sent as is, a fraction of that (bench/RESULTS.md, "The read path" and "Small files").
+validation, endpoint rules, signing and response parsing; here it is signed (SigV4, ``sign_v4``) and
+sent as is, a fraction of that (bench/RESULTS.md, "The read path" and "Small files"). Opening a small
+file reads it with one GET here too (``get_first``: the answer's headers say what a HEAD would).
 
 How requests are addressed and signed. A GET goes to a URL presigned by aiobotocore (per key, reused for a
 minute); ``Range`` and ``If-Match`` travel as unsigned standard headers, which S3 accepts. A PUT goes to the
-same URL without the query, signed in its headers with the client's credentials (``S3SigV4Auth``); the
-key's path is made the way botocore makes it, checked once against a presigned URL of an awkward key.
+same URL without the query, signed in its headers with the client's credentials (``sign_v4``: SigV4 as
+botocore's S3 signer makes it, checked against it in the tests, at a sixth of its cost); the key's path
+is made the way botocore makes it, checked once against a presigned URL of an awkward key.
 
 What it does not do: retry or interpret errors. Anything but the one expected answer (a 206 of exactly
-the bytes asked for, a 200 to a PUT) returns None and the caller repeats the request through aiobotocore,
-which retries, translates errors and knows every special case (412, 416, a 200 that ignored Range,
-chunked or encoded bodies). Behind an HTTP proxy it is off (aiobotocore honours proxies; this does not).
-After repeated connection failures it steps aside for a while, so a broken direct path never costs more
-than one failed attempt per minute or so.
+the bytes asked for, or of the object's first bytes for ``get_first``; a 200 to a PUT) returns None and
+the caller repeats the request through aiobotocore, which retries, translates errors and knows every
+special case (412, 416, a 200 that ignored Range, chunked or encoded bodies). Behind an HTTP proxy it is
+off (aiobotocore honours proxies; this does not). After repeated connection failures it steps aside for a
+while, so a broken direct path never costs more than one failed attempt per minute or so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import hashlib
+import hmac
 import logging
 import ssl
 import time
-import types
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ PAUSE_SECONDS = 60.0
 PROBE_KEYS = ("s3files-direct-probe", "s3files direct/ü~+%&=?probe")
 # Headers are signed as they are sent; the payload is not hashed (Content-MD5 protects it), as the
 # aiobotocore client is configured (payload_signing_enabled False).
-_SIGNING_CONTEXT = types.SimpleNamespace(s3={"payload_signing_enabled": False})
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+UNSIGNED_HEADERS = frozenset({"connection", "expect", "keep-alive", "te", "transfer-encoding", "user-agent"})
 
 Presign = Callable[[str], Awaitable[str]]
 Credentials = Callable[[], Awaitable[Any]]  # botocore frozen credentials
@@ -85,11 +87,14 @@ def _parse_head(raw: bytes) -> _Head:
 @dataclass(frozen=True)
 class _Expect:
     """The one answer a request may get: ``status``, a body of exactly ``length`` bytes (None: any
-    Content-Length up to MAX_SMALL_BODY) and, for a 206, a Content-Range starting ``content_range``."""
+    Content-Length up to ``max_length``) and, for a 206, a Content-Range starting ``content_range`` (or,
+    with ``first``, the first Content-Length bytes of the object)."""
 
     status: int
     length: int | None = None
     content_range: str | None = None
+    max_length: int = MAX_SMALL_BODY
+    first: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,8 +208,9 @@ class _Connection(asyncio.BufferedProtocol):
         if (
             not length.isdigit()
             or (expect.length is not None and int(length) != expect.length)
-            or (expect.length is None and int(length) > MAX_SMALL_BODY)
+            or (expect.length is None and int(length) > expect.max_length)
             or (expect.content_range is not None and h.get("content-range", "").split("/", 1)[0] != expect.content_range)
+            or (expect.first and h.get("content-range", "").split("/", 1)[0] != f"bytes 0-{int(length) - 1}")
             or "transfer-encoding" in h
             or h.get("content-encoding", "identity") not in ("", "identity")
         ):
@@ -262,12 +268,13 @@ class DirectHttp:
         self._urls: dict[str, tuple[float, urllib.parse.SplitResult]] = {}
         self._put_base: urllib.parse.SplitResult | None = None  # the URL of key "" for PUTs, once checked
         self._put_checked = False
+        self._signing: tuple[tuple[str, str], bytes] = (("", ""), b"")  # (secret, day) -> its signing key
         self._failures = 0
         self._paused_until = 0.0
         self.enabled = url.scheme in ("http", "https") and not _proxied(url)
         self.served = 0  # requests answered here (statistics and tests)
 
-    # -- the two requests ---------------------------------------------------------------------------
+    # -- the requests ------------------------------------------------------------------------------
 
     async def get(
         self, key: str, start: int, last: int, if_match: str | None, into: bytearray | None = None
@@ -286,6 +293,21 @@ class DirectHttp:
 
         response = await self._attempt("get", key, request)
         return None if response is None else response.body
+
+    async def get_first(self, key: str, nbytes: int) -> tuple[dict[str, str], bytearray] | None:
+        """The answer's headers and the first ``nbytes`` bytes of ``key`` (all of a smaller object), or
+        None: the caller must ask through aiobotocore (an empty object's 416 among other answers)."""
+        if not self._usable():
+            return None
+        expect = _Expect(206, max_length=nbytes, first=True)
+
+        async def request() -> _Response:
+            url = await self._url(key)
+            lines = [f"Range: bytes=0-{nbytes - 1}"]
+            return await self._exchange("GET", url, f"{url.path}?{url.query}", lines, expect)
+
+        response = await self._attempt("get", key, request)
+        return None if response is None else (response.headers, response.body)
 
     async def put(self, key: str, body: bytes, headers: Mapping[str, str]) -> dict[str, str] | None:
         """PUT ``body`` at ``key`` with ``headers`` (Content-MD5, x-amz-meta-*, conditions): the answer's
@@ -366,10 +388,12 @@ class DirectHttp:
         credentials = await self._credentials()
         if credentials is None:
             raise _Failed("no credentials")
-        request = AWSRequest(method=method, url=url.geturl(), headers=dict(headers))
-        request.context["client_config"] = _SIGNING_CONTEXT
-        S3SigV4Auth(credentials, "s3", self._region).add_auth(request)
-        return [f"{name}: {value}" for name, value in request.headers.items()]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        scope = (credentials.secret_key, now[:8])
+        if self._signing[0] != scope:
+            self._signing = (scope, signing_key(credentials.secret_key, now[:8], self._region))
+        signed = sign_v4(method, _host(url), url.path, headers, credentials, self._region, now, self._signing[1])
+        return [f"{name}: {value}" for name, value in signed.items()]
 
     async def _exchange(
         self,
@@ -423,6 +447,50 @@ class DirectHttp:
             except TimeoutError:
                 if time.monotonic() - conn.last_progress >= self._read_timeout:
                     raise
+
+
+def sign_v4(
+    method: str,
+    host: str,
+    path: str,
+    headers: Mapping[str, str],
+    credentials: Any,
+    region: str,
+    amz_date: str,
+    key: bytes,
+) -> dict[str, str]:
+    """``headers`` plus what AWS Signature Version 4 adds for S3 (header-signed, payload unsigned):
+    X-Amz-Date, X-Amz-Content-SHA256, X-Amz-Security-Token for temporary credentials, Authorization.
+    ``path`` is sent as given (already quoted); there is no query. ``credentials``: botocore's frozen
+    credentials (access_key, secret_key, token); ``key``: ``signing_key`` of their secret for the day."""
+    out = dict(headers)
+    out["X-Amz-Date"] = amz_date
+    out["X-Amz-Content-SHA256"] = UNSIGNED_PAYLOAD
+    if credentials.token:
+        out["X-Amz-Security-Token"] = credentials.token
+    canonical = {name.lower(): " ".join(str(value).split()) for name, value in out.items()}
+    canonical["host"] = host
+    names = sorted(name for name in canonical if name not in UNSIGNED_HEADERS)
+    request = "\n".join(
+        [method, path, "", *(f"{name}:{canonical[name]}" for name in names), "", ";".join(names), UNSIGNED_PAYLOAD]
+    )
+    day = amz_date[:8]
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256)
+    out["Authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, SignedHeaders={';'.join(names)}, "
+        f"Signature={signature.hexdigest()}"
+    )
+    return out
+
+
+def signing_key(secret: str, day: str, region: str) -> bytes:
+    """SigV4's key for one day, region and S3: four HMACs, so it is kept for the day (DirectHttp)."""
+    key = f"AWS4{secret}".encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
 
 
 def _quote_key(key: str) -> str:

@@ -152,6 +152,9 @@ def _error_code(exc: ClientError) -> tuple[str, int | None, str]:
     return str(error.get("Code", "") or status or ""), status, str(error.get("Message", "") or "")
 
 
+META = "x-amz-meta-"  # user metadata headers (lower case, as the direct path reports headers)
+
+
 def parse_timestamp(value: str) -> datetime.datetime:
     """S3's timestamps, fast: ISO 8601 in listings (``2026-11-28T04:47:14.123Z``), RFC 1123 in headers.
 
@@ -430,6 +433,20 @@ class S3Store:
         return await self._bridge.run(self._a_get_first, key, nbytes)
 
     async def _a_get_first(self, key: str, nbytes: int) -> tuple[ObjectInfo, bytes]:
+        if self._direct is not None:
+            answer = await self._direct.get_first(key, nbytes)
+            total = answer[0].get("content-range", "").rpartition("/")[2] if answer is not None else ""
+            if answer is not None and total.isdigit() and "last-modified" in answer[0]:
+                headers, body = answer
+                return ObjectInfo(
+                    key=key,
+                    size=int(total),
+                    etag=strip_etag(headers.get("etag")),
+                    last_modified=parse_timestamp(headers["last-modified"]).timestamp(),
+                    metadata={
+                        name[len(META) :]: value for name, value in headers.items() if name.startswith(META)
+                    },
+                ), bytes(body)
         try:
             response = await self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{nbytes - 1}")
             async with response["Body"] as body:
@@ -526,7 +543,7 @@ class S3Store:
         if_none_match: bool,
     ) -> ObjectInfo:
         if self._direct is not None and len(data) <= DIRECT_PUT_MAX:
-            headers = {"Content-MD5": md5, **{f"x-amz-meta-{name}": value for name, value in metadata.items()}}
+            headers = {"Content-MD5": md5, **{META + name: value for name, value in metadata.items()}}
             if if_none_match:
                 headers["If-None-Match"] = "*"
             if if_match is not None:
