@@ -206,6 +206,18 @@ def test_get_first_is_a_head_and_the_first_bytes_in_one_request(with_store: With
     with_store(test)
 
 
+def test_a_listing_and_a_head_give_the_same_time(with_store: WithStore) -> None:
+    async def test(store: ObjectStore) -> None:
+        await store.put("timed/a", b"x")
+        (listed,) = (await store.list_page("timed/", "/")).objects
+        head = await store.head("timed/a")
+        info, _ = await store.get_first("timed/a", 10)
+        assert listed.last_modified == head.last_modified == info.last_modified  # a changed mtime drops
+        # the kernel's cached pages of the file
+
+    with_store(test)
+
+
 def test_get_range_of_empty_object_is_empty(with_store: WithStore) -> None:
     async def test(store: ObjectStore) -> None:
         await store.put("empty", b"")

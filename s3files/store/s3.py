@@ -606,7 +606,9 @@ class S3Store:
                 key=item["Key"],
                 size=int(item["Size"]),
                 etag=strip_etag(item.get("ETag")),
-                last_modified=item["LastModified"].timestamp(),
+                # Whole seconds, as HEAD and GET say it (an HTTP date): RGW lists milliseconds, and a file
+                # whose mtime moved from the listing's to the HEAD's lost its kernel page cache at reopen.
+                last_modified=int(item["LastModified"].timestamp()),
                 metadata=None,
             )
             for item in response.get("Contents", [])
