@@ -520,7 +520,8 @@ def test_unlink_mkdir_rmdir_rename() -> None:
 
 def test_opening_a_small_file_for_reading_is_one_get_with_its_bytes() -> None:
     store = MemoryStore()
-    small, large = random.Random(12).randbytes(OPEN_GET_BYTES), random.Random(13).randbytes(OPEN_GET_BYTES + 1)
+    small = random.Random(12).randbytes(OPEN_GET_BYTES)
+    large = random.Random(13).randbytes(OPEN_GET_BYTES + 1)
     store.seed("small", small, {"mode": str(stat.S_IFREG | 0o600)})
     store.seed("large", large)
 

@@ -189,7 +189,7 @@ class FileSystem:
             if not token:
                 break
             if len(pages) >= max_pages:
-                self._small_folders.pop(path, None)  # too big to list for a lookup: probe its names from now on
+                self._small_folders.pop(path, None)  # too big to list for lookups: probe its names now
                 return None
         entries = await self._with_links(path, self.ns.entries(path, pages))
         if self.opts.metadata_ttl > 0:
@@ -331,8 +331,8 @@ class FileSystem:
 
         A stat or open of every file of a folder never listed (``find``, a data loader reading a file list)
         would cost HEAD + LIST per name. After ``PROBES_BEFORE_LISTING`` names a listing is tried once: if
-        it takes SMALL_FOLDER_PAGES or fewer it answers every later name for ``metadata_ttl`` (and the folder is
-        re-listed after that, see ``_small_folders``); a larger folder goes on being probed name by name."""
+        it takes SMALL_FOLDER_PAGES or fewer it answers every later name for ``metadata_ttl`` (and the
+        folder is re-listed after that, see ``_small_folders``); a larger folder goes on being probed."""
         if self.opts.metadata_ttl <= 0:
             return False
         probed = self._probed[path] = self._probed.get(path, 0) + 1

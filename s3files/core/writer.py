@@ -5,8 +5,9 @@ logical size, or, while a new file is small, an anonymous file in memory), which
 bytes, the multipart upload that parts stream into while the program is still writing, and the final
 conditional write: If-None-Match for a new key, If-Match with the ETag we started from for an overwrite.
 On a conflict nothing is lost: the outside version stays at the key, ours is uploaded beside it as
-``NAME.s3files-conflict-<UTC timestamp>``, and the caller gets ``WriteConflict`` (EIO at close/fsync). Must not decide *when* to commit (fs.py does: flush/fsync/close,
-which is close-to-open) nor touch inodes beyond reading the one a staged file belongs to.
+``NAME.s3files-conflict-<UTC timestamp>``, and the caller gets ``WriteConflict`` (EIO at close/fsync).
+Must not decide *when* to commit (fs.py does: flush/fsync/close, which is close-to-open) nor touch inodes
+beyond reading the one a staged file belongs to.
 
 Why parts: S3 has no partial writes, so any change produces a new whole object. Cutting every file into
 the same fixed parts (``PartLayout``) lets an edit touch only its parts: opening a 10 GiB file and changing
@@ -263,17 +264,20 @@ class Staging:
             try:
                 fd, path = self._new_file(staged.length)
             except OSError as exc:
-                raise CacheFull(f"the cache folder {self.folder} is full or unwritable ({exc.strerror})") from None
+                raise self._unwritable(exc) from None
             try:
                 self._pwrite(fd, data, 0)
             except OSError as exc:
                 os.close(fd)
                 path.unlink(missing_ok=True)
-                raise CacheFull(f"the cache folder {self.folder} is full or unwritable ({exc.strerror})") from None
+                raise self._unwritable(exc) from None
             os.close(staged.fd)
             self.memory -= staged.allocated
             staged.fd, staged.path, staged.allocated = fd, path, 0
             self._account(staged)
+
+    def _unwritable(self, exc: OSError) -> CacheFull:
+        return CacheFull(f"the cache folder {self.folder} is full or unwritable ({exc.strerror})")
 
     def _spill_or_break(self, staged: StagedFile) -> None:
         """Spill before a write or truncate that needs it; if that fails, the change is refused, and a

@@ -392,7 +392,8 @@ class DirectHttp:
         scope = (credentials.secret_key, now[:8])
         if self._signing[0] != scope:
             self._signing = (scope, signing_key(credentials.secret_key, now[:8], self._region))
-        signed = sign_v4(method, _host(url), url.path, headers, credentials, self._region, now, self._signing[1])
+        key = self._signing[1]
+        signed = sign_v4(method, _host(url), url.path, headers, credentials, self._region, now, key)
         return [f"{name}: {value}" for name, value in signed.items()]
 
     async def _exchange(
@@ -471,9 +472,8 @@ def sign_v4(
     canonical = {name.lower(): " ".join(str(value).split()) for name, value in out.items()}
     canonical["host"] = host
     names = sorted(name for name in canonical if name not in UNSIGNED_HEADERS)
-    request = "\n".join(
-        [method, path, "", *(f"{name}:{canonical[name]}" for name in names), "", ";".join(names), UNSIGNED_PAYLOAD]
-    )
+    lines = [f"{name}:{canonical[name]}" for name in names]
+    request = "\n".join([method, path, "", *lines, "", ";".join(names), UNSIGNED_PAYLOAD])
     day = amz_date[:8]
     scope = f"{day}/{region}/s3/aws4_request"
     to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"

@@ -448,7 +448,9 @@ class S3Store:
                     },
                 ), bytes(body)
         try:
-            response = await self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{nbytes - 1}")
+            response = await self._client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes=0-{nbytes - 1}"
+            )
             async with response["Body"] as body:
                 data: bytes = await body.read()
         except ClientError as exc:
