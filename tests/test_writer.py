@@ -485,3 +485,33 @@ def test_a_small_file_whose_upload_fails_is_kept_on_disk() -> None:
 
     run_fs(store, body)
     assert store.data("precious") == b"do not lose me"  # uploaded at unmount, once S3 answered again
+
+
+def test_an_unmount_that_cannot_upload_keeps_a_small_file_on_disk() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "unsent", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"still here")
+        store.fail("put", EndpointUnreachable("S3 is down"))
+        await fs.aclose()  # the upload fails: the copy leaves memory for the cache folder
+        assert list(_staged_files(fs).values()) == [b"still here"]
+
+    run_fs(store, body)
+    assert store.data("unsent") == b"still here"  # sent by run_fs's own unmount, once S3 answers
+
+
+def test_an_unmount_out_of_time_keeps_a_small_file_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import s3files.core.fs
+
+    monkeypatch.setattr(s3files.core.fs, "UNMOUNT_UPLOAD_TIMEOUT", 0)
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "late", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"not sent in time")
+        await fs.aclose()  # no time to upload: what is unsent must not stay in memory only
+        assert list(_staged_files(fs).values()) == [b"not sent in time"]
+        assert store.keys() == []
+
+    run_fs(store, body)
