@@ -271,7 +271,7 @@ class FileSystem:
             raise NotFound(f"{node.path} was removed from the bucket") from None
         return self._refreshed(node, info)
 
-    async def _get_first(self, node: Inode) -> tuple[Inode, bytes]:
+    async def _get_first(self, node: Inode) -> tuple[Inode, bytes | bytearray]:
         """What ``_head`` does, for a small file about to be read: the same answer and its bytes in one
         GET (a HEAD and then a GET cost two round trips per small file read)."""
         try:
@@ -451,7 +451,7 @@ class FileSystem:
         if writable or flags & os.O_TRUNC:
             self.check_writable(f"open {node.path} for writing")
         staged = self._staged.get(ino)
-        first: bytes | None = None
+        first: bytes | bytearray | None = None
         if staged is None and not writable and self._small_to_read(node):
             node, first = await self._get_first(node)  # close-to-open, and the bytes along with it
         elif staged is None:
@@ -480,7 +480,7 @@ class FileSystem:
             and not self._staging.holds_clean(node.ino)
         )
 
-    def _reader(self, node: Inode, first: bytes | None = None) -> Reader:
+    def _reader(self, node: Inode, first: bytes | bytearray | None = None) -> Reader:
         return Reader(
             self.store, self.ns.file_key(node.path), node.size, node.etag, self.opts.read, self._spawn, first
         )

@@ -78,7 +78,7 @@ class Reader:
         etag: str | None,
         opts: ReadOptions,
         spawn: Spawn,
-        first: bytes | None = None,
+        first: bytes | bytearray | None = None,
     ) -> None:
         """``first``: the object's first bytes of version ``etag``, fetched already (at open)."""
         self._store = store

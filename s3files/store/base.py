@@ -104,10 +104,10 @@ class ObjectStore(Protocol):
     async def head(self, key: str) -> ObjectInfo:
         """Size, ETag, LastModified and user metadata of ``key``; ObjectNotFound if absent."""
 
-    async def get_first(self, key: str, nbytes: int) -> tuple[ObjectInfo, bytes]:
+    async def get_first(self, key: str, nbytes: int) -> tuple[ObjectInfo, bytes | bytearray]:
         """What ``head`` says of ``key`` and its first ``nbytes`` bytes (all of a smaller object), in one
         GET: opening a small file then costs one request instead of a HEAD and a GET. ObjectNotFound if
-        absent."""
+        absent. The bytes may be a bytearray (as from ``get_range``): treat them as read-only."""
 
     async def get_range(
         self, key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None

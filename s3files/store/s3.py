@@ -178,6 +178,17 @@ def _response_time(response: Mapping[str, Any]) -> float:
     return _header_time((response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}).get("date"))
 
 
+def _described(key: str, size: int, response: Mapping[str, Any]) -> ObjectInfo:
+    """What a HEAD or GET answer (through aiobotocore) says of ``key``."""
+    return ObjectInfo(
+        key=key,
+        size=size,
+        etag=strip_etag(response.get("ETag")),
+        last_modified=response["LastModified"].timestamp(),
+        metadata=dict(response.get("Metadata") or {}),
+    )
+
+
 def _header_time(date: str | None) -> float:
     if date:
         try:
@@ -419,34 +430,23 @@ class S3Store:
 
     async def _a_head(self, key: str) -> ObjectInfo:
         response = await self._call("head", key, "head_object", Key=key)
-        return ObjectInfo(
-            key=key,
-            size=int(response["ContentLength"]),
-            etag=strip_etag(response.get("ETag")),
-            last_modified=response["LastModified"].timestamp(),
-            metadata=dict(response.get("Metadata") or {}),
-        )
+        return _described(key, int(response["ContentLength"]), response)
 
-    async def get_first(self, key: str, nbytes: int) -> tuple[ObjectInfo, bytes]:
+    async def get_first(self, key: str, nbytes: int) -> tuple[ObjectInfo, bytes | bytearray]:
         if nbytes < 1:
             raise StoreError(f"get_first of {key} needs at least one byte, not {nbytes}")
         return await self._bridge.run(self._a_get_first, key, nbytes)
 
-    async def _a_get_first(self, key: str, nbytes: int) -> tuple[ObjectInfo, bytes]:
+    async def _a_get_first(self, key: str, nbytes: int) -> tuple[ObjectInfo, bytes | bytearray]:
         if self._direct is not None:
             answer = await self._direct.get_first(key, nbytes)
-            total = answer[0].get("content-range", "").rpartition("/")[2] if answer is not None else ""
-            if answer is not None and total.isdigit() and "last-modified" in answer[0]:
+            if answer is not None:
                 headers, body = answer
-                return ObjectInfo(
-                    key=key,
-                    size=int(total),
-                    etag=strip_etag(headers.get("etag")),
-                    last_modified=parse_timestamp(headers["last-modified"]).timestamp(),
-                    metadata={
-                        name[len(META) :]: value for name, value in headers.items() if name.startswith(META)
-                    },
-                ), bytes(body)
+                total = headers.get("content-range", "").rpartition("/")[2]
+                if total.isdigit() and "last-modified" in headers:
+                    meta = {name[len(META) :]: v for name, v in headers.items() if name.startswith(META)}
+                    etag, modified = strip_etag(headers.get("etag")), _header_time(headers["last-modified"])
+                    return ObjectInfo(key, int(total), etag, modified, meta), body
         try:
             response = await self._client.get_object(
                 Bucket=self.bucket, Key=key, Range=f"bytes=0-{nbytes - 1}"
@@ -465,14 +465,7 @@ class S3Store:
         total = (response.get("ContentRange") or "").rpartition("/")[2]
         if not total.isdigit():  # no Content-Range: the server ignored Range and sent everything
             total = str(len(data))
-        info = ObjectInfo(
-            key=key,
-            size=int(total),
-            etag=strip_etag(response.get("ETag")),
-            last_modified=response["LastModified"].timestamp(),
-            metadata=dict(response.get("Metadata") or {}),
-        )
-        return info, data[:nbytes]
+        return _described(key, int(total), response), data[:nbytes]
 
     async def get_range(
         self, key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
