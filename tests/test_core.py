@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from s3files.core.fs import OPEN_GET_BYTES, FileSystem
 from s3files.core.inodes import ROOT_INO
+from s3files.core.reader import IDLE_SECONDS
 from s3files.errors import S3FilesError
 from s3files.options import MIB, MountOptions, ReadOptions, Source
 from s3files.store import MemoryStore
@@ -232,12 +234,14 @@ class RecyclingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.offered = 0
+        self.fresh = 0  # part-size GETs that had to allocate a buffer
 
     async def get_range(
         self, key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
     ) -> bytes | bytearray:
         data = await super().get_range(key, start, end, if_match)
         if into is None:
+            self.fresh += end - start == 8 * MIB
             return bytearray(data)
         self.offered += 1
         into[:] = data
@@ -265,6 +269,43 @@ def test_reader_recycles_part_buffers_only_when_nothing_sees_them() -> None:
     run_fs(store, body, read=ReadOptions())
     # Parts scheduled once the first ones were consumed (from about 66 MiB on) reuse their buffers.
     assert store.offered >= 12
+
+
+def test_spare_part_buffers_serve_the_next_file_and_are_given_back_when_idle() -> None:
+    """Buffers a reader leaves behind serve the next file's parts (it allocates none of part size), and a
+    mount idle for IDLE_SECONDS holds none."""
+    store = RecyclingStore()
+    data = os.urandom(40 * MIB)
+    store.seed("a", data)
+    store.seed("b", data)
+    spare: list[int] = []
+
+    async def read_all(fs: FileSystem, name: str) -> None:
+        opened = await fs.open(await resolve(fs, name), os.O_RDONLY)
+        for off in range(0, len(data), MIB):
+            assert await fs.read(opened.fh, off, MIB) == data[off : off + MIB]
+        await fs.release(opened.fh)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            opts = MountOptions(source=Source("bucket", ""), mountpoint=Path("/unused"))
+            with tempfile.TemporaryDirectory() as staging:
+                fs = FileSystem(store, opts, spawn=nursery.start_soon, staging=Path(staging))
+                await read_all(fs, "a")
+                fresh_for_a, offered_for_a = store.fresh, store.offered
+                spare.append(int(fs.statistics()["spare_read_bytes"]))  # type: ignore[call-overload]
+                await read_all(fs, "b")
+                assert store.fresh == fresh_for_a and store.offered >= offered_for_a + 4
+                await trio.sleep(IDLE_SECONDS / 2)
+                spare.append(int(fs.statistics()["spare_read_bytes"]))  # type: ignore[call-overload]
+                await trio.sleep(IDLE_SECONDS)
+                spare.append(int(fs.statistics()["spare_read_bytes"]))  # type: ignore[call-overload]
+                await fs.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert store.fresh >= 4  # file a started with new buffers
+    assert spare[0] >= 4 * 8 * MIB and spare[1] >= 4 * 8 * MIB and spare[2] == 0
 
 
 def test_read_sees_changed_object_at_next_open_and_keep_cache_tracks_etag() -> None:

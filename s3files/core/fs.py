@@ -37,7 +37,7 @@ from cachetools import LRUCache, TTLCache
 from s3files.core.inodes import ROOT_INO, Attr, Defaults, Inode, InodeTable
 from s3files.core.links import LINK_MAX, copy_object, link_candidate, link_metadata, posix_fields, put_link
 from s3files.core.namespace import Entry, Namespace, join, valid_name
-from s3files.core.reader import Reader, Spawn
+from s3files.core.reader import PartBuffers, Reader, Spawn
 from s3files.core.tasks import for_each, run_all
 from s3files.core.trees import move_tree
 from s3files.core.writer import (
@@ -136,6 +136,7 @@ class FileSystem:
         self._staged: dict[int, StagedFile] = {}  # ino -> its local copy while being changed
         self.opts = opts
         self._spawn = spawn
+        self._part_buffers = PartBuffers(opts.read.part_size, opts.read.max_window + opts.read.part_size, spawn)
         self._now = now
         self.ns = Namespace(opts.source.prefix)
         self.inodes = InodeTable(
@@ -481,9 +482,8 @@ class FileSystem:
         )
 
     def _reader(self, node: Inode, first: bytes | bytearray | None = None) -> Reader:
-        return Reader(
-            self.store, self.ns.file_key(node.path), node.size, node.etag, self.opts.read, self._spawn, first
-        )
+        key = self.ns.file_key(node.path)
+        return Reader(self.store, key, node.size, node.etag, self.opts.read, self._spawn, first, self._part_buffers)
 
     async def _stage(self, node: Inode, truncate: bool) -> StagedFile:
         """Make the local copy of ``node`` that writes go to (its parts are fetched when first needed)."""
@@ -859,6 +859,7 @@ class FileSystem:
             "open_folders": len(self._dirs),
             "cached_listings": len(self._listings),
             "held_read_bytes": sum(h.reader.held_bytes for h in self._files.values()),
+            "spare_read_bytes": self._part_buffers.held_bytes,
             "staged_files": len(self._staged),
             "dirty_files": sum(1 for s in self._staged.values() if s.dirty),
             "cache_bytes": self._staging.used,

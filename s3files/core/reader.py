@@ -11,10 +11,11 @@ first byte is set by it. A reader that jumps is random: it fetches exactly the b
 window starts again small. Parts never overlap, so no byte is fetched twice while it is held.
 
 Memory: at most ``max_window`` ahead plus ``part_size`` behind the reader (the kernel may deliver
-concurrent reads slightly out of order, so a part is dropped only once the reader is a part beyond it),
-plus up to ``MAX_SPARE`` spare buffers: a consumed part's buffer receives a later part (``into``) when
-nothing references it any more, because a fresh one costs zeroing and page faults, about a fifth of the
-daemon's CPU per byte read.
+concurrent reads slightly out of order, so a part is dropped only once the reader is a part beyond it).
+A consumed part's buffer receives a later part (``into``) when nothing references it any more, because a
+fresh one costs zeroing and page faults, about a fifth of the daemon's CPU per byte read. Spare buffers
+live in the mount's ``PartBuffers``, shared by every reader, so the next file reuses them too (at most
+``max_window + part_size`` of them, dropped after ``IDLE_SECONDS`` unused).
 
 Invariant: ``_parts`` is sorted, contiguous and non-overlapping; between awaits only this object mutates
 it (trio is single-threaded), so scheduling is done without awaiting.
@@ -38,7 +39,52 @@ log = logging.getLogger(__name__)
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
-MAX_SPARE = 2
+IDLE_SECONDS = 30.0  # spare part buffers unused this long are given back to the system
+
+
+class PartBuffers:
+    """Spare buffers of one part size, shared by a mount's readers.
+
+    Why: a new 8 MiB buffer is zeroed and faults in 2,048 pages (in a VM, often the host's pages too);
+    reused, it costs nothing. Readers of one file at a time (a data loader, a copy loop) would otherwise
+    pay that for the first ``max_window`` of every file. Bounded by ``limit`` bytes, and emptied once
+    nobody has taken or given a buffer for ``IDLE_SECONDS``, so an idle mount holds none.
+    """
+
+    def __init__(self, size: int, limit: int, spawn: Spawn) -> None:
+        self.size = size
+        self._most = max(limit // size, 1)
+        self._free: list[bytearray] = []
+        self._spawn = spawn
+        self._last_use = 0.0
+        self._trim_pending = False
+
+    @property
+    def held_bytes(self) -> int:
+        return len(self._free) * self.size
+
+    def take(self) -> bytearray | None:
+        self._last_use = trio.current_time()
+        return self._free.pop() if self._free else None
+
+    def give(self, buffer: bytearray) -> None:
+        self._last_use = trio.current_time()
+        if len(buffer) != self.size or len(self._free) >= self._most:
+            return
+        self._free.append(buffer)
+        if not self._trim_pending:
+            self._trim_pending = True
+            self._spawn(self._trim_when_idle)
+
+    async def _trim_when_idle(self) -> None:
+        """One check per call (a busy pool schedules the next one): no loop outlives its purpose."""
+        await trio.sleep(IDLE_SECONDS)
+        self._trim_pending = False
+        if trio.current_time() - self._last_use >= IDLE_SECONDS:
+            self._free.clear()
+        elif self._free:
+            self._trim_pending = True
+            self._spawn(self._trim_when_idle)
 
 
 @dataclass(eq=False)
@@ -79,8 +125,10 @@ class Reader:
         opts: ReadOptions,
         spawn: Spawn,
         first: bytes | bytearray | None = None,
+        buffers: PartBuffers | None = None,
     ) -> None:
-        """``first``: the object's first bytes of version ``etag``, fetched already (at open)."""
+        """``first``: the object's first bytes of version ``etag``, fetched already (at open);
+        ``buffers``: the mount's spare part buffers (a reader of its own when None)."""
         self._store = store
         self._key = key
         self._size = size
@@ -92,7 +140,7 @@ class Reader:
         self._window = opts.first_part
         self._streak = 0  # bytes read sequentially since the window last grew
         self._closed = False
-        self._spare: list[bytearray] = []  # consumed parts' buffers, for the next parts of part_size
+        self._buffers = buffers or PartBuffers(opts.part_size, 2 * opts.part_size, spawn)
         self.stats = ReaderStats()
         if first:
             part = _Part(0, min(len(first), size), data=first)
@@ -180,22 +228,20 @@ class Reader:
             self._streak = 0
 
     def _recycle(self, part: _Part) -> None:
-        """Keep a dropped part's buffer as a spare if nothing else can still see it: no read is waiting
-        for or using the part, and no reference (a memoryview given to the kernel, a list) remains."""
+        """Give a dropped part's buffer to the spares if nothing else can still see it: no read is
+        waiting for or using the part, and no reference (a memoryview given to the kernel, a list) remains."""
         data, part.data = part.data, None
         if (
             isinstance(data, bytearray)
             and part.readers == 0
-            and len(data) == self._opts.part_size
-            and len(self._spare) < MAX_SPARE
             and sys.getrefcount(data) == 2  # ``data`` and getrefcount's argument: nobody else
         ):
-            self._spare.append(data)
+            self._buffers.give(data)
 
     def _start_part(self, start: int, end: int) -> _Part:
         part = _Part(start, end)
         self.stats.gets += 1
-        into = self._spare.pop() if self._spare and end - start == self._opts.part_size else None
+        into = self._buffers.take() if end - start == self._buffers.size else None
 
         async def fetch() -> None:
             with part.scope:
