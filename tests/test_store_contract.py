@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -427,6 +428,33 @@ def test_multipart_upload(with_store: WithStore) -> None:
         assert await store.get_range("big", 5 * MiB - 2, 5 * MiB + 2) == whole[5 * MiB - 2 : 5 * MiB + 2]
         assert store.requests["upload_part"] == 3
         assert store.requests["complete_multipart"] == 1
+
+    with_store(test)
+
+
+def test_upload_part_from_a_local_file(with_store: WithStore, tmp_path: Path) -> None:
+    """Parts sent from ranges of a local file (the write cache's copy) make the object those bytes make;
+    the file may be closed by the caller as soon as the call returns; a short file is an error."""
+    content = os.urandom(11 * MiB + 3)
+    local = tmp_path / "copy"
+    local.write_bytes(content)
+
+    async def test(store: ObjectStore) -> None:
+        upload_id = await store.create_multipart("from-file")
+        fd = os.open(local, os.O_RDONLY)
+        try:
+            first = await store.upload_part_from("from-file", upload_id, 1, fd, 0, 5 * MiB)
+            second = await store.upload_part_from("from-file", upload_id, 2, fd, 5 * MiB, len(content) - 5 * MiB)
+            with pytest.raises(StoreError):
+                await store.upload_part_from("from-file", upload_id, 3, fd, 6 * MiB, len(content))
+        finally:
+            os.close(fd)
+        assert first.etag == hashlib.md5(content[: 5 * MiB]).hexdigest()
+        assert second.etag == hashlib.md5(content[5 * MiB :]).hexdigest()
+        info = await store.complete_multipart("from-file", upload_id, [first, second])
+        assert info.size == len(content)
+        assert await store.get_range("from-file", 0, len(content)) == content
+        assert store.requests["upload_part"] == 2  # the short one was refused before any request
 
     with_store(test)
 

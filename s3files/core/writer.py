@@ -624,9 +624,8 @@ class Staging:
             if stop <= start or (previous is not None and previous[:2] == (generation, stop - start)):
                 return
             await self._settled(staged)
-            data = await trio.to_thread.run_sync(os.pread, staged.fd, stop - start, start)
-            part = await self.store.upload_part(upload.key, upload.upload_id, index + 1, data)
-        upload.sent[index] = (generation, len(data), part)
+            part = await self.store.upload_part_from(upload.key, upload.upload_id, index + 1, staged.fd, start, stop - start)
+        upload.sent[index] = (generation, stop - start, part)
 
     async def _wait_for_sends(self, staged: StagedFile) -> None:
         for _ in range(MAX_PARTS + 1):

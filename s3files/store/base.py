@@ -150,6 +150,13 @@ class ObjectStore(Protocol):
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPart:
         """Upload part ``number`` (1-based)."""
 
+    async def upload_part_from(
+        self, key: str, upload_id: str, number: int, fd: int, offset: int, length: int
+    ) -> CompletedPart:
+        """Upload part ``number`` = ``length`` bytes of local file ``fd`` from ``offset`` (the write cache's
+        copy), so an implementation can send them without copying them through memory. The caller may
+        close ``fd`` once this returns. StoreError if the file is shorter than the part."""
+
     async def upload_part_copy(
         self,
         key: str,

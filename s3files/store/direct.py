@@ -180,6 +180,20 @@ class _Connection(asyncio.BufferedProtocol):
             self.transport.write(body)
         return self._done
 
+    async def send_file(self, fd: int, offset: int, length: int, timeout: float) -> None:
+        """Send ``length`` bytes of file ``fd`` from ``offset`` as the body of the request just written,
+        straight from the page cache (sendfile: no copy through this process)."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        with open(fd, "rb", buffering=0, closefd=False) as file:
+            try:
+                sent = await asyncio.wait_for(loop.sendfile(self.transport, file, offset, length, fallback=False), timeout)
+            except RuntimeError as exc:  # sendfile not available here, or the connection closed under it
+                raise _Failed(f"sendfile failed: {exc}") from None
+        if sent != length:
+            raise _Failed(f"the file ended {length - sent} bytes early")
+        self.last_progress = time.monotonic()
+
     def close(self) -> None:
         """Abort the connection; a response still expected is cancelled (its caller has gone)."""
         self.closed = True
@@ -324,6 +338,31 @@ class DirectHttp:
         response = await self._attempt("put", key, request)
         return None if response is None else response.headers
 
+    async def put_part(
+        self, key: str, upload_id: str, number: int, source: tuple[int, int, int], md5: str
+    ) -> dict[str, str] | None:
+        """UploadPart of ``source`` = (file descriptor, offset, length), sent with sendfile, so the part's
+        bytes never pass through this process (plain HTTP only): the answer's headers on a 200, or None:
+        the caller must send the part through aiobotocore."""
+        if not self.sends_files():
+            return None
+        fd, offset, length = source
+        query = canonical_query({"partNumber": str(number), "uploadId": upload_id})
+        # As long as a slow link needs at 1 MiB/s, and never less than a read: bounded, yet fair to big parts.
+        timeout = max(self._read_timeout, length / (1024 * 1024))
+
+        async def request() -> _Response:
+            base = await self._put_url()
+            url = base._replace(path=base.path + _quote_key(key))
+            signed = await self._sign("PUT", url, {"Content-MD5": md5, "Content-Length": str(length)}, query)
+            target = f"{url.path}?{query}"
+            return await self._exchange(
+                "PUT", url, target, signed, _Expect(200), op="upload_part", body_file=(fd, offset, length, timeout)
+            )
+
+        response = await self._attempt("upload_part", key, request)
+        return None if response is None else response.headers
+
     async def aclose(self) -> None:
         for pool in self._idle.values():
             for conn in pool:
@@ -331,6 +370,11 @@ class DirectHttp:
         self._idle.clear()
 
     # -- internals ----------------------------------------------------------------------------------
+
+    def sends_files(self) -> bool:
+        """Would ``put_part`` try now (plain HTTP, not paused)? Read from the trio side too: a stale answer
+        costs only a fallback or a hash."""
+        return self._ssl is None and self._usable()
 
     def _usable(self) -> bool:
         return self.enabled and time.monotonic() >= self._paused_until
@@ -383,7 +427,9 @@ class DirectHttp:
             raise _Failed("direct PUTs are off for this endpoint")
         return self._put_base
 
-    async def _sign(self, method: str, url: urllib.parse.SplitResult, headers: Mapping[str, str]) -> list[str]:
+    async def _sign(
+        self, method: str, url: urllib.parse.SplitResult, headers: Mapping[str, str], query: str = ""
+    ) -> list[str]:
         """Header lines of a SigV4-signed request (botocore's signer, the client's credentials)."""
         credentials = await self._credentials()
         if credentials is None:
@@ -393,7 +439,7 @@ class DirectHttp:
         if self._signing[0] != scope:
             self._signing = (scope, signing_key(credentials.secret_key, now[:8], self._region))
         key = self._signing[1]
-        signed = sign_v4(method, _host(url), url.path, headers, credentials, self._region, now, key)
+        signed = sign_v4(method, _host(url), url.path, headers, credentials, self._region, now, key, query)
         return [f"{name}: {value}" for name, value in signed.items()]
 
     async def _exchange(
@@ -405,9 +451,12 @@ class DirectHttp:
         expect: _Expect,
         body: bytes = b"",
         into: bytearray | None = None,
+        op: str = "",
+        body_file: tuple[int, int, int, float] | None = None,
     ) -> _Response:
         """One request on a pooled connection. ``header_lines`` carry everything but Host (for a PUT, the
-        signed headers, Content-Length among them)."""
+        signed headers, Content-Length among them). ``op``: the request's name in the counters (the
+        method's by default); ``body_file``: (fd, offset, length, timeout) of a body sent from a file."""
         host = url.hostname
         assert host is not None
         port = url.port or (443 if url.scheme == "https" else 80)
@@ -416,7 +465,14 @@ class DirectHttp:
         conn = await self._connection(host, port)
         try:
             done = conn.exchange(request, expect, body, into)
-            self._on_request(method.lower())
+            self._on_request(op or method.lower())
+            if body_file is not None:
+                try:
+                    await conn.send_file(*body_file)
+                except BaseException:
+                    if done.done() and not done.cancelled():
+                        done.exception()  # the server answered (refused) before the body was sent: seen
+                    raise
             response = await self._wait(conn, done)
         except BaseException:
             conn.close()
@@ -459,11 +515,13 @@ def sign_v4(
     region: str,
     amz_date: str,
     key: bytes,
+    query: str = "",
 ) -> dict[str, str]:
     """``headers`` plus what AWS Signature Version 4 adds for S3 (header-signed, payload unsigned):
     X-Amz-Date, X-Amz-Content-SHA256, X-Amz-Security-Token for temporary credentials, Authorization.
-    ``path`` is sent as given (already quoted); there is no query. ``credentials``: botocore's frozen
-    credentials (access_key, secret_key, token); ``key``: ``signing_key`` of their secret for the day."""
+    ``path`` is sent as given (already quoted), ``query`` too (``canonical_query``: sorted and quoted as
+    SigV4 wants, so the same string is sent and signed). ``credentials``: botocore's frozen credentials
+    (access_key, secret_key, token); ``key``: ``signing_key`` of their secret for the day."""
     out = dict(headers)
     out["X-Amz-Date"] = amz_date
     out["X-Amz-Content-SHA256"] = UNSIGNED_PAYLOAD
@@ -473,7 +531,7 @@ def sign_v4(
     canonical["host"] = host
     names = sorted(name for name in canonical if name not in UNSIGNED_HEADERS)
     lines = [f"{name}:{canonical[name]}" for name in names]
-    request = "\n".join([method, path, "", *lines, "", ";".join(names), UNSIGNED_PAYLOAD])
+    request = "\n".join([method, path, query, *lines, "", ";".join(names), UNSIGNED_PAYLOAD])
     day = amz_date[:8]
     scope = f"{day}/{region}/s3/aws4_request"
     to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
@@ -483,6 +541,12 @@ def sign_v4(
         f"Signature={signature.hexdigest()}"
     )
     return out
+
+
+def canonical_query(params: Mapping[str, str]) -> str:
+    """A query string as SigV4 signs it (names sorted, everything but A-Z a-z 0-9 - _ . ~ encoded)."""
+    quote = urllib.parse.quote
+    return "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in sorted(params.items()))
 
 
 def signing_key(secret: str, day: str, region: str) -> bytes:
