@@ -10,6 +10,7 @@ stalls, failures, what a signed PUT carries).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from botocore.credentials import ReadOnlyCredentials
 from conftest import S3Server, run_trio
 
 from s3files.errors import ObjectNotFound, PreconditionFailed
-from s3files.store.direct import DirectHttp, sign_v4, signing_key
+from s3files.store.direct import UNSIGNED_PAYLOAD, DirectHttp, sign_v4, signing_key
 from s3files.store.s3 import open_s3_store
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
@@ -112,13 +113,13 @@ def test_small_puts_take_the_direct_path(s3_server: S3Server, s3_bucket: str, s3
     run_trio(main)
 
 
-def test_parts_from_a_file_take_the_direct_path_and_a_wrong_md5_is_refused(
+def test_parts_from_a_file_take_the_direct_path_and_a_wrong_hash_is_refused(
     s3_server: S3Server, s3_bucket: str, s3_client: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A part sent from a local file goes by sendfile on the direct path (one request, signed with its
-    query), and the server checks it against the Content-MD5 hashed before: a part that changed in
+    query), and the server checks it against the payload's SHA-256 signed before: a part that changed in
     between (here: a wrong hash) is refused there and sent again, hashed anew, through aiobotocore (RGW;
-    moto checks no part's Content-MD5)."""
+    moto checks no part's payload hash)."""
     import s3files.store.s3 as s3_module
 
     key = "multi part/ünï + &=.bin"
@@ -134,13 +135,13 @@ def test_parts_from_a_file_take_the_direct_path_and_a_wrong_md5_is_refused(
             try:
                 first = await store.upload_part_from(key, upload_id, 1, fd, 0, cut)
                 assert store.statistics()["direct_requests"] == 1 and store.requests["upload_part"] == 1
-                real = s3_module.file_md5
-                monkeypatch.setattr(s3_module, "file_md5", lambda *a: real(fd, 0, 16))  # not this part's
+                real = s3_module.file_sha256
+                monkeypatch.setattr(s3_module, "file_sha256", lambda *a: real(fd, 0, 16))  # not this part's
                 second = await store.upload_part_from(key, upload_id, 2, fd, cut, len(content) - cut)
                 if s3_server.kind == "rgw":
                     assert store.statistics()["direct_requests"] == 1  # refused there ...
                     assert store.requests["upload_part"] == 3  # ... and sent again
-                else:  # moto does not check a part's Content-MD5: taken as sent (the bytes are right)
+                else:  # moto does not check a part's payload hash: taken as sent (the bytes are right)
                     assert store.statistics()["direct_requests"] == 2
             finally:
                 os.close(fd)
@@ -152,6 +153,7 @@ def test_parts_from_a_file_take_the_direct_path_and_a_wrong_md5_is_refused(
 
 # --- DirectHttp alone, against a scripted server ------------------------------------------------------
 
+DIGEST = hashlib.sha256(b"the part").hexdigest()  # the part's hash as the caller gives it (not checked here)
 Handler = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]  # returns: keep the connection open
 
 
@@ -384,8 +386,10 @@ def test_off_behind_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert run_asyncio(lambda: getter.get("k", 0, 9, None)) is None
 
 
+@pytest.mark.parametrize("signed_payload", [False, True])
 @pytest.mark.parametrize("token", [None, "session-token/+="])
-def test_sign_v4_signs_as_botocore_does(token: str | None) -> None:
+def test_sign_v4_signs_as_botocore_does(token: str | None, signed_payload: bool) -> None:
+    """Headers only (small PUTs, Content-MD5) and with the payload's SHA-256 signed (parts from files)."""
     import types
 
     from botocore.auth import S3SigV4Auth
@@ -401,12 +405,14 @@ def test_sign_v4_signs_as_botocore_does(token: str | None) -> None:
     }
     path = "/bucket/a%20folder/%C3%BCn%C3%AFcode%20%2B%20plus%3F%26%3D.bin"
     url = f"http://127.0.0.1:9000{path}"
-    theirs = AWSRequest(method="PUT", url=url, headers=dict(headers))
-    theirs.context["client_config"] = types.SimpleNamespace(s3={"payload_signing_enabled": False})
+    body = b"x" * 4096
+    theirs = AWSRequest(method="PUT", url=url, headers=dict(headers), data=body)
+    theirs.context["client_config"] = types.SimpleNamespace(s3={"payload_signing_enabled": signed_payload})
     S3SigV4Auth(credentials, "s3", "eu-west-3").add_auth(theirs)
     date = theirs.headers["X-Amz-Date"]
     key = signing_key(credentials.secret_key, date[:8], "eu-west-3")
-    ours = sign_v4("PUT", "127.0.0.1:9000", path, headers, credentials, "eu-west-3", date, key)
+    payload = hashlib.sha256(body).hexdigest() if signed_payload else UNSIGNED_PAYLOAD
+    ours = sign_v4("PUT", "127.0.0.1:9000", path, headers, credentials, "eu-west-3", date, key, payload=payload)
     assert ours["Authorization"] == theirs.headers["Authorization"]
     assert {k.lower(): v for k, v in ours.items()} == {k.lower(): v for k, v in theirs.headers.items()}
 
@@ -464,20 +470,21 @@ def test_a_part_from_a_file_is_sent_whole_or_handed_back(tmp_path: Any) -> None:
         try:
             async with Scripted(ok, with_bodies=True) as server:
                 getter, sent = server.getter()
-                answer = await getter.put_part("a b/ü", "2~x+y/z=", 7, (fd, 5, len(content) - 5), "bWQ1")
+                answer = await getter.put_part("a b/ü", "2~x+y/z=", 7, (fd, 5, len(content) - 5), DIGEST)
                 assert answer is not None and answer["etag"] == '"p1"'
                 assert server.bodies == [content[5:]] and sent == ["upload_part"]
                 head = server.requests[0].decode()
                 assert head.startswith("PUT /bucket/a%20b/%C3%BC?partNumber=7&uploadId=2~x%2By%2Fz%3D HTTP/1.1")
-                assert "Content-MD5: bWQ1" in head and f"Content-Length: {len(content) - 5}" in head
-                assert await getter.put_part("k", "u", 1, (fd, 0, len(content) + 10), "bWQ1") is None
+                assert f"X-Amz-Content-SHA256: {DIGEST}" in head and "Content-MD5" not in head
+                assert f"Content-Length: {len(content) - 5}" in head
+                assert await getter.put_part("k", "u", 1, (fd, 0, len(content) + 10), DIGEST) is None
                 await getter.aclose()
             async with Scripted(hang_up) as server:
                 getter, sent = server.getter()
                 big = 64 * 1024 * 1024  # more than the socket buffers take before the server hangs up
                 with open(local, "ab") as f:
                     f.truncate(big)
-                assert await getter.put_part("k", "u", 1, (fd, 0, big), "bWQ1") is None
+                assert await getter.put_part("k", "u", 1, (fd, 0, big), DIGEST) is None
                 assert getter.served == 0
                 await getter.aclose()
         finally:

@@ -48,8 +48,9 @@ MAX_SMALL_BODY = 64 * 1024  # the body of an answer to a PUT (normally empty)
 FAILURES_BEFORE_PAUSE = 3
 PAUSE_SECONDS = 60.0
 PROBE_KEYS = ("s3files-direct-probe", "s3files direct/ü~+%&=?probe")
-# Headers are signed as they are sent; the payload is not hashed (Content-MD5 protects it), as the
-# aiobotocore client is configured (payload_signing_enabled False).
+# Headers are signed as they are sent. A small PUT's payload is not hashed (Content-MD5 protects it), as
+# the aiobotocore client is configured (payload_signing_enabled False); a part sent from a file is signed
+# with its SHA-256 instead (see put_part).
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 UNSIGNED_HEADERS = frozenset({"connection", "expect", "keep-alive", "te", "transfer-encoding", "user-agent"})
 
@@ -339,11 +340,13 @@ class DirectHttp:
         return None if response is None else response.headers
 
     async def put_part(
-        self, key: str, upload_id: str, number: int, source: tuple[int, int, int], md5: str
+        self, key: str, upload_id: str, number: int, source: tuple[int, int, int], sha256: str
     ) -> dict[str, str] | None:
         """UploadPart of ``source`` = (file descriptor, offset, length), sent with sendfile, so the part's
         bytes never pass through this process (plain HTTP only): the answer's headers on a 200, or None:
-        the caller must send the part through aiobotocore."""
+        the caller must send the part through aiobotocore. ``sha256`` (hex, of the part's bytes) is signed
+        as the payload's hash, which every SigV4 server checks against what it got (boto3 does the same
+        over plain HTTP): with SHA-NI it costs half of what Content-MD5 does (1.0 vs 0.5 GB/s here)."""
         if not self.sends_files():
             return None
         fd, offset, length = source
@@ -354,7 +357,7 @@ class DirectHttp:
         async def request() -> _Response:
             base = await self._put_url()
             url = base._replace(path=base.path + _quote_key(key))
-            signed = await self._sign("PUT", url, {"Content-MD5": md5, "Content-Length": str(length)}, query)
+            signed = await self._sign("PUT", url, {"Content-Length": str(length)}, query, payload=sha256)
             target = f"{url.path}?{query}"
             return await self._exchange(
                 "PUT", url, target, signed, _Expect(200), op="upload_part", body_file=(fd, offset, length, timeout)
@@ -428,9 +431,14 @@ class DirectHttp:
         return self._put_base
 
     async def _sign(
-        self, method: str, url: urllib.parse.SplitResult, headers: Mapping[str, str], query: str = ""
+        self,
+        method: str,
+        url: urllib.parse.SplitResult,
+        headers: Mapping[str, str],
+        query: str = "",
+        payload: str = UNSIGNED_PAYLOAD,
     ) -> list[str]:
-        """Header lines of a SigV4-signed request (botocore's signer, the client's credentials)."""
+        """Header lines of a SigV4-signed request (``sign_v4``, the client's credentials)."""
         credentials = await self._credentials()
         if credentials is None:
             raise _Failed("no credentials")
@@ -439,7 +447,7 @@ class DirectHttp:
         if self._signing[0] != scope:
             self._signing = (scope, signing_key(credentials.secret_key, now[:8], self._region))
         key = self._signing[1]
-        signed = sign_v4(method, _host(url), url.path, headers, credentials, self._region, now, key, query)
+        signed = sign_v4(method, _host(url), url.path, headers, credentials, self._region, now, key, query, payload)
         return [f"{name}: {value}" for name, value in signed.items()]
 
     async def _exchange(
@@ -516,22 +524,24 @@ def sign_v4(
     amz_date: str,
     key: bytes,
     query: str = "",
+    payload: str = UNSIGNED_PAYLOAD,
 ) -> dict[str, str]:
-    """``headers`` plus what AWS Signature Version 4 adds for S3 (header-signed, payload unsigned):
+    """``headers`` plus what AWS Signature Version 4 adds for S3 (headers signed; the payload signed by
+    ``payload``, its hex SHA-256, or not, UNSIGNED-PAYLOAD):
     X-Amz-Date, X-Amz-Content-SHA256, X-Amz-Security-Token for temporary credentials, Authorization.
     ``path`` is sent as given (already quoted), ``query`` too (``canonical_query``: sorted and quoted as
     SigV4 wants, so the same string is sent and signed). ``credentials``: botocore's frozen credentials
     (access_key, secret_key, token); ``key``: ``signing_key`` of their secret for the day."""
     out = dict(headers)
     out["X-Amz-Date"] = amz_date
-    out["X-Amz-Content-SHA256"] = UNSIGNED_PAYLOAD
+    out["X-Amz-Content-SHA256"] = payload
     if credentials.token:
         out["X-Amz-Security-Token"] = credentials.token
     canonical = {name.lower(): " ".join(str(value).split()) for name, value in out.items()}
     canonical["host"] = host
     names = sorted(name for name in canonical if name not in UNSIGNED_HEADERS)
     lines = [f"{name}:{canonical[name]}" for name in names]
-    request = "\n".join([method, path, query, *lines, "", ";".join(names), UNSIGNED_PAYLOAD])
+    request = "\n".join([method, path, query, *lines, "", ";".join(names), payload])
     day = amz_date[:8]
     scope = f"{day}/{region}/s3/aws4_request"
     to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"

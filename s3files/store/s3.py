@@ -137,10 +137,10 @@ async def content_md5(data: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def file_md5(fd: int, offset: int, length: int) -> str:
-    """Base64 MD5 of ``length`` bytes of file ``fd`` from ``offset``, read 1 MiB at a time into one buffer
+def file_sha256(fd: int, offset: int, length: int) -> str:
+    """Hex SHA-256 of ``length`` bytes of file ``fd`` from ``offset``, read 1 MiB at a time into one buffer
     (no part-sized copy in memory). Blocking: run it on a worker thread. StoreError if the file is short."""
-    digest = hashlib.md5()
+    digest = hashlib.sha256()
     chunk = bytearray(min(length, 1024 * 1024))
     view = memoryview(chunk)
     done = 0
@@ -150,7 +150,7 @@ def file_md5(fd: int, offset: int, length: int) -> str:
             raise StoreError(f"the local copy ended {length - done} bytes before the end of the part")
         digest.update(view[:n])
         done += n
-    return base64.b64encode(digest.digest()).decode()
+    return digest.hexdigest()
 
 
 def strip_etag(etag: str | None) -> str:
@@ -676,15 +676,18 @@ class S3Store:
         self, key: str, upload_id: str, number: int, fd: int, offset: int, length: int
     ) -> CompletedPart:
         """Part ``number`` from a local file. On the direct path (plain HTTP) the bytes go from the page
-        cache to the socket by sendfile, hashed for Content-MD5 1 MiB at a time beforehand: no part-sized
+        cache to the socket by sendfile, hashed (SHA-256, signed) 1 MiB at a time beforehand: no part-sized
         copy in this process, which for a large sequential write was a third of the daemon's CPU (read
         back, aiohttp's buffering, the send). Otherwise the part is read and sent as ``upload_part``.
-        If the file changes between hashing and sending, the server refuses the part (BadDigest)."""
+        If the file changes between hashing and sending, the server refuses the part (the payload's hash
+        does not match) and it is sent again through aiobotocore."""
         own = os.dup(fd)  # the caller may close ``fd`` meanwhile: a duplicate never names another file
         try:
             if self._direct is not None and self._direct.sends_files():
-                md5 = await trio.to_thread.run_sync(file_md5, own, offset, length)
-                part = await self._bridge.run(self._a_upload_part_direct, key, upload_id, number, own, offset, length, md5)
+                sha256 = await trio.to_thread.run_sync(file_sha256, own, offset, length)
+                part = await self._bridge.run(
+                    self._a_upload_part_direct, key, upload_id, number, own, offset, length, sha256
+                )
                 if part is not None:
                     return part
             data = await trio.to_thread.run_sync(os.pread, own, length, offset)
@@ -695,10 +698,10 @@ class S3Store:
             os.close(own)
 
     async def _a_upload_part_direct(
-        self, key: str, upload_id: str, number: int, fd: int, offset: int, length: int, md5: str
+        self, key: str, upload_id: str, number: int, fd: int, offset: int, length: int, sha256: str
     ) -> CompletedPart | None:
         assert self._direct is not None
-        answer = await self._direct.put_part(key, upload_id, number, (fd, offset, length), md5)
+        answer = await self._direct.put_part(key, upload_id, number, (fd, offset, length), sha256)
         if answer is None or not answer.get("etag"):
             return None  # aiobotocore sends it again (an answer without an ETag is no use to Complete)
         self._part_sizes.setdefault(upload_id, {})[number] = length
