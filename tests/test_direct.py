@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -252,6 +253,27 @@ def test_keep_alive_reuses_one_connection_and_sends_the_signed_url() -> None:
             request = server.requests[0].decode()
             assert request.startswith("GET /bucket/k?X-Amz-Signature=abc HTTP/1.1\r\n")
             assert f"Host: 127.0.0.1:{server.port}\r\n" in request and "If-Match: etag1\r\n" in request
+
+    run_asyncio(main)
+
+
+def test_a_body_belongs_to_the_caller_alone() -> None:
+    """The reader recycles a part's buffer only when nothing else refers to it (refcount 2: its name and
+    getrefcount's argument). An idle keep-alive connection once held its last answer, so no buffer of a
+    sequential read was ever recycled (every 8 MiB part a fresh, zeroed allocation)."""
+
+    async def main() -> None:
+        async with Scripted(partial) as server:
+            getter, _ = server.getter()
+            body = await getter.get("k", 0, 99, None)
+            assert body == DATA[:100] and sys.getrefcount(body) == 2
+            into = bytearray(1000)
+            again = await getter.get("k", 100, 1099, None, into=into)
+            assert again is into and into == DATA[100:1100]
+            del again
+            assert sys.getrefcount(into) == 2
+            await getter.aclose()
+            assert server.connections == 1
 
     run_asyncio(main)
 

@@ -195,6 +195,12 @@ class _Connection(asyncio.BufferedProtocol):
             raise _Failed(f"the file ended {length - sent} bytes early")
         self.last_progress = time.monotonic()
 
+    def answered(self) -> None:
+        """Forget the future just answered. It holds the response body, which the reader recycles as a
+        part buffer only once nothing else refers to it; an idle connection must not."""
+        assert self._done is not None and self._done.done()
+        self._done = None
+
     def close(self) -> None:
         """Abort the connection; a response still expected is cancelled (its caller has gone)."""
         self.closed = True
@@ -482,6 +488,7 @@ class DirectHttp:
                         done.exception()  # the server answered (refused) before the body was sent: seen
                     raise
             response = await self._wait(conn, done)
+            conn.answered()
         except BaseException:
             conn.close()
             raise
