@@ -35,6 +35,15 @@ def read_file(path: Path, chunk: int, first: int = 0) -> tuple[float, float, int
     return first_at, time.perf_counter() - start, total
 
 
+def drop_cached(path: Path) -> None:
+    """Drop ``path``'s clean pages from the kernel's page cache (they go back to the free lists)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        drop_cache(fd)
+    finally:
+        os.close(fd)
+
+
 def copy_file(source: Path, dest: Path, chunk: int) -> int:
     """Copy ``source`` to a new ``dest`` in ``chunk``-sized writes; returns once ``close`` has returned."""
     buffer = memoryview(bytearray(chunk))

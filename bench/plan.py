@@ -111,7 +111,7 @@ def estimate_seconds(
     big = plan.big_size / MIB
     conc = plan.concurrency * plan.concurrency_size / MIB
     per_variant_round = {
-        "seq_read": 2 * big / get_mibs,
+        "seq_read": 3 * big / get_mibs,
         "seq_write": big / put_mibs + big / get_mibs,  # + reading it back to check the content
         "random_read": 2 * min(plan.random_budget_s, plan.random_ops * ranged_ms / 1000),
         "small_files": 4 * plan.small_files * request_ms / 1000,
@@ -119,7 +119,7 @@ def estimate_seconds(
         "transform": 2 * big / get_mibs + big / put_mibs + 1.0,  # +1 s: the child starts Python
     }
     seeding = {
-        "seq_read": plan.rounds * big / put_mibs,
+        "seq_read": 2 * plan.rounds * big / put_mibs,
         "random_read": big / put_mibs,
         "small_files": plan.rounds * plan.small_files * request_ms / 1000,
         "concurrency": plan.rounds * conc / put_mibs,
@@ -135,7 +135,7 @@ def storage_bytes(plan: Plan, variants: int) -> int:
     """Bytes a run puts on the server in all: seeds plus every written object (deleted ones included)."""
     big, conc = plan.big_size, plan.concurrency * plan.concurrency_size
     seeds = {
-        "seq_read": plan.rounds * big,
+        "seq_read": 2 * plan.rounds * big,
         "random_read": big,
         "small_files": plan.rounds * plan.small_files * plan.small_size,
         "concurrency": plan.rounds * (conc + plan.concurrency_size),

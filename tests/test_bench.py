@@ -67,6 +67,8 @@ def test_quick_run_reports_every_workload_with_references_and_requests(tmp_path:
     assert seq["cold"]["variants"]["raw"]["requests"] == {"get": 1}
     assert seq["cold"]["variants"]["mount"]["requests"].get("get", 0) >= 1  # counted by the daemon
     assert "value" in seq["cold"]["variants"]["mount"]  # reading works through the mount
+    assert seq["cold_recycled"]["variants"]["raw"]["requests"] == {"get": 1}  # the second file, once
+    assert seq["cold_recycled"]["variants"]["mount"]["requests"].get("get", 0) >= 1  # not from the cache
     assert results["workloads"]["small_files"]["figures"]["stat"]["variants"]["raw"]["requests"] == {
         "head": 12
     }
