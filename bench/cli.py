@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--concurrency", type=_positive, help="K readers/writers (quick: 4, full: 8)")
     what.add_argument("--rounds", type=_positive, help="rounds per workload (default 3)")
     what.add_argument(
-        "--mount-args", default="", help="more `s3files mount` options for the mount under test, e.g. '--direct-io'"
+        "--mount-args", default="", help="more `s3files mount` options for the mount under test, e.g. '--upload-concurrency 16'"
     )
     what.add_argument(
         "--peers",

@@ -136,7 +136,7 @@ def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subproces
 def start_s3files(target: Target, workdir: Path, extra_args: Sequence[str] = ()) -> FsMount:
     """Mount s3files on ``workdir/mount`` in the foreground as a child; its errors go to mount.err.
 
-    ``extra_args`` are more `s3files mount` options (`--mount-args`), e.g. ``--direct-io``.
+    ``extra_args`` are more `s3files mount` options (`--mount-args`), e.g. ``--upload-concurrency 16``.
     """
     root, cache, stats = workdir / "mount", workdir / "mount-cache", workdir / "mount-stats.json"
     root.mkdir()
