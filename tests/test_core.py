@@ -16,12 +16,13 @@ import pytest
 import trio
 import trio.testing
 
-from s3files.core.fs import OPEN_GET_BYTES, FileSystem
+from s3files.core.fs import FileSystem
 from s3files.core.inodes import ROOT_INO
 from s3files.core.reader import IDLE_SECONDS
 from s3files.errors import S3FilesError
 from s3files.options import MIB, MountOptions, ReadOptions, Source
 from s3files.store import MemoryStore
+from s3files.store.base import ObjectInfo
 
 
 def run_fs(
@@ -45,9 +46,9 @@ def run_fs(
 
 
 def spy_gets(store: MemoryStore) -> list[tuple[int, int]]:
-    """Record (start, end) of every ranged GET the store serves."""
+    """Record (start, end) of every ranged GET the store serves (the open's GET of the first bytes too)."""
     seen: list[tuple[int, int]] = []
-    real = store.get_range
+    real, real_first = store.get_range, store.get_first
 
     async def recording(
         key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
@@ -55,7 +56,13 @@ def spy_gets(store: MemoryStore) -> list[tuple[int, int]]:
         seen.append((start, end))
         return await real(key, start, end, if_match, into)
 
+    async def recording_first(key: str, nbytes: int) -> tuple[ObjectInfo, bytes]:
+        info, data = await real_first(key, nbytes)
+        seen.append((0, len(data)))
+        return info, data
+
     store.get_range = recording  # type: ignore[method-assign]
+    store.get_first = recording_first  # type: ignore[method-assign]
     return seen
 
 
@@ -339,16 +346,16 @@ def test_store_errors_become_errnos_not_crashes() -> None:
     from s3files.errors import StoreError
 
     store = MemoryStore()
-    store.seed("f", b"data" * 100_000)  # over OPEN_GET_BYTES: the open's HEAD brings no bytes
+    store.seed("f", b"data" * 300_000)  # over first_part: reading from 0 needs more than the open's GET
 
     async def body(fs: FileSystem) -> None:
         ino = await resolve(fs, "f")
         opened = await fs.open(ino, os.O_RDONLY)
         store.fail("get", StoreError("503 SlowDown after retries"))
         with pytest.raises(S3FilesError) as failed:
-            await fs.read(opened.fh, 0, 100)
+            await fs.read(opened.fh, 1_100_000, 100)  # past the first part, which came with the open
         assert failed.value.errno == errno.EIO
-        assert await fs.read(opened.fh, 500_000, 100) == b""
+        assert await fs.read(opened.fh, 1_200_000, 100) == b""
         assert await fs.read(opened.fh, 0, 4) == b"data"  # the file still works after the error
         await fs.release(opened.fh)
 
@@ -559,10 +566,13 @@ def test_unlink_mkdir_rmdir_rename() -> None:
     run_fs(store, body, metadata_ttl=60.0)
 
 
-def test_opening_a_small_file_for_reading_is_one_get_with_its_bytes() -> None:
+def test_opening_a_file_for_reading_is_one_get_with_its_first_part() -> None:
+    """A cold open for reading asks S3 with a GET of the reader's first part, not a HEAD: a file of up to
+    first_part bytes is read with that one request, a larger one continues from where it ended."""
     store = MemoryStore()
-    small = random.Random(12).randbytes(OPEN_GET_BYTES)
-    large = random.Random(13).randbytes(OPEN_GET_BYTES + 1)
+    first_part = ReadOptions().first_part
+    small = random.Random(12).randbytes(first_part)
+    large = random.Random(13).randbytes(3 * first_part + 5)
     store.seed("small", small, {"mode": str(stat.S_IFREG | 0o600)})
     store.seed("large", large)
 
@@ -582,10 +592,16 @@ def test_opening_a_small_file_for_reading_is_one_get_with_its_bytes() -> None:
         await fs.release(opened.fh)
         assert store.requests.snapshot() == {"get": 1}
         store.requests.reset()
-        opened = await fs.open(big, os.O_RDONLY)  # larger: a HEAD, then ranged GETs as it is read
-        assert bytes(await fs.read(opened.fh, 0, MIB)) == large
+        opened = await fs.open(big, os.O_RDONLY)  # larger: its first part comes with the open
+        assert store.requests.snapshot() == {"get": 1}
+        got = b"".join([bytes(await fs.read(opened.fh, off, MIB)) for off in range(0, len(large), MIB)])
         await fs.release(opened.fh)
-        assert store.requests["head"] == 1 and store.requests["get"] >= 1
+        assert got == large
+        assert store.requests.snapshot() == {"get": 2}  # the rest in one part: the first is not fetched again
+        store.requests.reset()
+        opened = await fs.open(big, os.O_RDONLY)  # in the page cache now: a HEAD says it is still current
+        assert opened.keep_cache and store.requests.snapshot() == {"head": 1}
+        await fs.release(opened.fh)
         store.seed("small", b"")  # gone empty: described by the GET all the same
         fs._node(ino).page_cache_etag = None
         opened = await fs.open(ino, os.O_RDONLY)

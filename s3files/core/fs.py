@@ -74,7 +74,6 @@ class BadHandle(S3FilesError):
 
 
 MAX_LIST_PAGES = 1_000_000  # a bound on any listing loop: 10^9 keys
-OPEN_GET_BYTES = 256 * 1024  # a file up to this size is opened for reading with one GET of it, not a HEAD
 PROBES_BEFORE_LISTING = 2  # names probed (HEAD + LIST each) in a folder never listed before it is listed
 SMALL_FOLDER_PAGES = 2  # a folder listed instead of probed: at most this many pages (RGW sometimes ends a
 # page early: the raw SDK's listing of 1,000 keys took 2 LISTs in one benchmark round of 3)
@@ -273,10 +272,11 @@ class FileSystem:
         return self._refreshed(node, info)
 
     async def _get_first(self, node: Inode) -> tuple[Inode, bytes | bytearray]:
-        """What ``_head`` does, for a small file about to be read: the same answer and its bytes in one
-        GET (a HEAD and then a GET cost two round trips per small file read)."""
+        """What ``_head`` does, for a file about to be read: the same answer and the reader's first part
+        (``first_part`` bytes, the whole of a small file) in one GET. A HEAD and then a GET cost two
+        round trips per file read; this costs one."""
         try:
-            info, data = await self.store.get_first(self.ns.file_key(node.path), OPEN_GET_BYTES)
+            info, data = await self.store.get_first(self.ns.file_key(node.path), self.opts.read.first_part)
         except ObjectNotFound:
             raise NotFound(f"{node.path} was removed from the bucket") from None
         return self._refreshed(node, info), data
@@ -453,7 +453,7 @@ class FileSystem:
             self.check_writable(f"open {node.path} for writing")
         staged = self._staged.get(ino)
         first: bytes | bytearray | None = None
-        if staged is None and not writable and self._small_to_read(node):
+        if staged is None and not writable and self._cold_to_read(node):
             node, first = await self._get_first(node)  # close-to-open, and the bytes along with it
         elif staged is None:
             node = await self._head(node)  # close-to-open: every open sees the newest version
@@ -472,14 +472,13 @@ class FileSystem:
         self._files[fh] = _FileHandle(node, reader, writable, node.etag, counted=staged is not None)
         return OpenFile(fh, keep_cache, node.attr())
 
-    def _small_to_read(self, node: Inode) -> bool:
-        """Open with one GET of the whole file (``_get_first``): it was small when last seen, and neither
-        the kernel's page cache nor a clean local copy is likely to hold its bytes already."""
-        return (
-            0 < node.size <= OPEN_GET_BYTES
-            and node.page_cache_etag != node.etag
-            and not self._staging.holds_clean(node.ino)
-        )
+    def _cold_to_read(self, node: Inode) -> bool:
+        """Open with one GET of the file's first part (``_get_first``) instead of a HEAD: it was not empty
+        when last seen, and neither the kernel's page cache nor a clean local copy is likely to hold its
+        bytes already (then only the HEAD is needed). The price, for a program that opens a large file only
+        to read elsewhere (a Parquet footer, a zip directory), is up to ``first_part`` bytes fetched in
+        vain within the same round trip; every reader from the start saves a round trip."""
+        return node.size > 0 and node.page_cache_etag != node.etag and not self._staging.holds_clean(node.ino)
 
     def _reader(self, node: Inode, first: bytes | bytearray | None = None) -> Reader:
         key = self.ns.file_key(node.path)
