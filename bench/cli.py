@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument("--size", type=_size, help="large file size, e.g. 64MiB (quick: 32MiB, full: 256MiB)")
     what.add_argument("--files", type=_positive, help="small-files count (quick: 50, full: 500)")
+    what.add_argument(
+        "--file-size", type=_size, help="size of each of the small files, e.g. 2MiB for medium files (default 4KiB)"
+    )
     what.add_argument("--concurrency", type=_positive, help="K readers/writers (quick: 4, full: 8)")
     what.add_argument("--rounds", type=_positive, help="rounds per workload (default 3)")
     what.add_argument(
@@ -139,6 +142,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         rounds=args.rounds,
         big_size=args.size,
         small_files=args.files,
+        small_size=args.file_size,
         concurrency=args.concurrency,
     )
 

@@ -59,6 +59,7 @@ class Plan:
         rounds: int | None = None,
         big_size: int | None = None,
         small_files: int | None = None,
+        small_size: int | None = None,
         concurrency: int | None = None,
     ) -> Plan:
         """This plan with the command line's explicit choices applied (None keeps the preset)."""
@@ -72,6 +73,8 @@ class Plan:
             changes["concurrency_size"] = min(self.concurrency_size, max(MIB, big_size // 4))
         if small_files is not None:
             changes["small_files"] = small_files
+        if small_size is not None:
+            changes["small_size"] = small_size
         if concurrency is not None:
             changes["concurrency"] = concurrency
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -273,10 +273,13 @@ class FileSystem:
 
     async def _get_first(self, node: Inode) -> tuple[Inode, bytes | bytearray]:
         """What ``_head`` does, for a file about to be read: the same answer and the reader's first part
-        (``first_part`` bytes, the whole of a small file) in one GET. A HEAD and then a GET cost two
-        round trips per file read; this costs one."""
+        in one GET (a HEAD and then a GET cost two round trips per file read; this costs one). A file of
+        up to two first parts comes whole: its second half (1 MiB, ~10 ms at 100 MB/s) costs less than
+        the second round trip it saves (10-20 ms per request on S3), and one request less."""
+        first = self.opts.read.first_part
+        nbytes = node.size if node.size <= 2 * first else first
         try:
-            info, data = await self.store.get_first(self.ns.file_key(node.path), self.opts.read.first_part)
+            info, data = await self.store.get_first(self.ns.file_key(node.path), nbytes)
         except ObjectNotFound:
             raise NotFound(f"{node.path} was removed from the bucket") from None
         return self._refreshed(node, info), data
