@@ -44,13 +44,16 @@ def bench_mounts() -> set[str]:
 def test_quick_run_reports_every_workload_with_references_and_requests(tmp_path: Path) -> None:
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     mounted_before = bench_mounts()
-    result = bench("--quick", "--size", "8MiB", "--files", "12", "--json", str(out), "--markdown", str(md))
+    result = bench(
+        "--quick", "--size", "8MiB", "--files", "12", "--file-size", "6KiB", "--json", str(out), "--markdown", str(md)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert bench_mounts() == mounted_before  # every mount the run made is gone
 
     results = json.loads(out.read_text())
     assert set(results["workloads"]) == set(WORKLOADS)
+    assert "12 small files of 6 KiB" in results["meta"]["sizes"]
     for wname, workload in results["workloads"].items():
         assert workload["figures"], wname
         for fname, figure in workload["figures"].items():
