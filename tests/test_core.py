@@ -22,7 +22,7 @@ from s3files.core.reader import IDLE_SECONDS
 from s3files.errors import S3FilesError
 from s3files.options import MIB, MountOptions, ReadOptions, Source
 from s3files.store import MemoryStore
-from s3files.store.base import ObjectInfo
+from s3files.store.base import ObjectInfo, ObjectStore
 
 
 def run_fs(
@@ -45,18 +45,19 @@ def run_fs(
     trio.run(main)
 
 
-def spy_gets(store: MemoryStore) -> list[tuple[int, int]]:
-    """Record (start, end) of every ranged GET the store serves (the open's GET of the first bytes too)."""
-    seen: list[tuple[int, int]] = []
+def spy_gets(store: ObjectStore, seen: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """Record (start, end) of every ranged GET the store serves (the open's GET of the first bytes too),
+    in ``seen`` when given."""
+    seen = [] if seen is None else seen
     real, real_first = store.get_range, store.get_first
 
     async def recording(
         key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
-    ) -> bytes:
+    ) -> bytes | bytearray:
         seen.append((start, end))
         return await real(key, start, end, if_match, into)
 
-    async def recording_first(key: str, nbytes: int) -> tuple[ObjectInfo, bytes]:
+    async def recording_first(key: str, nbytes: int) -> tuple[ObjectInfo, bytes | bytearray]:
         info, data = await real_first(key, nbytes)
         seen.append((0, len(data)))
         return info, data

@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 from conftest import S3Server
+from test_core import spy_gets
 
 from s3files.core.fs import FileSystem
 from s3files.fuse.mount import mounted_in_thread
 from s3files.options import MIB, MountOptions, Source, StoreOptions
-from s3files.store.base import ObjectInfo, ObjectStore
+from s3files.store.base import ObjectStore
 from s3files.store.s3 import open_s3_store
 
 pytestmark = pytest.mark.fuse
@@ -49,23 +50,7 @@ def mount(
     async def open_store() -> AsyncIterator[ObjectStore]:
         async with open_s3_store(bucket, endpoint_url=server.endpoint_url) as store:
             if spy is not None:
-                real = store.get_range
-
-                async def recording(
-                    key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
-                ) -> bytes | bytearray:
-                    spy.append((start, end))
-                    return await real(key, start, end, if_match, into)
-
-                real_first = store.get_first
-
-                async def recording_first(key: str, nbytes: int) -> tuple[ObjectInfo, bytes | bytearray]:
-                    info, data = await real_first(key, nbytes)
-                    spy.append((0, len(data)))
-                    return info, data
-
-                store.get_range = recording  # type: ignore[method-assign]
-                store.get_first = recording_first  # type: ignore[method-assign]
+                spy_gets(store, spy)
             yield store
 
     with mounted_in_thread(opts, open_store) as fs:
