@@ -40,6 +40,7 @@ from rich.progress import (
 )
 from s3files_bench import report, sdk
 from s3files_bench.errors import BenchError
+from s3files_bench.memlimit import memory_limited
 from s3files_bench.mounts import PEERS, STARTERS, FsMount, installed_peers, is_mounted, start_s3files
 from s3files_bench.plan import MIB, WORKLOADS, Plan, estimate_seconds, format_size, parse_size, storage_bytes
 from s3files_bench.runner import run_workloads
@@ -103,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="embedded server on CPU 0, the benchmark and its mounts on the other CPUs (as if the server "
         "were another machine; every variant gets the same client CPUs)",
+    )
+    where.add_argument(
+        "--memory-limit",
+        type=_size,
+        help="run the benchmark and its mounts in a memory cgroup with this limit, as in a container, e.g. "
+        "2GiB (the server stays outside); page cache is then reused within the limit",
     )
     what = parser.add_argument_group("what")
     what.add_argument("--quick", action="store_true", help="small sizes, 3 rounds: under 3 minutes on moto")
@@ -238,6 +245,7 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
                 "the embedded server ran on CPU 0 and every client (raw SDK, baseline, mounts) on the other "
                 "CPUs (--pin-server), as if the server were another machine"
             )
+        limited = stack.enter_context(memory_limited(args.memory_limit, err.print)) if args.memory_limit else None
         workloads = [ALL[name]() for name in plan.workloads]
         admin = sdk.make_client(target, pool=32)
         bench = Bench(plan, target, admin, workdir)
@@ -299,6 +307,12 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
             collected, seconds = run_workloads(bench, workloads, variants, step)
             progress.update(task, description="done", completed=progress.tasks[task].total)
 
+        if limited is not None:
+            peak = limited.peak()
+            notes.append(
+                f"the benchmark and its mounts ran in a memory cgroup limited to {format_size(args.memory_limit)} "
+                f"(--memory-limit, as in a container); peak usage {'unknown' if peak is None else format_size(peak)}"
+            )
         meta = _meta(command, target, plan, tuple(fs.name for fs in mounts[1:]), notes)
         results = report.summarize(collected, seconds, workloads, meta)
         peaks = [

@@ -116,3 +116,24 @@ def test_pin_server_separates_server_and_client_cpus(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert any("--pin-server" in note for note in results["meta"]["notes"])
     assert "value" in results["workloads"]["seq_read"]["figures"]["cold"]["variants"]["mount"]
+
+
+def test_memory_limit_holds_this_process_and_its_children_then_goes(tmp_path: Path) -> None:
+    from s3files_bench.errors import BenchError
+    from s3files_bench.memlimit import memory_limited
+
+    before = Path("/proc/self/cgroup").read_text()
+    said: list[str] = []
+    with memory_limited(3 << 30, said.append) as limited:
+        name = limited.path.name
+        assert name in Path("/proc/self/cgroup").read_text()
+        child = subprocess.run(["cat", "/proc/self/cgroup"], capture_output=True, text=True, check=True)
+        assert name in child.stdout  # a process started inside (a mount daemon) is limited too
+        assert int((limited.path / limited.files.limit).read_text()) == 3 << 30
+        (tmp_path / "f").write_bytes(os.urandom(8 << 20))  # page cache charged to the cgroup
+        assert (limited.peak() or 0) >= 8 << 20
+    assert Path("/proc/self/cgroup").read_text() == before
+    assert not limited.path.exists()
+    assert said == [f"the benchmark and its mounts run with a memory limit of 3 GiB (cgroup {limited.path})"]
+    with pytest.raises(BenchError, match="at least 512 MiB"), memory_limited(1 << 20, said.append):
+        pass
