@@ -211,7 +211,8 @@ class SeqRead(Workload):
     def run(self, b: Bench, v: Variant, r: int, measure: Measure) -> None:
         """cold_recycled: a cold read pays for the memory its bytes land in (the file system's page cache,
         the baseline's local copy). New memory is dear in a VM: the first touch of guest memory never
-        touched before waits for the host (measured on the development VM, see RESULTS.md). On a busy
+        touched before, or handed back to the host by free page reporting, waits for the host (measured
+        on the development VM, see RESULTS.md; ``--memory-limit`` is the container-like remedy). On a busy
         machine the kernel reuses pages it has just freed; dropping the first file's pages just before
         reading the second one measures that case. The SDK reads into the same buffer every time."""
         name, size, chunk, first = f"seq/r{r}.bin", b.plan.big_size, b.plan.chunk, b.plan.ttfb_bytes
