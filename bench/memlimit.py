@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from s3files_bench.errors import BenchError
+from s3files_bench.plan import format_size
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MIN_LIMIT = 512 << 20  # below this the benchmark's own buffers and a daemon no longer fit
@@ -93,16 +94,16 @@ def memory_limited(limit: int, say: Callable[[str], None]) -> Iterator[MemoryLim
     except OSError as exc:
         child.rmdir()
         raise BenchError(f"--memory-limit: cannot use the cgroup {child}: {exc.strerror}") from None
-    say(f"the benchmark and its mounts run with a memory limit of {limit / 2**30:g} GiB (cgroup {child})")
+    say(f"the benchmark and its mounts run with a memory limit of {format_size(limit)} (cgroup {child})")
     try:
         yield MemoryLimit(child, files)
     finally:
-        (parent / "cgroup.procs").write_text(str(os.getpid()))
         _remove(child, parent)
 
 
 def _remove(child: Path, parent: Path) -> None:
-    """Move whatever is left (a child that outlived its stop) to the parent, then remove the cgroup."""
+    """Move every process still in ``child`` (this one, and a child that outlived its stop) to the parent,
+    then remove the cgroup."""
     with contextlib.suppress(OSError):
         for pid in (child / "cgroup.procs").read_text().split():
             with contextlib.suppress(OSError):
