@@ -28,6 +28,7 @@ def mount(
     region: str | None = None,
     profile: str | None = None,
     read_only: bool = False,
+    direct_io: bool = False,
     metadata_ttl: float | None = None,
     cache_dir: str | Path | None = None,
     log_file: str | Path | None = None,
@@ -52,6 +53,8 @@ def mount(
             args += [flag, str(value)]
     if read_only:
         args.append("--read-only")
+    if direct_io:
+        args.append("--direct-io")
     started = _s3files(*args, *extra_args)
     if started.returncode != 0:
         raise MountError(_reason(started))

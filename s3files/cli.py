@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--max-connections", type=int, default=32, help="concurrent S3 connections")
     fs = mount.add_argument_group("file system")
     fs.add_argument("--read-only", action="store_true", help="refuse every change with EROFS")
+    fs.add_argument(
+        "--direct-io",
+        action="store_true",
+        help="bypass the kernel page cache: faster cold reads in large blocks; no re-read cache, no shared mmap",
+    )
     fs.add_argument("--uid", type=int, default=os.getuid(), help="owner of objects without x-amz-meta-uid")
     fs.add_argument("--gid", type=int, default=os.getgid(), help="group of objects without x-amz-meta-gid")
     fs.add_argument("--file-mode", type=_mode, default=0o644, help="octal mode of files (default 644)")
@@ -117,6 +122,7 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         ),
         read=ReadOptions(),
         read_only=args.read_only,
+        direct_io=args.direct_io,
         uid=args.uid,
         gid=args.gid,
         file_mode=args.file_mode,

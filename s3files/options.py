@@ -78,6 +78,11 @@ class MountOptions:
     store: StoreOptions = field(default_factory=StoreOptions)
     read: ReadOptions = field(default_factory=ReadOptions)
     read_only: bool = False
+    # Every open bypasses the kernel's page cache (FUSE direct I/O): a read is copied once, from the
+    # read-ahead straight into the reader's buffer, instead of into the page cache and from there again.
+    # The price: nothing is cached between opens, each read() is a request to the daemon (small reads are
+    # slow), and a shared mmap fails with ENODEV (libfuse 3.14 cannot allow it; MAP_PRIVATE works).
+    direct_io: bool = False
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
     file_mode: int = 0o644

@@ -14,6 +14,7 @@ import os
 import random
 import stat
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -297,6 +298,63 @@ def test_writes_through_the_mount_reach_s3(
     assert int(head["Metadata"]["mode"]) == stat.S_IFREG | 0o600
     keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])
     assert keys == ["big.bin", "dir/", "dir/renamed.txt", "existing.txt"]
+
+
+def test_direct_io_mount_reads_past_the_page_cache(
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
+) -> None:
+    """--direct-io: every open reads from the daemon (a second read fetches again, where the page cache
+    would answer); contents, partial reads and writes are as without it; MAP_PRIVATE works, a shared
+    mmap fails with ENODEV (the documented price: libfuse 3.14 cannot let the kernel allow it)."""
+    data = random.Random(21).randbytes(12 * MIB + 5)
+    put(s3_client, s3_bucket, "big.bin", data)
+    put(s3_client, s3_bucket, "small.txt", b"0123456789")
+    spans: list[tuple[int, int]] = []
+    with mount(s3_server, s3_bucket, tmp_path / "m", spy=spans, direct_io=True, metadata_ttl=60.0) as fs:
+        root = tmp_path / "m"
+        for _ in range(2):
+            spans.clear()
+            with open(root / "big.bin", "rb", buffering=0) as f:
+                digest = hashlib.sha256()
+                for chunk in iter(lambda: f.read(MIB), b""):
+                    digest.update(chunk)
+            assert digest.digest() == hashlib.sha256(data).digest()
+            ordered = sorted(spans)
+            assert all(e1 <= s2 for (_, e1), (s2, _) in itertools.pairwise(ordered))
+            assert sum(e - s for s, e in ordered) == len(data)  # fetched in full, again the second time
+        fd = os.open(root / "big.bin", os.O_RDONLY)
+        try:
+            for off, size in ((0, 1), (MIB - 3, 7), (5 * MIB + 1, 300_001), (len(data) - 3, 100)):
+                assert os.pread(fd, size, off) == data[off : off + size]
+        finally:
+            os.close(fd)
+        # mmap in another process, as a program would: a page fault here, in the process that serves
+        # the mount, can wait for itself.
+        probe = (
+            "import errno, hashlib, mmap, sys\n"
+            "f = open(sys.argv[1], 'rb')\n"
+            "with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as v:\n"
+            "    print(hashlib.sha256(v[7 << 20 : (7 << 20) + 4096]).hexdigest())\n"
+            "try:\n"
+            "    mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)\n"
+            "except OSError as e:\n"
+            "    print(errno.errorcode[e.errno])\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe, str(root / "big.bin")], capture_output=True, text=True, timeout=60
+        )
+        assert out.stdout.split() == [hashlib.sha256(data[7 * MIB : 7 * MIB + 4096]).hexdigest(), "ENODEV"]
+        with open(root / "small.txt", "r+b") as f:
+            f.seek(2)
+            f.write(b"AB")
+        with open(root / "small.txt", "ab") as f:
+            f.write(b"++")
+        assert (root / "small.txt").read_bytes() == b"01AB456789++"
+        (root / "new.bin").write_bytes(data[: 3 * MIB])
+        assert (root / "new.bin").read_bytes() == data[: 3 * MIB]
+        assert fs.statistics()["staged_files"] == 0
+    assert s3_client.get_object(Bucket=s3_bucket, Key="small.txt")["Body"].read() == b"01AB456789++"
+    assert s3_client.get_object(Bucket=s3_bucket, Key="new.bin")["Body"].read() == data[: 3 * MIB]
 
 
 def test_concurrent_outside_writer_is_detected_not_overwritten(

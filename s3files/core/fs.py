@@ -87,6 +87,7 @@ class OpenFile:
     fh: int
     keep_cache: bool  # the kernel may keep its cached pages: the object is the version it cached
     attr: Attr
+    direct_io: bool = False  # the kernel's page cache is bypassed for this open (--direct-io)
 
 
 @dataclass
@@ -464,7 +465,7 @@ class FileSystem:
                 staged = await self._stage(node, truncate=bool(flags & os.O_TRUNC))
         elif flags & os.O_TRUNC:
             await self._truncate(node, staged, 0)
-        keep_cache = staged is None and node.page_cache_etag == node.etag
+        keep_cache = staged is None and node.page_cache_etag == node.etag and not self.opts.direct_io
         if staged is None:
             node.page_cache_etag = node.etag
         else:
@@ -473,7 +474,7 @@ class FileSystem:
         fh = next(self._handles)
         reader = self._reader(node, first if not keep_cache else None)
         self._files[fh] = _FileHandle(node, reader, writable, node.etag, counted=staged is not None)
-        return OpenFile(fh, keep_cache, node.attr())
+        return OpenFile(fh, keep_cache, node.attr(), self.opts.direct_io)
 
     def _cold_to_read(self, node: Inode) -> bool:
         """Open with one GET of the file's first part (``_get_first``) instead of a HEAD: it was not empty
@@ -514,7 +515,7 @@ class FileSystem:
         self.inodes.acquire(node.ino)
         fh = next(self._handles)
         self._files[fh] = _FileHandle(node, self._reader(node), True, counted=True)
-        return OpenFile(fh, False, node.attr())
+        return OpenFile(fh, False, node.attr(), self.opts.direct_io)
 
     def _new_path(self, parent: Inode, name: str, what: str) -> str:
         self.check_writable(f"{what} {name}")
@@ -532,9 +533,10 @@ class FileSystem:
         if staged is not None:
             return await self._staging.read(staged, self.ns.file_key(staged.node.path), off, size)
         node = handle.node
-        if node.page_cache_etag != handle.etag:
+        if node.page_cache_etag != handle.etag and not self.opts.direct_io:
             # A newer version was opened since: the kernel caches what we return for the inode, not for
             # the handle, so old bytes returned now would be read by the newer handles too. ESTALE.
+            # (With --direct-io nothing is cached: each handle reads its own version.)
             raise PreconditionFailed(f"{node.path} changed since this file was opened; open it again")
         local = self._staging.read_clean(node.ino, handle.etag, off, size)
         if local is not None:

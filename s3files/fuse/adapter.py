@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from s3files.core.fs import Attr, FileSystem
+from s3files.core.fs import Attr, FileSystem, OpenFile
 from s3files.errors import InvalidArgument, NotFound, NotPermitted, NotSupported, S3FilesError
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,10 @@ def _seconds(ns: int) -> float:
     """Nanoseconds to float seconds, whole seconds first: ns / 1e9 would round 1500000000.25 down."""
     whole, frac = divmod(ns, 1_000_000_000)
     return whole + frac / 1e9
+
+
+def _file_info(opened: OpenFile) -> Any:
+    return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
 
 
 def _new_name(raw: bytes) -> str:
@@ -138,7 +142,7 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
         opened = await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache)
+        return _file_info(opened)
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
@@ -163,7 +167,7 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
         opened = await self.fs.create(parent_inode, _new_name(name), mode, ctx.uid, ctx.gid)
-        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=False), self._entry(opened.attr)
+        return _file_info(opened), self._entry(opened.attr)
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
