@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 MIB = 1024 * 1024
 KIB = 1024
 
-WORKLOADS = ("seq_read", "seq_write", "random_read", "small_files", "concurrency", "transform")
+WORKLOADS = ("seq_read", "seq_write", "random_read", "small_files", "concurrency", "transform", "stream")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Plan:
     small_size: int = 4 * KIB
     concurrency: int = 8
     concurrency_size: int = 16 * MIB  # each of the K files
+    stream_files: int = 3  # large files per round of ``stream``, read back to back
     chunk: int = 1 * MIB  # the size of each read() and write() through a file system
     ttfb_bytes: int = 64 * KIB
     verify_timeout_s: float = 120.0  # how long a written object may take to appear in the bucket
@@ -120,6 +121,7 @@ def estimate_seconds(
         "small_files": 4 * plan.small_files * request_ms / 1000,
         "concurrency": 3 * conc / get_mibs + conc / put_mibs,
         "transform": 2 * big / get_mibs + big / put_mibs + 1.0,  # +1 s: the child starts Python
+        "stream": plan.stream_files * big / get_mibs,
     }
     seeding = {
         "seq_read": 2 * plan.rounds * big / put_mibs,
@@ -127,6 +129,7 @@ def estimate_seconds(
         "small_files": plan.rounds * plan.small_files * request_ms / 1000,
         "concurrency": plan.rounds * conc / put_mibs,
         "transform": plan.rounds * big / put_mibs,
+        "stream": plan.rounds * plan.stream_files * big / put_mibs,
     }
     total = 10.0  # server, mounts, teardown
     for name in plan.workloads:
@@ -143,6 +146,7 @@ def storage_bytes(plan: Plan, variants: int) -> int:
         "small_files": plan.rounds * plan.small_files * plan.small_size,
         "concurrency": plan.rounds * (conc + plan.concurrency_size),
         "transform": plan.rounds * big,
+        "stream": plan.rounds * plan.stream_files * big,
     }
     writes = {
         "seq_write": big,

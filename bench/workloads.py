@@ -257,6 +257,73 @@ class SeqRead(Workload):
             local.unlink(missing_ok=True)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/PID/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    """This process's CPU seconds, all threads (the reader, or the SDK's and the baseline's threads)."""
+    times = os.times()
+    return times.user + times.system
+
+
+class Stream(Workload):
+    """A data loader's epoch: several large objects never read, each read once to the end, back to back.
+
+    Why beside seq_read: seq_read times one file after the mount sat idle while the other variants ran;
+    a loader streams file after file, with the read-ahead's buffers and connections in use. ``cpu`` is what
+    the client spent per GiB: this process (the reader; the SDK or the baseline's transfer threads) plus,
+    for a file system, its daemon. With the server on the same machine, client CPU is what the mount
+    competes for.
+    """
+
+    name = "stream"
+    figures = (
+        Figure("files", "MiB/s", "higher", "read several large files never read, back to back"),
+        Figure("cpu", "s/GiB", "lower", "client CPU per GiB read: reader + daemon (files)"),
+    )
+
+    def seed(self, b: Bench) -> None:
+        names = [f"stream/r{r}f{i}.bin" for r in range(b.plan.rounds) for i in range(b.plan.stream_files)]
+        b.seed(b.random_file(b.plan.big_size), names)
+
+    def run(self, b: Bench, v: Variant, r: int, measure: Measure) -> None:
+        size, chunk = b.plan.big_size, b.plan.chunk
+        names = [f"stream/r{r}f{i}.bin" for i in range(b.plan.stream_files)]
+        daemon = v.fs.process.pid if v.fs is not None else None
+
+        def read(name: str) -> int:
+            if v.kind == "fs":
+                return read_file(_root(v) / name, chunk)[2]
+            if v.kind == "sdk":
+                return b.get(v.client, name, chunk)[2]
+            local = _scratch(v) / "stream.bin"
+            b.download(v.client, name, local)
+            try:
+                return read_file(local, chunk)[2]
+            finally:
+                local.unlink()
+
+        def epoch() -> Sample:
+            cpu = _own_cpu_seconds() + (_cpu_seconds(daemon) if daemon else 0.0)
+            start = time.perf_counter()
+            for name in names:
+                check_size(read(name), size, name)
+            seconds = time.perf_counter() - start
+            cpu = _own_cpu_seconds() + (_cpu_seconds(daemon) if daemon else 0.0) - cpu
+            gib = len(names) * size / (1024 * MIB)
+            return {"value": mibs(len(names) * size, seconds), "also": {"cpu": {"value": cpu / gib}}}
+
+        try:
+            measure("files", epoch, also=("cpu",))
+        finally:
+            if v.kind == "fs":
+                for name in names:
+                    drop_cached(_root(v) / name)  # as a loader's memory would be reused, not grown
+
+
 class SeqWrite(Workload):
     name = "seq_write"
     figures = (
@@ -639,5 +706,5 @@ class Transform(Workload):
 
 
 ALL: dict[str, type[Workload]] = {
-    w.name: w for w in (SeqRead, SeqWrite, RandomRead, SmallFiles, Concurrency, Transform)
+    w.name: w for w in (SeqRead, SeqWrite, RandomRead, SmallFiles, Concurrency, Transform, Stream)
 }

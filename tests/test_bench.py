@@ -79,6 +79,12 @@ def test_quick_run_reports_every_workload_with_references_and_requests(tmp_path:
     assert transform["baseline"]["disk_peak_mib"] >= 8  # the local copy download-process-upload needs
     assert transform["baseline"]["requests"]["get"] >= 1
     assert results["meta"]["daemon_peak_rss_mib"] > 0
+    stream = results["workloads"]["stream"]["figures"]
+    assert stream["files"]["variants"]["raw"]["requests"] == {"get": 3}  # three files, one GET each
+    assert stream["files"]["variants"]["mount"]["requests"].get("get", 0) >= 3
+    # Client CPU per GiB, measured for every variant (the mount: reader and daemon).
+    assert stream["cpu"]["variants"]["raw"]["value"] > 0
+    assert stream["cpu"]["variants"]["mount"]["value"] > 0
 
     assert "| seq_read | cold |" in md.read_text()
     assert "mount/raw" in result.stdout  # the summary table
