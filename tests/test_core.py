@@ -343,6 +343,36 @@ def test_read_sees_changed_object_at_next_open_and_keep_cache_tracks_etag() -> N
     run_fs(store, body)
 
 
+@pytest.mark.parametrize("direct_io", [False, True])
+def test_an_older_handle_after_a_newer_open_is_stale_only_with_the_page_cache(direct_io: bool) -> None:
+    """The kernel's page cache is per file: once a newer version was opened, an older handle's bytes could
+    reach the newer readers, so they are refused. With --direct-io nothing is cached: the older handle
+    reads the bytes it holds of its own version, and only new bytes (If-Match) are ESTALE."""
+    store = MemoryStore()
+    old = b"old!" * MIB
+    store.seed("f", old)
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "f")
+        first = await fs.open(ino, os.O_RDONLY)
+        assert first.direct_io is direct_io and not first.keep_cache
+        store.seed("f", b"new!" * MIB)
+        second = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(second.fh, 0, 4) == b"new!"
+        if direct_io:
+            assert await fs.read(first.fh, 0, 8) == old[:8]  # held since the open's GET
+        for off in (0, 3 * MIB):
+            if direct_io and off == 0:
+                continue
+            with pytest.raises(S3FilesError) as stale:
+                await fs.read(first.fh, off, 8)
+            assert stale.value.errno == errno.ESTALE
+        await fs.release(first.fh)
+        await fs.release(second.fh)
+
+    run_fs(store, body, direct_io=direct_io)
+
+
 def test_store_errors_become_errnos_not_crashes() -> None:
     from s3files.errors import StoreError
 
