@@ -218,6 +218,26 @@ def test_random_reads_fetch_only_what_is_asked() -> None:
     run_fs(store, body)
 
 
+def test_unaligned_sequential_reads_across_parts_return_exactly_their_bytes() -> None:
+    """A reader that starts with 64 KiB and goes on in 1 MiB reads straddles a part boundary every part;
+    a read bigger than a part straddles several. Each returns exactly its bytes, as bytes of its size."""
+    store = MemoryStore()
+    data = random.Random(12).randbytes(40 * MIB + 333)
+    store.seed("big", data)
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.open(await resolve(fs, "big"), os.O_RDONLY)
+        off, size = 0, 64 * 1024
+        while off < len(data):
+            got = await fs.read(opened.fh, off, size)
+            assert bytes(got) == data[off : off + size], off
+            off += len(got)
+            size = MIB if off < 20 * MIB else 3 * MIB + 7  # later reads span up to four 1 MiB parts
+        await fs.release(opened.fh)
+
+    run_fs(store, body, read=ReadOptions(first_part=256 * 1024, part_size=MIB, max_window=8 * MIB))
+
+
 def test_reader_memory_is_bounded_by_the_window() -> None:
     store = MemoryStore()
     store.seed("big", bytes(200 * MIB))
