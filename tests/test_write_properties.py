@@ -641,7 +641,7 @@ class WriteMachine(RuleBasedStateMachine):
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-def test_writes_match_a_local_folder(moto_server: Any, bucket: str, tmp_path: Path) -> None:
+def run_machine(moto_server: Any, bucket: str, tmp_path: Path, examples: int, **mount_options: Any) -> None:
     import boto3
 
     env = Env(
@@ -649,6 +649,7 @@ def test_writes_match_a_local_folder(moto_server: Any, bucket: str, tmp_path: Pa
         client=boto3.client("s3", endpoint_url=moto_server.endpoint_url, region_name="us-east-1"),
         bucket=bucket,
         work=tmp_path,
+        mount_options=mount_options,
     )
 
     class Machine(WriteMachine):
@@ -657,9 +658,19 @@ def test_writes_match_a_local_folder(moto_server: Any, bucket: str, tmp_path: Pa
     run_state_machine_as_test(
         Machine,
         settings=settings(
-            max_examples=25,
+            max_examples=examples,
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         ),
     )
+
+
+def test_writes_match_a_local_folder(moto_server: Any, bucket: str, tmp_path: Path) -> None:
+    run_machine(moto_server, bucket, tmp_path, examples=25)
+
+
+def test_writes_match_a_local_folder_with_direct_io(moto_server: Any, bucket: str, tmp_path: Path) -> None:
+    """The same machine through a --direct-io mount: no page cache, every read and write reaches the
+    daemon, and the files must still match a local folder step by step."""
+    run_machine(moto_server, bucket, tmp_path, examples=10, direct_io=True)
