@@ -393,6 +393,28 @@ def test_an_older_handle_after_a_newer_open_is_stale_only_with_the_page_cache(di
     run_fs(store, body, direct_io=direct_io)
 
 
+@pytest.mark.parametrize("direct_io", [False, True])
+def test_reopening_an_unchanged_file_asks_with_a_head_only_when_the_kernel_caches_it(direct_io: bool) -> None:
+    """A re-open of the same version is a HEAD when the kernel's page cache holds the bytes; with
+    --direct-io nothing holds them, so it is one GET that brings the first part along."""
+    store = MemoryStore()
+    data = random.Random(5).randbytes(3 * MIB)
+    store.seed("f", data)
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "f")
+        opened = await fs.open(ino, os.O_RDONLY)
+        assert bytes(await fs.read(opened.fh, 0, 10)) == data[:10]
+        await fs.release(opened.fh)
+        store.requests.reset()
+        again = await fs.open(ino, os.O_RDONLY)  # the open alone: the kernel would read its cached pages
+        assert again.keep_cache is not direct_io
+        assert store.requests.snapshot() == ({"get": 1} if direct_io else {"head": 1})
+        await fs.release(again.fh)
+
+    run_fs(store, body, direct_io=direct_io, metadata_ttl=0.0)
+
+
 def test_store_errors_become_errnos_not_crashes() -> None:
     from s3files.errors import StoreError
 

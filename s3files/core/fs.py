@@ -482,7 +482,8 @@ class FileSystem:
         bytes already (then only the HEAD is needed). The price, for a program that opens a large file only
         to read elsewhere (a Parquet footer, a zip directory), is up to ``first_part`` bytes fetched in
         vain within the same round trip; every reader from the start saves a round trip."""
-        return node.size > 0 and node.page_cache_etag != node.etag and not self._staging.holds_clean(node.ino)
+        cached = node.page_cache_etag == node.etag and not self.opts.direct_io  # --direct-io: never
+        return node.size > 0 and not cached and not self._staging.holds_clean(node.ino)
 
     def _reader(self, node: Inode, first: bytes | bytearray | None = None) -> Reader:
         key = self.ns.file_key(node.path)
