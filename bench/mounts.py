@@ -14,6 +14,7 @@ removing a mounted folder would delete objects in the bucket).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -83,6 +84,15 @@ class FsMount:
         except OSError:
             pass
         return None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the file system's process has used so far (/proc/PID/stat fields 14
+        and 15; 0.0 once it is gone)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def last_log_line(self) -> str:
         try:

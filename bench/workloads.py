@@ -257,18 +257,6 @@ class SeqRead(Workload):
             local.unlink(missing_ok=True)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (/proc/PID/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_seconds() -> float:
-    """This process's CPU seconds, all threads (the reader, or the SDK's and the baseline's threads)."""
-    times = os.times()
-    return times.user + times.system
-
-
 class Stream(Workload):
     """A data loader's epoch: several large objects never read, each read once to the end, back to back.
 
@@ -292,7 +280,12 @@ class Stream(Workload):
     def run(self, b: Bench, v: Variant, r: int, measure: Measure) -> None:
         size, chunk = b.plan.big_size, b.plan.chunk
         names = [f"stream/r{r}f{i}.bin" for i in range(b.plan.stream_files)]
-        daemon = v.fs.process.pid if v.fs is not None else None
+
+        def client_cpu() -> float:
+            """CPU seconds so far of this process (all threads: the reader, the SDK's or the baseline's
+            transfer threads) and of the file system's daemon, if any."""
+            times = os.times()
+            return times.user + times.system + (v.fs.cpu_seconds() if v.fs is not None else 0.0)
 
         def read(name: str) -> int:
             if v.kind == "fs":
@@ -307,12 +300,11 @@ class Stream(Workload):
                 local.unlink()
 
         def epoch() -> Sample:
-            cpu = _own_cpu_seconds() + (_cpu_seconds(daemon) if daemon else 0.0)
-            start = time.perf_counter()
+            cpu, start = client_cpu(), time.perf_counter()
             for name in names:
                 check_size(read(name), size, name)
             seconds = time.perf_counter() - start
-            cpu = _own_cpu_seconds() + (_cpu_seconds(daemon) if daemon else 0.0) - cpu
+            cpu = client_cpu() - cpu
             gib = len(names) * size / (1024 * MIB)
             return {"value": mibs(len(names) * size, seconds), "also": {"cpu": {"value": cpu / gib}}}
 

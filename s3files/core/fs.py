@@ -465,7 +465,7 @@ class FileSystem:
                 staged = await self._stage(node, truncate=bool(flags & os.O_TRUNC))
         elif flags & os.O_TRUNC:
             await self._truncate(node, staged, 0)
-        keep_cache = staged is None and node.page_cache_etag == node.etag and not self.opts.direct_io
+        keep_cache = staged is None and self._kernel_caches(node)
         if staged is None:
             node.page_cache_etag = node.etag
         else:
@@ -482,8 +482,12 @@ class FileSystem:
         bytes already (then only the HEAD is needed). The price, for a program that opens a large file only
         to read elsewhere (a Parquet footer, a zip directory), is up to ``first_part`` bytes fetched in
         vain within the same round trip; every reader from the start saves a round trip."""
-        cached = node.page_cache_etag == node.etag and not self.opts.direct_io  # --direct-io: never
-        return node.size > 0 and not cached and not self._staging.holds_clean(node.ino)
+        return node.size > 0 and not self._kernel_caches(node) and not self._staging.holds_clean(node.ino)
+
+    def _kernel_caches(self, node: Inode) -> bool:
+        """The kernel's page cache may hold this version's bytes: it cached them at an earlier open (never
+        with --direct-io, where no open uses the page cache)."""
+        return not self.opts.direct_io and node.page_cache_etag == node.etag
 
     def _reader(self, node: Inode, first: bytes | bytearray | None = None) -> Reader:
         key = self.ns.file_key(node.path)
