@@ -27,7 +27,7 @@ from pathlib import Path
 from s3files_bench.errors import BenchError
 from s3files_bench.servers import Target
 
-from s3files.fuse.mount import mount_entry
+from s3files.mountinfo import mount_entry
 
 MOUNT_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0  # s3files gives running handlers 5 s after SIGTERM

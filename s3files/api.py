@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from s3files.errors import MountError
+from s3files.mountinfo import mount_entry
 
 UNMOUNT_TIMEOUT = 30.0
 
@@ -79,8 +80,6 @@ def _reason(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def _wait_unmounted(root: Path) -> None:
-    from s3files.fuse.mount import mount_entry
-
     deadline = time.monotonic() + UNMOUNT_TIMEOUT
     while mount_entry(root) is not None and time.monotonic() < deadline:
         time.sleep(0.05)

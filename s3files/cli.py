@@ -25,6 +25,7 @@ from pathlib import Path
 import trio
 
 from s3files.errors import MountError, S3FilesError
+from s3files.mountinfo import check_mountpoint, mount_entry
 from s3files.options import (
     MountOptions,
     ReadOptions,
@@ -252,8 +253,6 @@ def _run_background(argv: Sequence[str], opts: MountOptions, log_file: Path | No
 
 
 def unmount(mountpoint: Path, lazy: bool) -> int:
-    from s3files.fuse.mount import mount_entry
-
     mountpoint = mountpoint.absolute()
     entry = mount_entry(mountpoint)
     if entry is None:
@@ -289,8 +288,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(args.log_level, args.log_file)
         return _run_foreground(opts, args.ready_fd)
     # The parent checks what it can at once, so the common mistakes answer without starting a daemon.
-    from s3files.fuse.mount import check_mountpoint
-
     try:
         check_mountpoint(opts.mountpoint)
     except MountError as exc:

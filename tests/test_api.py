@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import s3files
-from s3files.fuse.mount import mount_entry
 from s3files.localserver import MotoServer
+from s3files.mountinfo import mount_entry
 
 pytestmark = pytest.mark.fuse
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from s3files.fuse.mount import mount_entry
 from s3files.localserver import MotoServer, free_port, start_moto_server
+from s3files.mountinfo import mount_entry
 
 pytestmark = pytest.mark.fuse
 

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import stat
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -33,6 +32,7 @@ import trio
 from s3files.core.fs import FileSystem
 from s3files.errors import MountError, S3FilesError
 from s3files.fuse.adapter import Operations
+from s3files.mountinfo import check_mountpoint, mount_entry
 from s3files.options import MountOptions
 from s3files.store.base import ObjectStore
 
@@ -42,40 +42,6 @@ STOP_GRACE = 5.0  # seconds running handlers get after a stop before they are ca
 CHECK_TIMEOUT = 15.0  # seconds the bucket check may take before the mount gives up
 
 OpenStore = Callable[[], contextlib.AbstractAsyncContextManager[ObjectStore]]
-
-
-def _unescape(field: str) -> str:
-    """Undo mountinfo's octal escapes (space is \\040)."""
-    return field.encode().decode("unicode_escape")
-
-
-def mount_entry(mountpoint: Path) -> tuple[str, str] | None:
-    """(major:minor, fstype) of the mount at ``mountpoint`` per /proc/self/mountinfo, or None."""
-    target = str(mountpoint)
-    found = None
-    with open("/proc/self/mountinfo", encoding="utf-8") as info:
-        for line in info:
-            fields = line.split()
-            sep = fields.index("-")
-            if _unescape(fields[4]) == target:
-                found = (fields[2], fields[sep + 1])
-    return found
-
-
-def check_mountpoint(mountpoint: Path) -> None:
-    """Refuse a mount point that is missing, not a folder, or already mounted; say what to do."""
-    if mount_entry(mountpoint) is not None:
-        raise MountError(
-            f"mount point {mountpoint} is already mounted; unmount it first (s3files unmount {mountpoint})"
-        )
-    try:
-        st = os.stat(mountpoint)
-    except FileNotFoundError:
-        raise MountError(f"mount point {mountpoint} does not exist; create it with mkdir -p") from None
-    except OSError as exc:
-        raise MountError(f"mount point {mountpoint} cannot be used: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise MountError(f"mount point {mountpoint} is not a folder")
 
 
 def set_read_ahead(mountpoint: Path, kb: int) -> None:
