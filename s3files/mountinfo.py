@@ -1,33 +1,66 @@
 """What is mounted where, from /proc/self/mountinfo, and the checks of a mount point before mounting.
 
-Owns: parsing mountinfo and ``check_mountpoint``. Must not import pyfuse3 (or anything that does): the
-CLI, the library and the benchmark read mountinfo through this module without loading FUSE bindings.
+Owns: parsing mountinfo (the kernel's octal escapes included) and ``check_mountpoint``. Must not import
+pyfuse3 (or anything that does): the CLI, the library and the benchmark read mountinfo through this
+module without loading FUSE bindings.
+
+The kernel writes a mount point as raw path bytes with four characters escaped as ``\\ooo`` octal (space
+``\\040``, tab ``\\011``, newline ``\\012``, backslash ``\\134``); anything else, UTF-8 included, is left
+as it is. So the fields are unescaped as bytes and only then decoded, with surrogateescape as Python does
+for paths: a mount point that is not valid UTF-8 still compares equal to ``str(Path)`` of it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from s3files.errors import MountError
 
+MOUNTINFO = "/proc/self/mountinfo"
 
-def _unescape(field: str) -> str:
-    """Undo mountinfo's octal escapes (space is \\040)."""
-    return field.encode().decode("unicode_escape")
+_OCTAL = re.compile(rb"\\([0-3][0-7]{2})")  # a byte: \000 to \377
 
 
-def mount_entry(mountpoint: Path) -> tuple[str, str] | None:
-    """(major:minor, fstype) of the mount at ``mountpoint`` per /proc/self/mountinfo, or None."""
+class MountEntry(NamedTuple):
+    """One line of mountinfo: ``device`` is major:minor (as in /sys/class/bdi), ``fstype`` e.g. fuse.s3files."""
+
+    device: str
+    mountpoint: str
+    fstype: str
+
+
+def unescape(field: bytes) -> str:
+    """A mountinfo field as a path string: octal escapes undone on the bytes, then UTF-8 decoded."""
+    raw = _OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), field)
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parse_line(line: bytes) -> MountEntry:
+    """Fields are separated by single spaces (a space inside a path is escaped); optional fields end at '-'."""
+    fields = line.rstrip(b"\n").split(b" ")
+    sep = fields.index(b"-")
+    return MountEntry(fields[2].decode(), unescape(fields[4]), unescape(fields[sep + 1]))
+
+
+def mounts() -> Iterator[MountEntry]:
+    """Every mount this process sees, in mount order."""
+    with open(MOUNTINFO, "rb") as info:
+        for line in info:
+            yield parse_line(line)
+
+
+def mount_entry(mountpoint: Path) -> MountEntry | None:
+    """The mount at ``mountpoint`` (the last one, if several are stacked there), or None."""
     target = str(mountpoint)
     found = None
-    with open("/proc/self/mountinfo", encoding="utf-8") as info:
-        for line in info:
-            fields = line.split()
-            sep = fields.index("-")
-            if _unescape(fields[4]) == target:
-                found = (fields[2], fields[sep + 1])
+    for entry in mounts():
+        if entry.mountpoint == target:
+            found = entry
     return found
 
 

@@ -77,6 +77,26 @@ def test_daemon_mounts_reads_and_unmounts(
     assert_one_line_error(not_mounted, "not mounted")
 
 
+def test_non_ascii_mount_point_is_known_as_mounted(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """mountinfo holds the path's UTF-8 bytes: a second mount there is refused and unmount finds it."""
+    boto3_client.put_object(Bucket=bucket, Key="f", Body=b"x")
+    mp = tmp_path / "dü"
+    mp.mkdir()
+    result = s3files("mount", f"s3://{bucket}", str(mp), "--endpoint-url", moto_server.endpoint_url)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert mount_entry(mp) is not None
+        assert (mp / "f").read_bytes() == b"x"
+        again = s3files("mount", f"s3://{bucket}", str(mp), "--endpoint-url", moto_server.endpoint_url)
+        assert_one_line_error(again, "already mounted", str(mp))
+    finally:
+        done = s3files("unmount", str(mp))
+    assert done.returncode == 0, done.stderr
+    assert wait_unmounted(mp)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signals_unmount_cleanly(
     moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path, signum: int

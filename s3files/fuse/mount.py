@@ -50,7 +50,7 @@ def set_read_ahead(mountpoint: Path, kb: int) -> None:
     if entry is None:
         log.warning("cannot find %s in mountinfo; FUSE reads stay at the kernel default", mountpoint)
         return
-    path = Path("/sys/class/bdi") / entry[0] / "read_ahead_kb"
+    path = Path("/sys/class/bdi") / entry.device / "read_ahead_kb"
     try:
         path.write_text(str(kb))
         log.debug("set %s to %d", path, kb)
