@@ -47,11 +47,6 @@ class NotEmpty(S3FilesError):
     errno = errno.ENOTEMPTY
 
 
-class CrossDevice(S3FilesError):
-    # Not raised by the core any more (folders are renamed by copying their keys); kept for front ends.
-    errno = errno.EXDEV
-
-
 class KindChanged(S3FilesError):
     # Judgement call: a name changed kind in S3 (a file became a symlink, say) while the kernel holds its
     # old inode. ESTALE, not attributes of the new type: the kernel would mark the inode bad (EIO from then
@@ -120,10 +115,3 @@ class MountError(S3FilesError):
     """The mount cannot start (bad mount point, bad source, ...). Message is shown as one line."""
 
     errno = errno.EINVAL
-
-
-def errno_of(exc: BaseException) -> int:
-    """The errno a file-system caller sees for ``exc``; anything unexpected is EIO."""
-    if isinstance(exc, S3FilesError):
-        return exc.errno
-    return errno.EIO

@@ -7,7 +7,6 @@ down. Must not touch the network or the file system beyond reading the mount poi
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,14 +107,6 @@ class MountOptions:
             raise MountError("--upload-concurrency must be >= 1")
         if self.cache_size is not None and self.cache_size < MIB:
             raise MountError("--cache-size must be at least 1 MiB")
-
-    @property
-    def file_type_mode(self) -> int:
-        return stat.S_IFREG | self.file_mode
-
-    @property
-    def dir_type_mode(self) -> int:
-        return stat.S_IFDIR | self.dir_mode
 
 
 def parse_mode(text: str) -> int:

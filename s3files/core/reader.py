@@ -105,14 +105,6 @@ class _Part:
         return self.data
 
 
-@dataclass
-class ReaderStats:
-    gets: int = 0
-    bytes_fetched: int = 0
-    sequential_reads: int = 0
-    random_reads: int = 0
-
-
 class Reader:
     """Reads of one open object version. ``spawn`` runs background fetches on the mount's nursery."""
 
@@ -141,7 +133,6 @@ class Reader:
         self._streak = 0  # bytes read sequentially since the window last grew
         self._closed = False
         self._buffers = buffers or PartBuffers(opts.part_size, 2 * opts.part_size, spawn)
-        self.stats = ReaderStats()
         if first:
             part = _Part(0, min(len(first), size), data=first)
             part.done.set()
@@ -156,12 +147,10 @@ class Reader:
         if off >= end:
             return b""
         if self._covered(off) or off == self._next:
-            self.stats.sequential_reads += 1
             self._advance(off, end)
             self._next = max(self._next, end)
             wanted = [p for p in self._parts if p.start < end and p.end > off]
         else:
-            self.stats.random_reads += 1
             self._drop_all()
             self._window = self._opts.first_part
             self._streak = 0
@@ -245,7 +234,6 @@ class Reader:
 
     def _start_part(self, start: int, end: int) -> _Part:
         part = _Part(start, end)
-        self.stats.gets += 1
         into = self._buffers.take() if end - start == self._buffers.size else None
 
         async def fetch() -> None:
@@ -254,7 +242,6 @@ class Reader:
                     part.data = await self._store.get_range(
                         self._key, start, end, if_match=self._etag, into=into
                     )
-                    self.stats.bytes_fetched += len(part.data)
                     if len(part.data) != end - start:
                         raise StoreError(
                             f"short read of {self._key}: {len(part.data)} bytes for range {start}-{end}"

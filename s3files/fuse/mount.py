@@ -23,7 +23,7 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyfuse3
@@ -193,12 +193,6 @@ async def serve_with(
     """``serve`` with a store opened (and closed) around it."""
     async with open_store() as store:
         await serve(opts, store, ready=ready, stop=stop, handle_signals=handle_signals)
-
-
-@contextlib.asynccontextmanager
-async def given_store(store: ObjectStore) -> AsyncIterator[ObjectStore]:
-    """An OpenStore for a store someone else owns (tests: the in-memory store)."""
-    yield store
 
 
 @contextlib.contextmanager
