@@ -82,6 +82,17 @@ def bucket(moto_server: MotoServer) -> str:
     return name
 
 
+@pytest.fixture
+def fault_proxy(moto_server: MotoServer) -> Iterator[Any]:
+    """A fault-injecting HTTP proxy (tests/faultproxy.py) in front of the moto server, no faults set:
+    point a client at ``fault_proxy.endpoint_url``, then ``fault_proxy.set_faults(drop_reply_every=13)``.
+    Stopped after the test, every thread and socket with it."""
+    from faultproxy import FaultProxy
+
+    with FaultProxy(moto_server.endpoint_url) as proxy:
+        yield proxy
+
+
 # -- the same tests on a second, real S3 implementation: Ceph RadosGW -------------------------------
 
 
