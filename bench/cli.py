@@ -42,10 +42,13 @@ from s3files_bench import report, sdk
 from s3files_bench.errors import BenchError
 from s3files_bench.memlimit import memory_limited
 from s3files_bench.mounts import PEERS, STARTERS, FsMount, installed_peers, is_mounted, start_s3files
-from s3files_bench.plan import MIB, WORKLOADS, Plan, estimate_seconds, format_size, parse_size, storage_bytes
+from s3files_bench.plan import MIB, WORKLOADS, Plan, estimate_seconds, format_size, storage_bytes
 from s3files_bench.runner import run_workloads
 from s3files_bench.servers import Target, open_target
 from s3files_bench.workloads import ALL, Bench, Variant
+
+from s3files.cli import argument_type
+from s3files.options import parse_size
 
 MOTO_NOTE = (
     "moto's server answers a ranged GET by reading the whole object, so read-ahead, random-read and "
@@ -66,11 +69,7 @@ def _list(choices: tuple[str, ...]) -> Any:
     return parse
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+SIZE = argument_type(parse_size)  # the mount's own size parser: 64MiB, 64M, 1GiB, 4096
 
 
 def _positive(text: str) -> int:
@@ -107,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument(
         "--memory-limit",
-        type=_size,
+        type=SIZE,
         help="run the benchmark and its mounts in a memory cgroup with this limit, as in a container, e.g. "
         "2GiB (the server stays outside); page cache is then reused within the limit",
     )
@@ -119,10 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=WORKLOADS,
         help=f"comma-separated subset of: {','.join(WORKLOADS)}",
     )
-    what.add_argument("--size", type=_size, help="large file size, e.g. 64MiB (quick: 32MiB, full: 256MiB)")
+    what.add_argument("--size", type=SIZE, help="large file size, e.g. 64MiB (quick: 32MiB, full: 256MiB)")
     what.add_argument("--files", type=_positive, help="small-files count (quick: 50, full: 500)")
     what.add_argument(
-        "--file-size", type=_size, help="size of each of the small files, e.g. 2MiB for medium files (default 4KiB)"
+        "--file-size", type=SIZE, help="size of each of the small files, e.g. 2MiB for medium files (default 4KiB)"
     )
     what.add_argument("--concurrency", type=_positive, help="K readers/writers (quick: 4, full: 8)")
     what.add_argument("--rounds", type=_positive, help="rounds per workload (default 3)")

@@ -12,7 +12,6 @@ read of a big object there costs as much as a full GET; 32 MiB keeps ``--quick``
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 MIB = 1024 * 1024
@@ -79,22 +78,6 @@ class Plan:
         if concurrency is not None:
             changes["concurrency"] = concurrency
         return replace(self, **changes)  # type: ignore[arg-type]
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """Parse '64MiB', '64M', '1GiB', '4096' (binary units: M means MiB) into bytes."""
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"not a size: {text!r} (use e.g. 64MiB or 1GiB)")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    scale = {"": 1, "k": KIB, "m": MIB, "g": 1024 * MIB, "t": 1024 * 1024 * MIB}[unit]
-    value = int(number * scale)
-    if value <= 0:
-        raise ValueError(f"size must be positive: {text!r}")
-    return value
 
 
 def format_size(n: int) -> str:

@@ -19,19 +19,23 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
 from s3files.errors import MountError, S3FilesError
 from s3files.mountinfo import check_mountpoint, mount_entry
 from s3files.options import (
+    MIB,
     MountOptions,
     ReadOptions,
     Source,
     StoreOptions,
     default_cache_dir,
+    default_of,
     parse_mode,
     parse_size,
 )
@@ -40,22 +44,26 @@ log = logging.getLogger("s3files")
 
 READY_TIMEOUT = 15.0
 
-
-def _mode(text: str) -> int:
-    try:
-        return parse_mode(text)
-    except MountError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+T = TypeVar("T")
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except MountError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` (e.g. options.parse_size) as an argparse type: its MountError becomes argparse's error
+    line ``argument --x: <the message>`` instead of a traceback or "invalid parse_size value"."""
+
+    def parse_argument(text: str) -> T:
+        try:
+            return parse(text)
+        except MountError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Every default comes from the options dataclasses (options.default_of): written once, there.
+    store_default, mount_default = partial(default_of, StoreOptions), partial(default_of, MountOptions)
+    size, mode = argument_type(parse_size), argument_type(parse_mode)
     parser = argparse.ArgumentParser(
         prog="s3files", description="Mount an S3 bucket as a file system; plain-file code runs unchanged."
     )
@@ -68,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS")
     s3.add_argument("--region", help="region (default: the AWS chain's, e.g. AWS_DEFAULT_REGION)")
     s3.add_argument("--profile", help="AWS profile (default: the standard AWS credential chain)")
-    s3.add_argument("--max-connections", type=int, default=32, help="concurrent S3 connections")
+    s3.add_argument(
+        "--max-connections",
+        type=int,
+        default=store_default("max_connections"),
+        help="concurrent S3 connections (default %(default)s)",
+    )
     fs = mount.add_argument_group("file system")
     fs.add_argument("--read-only", action="store_true", help="refuse every change with EROFS")
     fs.add_argument(
@@ -76,13 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bypass the kernel page cache: faster cold reads in large blocks; no re-read cache, no shared mmap",
     )
-    fs.add_argument("--uid", type=int, default=os.getuid(), help="owner of objects without x-amz-meta-uid")
-    fs.add_argument("--gid", type=int, default=os.getgid(), help="group of objects without x-amz-meta-gid")
-    fs.add_argument("--file-mode", type=_mode, default=0o644, help="octal mode of files (default 644)")
-    fs.add_argument("--dir-mode", type=_mode, default=0o755, help="octal mode of folders (default 755)")
+    fs.add_argument(
+        "--uid", type=int, default=mount_default("uid"), help="owner of objects without x-amz-meta-uid"
+    )
+    fs.add_argument(
+        "--gid", type=int, default=mount_default("gid"), help="group of objects without x-amz-meta-gid"
+    )
+    file_mode, dir_mode = mount_default("file_mode"), mount_default("dir_mode")
+    fs.add_argument("--file-mode", type=mode, default=file_mode, help=f"octal mode of files (default {file_mode:o})")
+    fs.add_argument("--dir-mode", type=mode, default=dir_mode, help=f"octal mode of folders (default {dir_mode:o})")
     fs.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     fs.add_argument(
-        "--metadata-ttl", type=float, default=1.0, help="seconds attributes and listings are trusted"
+        "--metadata-ttl",
+        type=float,
+        default=mount_default("metadata_ttl"),
+        help="seconds attributes and listings are trusted (default %(default)s)",
     )
     cache = mount.add_argument_group("cache and uploads")
     cache.add_argument(
@@ -90,10 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="folder for the local cache (default $XDG_CACHE_HOME/s3files, /var/cache/s3files for root)",
     )
-    cache.add_argument("--cache-size", type=_size, help="bytes the cache may hold, e.g. 20G (default: the disk)")
-    cache.add_argument("--upload-concurrency", type=int, default=8, help="parts in flight at once (default 8)")
+    cache.add_argument("--cache-size", type=size, help="bytes the cache may hold, e.g. 20G (default: the disk)")
     cache.add_argument(
-        "--upload-part-size", type=_size, default=8 << 20, help="multipart part size, 5M-10M (default 8M)"
+        "--upload-concurrency",
+        type=int,
+        default=mount_default("upload_concurrency"),
+        help="parts in flight at once (default %(default)s)",
+    )
+    part_size = mount_default("upload_part_size")
+    cache.add_argument(
+        "--upload-part-size",
+        type=size,
+        default=part_size,
+        help=f"multipart part size, 5M-10M (default {part_size / MIB:g}M)",
     )
     run = mount.add_argument_group("daemon")
     run.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")

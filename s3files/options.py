@@ -7,8 +7,9 @@ down. Must not touch the network or the file system beyond reading the mount poi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from s3files.errors import MountError
 
@@ -109,6 +110,19 @@ class MountOptions:
             raise MountError("--cache-size must be at least 1 MiB")
 
 
+def default_of(options: type, name: str) -> Any:
+    """The default of field ``name`` of an options dataclass: front ends (argparse) take their defaults
+    here, so each default is written once, in the dataclass."""
+    for f in fields(options):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+            raise ValueError(f"{options.__name__}.{name} has no default")
+    raise AttributeError(f"{options.__name__} has no option {name!r}")
+
+
 def parse_mode(text: str) -> int:
     """Parse an octal mode such as '644' or '0o755' (argparse type)."""
     try:
@@ -126,7 +140,8 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 def parse_size(text: str) -> int:
     """Parse a byte count such as '512M', '20G' or '1048576' (binary units; argparse type)."""
     cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
-    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned[-1:] in _UNITS else (cleaned, "")
+    unit = cleaned[-1:] if cleaned[-1:] in _UNITS else ""  # cleaned may be "" (and "" is a unit)
+    number = cleaned[: len(cleaned) - len(unit)]
     try:
         value = float(number) * _UNITS[unit]
     except ValueError:

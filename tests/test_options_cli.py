@@ -1,0 +1,137 @@
+"""The command lines and the options dataclasses agree: every default written once (in s3files.options),
+the README's option table true, and one size parser with one-line errors for ``s3files mount`` and
+``s3files bench``. No mount, no S3."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from s3files_bench.cli import build_parser as bench_parser
+
+from s3files.cli import build_parser, options_from
+from s3files.errors import MountError
+from s3files.options import (
+    MIB,
+    MountOptions,
+    Source,
+    StoreOptions,
+    default_cache_dir,
+    default_of,
+    parse_mode,
+    parse_size,
+)
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_mount_without_options_gives_the_dataclass_defaults() -> None:
+    args = build_parser().parse_args(["mount", "s3://b/p", "/mnt/x"])
+    expected = MountOptions(Source.parse("s3://b/p"), Path("/mnt/x"), cache_dir=default_cache_dir())
+    assert options_from(args) == expected
+
+
+def test_argparse_takes_its_defaults_from_the_dataclasses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Change a default in the dataclass and the command line follows: no second copy of the number."""
+    monkeypatch.setattr(MountOptions.__dataclass_fields__["metadata_ttl"], "default", 7.5)
+    monkeypatch.setattr(MountOptions.__dataclass_fields__["upload_concurrency"], "default", 3)
+    monkeypatch.setattr(StoreOptions.__dataclass_fields__["max_connections"], "default", 5)
+    args = build_parser().parse_args(["mount", "s3://b", "/mnt/x"])
+    assert (args.metadata_ttl, args.upload_concurrency, args.max_connections) == (7.5, 3, 5)
+
+
+def test_default_of() -> None:
+    assert default_of(MountOptions, "metadata_ttl") == 1.0
+    assert default_of(StoreOptions, "max_connections") == 32
+    with pytest.raises(ValueError):
+        default_of(MountOptions, "source")  # required: no default
+    with pytest.raises(AttributeError):
+        default_of(MountOptions, "no_such_option")
+
+
+def readme_defaults() -> dict[str, str]:
+    """``--option`` -> the default column of the README's option table (every flag of a row)."""
+    rows: dict[str, str] = {}
+    for line in README.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`--"):
+            for flag in re.findall(r"`(--[a-z-]+)", cells[0]):
+                rows[flag] = cells[1]
+    return rows
+
+
+def test_readme_option_table_tells_the_defaults() -> None:
+    rows = readme_defaults()
+    opts = MountOptions(Source.parse("s3://b"), Path("/mnt/x"))
+    assert int(rows["--max-connections"]) == opts.store.max_connections
+    assert float(rows["--metadata-ttl"]) == opts.metadata_ttl
+    assert int(rows["--upload-concurrency"]) == opts.upload_concurrency
+    assert parse_size(rows["--upload-part-size"]) == opts.upload_part_size
+    file_mode, dir_mode = (parse_mode(m.strip()) for m in rows["--file-mode"].split(","))
+    assert (file_mode, dir_mode) == (opts.file_mode, opts.dir_mode)
+    assert rows["--cache-size"] == "the disk" and opts.cache_size is None
+    for flag in ("--read-only", "--direct-io", "--allow-other"):
+        assert rows[flag] == "off" and getattr(opts, flag[2:].replace("-", "_")) is False
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4096", 4096),
+        ("6KiB", 6 * 1024),
+        ("64MiB", 64 * MIB),
+        ("64 MiB", 64 * MIB),
+        ("64M", 64 * MIB),
+        ("64mb", 64 * MIB),
+        ("1.5G", 1536 * MIB),
+        ("2GiB", 2048 * MIB),
+        ("1T", 1024 * 1024 * MIB),
+    ],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "M", "20X", "12 parsecs", "0", "-5M", "nan", "1e30G"])
+def test_parse_size_refuses(text: str) -> None:
+    with pytest.raises(MountError):
+        parse_size(text)
+
+
+def test_both_command_lines_parse_sizes_alike() -> None:
+    mount = build_parser().parse_args(["mount", "s3://b", "/m", "--cache-size", "20G", "--upload-part-size", "5MiB"])
+    assert (mount.cache_size, mount.upload_part_size) == (20 * 1024 * MIB, 5 * MIB)
+    bench = bench_parser().parse_args(["--size", "64 MiB", "--file-size", "6KiB", "--memory-limit", "2GiB"])
+    assert (bench.size, bench.file_size, bench.memory_limit) == (64 * MIB, 6 * 1024, 2048 * MIB)
+
+
+@pytest.mark.parametrize(
+    ("parser", "argv", "line"),
+    [
+        (
+            build_parser,
+            ["mount", "s3://b", "/m", "--cache-size", "20X"],
+            "s3files mount: error: argument --cache-size: not a size: '20X' (use e.g. 512M or 20G)",
+        ),
+        (
+            build_parser,
+            ["mount", "s3://b", "/m", "--file-mode", "9"],
+            "s3files mount: error: argument --file-mode: not an octal mode: '9' (use e.g. 644)",
+        ),
+        (
+            bench_parser,
+            ["--size", "64XB"],
+            "s3files bench: error: argument --size: not a size: '64XB' (use e.g. 512M or 20G)",
+        ),
+    ],
+)
+def test_a_bad_size_is_one_error_line(
+    parser: object, argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parser().parse_args(argv)  # type: ignore[operator]
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == line  # after argparse's usage lines
