@@ -30,6 +30,7 @@ from s3files.errors import MountError, S3FilesError
 from s3files.mountinfo import check_mountpoint, mount_entry
 from s3files.options import (
     MIB,
+    ON_RECOVERY,
     MountOptions,
     ReadOptions,
     Source,
@@ -125,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=part_size,
         help=f"multipart part size, 5M-10M (default {part_size / MIB:g}M)",
     )
+    cache.add_argument(
+        "--on-recovery",
+        choices=ON_RECOVERY,
+        default=mount_default("on_recovery"),
+        help="files a stopped or dead daemon left in the cache: upload those a close or fsync acknowledged"
+        " (the rest is kept), keep all, or discard all (default %(default)s)",
+    )
     run = mount.add_argument_group("daemon")
     run.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -165,6 +173,7 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         upload_concurrency=args.upload_concurrency,
         upload_part_size=args.upload_part_size,
         stats_file=args.stats_file.absolute() if args.stats_file else None,
+        on_recovery=args.on_recovery,
     )
 
 
@@ -188,7 +197,7 @@ def _fail(message: str) -> int:
 
 def _raise_descriptor_limit() -> None:
     """The daemon's soft descriptor limit up to its hard limit (at most 65536): the cache keeps a
-    descriptor per cached file (see core/writer.clean_files_for), and 1024 is a common default."""
+    descriptor per cached file (see core/cache.clean_files_for), and 1024 is a common default."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft != resource.RLIM_INFINITY and soft < wanted:

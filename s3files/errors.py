@@ -62,6 +62,11 @@ class NotPermitted(S3FilesError):
     errno = errno.EPERM
 
 
+class BadHandle(S3FilesError):
+    # A handle number the kernel never got from us, or one already released.
+    errno = errno.EBADF
+
+
 class InvalidArgument(S3FilesError):
     errno = errno.EINVAL
 
@@ -88,6 +93,13 @@ class PreconditionFailed(StoreError):
     # The object changed under us (If-Match/If-None-Match refused). Judgement call: ESTALE tells a reader the
     # data it was reading is gone; writers map it to a conflict in the core.
     errno = errno.ESTALE
+
+
+class UploadNotFound(StoreError):
+    # S3 answered NoSuchUpload: the multipart upload was completed or aborted. EIO (a file caller cannot act
+    # on it), but a class of its own: after a retried CompleteMultipartUpload whose first attempt S3 applied,
+    # the core tells its own completion (the upload id in the object's user metadata) from a real loss.
+    errno = errno.EIO
 
 
 class AccessDenied(StoreError):

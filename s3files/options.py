@@ -14,6 +14,7 @@ from typing import Any
 from s3files.errors import MountError
 
 MIB = 1024 * 1024
+ON_RECOVERY = ("upload", "keep", "discard")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class MountOptions:
     upload_part_size: int = 8 * MIB  # the first 1,000 parts; later parts double every 1,000 (5 TiB fits)
     upload_concurrency: int = 8  # parts uploaded, copied or fetched at once, over all files
     stats_file: Path | None = None  # on SIGUSR1 the daemon writes its statistics here as JSON
+    # What the mount does with files a stopped or dead daemon left in the cache folder (core/recovery.py):
+    # upload those a close or fsync acknowledged (the rest is kept), keep everything, or discard everything.
+    on_recovery: str = "upload"
 
     def __post_init__(self) -> None:
         for name in ("file_mode", "dir_mode"):
@@ -106,6 +110,8 @@ class MountOptions:
             raise MountError("--upload-part-size must be between 5 and 10 MiB (parts double every 1,000; S3 allows 5 GiB)")
         if self.upload_concurrency < 1:
             raise MountError("--upload-concurrency must be >= 1")
+        if self.on_recovery not in ON_RECOVERY:
+            raise MountError(f"--on-recovery must be one of {', '.join(ON_RECOVERY)}, got {self.on_recovery!r}")
         if self.cache_size is not None and self.cache_size < MIB:
             raise MountError("--cache-size must be at least 1 MiB")
 

@@ -589,16 +589,22 @@ def test_failed_upload_reports_eio_and_keeps_data_for_retry() -> None:
     run_fs(store, body)
 
 
-def test_unmount_uploads_what_was_never_closed() -> None:
+def test_unmount_never_publishes_a_file_still_open_for_writing() -> None:
+    """A stop while a program writes must not publish half a file: S3 keeps nothing (a new file) or the
+    previous complete version (a rewrite); tests/test_recovery.py shows the bytes kept for the next mount."""
     store = MemoryStore()
+    store.seed("report.csv", b"row\n" * 1000)
 
     async def body(fs: FileSystem) -> None:
         opened = await fs.create(ROOT_INO, "left-open", 0o644, 0, 0)
         await fs.write(opened.fh, 0, b"data")
+        rewrite = await fs.open(await resolve(fs, "report.csv"), os.O_WRONLY | os.O_TRUNC)
+        await fs.write(rewrite.fh, 0, b"row\n" * 500)
         # run_fs calls fs.aclose() after the body, as the mount does at unmount
 
     run_fs(store, body)
-    assert store.data("left-open") == b"data"
+    assert "left-open" not in store.keys()
+    assert store.data("report.csv") == b"row\n" * 1000
 
 
 def test_unlink_mkdir_rmdir_rename() -> None:
@@ -656,7 +662,7 @@ def test_opening_a_file_for_reading_is_one_get_with_its_first_part() -> None:
         await fs.release(opened.fh)
         assert store.requests.snapshot() == {"get": 1}
         store.seed("small", b"replaced")  # elsewhere, while no page cache claims it: the next open sees it
-        fs._node(ino).page_cache_etag = None
+        fs.sb.node(ino).page_cache_etag = None
         store.requests.reset()
         opened = await fs.open(ino, os.O_RDONLY)
         assert (opened.attr.size, bytes(await fs.read(opened.fh, 0, MIB))) == (8, b"replaced")
@@ -674,7 +680,7 @@ def test_opening_a_file_for_reading_is_one_get_with_its_first_part() -> None:
         assert opened.keep_cache and store.requests.snapshot() == {"head": 1}
         await fs.release(opened.fh)
         store.seed("small", b"")  # gone empty: described by the GET all the same
-        fs._node(ino).page_cache_etag = None
+        fs.sb.node(ino).page_cache_etag = None
         opened = await fs.open(ino, os.O_RDONLY)
         assert (opened.attr.size, await fs.read(opened.fh, 0, 10)) == (0, b"")
         await fs.release(opened.fh)

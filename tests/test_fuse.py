@@ -286,7 +286,7 @@ def test_writes_through_the_mount_reach_s3(
         assert not_empty.value.errno == errno.ENOTEMPTY
         assert (root / "big.bin").stat().st_size == len(big)
         assert sorted(os.listdir(root)) == ["big.bin", "dir", "existing.txt"]
-        assert fs.statistics()["staged_files"] == 0
+        assert fs.statistics()["local_copies"] == 0
 
     def body(key: str) -> bytes:
         return s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
@@ -352,7 +352,7 @@ def test_direct_io_mount_reads_past_the_page_cache(
         assert (root / "small.txt").read_bytes() == b"01AB456789++"
         (root / "new.bin").write_bytes(data[: 3 * MIB])
         assert (root / "new.bin").read_bytes() == data[: 3 * MIB]
-        assert fs.statistics()["staged_files"] == 0
+        assert fs.statistics()["local_copies"] == 0
     assert s3_client.get_object(Bucket=s3_bucket, Key="small.txt")["Body"].read() == b"01AB456789++"
     assert s3_client.get_object(Bucket=s3_bucket, Key="new.bin")["Body"].read() == data[: 3 * MIB]
 

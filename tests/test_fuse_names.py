@@ -78,10 +78,10 @@ def test_folder_rename_of_40_files(
         writer.write(b"and after the rename")
         writer.close()
         for _ in range(100):  # the kernel sends RELEASE after close(2) returns
-            if fs.statistics()["staged_files"] == 0:
+            if fs.statistics()["local_copies"] == 0:
                 break
             time.sleep(0.05)
-        assert fs.statistics()["staged_files"] == 0
+        assert fs.statistics()["local_copies"] == 0
     expected["B/sub/new.txt"] = b"written before and after the rename"
     assert keys(s3_client, s3_bucket) == expected
     head = s3_client.head_object(Bucket=s3_bucket, Key="B/meta.txt")

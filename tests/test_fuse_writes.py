@@ -70,7 +70,7 @@ def test_edits_are_on_s3_after_close_and_after_remount(
         (root / "target.txt").write_bytes(b"old target")
         (root / "source.txt").write_bytes(b"new content")
         os.rename(root / "source.txt", root / "target.txt")  # over an existing file: replaces it
-        assert fs.statistics()["staged_files"] == 0
+        assert fs.statistics()["local_copies"] == 0
 
     want = {
         "big.bin": bytes(expected),

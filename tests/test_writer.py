@@ -1,4 +1,4 @@
-"""Unit tests of the write path in parts (s3files.core.writer through FileSystem), on the in-memory store:
+"""Unit tests of the write path in parts (s3files.core.cache and uploader through FileSystem), on the in-memory store:
 contents, and request budgets that show what is fetched, streamed, copied inside S3 or uploaded."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import pytest
 import trio
 from test_core import resolve, run_fs, spy_gets, write_new
 
+from s3files.core.cache import SPILL_BYTES, clean_files_for
 from s3files.core.fs import FileSystem
 from s3files.core.inodes import ROOT_INO
-from s3files.core.writer import MAX_PART, MAX_PARTS, SPILL_BYTES, PartLayout, clean_files_for
+from s3files.core.parts import MAX_PART, MAX_PARTS, PartLayout
 from s3files.errors import EndpointUnreachable, S3FilesError
 from s3files.options import MIB
 from s3files.store import MemoryStore
@@ -393,7 +394,7 @@ def test_readers_of_a_file_being_written_see_the_writes_and_are_not_stale_after(
         await fs.release(writer.fh)
         assert store.data("f") == b"AB23456789"
         await fs.release(late.fh)
-        assert fs.statistics()["staged_files"] == 0  # the reader did not keep it open as a writer
+        assert fs.statistics()["local_copies"] == 0  # the reader did not keep it open as a writer
         assert await fs.read(early.fh, 0, 4) == b"AB23"
         idle = await fs.open(ino, os.O_RDWR)  # opened for writing, nothing written
         await fs.flush(idle.fh)
@@ -414,8 +415,8 @@ def test_clean_copies_kept_scale_with_the_descriptor_limit() -> None:
 
 
 def _staged_files(fs: FileSystem) -> dict[str, bytes]:
-    folder = fs._staging.folder
-    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+    folder = fs.folder.files  # data files only: records (.json) describe them
+    return {path.name: path.read_bytes() for path in sorted(folder.glob("*.data"))}
 
 
 def test_a_small_new_file_is_staged_in_memory_and_moves_to_disk_when_it_grows() -> None:
@@ -447,7 +448,7 @@ def test_copies_in_memory_stay_within_their_budget() -> None:
     store = MemoryStore()
 
     async def body(fs: FileSystem) -> None:
-        fs._staging.memory_budget = 2 * SPILL_BYTES
+        fs.cache.memory_budget = 2 * SPILL_BYTES
         handles = []
         for n in range(3):  # two fit in memory, the third is moved to the cache folder
             opened = await fs.create(ROOT_INO, f"open{n}", 0o644, 0, 0)
@@ -485,20 +486,6 @@ def test_a_small_file_whose_upload_fails_is_kept_on_disk() -> None:
 
     run_fs(store, body)
     assert store.data("precious") == b"do not lose me"  # uploaded at unmount, once S3 answered again
-
-
-def test_an_unmount_that_cannot_upload_keeps_a_small_file_on_disk() -> None:
-    store = MemoryStore()
-
-    async def body(fs: FileSystem) -> None:
-        opened = await fs.create(ROOT_INO, "unsent", 0o644, 0, 0)
-        await fs.write(opened.fh, 0, b"still here")
-        store.fail("put", EndpointUnreachable("S3 is down"))
-        await fs.aclose()  # the upload fails: the copy leaves memory for the cache folder
-        assert list(_staged_files(fs).values()) == [b"still here"]
-
-    run_fs(store, body)
-    assert store.data("unsent") == b"still here"  # sent by run_fs's own unmount, once S3 answers
 
 
 def test_an_unmount_out_of_time_keeps_a_small_file_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:

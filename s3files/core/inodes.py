@@ -212,12 +212,21 @@ class InodeTable:
         """The kernel now holds ``n`` more references to ``ino`` (lookup, readdirplus entry)."""
         self._by_ino[ino].lookups += n
 
-    def forget(self, ino: int, n: int) -> None:
+    def forget(self, ino: int, n: int, pinned: bool = False) -> None:
+        """The kernel dropped ``n`` references. The inode goes when none is left, unless ``pinned`` (a
+        local copy still needs it: its key, and a folder listing must still show it); then
+        ``drop_if_forgotten`` ends it once the copy is gone."""
         node = self._by_ino.get(ino)
         if node is None or ino == ROOT_INO:
             return
         node.lookups -= n
-        if node.lookups <= 0:
-            del self._by_ino[ino]
-            if self._by_path.get(node.path) == ino:
-                del self._by_path[node.path]
+        if not pinned:
+            self.drop_if_forgotten(ino)
+
+    def drop_if_forgotten(self, ino: int) -> None:
+        node = self._by_ino.get(ino)
+        if node is None or ino == ROOT_INO or node.lookups > 0:
+            return
+        del self._by_ino[ino]
+        if self._by_path.get(node.path) == ino:
+            del self._by_path[node.path]

@@ -30,6 +30,8 @@ import pyfuse3
 import trio
 
 from s3files.core.fs import FileSystem
+from s3files.core.records import CacheFolder, folder_name
+from s3files.core.recovery import OnRecovery
 from s3files.errors import MountError, S3FilesError
 from s3files.fuse.adapter import Operations
 from s3files.mountinfo import check_mountpoint, mount_entry
@@ -80,48 +82,52 @@ async def serve(
     with trio.fail_after(CHECK_TIMEOUT):
         await store.check_bucket()
     stop = stop if stop is not None else trio.Event()
-    with staging_folder(opts) as staging:
-        await _serve(opts, store, staging, ready, stop, handle_signals)
+    with cache_folder(opts) as folder:
+        await _serve(opts, store, folder, ready, stop, handle_signals)
 
 
 @contextlib.contextmanager
-def staging_folder(opts: MountOptions) -> Iterator[Path]:
-    """This mount's private folder for files being written: under ``--cache-dir``/staged (created mode
-    0700), else under /var/tmp. Removed at unmount only when empty: it never throws away unsent data."""
-    if opts.cache_dir is not None:
-        base = opts.cache_dir / "staged"
-        try:
-            opts.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            base.mkdir(mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise MountError(
-                f"cannot use cache folder {opts.cache_dir}: {exc.strerror}; choose another with --cache-dir"
-            ) from None
-    else:
+def cache_folder(opts: MountOptions) -> Iterator[CacheFolder]:
+    """The mount's cache folder, opened and locked: ``--cache-dir``/<bucket>-<hash> (mode 0700), one per
+    bucket and prefix, so the next mount finds and recovers what this one leaves (core/records.py).
+    Without a cache dir (tests of the library), a private folder under /var/tmp, removed at the end
+    when it holds nothing (it never throws away unsent data)."""
+    private = opts.cache_dir is None
+    if opts.cache_dir is None:
         base = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
-    try:
-        folder = Path(tempfile.mkdtemp(prefix="s3files-mount-", dir=base))
-    except OSError as exc:
-        raise MountError(f"cannot write to cache folder {base}: {exc.strerror}; choose another with --cache-dir") from None
+        try:
+            root = Path(tempfile.mkdtemp(prefix="s3files-mount-", dir=base))
+        except OSError as exc:
+            raise MountError(f"cannot write to {base}: {exc.strerror}; choose a cache folder with --cache-dir") from None
+    else:
+        root = opts.cache_dir / folder_name(opts.store.endpoint_url, opts.source.bucket, opts.source.prefix)
+    folder = CacheFolder(root)
+    folder.open()
     try:
         yield folder
     finally:
-        try:
-            folder.rmdir()
-        except OSError:
-            log.error("unsent data left in %s", folder)
+        folder.close()
+        if private:
+            folder.sweep()
+            try:
+                folder.files.rmdir()
+                (root / "lock").unlink()
+                root.rmdir()
+            except OSError:
+                log.error("unsent data left in %s", root)
 
 
 async def _serve(
     opts: MountOptions,
     store: ObjectStore,
-    staging: Path,
+    folder: CacheFolder,
     ready: Callable[[FileSystem], None] | None,
     stop: trio.Event,
     handle_signals: bool,
 ) -> None:
     async with trio.open_nursery() as nursery:
-        fs = FileSystem(store, opts, spawn=nursery.start_soon, staging=staging)
+        fs = FileSystem(store, opts, spawn=nursery.start_soon, staging=folder)
+        await fs.recover(OnRecovery(opts.on_recovery))
         pyfuse3.init(Operations(fs, opts.metadata_ttl), str(opts.mountpoint), fuse_options(opts))
         try:
             nursery.start_soon(_after_init, opts, fs, ready)

@@ -1,0 +1,160 @@
+"""The cache folder on disk: what must outlive the daemon, and the lock that gives it one owner.
+
+Owns: the cache folder's layout (``<cache-dir>/<bucket>-<hash of endpoint, bucket, prefix>/``: one folder
+per bucket and prefix, not per process, so the next mount finds what the last one left), its lock (one
+daemon at a time), the data files of local copies on disk (``files/<id>.data``) and their records
+(``files/<id>.json``). A record is written whole and atomically (write, fsync when asked, rename), so a
+daemon that dies leaves either the old record or the new one, never half of one. Must not talk to S3
+nor decide what a record means (recovery.py and the cache do).
+
+What a record holds is enough to publish the copy without the daemon's memory: the key, the version it
+was based on (ETag and size), which parts differ from it and which are local, the write state and
+whether a close/fsync acknowledged the bytes, the POSIX metadata to publish with, and the multipart
+upload in flight (id and the parts sent, with their ETags) so that a recovery can resume or abort it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from s3files.errors import MountError
+
+log = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+
+
+@dataclass
+class Record:
+    """The persisted state of one local copy (see the module docstring)."""
+
+    id: str
+    key: str
+    base_etag: str | None
+    base_size: int
+    size: int
+    state: str  # a WriteState value
+    acknowledged: bool
+    metadata: dict[str, str]
+    changed: list[int] = field(default_factory=list)
+    present: list[int] = field(default_factory=list)
+    upload_id: str | None = None
+    upload_key: str | None = None
+    upload_metadata: dict[str, str] | None = None
+    sent: dict[str, list[object]] = field(default_factory=dict)  # index -> [length, part number, etag]
+    updated: float = 0.0
+    version: int = RECORD_VERSION
+
+
+def folder_name(endpoint: str | None, bucket: str, prefix: str) -> str:
+    """A stable, file-name-safe folder name for one bucket and prefix at one endpoint."""
+    digest = hashlib.sha256(f"{endpoint or 'aws'}\n{bucket}\n{prefix}".encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', bucket)[:60]}-{digest}"
+
+
+class CacheFolder:
+    """One mount's cache folder, locked for the daemon's lifetime (``open`` / ``close``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files = root / "files"
+        self._lock_fd: int | None = None
+
+    def open(self) -> None:
+        """Create (mode 0700) and lock the folder; MountError with one line if another daemon has it."""
+        try:
+            self.files.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise MountError(
+                f"cannot use cache folder {self.root}: {exc.strerror}; choose another with --cache-dir"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise MountError(
+                f"cache folder {self.root} is in use by another s3files daemon (pid {owner}); unmount that"
+                " mount first, or give this one its own --cache-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+
+    def data_path(self, copy_id: str) -> Path:
+        return self.files / f"{copy_id}.data"
+
+    def _record_path(self, copy_id: str) -> Path:
+        return self.files / f"{copy_id}.json"
+
+    def save(self, record: Record, durable: bool = False) -> None:
+        """Replace the record atomically. ``durable``: fsync the data file, the record and the folder
+        first, so the record and the bytes it describes survive a crash of the machine too (a dead
+        daemon alone loses nothing the kernel was given)."""
+        path = self._record_path(record.id)
+        tmp = path.with_suffix(".tmp")
+        body = json.dumps(asdict(record), sort_keys=True).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, body)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if durable:
+            with contextlib.suppress(FileNotFoundError):
+                data = os.open(self.data_path(record.id), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(data)
+                finally:
+                    os.close(data)
+        os.replace(tmp, path)
+        if durable:
+            dirfd = os.open(self.files, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+
+    def remove(self, copy_id: str, keep_data: bool = False) -> None:
+        """Forget a record (and its data file unless ``keep_data``): record first, so a crash in between
+        leaves an orphan data file (deleted at the next mount), never a record without its bytes."""
+        self._record_path(copy_id).unlink(missing_ok=True)
+        if not keep_data:
+            self.data_path(copy_id).unlink(missing_ok=True)
+
+    def records(self) -> list[Record]:
+        """Every record left in the folder (unreadable ones are logged and skipped, never deleted)."""
+        found = []
+        for path in sorted(self.files.glob("*.json")):
+            try:
+                raw = json.loads(path.read_text())
+                found.append(Record(**raw))
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("cannot read cache record %s (%s); left as it is", path, exc)
+        return found
+
+    def sweep(self) -> int:
+        """Delete data files no record names (clean copies of an earlier mount, a crash between writing
+        the data and its first record) and half-written records. Returns how many were deleted."""
+        named = {p.stem for p in self.files.glob("*.json")}
+        removed = 0
+        for path in self.files.iterdir():
+            if path.suffix == ".tmp" or (path.suffix == ".data" and path.stem not in named):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed

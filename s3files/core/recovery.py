@@ -1,0 +1,148 @@
+"""Recovery at mount: what a stopped or dead daemon left in the cache folder.
+
+Owns: going through the records (records.py) once at mount, deciding per record by ``--on-recovery``,
+and the report. Must not publish by itself: acknowledged copies are published by the uploader with the
+usual conditional rules (If-Match the version they were based on; a conflict copy if the key changed
+meanwhile), resuming their multipart upload where its parts are still in S3.
+
+What is done with each record:
+- acknowledged (a close or fsync acknowledged its bytes; or the close was under way when the daemon
+  died): ``upload`` publishes it (the default); ``keep`` keeps it; ``discard`` deletes it.
+- never acknowledged (a program still had it open for writing): kept, not published (``discard``
+  deletes it). Such a file is reported at every mount until it is discarded.
+- a conflict whose changes could not be merged: kept for the user.
+- anything else (a clean copy, a copy of a removed file): deleted.
+An upload id a record names that is not resumed is aborted, so no parts are left in S3.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import stat
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from s3files.core.cache import Multipart
+from s3files.core.records import Record
+from s3files.core.uploader import WriteConflict
+from s3files.core.writestate import WriteState
+from s3files.errors import S3FilesError
+from s3files.store.base import CompletedPart, abort_quietly
+
+if TYPE_CHECKING:
+    from s3files.core.fs import FileSystem
+
+log = logging.getLogger(__name__)
+
+
+class OnRecovery(enum.Enum):
+    UPLOAD = "upload"
+    KEEP = "keep"
+    DISCARD = "discard"
+
+
+@dataclass
+class RecoveryReport:
+    uploaded: list[str] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
+    discarded: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # acknowledged, upload failed: retried in the background
+    aborted_uploads: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"recovery: {len(self.uploaded)} uploaded, {len(self.kept)} kept, {len(self.discarded)} discarded,"
+            f" {len(self.conflicts)} conflicts, {len(self.failed)} still to upload,"
+            f" {self.aborted_uploads} abandoned uploads aborted"
+        )
+
+
+async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
+    """Handle every record the cache folder holds (see the module docstring)."""
+    report = RecoveryReport()
+    fs.folder.sweep()
+    records = sorted(fs.folder.records(), key=lambda r: r.updated)
+    for record in records:
+        state = WriteState(record.state)
+        acknowledged = record.acknowledged and state in (WriteState.ACKED, WriteState.UPLOADING)
+        prefix = fs.sb.ns.file_key("")
+        if mode is OnRecovery.DISCARD or state in (WriteState.CLEAN, WriteState.ORPHANED, WriteState.BROKEN):
+            await _abort(fs, record, report)
+            fs.folder.remove(record.id)
+            if state not in (WriteState.CLEAN, WriteState.ORPHANED, WriteState.BROKEN):
+                report.discarded.append(record.key)
+                log.warning("recovery: discarded key=%r (%s, --on-recovery discard)", record.key, _why(record))
+            continue
+        path = record.key[len(prefix) :]
+        node = fs.sb.inodes.by_path(path)
+        if (
+            not acknowledged
+            or mode is OnRecovery.KEEP
+            or not record.key.startswith(prefix)
+            or (node is not None and fs.cache.get(node.ino) is not None)
+        ):
+            await _abort(fs, record, report)
+            record.upload_id = record.upload_key = record.upload_metadata = None
+            record.sent = {}
+            fs.folder.save(record, durable=True)
+            report.kept.append((record.key, _why(record)))
+            log.warning(
+                "recovery: kept key=%r (%s), not uploaded; its bytes are at %s",
+                record.key,
+                _why(record),
+                fs.folder.data_path(record.id),
+            )
+            continue
+        await _publish(fs, record, path, report)
+    if records:
+        log.warning("%s", report.summary())
+    return report
+
+
+async def _publish(fs: FileSystem, record: Record, path: str, report: RecoveryReport) -> None:
+    meta = record.metadata
+    node = fs.sb.inodes.put_local_file(
+        path,
+        int(meta.get("mode", stat.S_IFREG | fs.opts.file_mode)),
+        int(meta.get("uid", fs.opts.uid)),
+        int(meta.get("gid", fs.opts.gid)),
+        float(meta.get("mtime", record.updated)),
+    )
+    node.size = record.size
+    record.state = WriteState.ACKED.value
+    copy = fs.cache.open_recorded(record, node)
+    copy.mtime_set = "mtime" in meta
+    if record.upload_id and record.upload_key and record.upload_metadata:
+        upload = Multipart(record.upload_key, record.upload_id, dict(record.upload_metadata))
+        for index, (length, number, etag) in record.sent.items():
+            i = int(index)
+            upload.sent[i] = (copy.changed.get(i, 0), int(length), CompletedPart(int(number), str(etag)))  # type: ignore[call-overload]
+        copy.sending.upload = upload
+    try:
+        await fs.publish_recovered(copy)
+    except WriteConflict as exc:
+        report.conflicts.append(str(exc))
+        log.warning("recovery: key=%r %s", record.key, exc)
+        return
+    except S3FilesError as exc:
+        report.failed.append(record.key)
+        log.warning("recovery: key=%r upload failed (%s); retried in the background", record.key, exc)
+        return
+    report.uploaded.append(record.key)
+    log.info("recovery: uploaded key=%r (%s)", record.key, _why(record))
+
+
+async def _abort(fs: FileSystem, record: Record, report: RecoveryReport) -> None:
+    if record.upload_id and record.upload_key:
+        await abort_quietly(fs.store, record.upload_key, record.upload_id)
+        report.aborted_uploads += 1
+
+
+def _why(record: Record) -> str:
+    if record.state == WriteState.CONFLICTED.value:
+        return "a conflict whose changes could not be merged"
+    if record.acknowledged:
+        return "closed or fsynced, not uploaded yet"
+    return "still open for writing when the daemon stopped, never closed"

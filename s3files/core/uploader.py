@@ -1,0 +1,406 @@
+"""Publishing local copies: parts streamed while the program writes, conditional writes, conflicts,
+recognising our own earlier attempt, and retries.
+
+Owns: a copy's multipart upload (``LocalCopy.sending``), the write-state moves of a publish (writestate.py:
+DIRTY/ACKED -> UPLOADING -> CLEAN, DIRTY, ACKED or CONFLICTED), conflict copies, and the background
+retry of acknowledged copies whose upload failed. Must not decide *when* to publish (fs.py does: close,
+fsync, unmount, recovery) nor change a copy's bytes (the cache does).
+
+Conditional writes: If-None-Match for a new key, If-Match with the ETag the copy is based on otherwise.
+Every publish carries an id of its own in user metadata (``x-amz-meta-s3files-upload``): when a
+conditional write is refused (412) or a completion finds its upload gone, one HEAD tells whether the key
+holds our own earlier attempt (its reply was lost and the SDK retried: success) or someone else's version
+(a conflict). On a conflict nothing is lost: theirs stays at the key, ours is written beside it as
+``NAME.s3files-conflict-<UTC time to the ms>Z-<random>`` with If-None-Match (a new name if even that
+exists), and the caller gets ``WriteConflict`` naming the copy that holds our bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import NoReturn
+
+import trio
+
+from s3files.core.cache import SMALL_IO, CacheFull, LocalCache, LocalCopy, Multipart
+from s3files.core.inodes import Inode
+from s3files.core.parts import MAX_PARTS
+from s3files.core.tasks import run_all
+from s3files.core.writestate import PUBLISHABLE, WriteState
+from s3files.errors import ObjectNotFound, PreconditionFailed, S3FilesError, StoreError, UploadNotFound
+from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore, abort_quietly
+
+log = logging.getLogger(__name__)
+
+TOKEN = "s3files-upload"  # user metadata: the id of the publish that wrote this version
+RETRY_FIRST = 1.0  # seconds before an acknowledged copy's failed upload is tried again; doubles
+RETRY_MOST = 300.0
+CONFLICT_NAMES = 5  # conflict copy names tried (each random) before giving up
+
+
+class WriteConflict(S3FilesError):
+    """Someone else changed the object since we read it; ours was kept beside it (or on local disk)."""
+
+    errno = errno.EIO
+
+
+def conflict_name(key: str, now: float) -> str:
+    """A conflict copy's key: the time to the millisecond and 6 random hex digits, so neither two mounts
+    nor two conflicts within one second pick the same name."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return f"{key}.s3files-conflict-{stamp}-{secrets.token_hex(3)}"
+
+
+def posix_metadata(node: Inode, with_mtime: bool = True) -> dict[str, str]:
+    """POSIX metadata in s3fs-compatible x-amz-meta-* form (mode as decimal st_mode).
+
+    Written data goes without ``mtime`` unless it was set explicitly after the last write (``cp -p``):
+    the object's LastModified is then the file's mtime, which is right for new data, and an upload that
+    began while the program was still writing need not be fixed up afterwards.
+    """
+    metadata = {"mode": str(node.mode), "uid": str(node.uid), "gid": str(node.gid)}
+    if with_mtime:
+        metadata["mtime"] = f"{node.mtime:.9f}"
+    return metadata
+
+
+def _without_token(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in metadata.items() if k != TOKEN}
+
+
+class Uploader:
+    """Publishes the copies of one mount's ``cache``. ``key_of`` maps a copy to its key now (names move)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        cache: LocalCache,
+        spawn: Callable[..., object],
+        key_of: Callable[[LocalCopy], str],
+        on_published: Callable[[LocalCopy], None],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        """``on_published``: called when a background retry published a copy (fs.py settles it)."""
+        self.store = store
+        self.cache = cache
+        self.layout = cache.layout
+        self.slots = cache.slots
+        self._spawn = spawn
+        self._key_of = key_of
+        self._on_published = on_published
+        self._wall = wall
+        self.retrying = 0  # copies waiting for a retry
+        self.conflicts: list[str] = []  # conflict copies written by this mount (newest last, bounded)
+
+    def metadata(self, copy: LocalCopy) -> dict[str, str]:
+        return posix_metadata(copy.node, copy.mtime_set)
+
+    # -- publishing -------------------------------------------------------------------------------------
+
+    async def publish(self, copy: LocalCopy) -> ObjectInfo | None:
+        """Publish ``copy``'s current bytes if they differ from S3 (close, fsync, unmount, recovery).
+
+        None when there was nothing to publish. On a failure to reach S3 the copy is ACKED: kept in the
+        cache folder with its record, durably, retried in the background, and the error is raised."""
+        async with copy.lock:
+            if copy.state is WriteState.BROKEN:
+                raise CacheFull(f"not uploaded: a write to this file failed earlier ({copy.broken})")
+            if copy.state not in PUBLISHABLE or copy.closed:
+                return None
+            key = self._key_of(copy)
+            metadata = self.metadata(copy)
+            copy.acknowledged = True
+            copy.move(WriteState.UPLOADING)
+            generation = copy.generation
+            try:
+                info = await self._publish(copy, key, metadata)
+            except WriteConflict:
+                copy.move(WriteState.CONFLICTED)
+                if copy.kept:
+                    self.cache.save(copy, key, metadata, durable=True)  # kept for the user, not to publish
+                else:
+                    self.cache.folder.remove(copy.id, keep_data=True)
+                raise
+            except BaseException as exc:
+                if copy.state is WriteState.UPLOADING:
+                    copy.move(WriteState.ACKED if copy.generation == generation else WriteState.DIRTY)
+                if copy.state is WriteState.ACKED and not isinstance(exc, CacheFull):
+                    where = self.cache.keep_on_disk(copy, key, metadata)
+                    if isinstance(exc, S3FilesError):
+                        log.warning("op=upload key=%r failed (%s); kept at %s, retried in the background", key, exc, where)
+                        self._retry_later(copy, RETRY_FIRST)
+                raise
+            copy.move(WriteState.CLEAN if copy.generation == generation else WriteState.DIRTY)
+            if copy.state is WriteState.CLEAN:
+                self.cache.folder.remove(copy.id, keep_data=True)
+            return info
+
+    def _retry_later(self, copy: LocalCopy, delay: float) -> None:
+        self.retrying += 1
+        self._spawn(self._retry, copy, delay)
+
+    async def _retry(self, copy: LocalCopy, delay: float) -> None:
+        """One more attempt at an acknowledged copy's upload after ``delay``; the next is scheduled by a
+        failure (each task is one attempt: nothing loops forever)."""
+        try:
+            await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))  # jitter: not all at once
+        finally:
+            self.retrying -= 1
+        if copy.closed or copy.state is not WriteState.ACKED:
+            return
+        try:
+            await self.publish(copy)
+        except WriteConflict as exc:
+            log.warning("op=upload (retry) %s", exc)
+        except S3FilesError:
+            if copy.state is WriteState.ACKED and not copy.closed:
+                self._retry_later(copy, min(delay * 2, RETRY_MOST))
+            return
+        self._on_published(copy)
+
+    async def _publish(self, copy: LocalCopy, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        await self.cache.settled(copy)
+        await self.wait_for_sends(copy)
+        snapshot = dict(copy.changed)
+        size = copy.size()
+        base_size = copy.base_size
+        try:
+            info = await self._write(copy, key, metadata, size)
+        except PreconditionFailed:
+            await self._keep_ours_beside(copy, key, metadata, size)
+        except ObjectNotFound:
+            # If-Match on a key someone deleted meanwhile. Judgement call: the writer's newer content
+            # re-creates the file (what a local file system would show the writer).
+            log.warning("op=upload key=%r was deleted outside this mount while open; writing it again", key)
+            await self._standalone(copy, key)
+            try:
+                info = await self._write(copy, key, metadata, size)
+            except PreconditionFailed:
+                await self._keep_ours_beside(copy, key, metadata, size)
+        # Parts now local: fetched, written, or past the old end. Parts copied inside S3 stay holes.
+        copy.present = {
+            i
+            for i in range(self.layout.count(size))
+            if i in copy.present or i in snapshot or self.layout.span(i)[0] >= base_size
+        }
+        copy.base_etag, copy.base_size = info.etag, size
+        for index, generation in snapshot.items():
+            if copy.changed.get(index) == generation:
+                del copy.changed[index]  # changed again meanwhile: stays changed for the next publish
+        return info
+
+    async def _keep_ours_beside(self, copy: LocalCopy, key: str, metadata: Mapping[str, str], size: int) -> NoReturn:
+        await self._standalone(copy, key)
+        for _ in range(CONFLICT_NAMES):
+            beside = conflict_name(key, self._wall())
+            try:
+                await self._write(copy, beside, metadata, size)
+            except PreconditionFailed:
+                continue  # that name exists (and is not our own attempt): another one
+            break
+        else:
+            raise WriteConflict(f"{key} was changed by someone else; no free conflict name was found")
+        self.conflicts = [*self.conflicts[-99:], beside]
+        log.warning("op=upload key=%r changed outside this mount; kept theirs, ours is at key=%r", key, beside)
+        raise WriteConflict(f"{key} was changed by someone else; your version was saved as {beside}")
+
+    async def _standalone(self, copy: LocalCopy, key: str) -> None:
+        """Make the local copy whole (every base part fetched), for writing it where the base version
+        cannot be copied from. Raises WriteConflict, keeping the local file, if the base is gone."""
+        await self.drop_upload(copy)
+        count = self.layout.count(copy.size())
+        try:
+            await self.cache.ensure(copy, key, range(count))
+        except (PreconditionFailed, ObjectNotFound):
+            where = self.cache.keep_on_disk(copy, key, self.metadata(copy))
+            copy.kept = True
+            log.error(
+                "op=upload key=%r changed outside this mount and the parts we did not change are gone with "
+                "the old version; kept theirs at the key, our changed parts stay at %s",
+                key,
+                where,
+            )
+            raise WriteConflict(
+                f"{key} was changed by someone else; your changes could not be merged and stay at {where}"
+            ) from None
+        copy.generation += 1
+        copy.changed.update(dict.fromkeys(range(count), copy.generation))
+        copy.base_etag, copy.base_size = None, 0  # nothing is copied from S3 any more
+
+    async def _write(self, copy: LocalCopy, key: str, metadata: Mapping[str, str], size: int) -> ObjectInfo:
+        """One conditional write of the copy to ``key`` (If-Match its base, If-None-Match without one).
+        A refusal is checked with one HEAD: if the key holds this very publish (its reply was lost and
+        the SDK's retry was refused), that is our success."""
+        if_match = copy.base_etag
+        if_none_match = copy.base_etag is None
+        if size <= self.layout.span(0)[1]:
+            await self.drop_upload(copy)  # streamed, then truncated small again
+            await self.cache.ensure(copy, key, range(1))
+            await self.cache.settled(copy)
+            if size <= SMALL_IO or copy.path is None:  # inline in memory: a spill may swap fd meanwhile
+                data = os.pread(copy.fd, size, 0)
+            else:
+                data = await trio.to_thread.run_sync(os.pread, copy.fd, size, 0)
+            token = secrets.token_hex(8)
+            try:
+                return await self.store.put(
+                    key, data, {**metadata, TOKEN: token}, if_match=if_match, if_none_match=if_none_match
+                )
+            except PreconditionFailed:
+                return await self._ours_or_raise(key, token)
+        upload = await self.upload_for(copy, key)
+        token = upload.metadata[TOKEN]
+        try:
+            parts = await self._parts(copy, key, upload, size)
+            try:
+                info = await self.store.complete_multipart(
+                    key, upload.upload_id, parts, if_match=if_match, if_none_match=if_none_match
+                )
+            except PreconditionFailed:
+                info = await self._ours_or_raise(key, token)
+            except UploadNotFound as exc:
+                info = await self._ours_or_raise(key, token, exc)  # completed by a lost first attempt?
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.drop_upload(copy)
+            raise
+        if copy.sending.upload is upload:
+            copy.sending.upload = None
+        if _without_token(metadata) != _without_token(upload.metadata):  # chmod, utime after it began
+            copied = await self.store.copy(key, key, metadata={**metadata, TOKEN: token})
+            info = ObjectInfo(key, size, copied.etag, copied.last_modified, dict(metadata))
+        return info
+
+    async def _ours_or_raise(self, key: str, token: str, error: StoreError | None = None) -> ObjectInfo:
+        """After a refused write: the key's version if it is our own publish ``token``, else raise."""
+        try:
+            info = await self.store.head(key)
+        except ObjectNotFound:
+            info = None
+        if info is not None and (info.metadata or {}).get(TOKEN) == token:
+            log.info("op=upload key=%r: a retry was refused because our first attempt had landed", key)
+            return info
+        raise error if error is not None else PreconditionFailed(f"{key} changed")
+
+    async def _parts(self, copy: LocalCopy, key: str, upload: Multipart, size: int) -> list[CompletedPart]:
+        """Every part of the new object: reused if sent while writing, copied inside S3 if unchanged
+        from the base version, otherwise uploaded from the local copy."""
+        count = self.layout.count(size)
+        done: list[CompletedPart | None] = [None] * count
+
+        async def one(index: int) -> None:
+            start, stop = self.layout.span(index)
+            stop = min(stop, size)
+            sent = upload.sent.get(index)
+            if sent is not None and sent[:2] == (copy.changed.get(index, 0), stop - start):
+                done[index] = sent[2]
+                return
+            if index not in copy.changed and stop <= copy.base_size and copy.base_etag is not None:
+                async with self.slots:
+                    done[index] = await self.store.upload_part_copy(
+                        key, upload.upload_id, index + 1, key, start, stop, if_match=copy.base_etag
+                    )
+                return
+            await self.cache.ensure(copy, key, [index])
+            await self._send(copy, upload, index)
+            done[index] = upload.sent[index][2]
+
+        await run_all(partial(one, index) for index in range(count))
+        return [part for part in done if part is not None]
+
+    # -- streaming: parts finished while the program writes go out at once ------------------------------
+
+    def stream(self, copy: LocalCopy, parts: range, off: int, end: int) -> None:
+        """Send the parts a write finished (wrote up to their end) while the program goes on writing.
+
+        Only for files past part 0 (smaller ones are one PUT at close). A part changed again later is
+        sent again at publish; a random writer that never reaches a part's end sends nothing early.
+        """
+        size = copy.size()
+        first_end = self.layout.span(0)[1]
+        if size <= first_end or copy.state is not WriteState.DIRTY:
+            return
+        if off <= first_end < end:
+            parts = range(0, parts[-1] + 1)  # just grew past part 0, which was held back: it goes too
+        for index in parts:
+            start, stop = self.layout.span(index)
+            if stop > size or stop > end:
+                continue
+            if start < copy.base_size and index not in copy.present:
+                continue
+            copy.sending.in_flight += 1
+            self._spawn(self._send_in_background, copy, index)
+
+    async def _send_in_background(self, copy: LocalCopy, index: int) -> None:
+        key = self._key_of(copy)
+        try:
+            upload = await self.upload_for(copy, key)
+            await self._send(copy, upload, index)
+        except S3FilesError as exc:
+            log.debug("op=upload_part key=%r part=%d will be sent at close: %s", key, index + 1, exc)
+        except OSError as exc:
+            log.debug("op=upload_part key=%r part=%d could not be read: %s", key, index + 1, exc)
+        finally:
+            sending = copy.sending
+            sending.in_flight -= 1
+            event, sending.event = sending.event, trio.Event()
+            event.set()
+
+    async def upload_for(self, copy: LocalCopy, key: str) -> Multipart:
+        """The copy's multipart upload to ``key``, created (and recorded) on first need."""
+        sending = copy.sending
+        async with sending.lock:
+            if copy.closed:
+                raise S3FilesError("dropped")
+            upload = sending.upload
+            if upload is None or upload.key != key:
+                metadata = {**self.metadata(copy), TOKEN: secrets.token_hex(8)}
+                upload_id = await self.store.create_multipart(key, metadata)
+                upload = sending.upload = Multipart(key, upload_id, metadata)
+                self.cache.save(copy, key, _without_token(metadata))  # a crash must not orphan it
+            return upload
+
+    async def _send(self, copy: LocalCopy, upload: Multipart, index: int) -> None:
+        generation = copy.changed.get(index, 0)
+        async with self.slots:
+            if copy.closed:
+                return
+            start, stop = self.layout.span(index)
+            stop = min(stop, copy.size())
+            previous = upload.sent.get(index)
+            if stop <= start or (previous is not None and previous[:2] == (generation, stop - start)):
+                return
+            await self.cache.settled(copy)
+            part = await self.store.upload_part_from(upload.key, upload.upload_id, index + 1, copy.fd, start, stop - start)
+        upload.sent[index] = (generation, stop - start, part)
+        if copy.sending.upload is upload:
+            self.cache.save(copy, upload.key, _without_token(upload.metadata))  # resumable after a crash
+
+    async def wait_for_sends(self, copy: LocalCopy) -> None:
+        for _ in range(MAX_PARTS + 1):
+            if copy.sending.in_flight == 0:
+                return
+            await copy.sending.event.wait()
+
+    async def drop_upload(self, copy: LocalCopy) -> None:
+        """Abort the copy's multipart upload, if any (it is not going to be completed)."""
+        upload, copy.sending.upload = copy.sending.upload, None
+        if upload is not None:
+            await abort_quietly(self.store, upload.key, upload.upload_id)
+
+    async def discard(self, copy: LocalCopy, keep_data: bool = False) -> None:
+        """Stop everything in flight for ``copy`` and drop it from the cache (its data file too, unless
+        ``keep_data``: kept after a stop, for recovery)."""
+        copy.closed = True
+        await self.cache.settled(copy)  # no queued write may touch the descriptor after it is closed
+        await self.wait_for_sends(copy)
+        if not keep_data:
+            await self.drop_upload(copy)
+        self.cache.drop(copy, keep_data=keep_data)
+

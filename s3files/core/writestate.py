@@ -1,0 +1,57 @@
+"""The write state of a local copy: an explicit enum and the only transitions allowed between states.
+
+Owns: ``WriteState``, ``TRANSITIONS`` and ``advance``. Every room asks ``advance`` to move a copy from one
+state to another; an illegal move raises ``AssertionError`` (a bug, never a user error), so no code can
+drift into a state the rest does not expect.
+
+    CLEAN      the copy equals the object version it is based on (or a new file nobody wrote yet).
+    DIRTY      it differs from S3 and no close/fsync acknowledged the difference yet. Never published by
+               a stop; kept (not uploaded) by recovery.
+    ACKED      a close or fsync acknowledged the current bytes: they must reach S3. Waiting for an upload
+               (the first failed, or the daemon stopped); retried in the background and by recovery.
+    UPLOADING  being published (PUT or multipart); the bytes are acknowledged.
+    CONFLICTED someone else's version won the key; ours is in a conflict copy. Dropped at last close.
+    ORPHANED   the file lost its name (unlink, rename over it): never published, dropped at last close.
+    BROKEN     a local write into it failed: it is not what the program wrote, so never published.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class WriteState(enum.Enum):
+    CLEAN = "clean"
+    DIRTY = "dirty"
+    ACKED = "acked"
+    UPLOADING = "uploading"
+    CONFLICTED = "conflicted"
+    ORPHANED = "orphaned"
+    BROKEN = "broken"
+
+
+S = WriteState
+TRANSITIONS: dict[WriteState, frozenset[WriteState]] = {
+    # written, truncated or chmod-ed / a flush of an unchanged copy needs no upload / lost its name
+    S.CLEAN: frozenset({S.DIRTY, S.ORPHANED}),
+    # close/fsync: upload now (or acknowledge and upload later) / lost its name / a local write failed
+    S.DIRTY: frozenset({S.UPLOADING, S.ACKED, S.ORPHANED, S.BROKEN}),
+    # retry / written again / lost its name / a write failed
+    S.ACKED: frozenset({S.UPLOADING, S.DIRTY, S.ORPHANED, S.BROKEN}),
+    # published (CLEAN, or DIRTY when written meanwhile) / failed: retry later / someone else won
+    S.UPLOADING: frozenset({S.CLEAN, S.DIRTY, S.ACKED, S.CONFLICTED, S.BROKEN}),
+    # written again (its next publish conflicts again: the base is gone) / lost its name
+    S.CONFLICTED: frozenset({S.DIRTY, S.ORPHANED}),
+    S.ORPHANED: frozenset(),
+    S.BROKEN: frozenset({S.ORPHANED}),
+}
+
+PUBLISHABLE = frozenset({S.DIRTY, S.ACKED})  # states a flush may publish
+UNSENT = frozenset({S.DIRTY, S.ACKED, S.UPLOADING})  # the copy holds bytes S3 does not have
+
+
+def advance(current: WriteState, new: WriteState) -> WriteState:
+    """``new`` if the move is allowed (or no move at all), else AssertionError."""
+    if new is not current and new not in TRANSITIONS[current]:
+        raise AssertionError(f"write state cannot go from {current.name} to {new.name}")
+    return new
