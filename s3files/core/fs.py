@@ -684,6 +684,37 @@ class FileSystem:
         self.cache.close_all()
         self.folder.close()
 
+    def status(self) -> dict[str, object]:
+        """What ``s3files status`` shows: files not in S3 yet (waiting, uploading, open for writing), files
+        kept in the cache folder after a stop or crash, conflict copies written, the cache's use."""
+        live = {copy.id for copy in self.cache.live()}
+        return {
+            "files": [
+                {
+                    "path": copy.node.path,
+                    "state": copy.state.value,
+                    "acknowledged": copy.acknowledged,
+                    "bytes": copy.size(),
+                    "open_handles": copy.handles,
+                    "data": str(copy.path) if copy.path is not None else None,
+                }
+                for copy in self.cache.live()
+                if copy.unsent
+            ],
+            "kept": [
+                {"key": r.key, "state": r.state, "acknowledged": r.acknowledged, "bytes": r.size,
+                 "data": str(self.folder.data_path(r.id))}
+                for r in self.folder.records()
+                if r.id not in live
+            ],
+            "conflicts": list(self.uploader.conflicts),
+            "retrying_uploads": self.uploader.retrying,
+            "cache_bytes": self.cache.used,
+            "cache_limit": self.cache.limit,
+            "memory_bytes": self.cache.memory,
+            "recovery": self.recovery.summary(),
+        }
+
     def statistics(self) -> dict[str, object]:
         return {
             **self.sb.statistics(),
