@@ -47,7 +47,13 @@ HOST = "127.0.0.1"
 MAX_HEAD = 64 * 1024
 FAULT_KINDS = ("reset", "fail", "drop_reply")
 # Default S3 error codes for the statuses a test is likely to inject.
-ERROR_CODES = {500: "InternalError", 503: "SlowDown", 502: "BadGateway", 504: "GatewayTimeout", 400: "BadRequest"}
+ERROR_CODES = {
+    500: "InternalError",
+    503: "SlowDown",
+    502: "BadGateway",
+    504: "GatewayTimeout",
+    400: "BadRequest",
+}
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect"})
 
 
@@ -68,6 +74,13 @@ When = Callable[[Request], bool] | str | Collection[str] | None
 
 def s3_operation(method: str, path: str, query: Mapping[str, list[str]], headers: Mapping[str, str]) -> str:
     """The S3 operation a path-style request is (``PutObject``, ``UploadPart``, ...), or ``METHOD ?sub``."""
+    # Presigned URLs' signature, botocore's x-id and GET's response-* overrides name no sub-resource.
+    query = {
+        name: value
+        for name, value in query.items()
+        if not name.lower().startswith(("x-amz-", "response-"))
+        and name not in ("x-id", "AWSAccessKeyId", "Signature", "Expires")
+    }
     parts = path.lstrip("/").split("/", 1)
     on_object = len(parts) == 2 and parts[1] != ""
     copy = "x-amz-copy-source" in headers
@@ -287,7 +300,9 @@ def _parse_message(raw: bytes) -> _Message:
     return _Message(lines[0], headers)
 
 
-def _body(reader: _Reader, message: _Message, *, response_to: str | None = None, status: int = 0) -> tuple[bytes, bool]:
+def _body(
+    reader: _Reader, message: _Message, *, response_to: str | None = None, status: int = 0
+) -> tuple[bytes, bool]:
     """The message's body as it came (framing kept) and whether it was delimited by the connection's end.
 
     Requests: Content-Length or chunked, else none. Responses: none for HEAD, 1xx, 204 and 304, else
@@ -474,10 +489,14 @@ class FaultProxy:
         with self._lock:
             self._ids += 1
             thread = threading.Thread(
-                target=self._run, args=(target, *args), name=f"faultproxy-{self.port}-{what}-{self._ids}", daemon=True
+                target=self._run,
+                args=(target, *args),
+                name=f"faultproxy-{self.port}-{what}-{self._ids}",
+                daemon=True,
             )
+            # Started under the lock, so stop() never sees (and joins) a thread that has not started.
+            thread.start()
             self._threads.add(thread)
-        thread.start()
 
     def _run(self, target: Callable[..., None], *args: object) -> None:
         try:
@@ -545,7 +564,9 @@ class FaultProxy:
                 if (message.get("expect") or "").lower() == "100-continue":
                     client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body, _ = _body(reader, message)
-                client_close = "close" in (message.get("connection") or "").lower() or message.start.endswith("1.0")
+                client_close = "close" in (message.get("connection") or "").lower() or message.start.endswith(
+                    "1.0"
+                )
                 if fault == "fail":
                     self.stats._fault("fail", request)
                     client.sendall(self._failure(request, close=client_close))
@@ -591,8 +612,12 @@ class FaultProxy:
     def _failure(self, request: Request, *, close: bool) -> bytes:
         with self._lock:
             status, code = self._fail_status, self._fail_code
-        body = b"" if request.method == "HEAD" else _error_body(
-            code, "Injected by the fault proxy.", request.path, f"faultproxy-{self.stats.requests}"
+        body = (
+            b""
+            if request.method == "HEAD"
+            else _error_body(
+                code, "Injected by the fault proxy.", request.path, f"faultproxy-{self.stats.requests}"
+            )
         )
         try:
             phrase = http.HTTPStatus(status).phrase

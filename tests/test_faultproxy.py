@@ -37,7 +37,9 @@ def _keys(direct: Any, bucket: str) -> list[str]:
     return [item["Key"] for item in direct.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
-def test_forwards_every_kind_of_request_and_reply(moto_server: MotoServer, bucket: str, boto3_client: Any) -> None:
+def test_forwards_every_kind_of_request_and_reply(
+    moto_server: MotoServer, bucket: str, boto3_client: Any
+) -> None:
     """Bodies with Content-Length (and Expect: 100-continue), chunked, aws-chunked, and none; replies with
     Content-Length, none (HEAD, 204, 304) and errors; all on kept-alive client connections."""
     with FaultProxy(moto_server.endpoint_url, record=True) as proxy:
@@ -145,7 +147,9 @@ def test_drop_reply_with_retries_applies_twice_and_answers_once(
         boto3_client.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload["UploadId"])
 
 
-def test_fail_answers_an_s3_error_without_forwarding(fault_proxy: FaultProxy, bucket: str, boto3_client: Any) -> None:
+def test_fail_answers_an_s3_error_without_forwarding(
+    fault_proxy: FaultProxy, bucket: str, boto3_client: Any
+) -> None:
     fault_proxy.set_faults(fail_every=2)
     client = _client(fault_proxy.endpoint_url)
     client.put_object(Bucket=bucket, Key="a", Body=b"a")
@@ -227,11 +231,21 @@ def test_operations_are_named_as_s3_names_them() -> None:
     assert op("GET", "/b/k", "uploadId=u") == "ListParts"
     assert op("PUT", "/b/k/deeper") == "PutObject"
     assert op("PUT", "/b/k", **{"x-amz-copy-source": "b/s"}) == "CopyObject"
-    assert (op("GET", "/b/k"), op("HEAD", "/b/k"), op("DELETE", "/b/k")) == ("GetObject", "HeadObject", "DeleteObject")
+    assert (op("GET", "/b/k"), op("HEAD", "/b/k"), op("DELETE", "/b/k")) == (
+        "GetObject",
+        "HeadObject",
+        "DeleteObject",
+    )
+    assert op("GET", "/b/k", "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=00") == "GetObject"  # presigned
+    assert op("PUT", "/b/k", "x-id=PutObject") == "PutObject"
     assert op("GET", "/b", "list-type=2&prefix=a") == "ListObjectsV2"
     assert op("GET", "/b", "uploads&prefix=a") == "ListMultipartUploads"
     assert op("POST", "/b", "delete") == "DeleteObjects"
-    assert (op("PUT", "/b"), op("HEAD", "/b"), op("GET", "/")) == ("CreateBucket", "HeadBucket", "ListBuckets")
+    assert (op("PUT", "/b"), op("HEAD", "/b"), op("GET", "/")) == (
+        "CreateBucket",
+        "HeadBucket",
+        "ListBuckets",
+    )
 
 
 def test_a_predicate_sees_the_request(fault_proxy: FaultProxy, bucket: str) -> None:
