@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
-from conftest import run_trio
+from conftest import S3Server, run_trio
+from faultproxy import FaultProxy, Request
 
 from s3files.errors import (
     BucketNotFound,
@@ -30,10 +31,11 @@ from s3files.errors import (
     ObjectNotFound,
     PreconditionFailed,
     StoreError,
+    UploadNotFound,
 )
 from s3files.localserver import MotoServer, free_port, start_moto_server
-from s3files.store import CompletedPart, ListPage, MemoryStore, ObjectInfo, ObjectStore
-from s3files.store.s3 import S3Store, create_bucket, open_s3_store
+from s3files.store import CompletedPart, ListPage, MemoryStore, MultipartUpload, ObjectInfo, ObjectStore
+from s3files.store.s3 import LOST_UPLOAD_MARGIN, S3Store, create_bucket, lost_uploads, open_s3_store
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -538,6 +540,52 @@ def test_multipart_if_match(with_store: WithStore) -> None:
     with_store(test)
 
 
+def test_a_finished_upload_is_upload_not_found(with_store: WithStore, store_kind: str) -> None:
+    """Parts for, or completion of, an upload that was aborted: UploadNotFound (S3's NoSuchUpload; RGW 16's
+    500 for a completion), which the core tells from other failures. moto 5.2.6 answers 500: a StoreError."""
+    expected = StoreError if store_kind == "s3" else UploadNotFound
+
+    async def test(store: ObjectStore) -> None:
+        upload_id = await store.create_multipart("gone")
+        part = await store.upload_part("gone", upload_id, 1, b"data")
+        await store.abort_multipart("gone", upload_id)
+        with pytest.raises(expected):
+            await store.complete_multipart("gone", upload_id, [part])
+        with pytest.raises(expected):
+            await store.upload_part("gone", upload_id, 1, b"data")
+
+    with_store(test)
+
+
+def test_list_multipart_uploads(with_store: WithStore, store_kind: str) -> None:
+    async def test(store: ObjectStore) -> None:
+        before = time.time()
+        first = await store.create_multipart("up/a")
+        second = await store.create_multipart("up/a")
+        other = await store.create_multipart("up/b")
+        outside = await store.create_multipart("upx")
+        after = time.time()
+        listed = await store.list_multipart_uploads("up/")
+        assert all(isinstance(upload, MultipartUpload) for upload in listed)
+        # By key; one key's uploads by initiation time (RGW: by upload id).
+        assert [upload.key for upload in listed] == ["up/a", "up/a", "up/b"]
+        assert {listed[0].upload_id, listed[1].upload_id} == {first, second} and listed[2].upload_id == other
+        if store_kind != "s3":  # moto reports every upload as initiated 2010-11-10T20:48:33Z
+            assert all(before - 5 <= upload.initiated <= after + 5 for upload in listed)
+        part = await store.upload_part("up/b", other, 1, b"x")
+        await store.complete_multipart("up/b", other, [part])
+        await store.abort_multipart("up/a", first)
+        assert [upload.upload_id for upload in await store.list_multipart_uploads("up/")] == [second]
+        assert {upload.upload_id for upload in await store.list_multipart_uploads("")} == {second, outside}
+        assert await store.list_multipart_uploads("nothing/") == []
+        assert store.requests["list_multipart_uploads"] == 4
+        await store.abort_multipart("up/a", second)
+        await store.abort_multipart("upx", outside)
+        assert await store.list_multipart_uploads("") == []
+
+    with_store(test)
+
+
 # --- request counting ---------------------------------------------------------------------------------------
 
 
@@ -756,3 +804,306 @@ def test_fast_timestamp_parser_agrees_with_botocore(value: str) -> None:
 
     assert parse_timestamp(value) == botocore.utils.parse_timestamp(value)
     assert parse_timestamp(value).tzinfo is not None
+
+
+def test_list_multipart_uploads_reads_every_page(moto_server: MotoServer, bucket: str) -> None:
+    """moto never pages ListMultipartUploads: its answer is cut into pages of two here, as AWS pages it."""
+    seen: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        async with open_s3_store(bucket, endpoint_url=moto_server.endpoint_url) as store:
+            real = store._client.list_multipart_uploads
+
+            async def paged(**kwargs: Any) -> Any:
+                seen.append({k: v for k, v in kwargs.items() if k != "Bucket"})
+                response = await real(**{k: v for k, v in kwargs.items() if not k.endswith("Marker")})
+                uploads = response.get("Uploads", [])
+                start = 0
+                if "KeyMarker" in kwargs:
+                    marker = (kwargs["KeyMarker"], kwargs.get("UploadIdMarker"))
+                    start = [(u["Key"], u["UploadId"]) for u in uploads].index(marker) + 1
+                page = uploads[start : start + 2]
+                response["Uploads"] = page
+                response["IsTruncated"] = start + 2 < len(uploads)
+                if response["IsTruncated"]:
+                    response["NextKeyMarker"], response["NextUploadIdMarker"] = page[-1]["Key"], page[-1]["UploadId"]
+                return response
+
+            store._client.list_multipart_uploads = paged
+            made = [await store.create_multipart(f"p/{n}") for n in range(5)]
+            listed = await store.list_multipart_uploads("p/")
+            assert [upload.upload_id for upload in listed] == made
+            assert store.requests["list_multipart_uploads"] == 3
+
+            async def stuck(**kwargs: Any) -> Any:
+                response = await paged(**{k: v for k, v in kwargs.items() if not k.endswith("Marker")})
+                return response
+
+            store._client.list_multipart_uploads = stuck
+            with pytest.raises(StoreError, match="did not advance"):
+                await store.list_multipart_uploads("p/")
+            for n, upload_id in enumerate(made):
+                await store.abort_multipart(f"p/{n}", upload_id)
+
+    run_trio(main)
+    assert seen[:3] == [
+        {"Prefix": "p/"},
+        {"Prefix": "p/", "KeyMarker": "p/1", "UploadIdMarker": seen[1]["UploadIdMarker"]},
+        {"Prefix": "p/", "KeyMarker": "p/3", "UploadIdMarker": seen[2]["UploadIdMarker"]},
+    ]
+
+
+# --- lost replies: S3 applied the request, the reply never came (tests/faultproxy.py) --------------------------
+
+
+def test_lost_uploads_are_those_initiated_since_the_first_attempt() -> None:
+    """Which uploads a retried CreateMultipartUpload takes for the ones its lost replies made."""
+    t0 = 1_000_000.0  # our clock when the first attempt left
+    skew = 3600.0  # the server's clock runs an hour ahead of ours: Initiated and Date are by its clock
+
+    def up(key: str, upload_id: str, initiated: float) -> MultipartUpload:
+        return MultipartUpload(key, upload_id, initiated + skew)
+
+    uploads = [
+        up("k", "old", t0 - 60),  # an older orphan (a crash's upload, for recovery to judge): kept
+        up("k", "lost1", t0 + 0.01),
+        up("k", "lost2", t0 + 0.8),
+        up("k", "live", t0 + 0.5),  # in progress through this store
+        up("k", "answered", t0 + 1.5),
+        up("k", "later", t0 + 1.6),  # after the answered one: another writer's
+        up("k2", "other-key", t0 + 1.0),
+    ]
+    # The answer came at t0 + 1.6 by our clock; its Date header said the server's whole second.
+    server_now, client_now = float(int(t0 + 1.6 + skew)), t0 + 1.6
+    picked = lost_uploads(uploads, "k", "answered", t0, server_now, client_now, {"live", "answered"})
+    assert [u.upload_id for u in picked] == ["lost1", "lost2"]
+    # No upload answered (every attempt failed): the window ends at the server's present.
+    picked = lost_uploads(uploads, "k", None, t0, server_now, client_now, {"live"})
+    assert [u.upload_id for u in picked] == ["lost1", "lost2", "answered", "later"]
+    # Just inside and just outside the margin before the first attempt.
+    edge = [up("k", "in", t0 - LOST_UPLOAD_MARGIN + 1.0), up("k", "out", t0 - LOST_UPLOAD_MARGIN - 1.5)]
+    picked = lost_uploads([*edge, uploads[4]], "k", "answered", t0, server_now, client_now, set())
+    assert [u.upload_id for u in picked] == ["in"]
+    # A server whose Initiated does not follow its clock (moto: one fixed date): every other upload of the
+    # key not live here is a candidate (the caller still spares any that has parts).
+    frozen = [MultipartUpload("k", name, 1289422113.0) for name in ("a", "answered", "live", "b")]
+    picked = lost_uploads(frozen, "k", "answered", t0, server_now, client_now, {"live", "answered"})
+    assert [u.upload_id for u in picked] == ["a", "b"]
+
+
+@pytest.fixture
+def lossy(s3_server: S3Server) -> Any:
+    """A fault proxy in front of ``s3_server`` (moto, then RGW), no faults set yet."""
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        yield proxy
+
+
+def _through(proxy: FaultProxy, bucket: str, max_attempts: int = 4) -> Any:
+    return open_s3_store(bucket, endpoint_url=proxy.endpoint_url, max_attempts=max_attempts)
+
+
+def _uploads_left(client: Any, bucket: str) -> list[str]:
+    return [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+class FirstOf:
+    """A drop_reply_when predicate: the first request of each of ``operations``, and no other."""
+
+    def __init__(self, *operations: str) -> None:
+        self.pending = set(operations)
+
+    def __call__(self, request: Request) -> bool:
+        if request.operation in self.pending:
+            self.pending.discard(request.operation)
+            return True
+        return False
+
+
+def test_a_lost_create_multipart_reply_leaves_no_orphan(
+    lossy: FaultProxy, s3_bucket: str, s3_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="s3files.store")
+    lossy.set_faults(drop_reply_every=2, drop_reply_when="CreateMultipartUpload")
+    # Another writer's upload of the same key, with a part: someone knows its id, so it is not ours.
+    theirs = s3_client.create_multipart_upload(Bucket=s3_bucket, Key="k")["UploadId"]
+    s3_client.upload_part(Bucket=s3_bucket, Key="k", UploadId=theirs, PartNumber=1, Body=b"theirs")
+
+    async def main() -> str:
+        async with _through(lossy, s3_bucket) as store:
+            first = await store.create_multipart("k")  # answered (it stays: in progress here)
+            store.requests.reset()
+            second = await store.create_multipart("k")  # reply dropped; the retry's answer is returned
+            requests = store.requests.snapshot()
+            # The parts of the lost upload (none) and, when its time is in the window, of the other writer's.
+            assert requests.pop("list_parts") in (1, 2)
+            assert requests == {"create_multipart": 2, "list_multipart_uploads": 1, "abort_multipart": 1}
+            part = await store.upload_part("k", second, 1, b"ours")
+            await store.complete_multipart("k", second, [part])
+            return first
+
+    first = run_trio(main)
+    assert lossy.stats.snapshot()["faults"] == {"drop_reply": 1}
+    left = {u["UploadId"] for u in s3_client.list_multipart_uploads(Bucket=s3_bucket)["Uploads"]}
+    assert left == {first, theirs}
+    assert s3_client.get_object(Bucket=s3_bucket, Key="k")["Body"].read() == b"ours"
+    assert "made by an attempt whose reply was lost" in caplog.text
+    for upload_id in left:
+        s3_client.abort_multipart_upload(Bucket=s3_bucket, Key="k", UploadId=upload_id)
+
+
+def test_lost_replies_to_idempotent_requests_are_harmless(
+    lossy: FaultProxy, s3_bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    """The first reply of each kind of request is lost after S3 applied it: every call still returns what
+    it should (retried by botocore; the direct path's requests fall back to it), nothing is left over."""
+    operations = (
+        "PutObject",
+        "GetObject",
+        "HeadObject",
+        "ListObjectsV2",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "UploadPartCopy",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+        "DeleteObject",
+    )
+    lossy.set_faults(drop_reply_every=1, drop_reply_when=FirstOf(*operations))
+    local = tmp_path / "part"
+    first_part = os.urandom(5 * MiB)
+    local.write_bytes(first_part)
+
+    async def main() -> dict[str, int]:
+        async with _through(lossy, s3_bucket) as store:
+            assert store._direct is not None and store._direct.enabled  # small PUTs, GETs, parts go direct
+            put = await store.put("small", b"small object", {"mode": "33188"})
+            assert put.etag == hashlib.md5(b"small object").hexdigest()
+            assert await store.get_range("small", 0, 5) == b"small"
+            assert (await store.head("small")).metadata == {"mode": "33188"}
+            assert [o.key for o in (await store.list_page("")).objects] == ["small"]
+            upload_id = await store.create_multipart("big", {"mode": "1"})
+            fd = os.open(local, os.O_RDONLY)
+            try:
+                one = await store.upload_part_from("big", upload_id, 1, fd, 0, len(first_part))
+            finally:
+                os.close(fd)
+            two = await store.upload_part_copy("big", upload_id, 2, "small", 0, 5)
+            try:
+                info = await store.complete_multipart("big", upload_id, [one, two])
+            except UploadNotFound:  # the retry met the upload our first attempt completed (RGW)
+                info = await store.head("big")
+            assert info.etag == _multipart_etag([first_part, b"small"])
+            abandoned = await store.create_multipart("abandoned")
+            await store.abort_multipart("abandoned", abandoned)
+            await store.delete("small")
+            with pytest.raises(ObjectNotFound):
+                await store.head("small")
+            return store.requests.snapshot()
+
+    requests = run_trio(main)
+    stats = lossy.stats.snapshot()
+    assert stats["faults_by_operation"] == {("drop_reply", op): 1 for op in operations}
+    assert requests["put"] == 2 and requests["upload_part"] == 2  # direct, then again through aiobotocore
+    assert s3_client.get_object(Bucket=s3_bucket, Key="big")["Body"].read() == first_part + b"small"
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])] == ["big"]
+    assert _uploads_left(s3_client, s3_bucket) == []
+
+
+def test_every_13th_reply_lost_leaves_no_orphan_and_every_object_right(
+    lossy: FaultProxy, s3_bucket: str, s3_client: Any
+) -> None:
+    """200 multipart uploads (create, part, complete) and 100 small PUTs at once, every 13th reply of
+    any request dropped after S3 applied it: no error, no upload left behind, every object's bytes."""
+    lossy.set_faults(drop_reply_every=13)
+    multipart = {f"mp/{n:03}": os.urandom(1 + n * 97) for n in range(200)}
+    small = {f"put/{n:03}": os.urandom(1 + n * 31) for n in range(100)}
+
+    async def upload(store: S3Store, key: str, data: bytes) -> None:
+        upload_id = await store.create_multipart(key, {"key": key})
+        part = await store.upload_part(key, upload_id, 1, data)
+        try:
+            info = await store.complete_multipart(key, upload_id, [part])
+        except UploadNotFound:
+            # The retry met the upload our lost first attempt completed (AWS and moto answer it with
+            # success instead): the core recognises its own attempt by the metadata; here, by the ETag.
+            info = await store.head(key)
+        assert info.etag == _multipart_etag([data]) and info.size == len(data)
+
+    async def put(store: S3Store, key: str, data: bytes) -> None:
+        info = await store.put(key, data)
+        assert info.etag == hashlib.md5(data).hexdigest()
+
+    async def main() -> None:
+        limiter = trio.CapacityLimiter(16)
+        async with _through(lossy, s3_bucket) as store:
+
+            async def one(job: Callable[[S3Store, str, bytes], Awaitable[None]], key: str, data: bytes) -> None:
+                async with limiter:
+                    await job(store, key, data)
+
+            with trio.fail_after(120):
+                async with trio.open_nursery() as nursery:
+                    for key, data in multipart.items():
+                        nursery.start_soon(one, upload, key, data)
+                    for key, data in small.items():
+                        nursery.start_soon(one, put, key, data)
+
+    run_trio(main)
+    stats = lossy.stats.snapshot()
+    faults: Any = stats["faults_by_operation"]
+    assert stats["faults"]["drop_reply"] >= 50  # type: ignore[index]
+    assert faults.get(("drop_reply", "CreateMultipartUpload"), 0) > 0
+    assert faults.get(("drop_reply", "CompleteMultipartUpload"), 0) > 0
+    assert _uploads_left(s3_client, s3_bucket) == []
+    for key, data in {**multipart, **small}.items():
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == data, key
+
+
+def test_a_create_multipart_that_never_got_a_reply(
+    lossy: FaultProxy, s3_bucket: str, s3_client: Any, s3_server: S3Server
+) -> None:
+    """Every attempt's reply lost: EndpointUnreachable, and the uploads those attempts made are aborted where
+    the server's times say which they are (RGW, AWS); moto's do not, so there they stay."""
+    lossy.set_faults(drop_reply_every=1, drop_reply_when="CreateMultipartUpload")
+
+    async def main() -> dict[str, int]:
+        async with _through(lossy, s3_bucket, max_attempts=2) as store:
+            with pytest.raises(EndpointUnreachable):
+                await store.create_multipart("k")
+            return store.requests.snapshot()
+
+    requests = run_trio(main)
+    assert requests["create_multipart"] == 2 and requests["list_multipart_uploads"] == 1
+    left = _uploads_left(s3_client, s3_bucket)
+    if s3_server.kind == "moto":
+        assert left == ["k", "k"]
+        for upload in s3_client.list_multipart_uploads(Bucket=s3_bucket)["Uploads"]:
+            s3_client.abort_multipart_upload(Bucket=s3_bucket, Key="k", UploadId=upload["UploadId"])
+    else:
+        assert left == [] and requests["abort_multipart"] == 2
+
+
+def test_503s_and_resets_are_retried(lossy: FaultProxy, s3_bucket: str, s3_client: Any) -> None:
+    """Every 3rd request answered 503 SlowDown and every 5th connection reset before forwarding: nothing
+    reached S3 twice or not at all; every call returns, every object is right, no upload is left."""
+    lossy.set_faults(fail_every=3, reset_every=5)
+    bodies = {f"f/{n:02}": os.urandom(100 + n) for n in range(30)}
+
+    async def main() -> None:
+        async with _through(lossy, s3_bucket) as store:
+            for key, data in bodies.items():
+                await store.put(key, data)
+            upload_id = await store.create_multipart("mp")
+            part = await store.upload_part("mp", upload_id, 1, b"part")
+            await store.complete_multipart("mp", upload_id, [part])
+            assert await store.get_range("f/07", 0, 1000) == bodies["f/07"]
+            await store.delete("f/00")
+
+    run_trio(main)
+    faults: Any = lossy.stats.snapshot()["faults"]
+    assert faults["fail"] >= 10 and faults["reset"] >= 5
+    assert _uploads_left(s3_client, s3_bucket) == []
+    assert s3_client.get_object(Bucket=s3_bucket, Key="mp")["Body"].read() == b"part"
+    for key, data in bodies.items():
+        if key != "f/00":
+            assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == data

@@ -9,7 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from s3files.store.base import CompletedPart, Copied, ListPage, ObjectInfo, ObjectStore, RequestCounts
+from s3files.store.base import (
+    CompletedPart,
+    Copied,
+    ListPage,
+    MultipartUpload,
+    ObjectInfo,
+    ObjectStore,
+    RequestCounts,
+)
 from s3files.store.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -30,6 +38,7 @@ __all__ = [
     "Copied",
     "ListPage",
     "MemoryStore",
+    "MultipartUpload",
     "ObjectInfo",
     "ObjectStore",
     "RequestCounts",

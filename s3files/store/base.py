@@ -5,14 +5,22 @@ Every method is a *trio* coroutine (the core and the FUSE adapter run on trio); 
 speaks asyncio underneath (aiobotocore) crosses to its own event loop once per request.
 
 Errors: implementations raise only ``s3files.errors.StoreError`` subclasses (``ObjectNotFound``,
-``PreconditionFailed``, ``AccessDenied``, ``BucketNotFound``, ``CredentialsError``,
+``PreconditionFailed``, ``UploadNotFound``, ``AccessDenied``, ``BucketNotFound``, ``CredentialsError``,
 ``EndpointUnreachable``, plain ``StoreError``). Nothing S3-specific leaks past this seam.
 
 ETags are carried *without* quotes everywhere (RGW compares bare ETags in If-Match; AWS accepts both).
 
 ``requests`` on every implementation counts requests sent, by operation name (``head``, ``get``, ``put``,
 ``list``, ``delete``, ``copy``, ``create_multipart``, ``upload_part``, ``upload_part_copy``, ``complete_multipart``,
-``abort_multipart``, ``head_bucket``), so tests can assert request budgets on real and fake stores alike.
+``abort_multipart``, ``list_multipart_uploads``, ``head_bucket``; the S3 store also ``list_parts``), so tests
+can assert request budgets on real and fake stores alike.
+
+Lost replies. The S3 store's client retries a request whose reply was lost (connection closed, timeout);
+for the idempotent requests (PUT, UploadPart, UploadPartCopy, DeleteObject, AbortMultipartUpload) that is
+harmless. Two are not: a CreateMultipartUpload whose reply was lost leaves an upload nobody knows the id of
+(the S3 store finds and aborts it, see ``S3Store.create_multipart``); a CompleteMultipartUpload applied
+but answered too late is retried and may meet NoSuchUpload, raised as ``UploadNotFound`` for the caller to
+tell by a HEAD (its upload id in the object's metadata) whether its own first attempt landed.
 """
 
 from __future__ import annotations
@@ -58,6 +66,16 @@ class Copied:
     key: str
     etag: str
     last_modified: float
+
+
+@dataclass(frozen=True)
+class MultipartUpload:
+    """One multipart upload in progress (ListMultipartUploads). ``initiated``: seconds since the epoch, by
+    the server's clock (moto reports one fixed date for every upload)."""
+
+    key: str
+    upload_id: str
+    initiated: float
 
 
 @dataclass(frozen=True)
@@ -148,7 +166,7 @@ class ObjectStore(Protocol):
         """Start a multipart upload; returns its upload id."""
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPart:
-        """Upload part ``number`` (1-based)."""
+        """Upload part ``number`` (1-based). UploadNotFound if the upload was completed or aborted."""
 
     async def upload_part_from(
         self, key: str, upload_id: str, number: int, fd: int, offset: int, length: int
@@ -181,10 +199,16 @@ class ObjectStore(Protocol):
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> ObjectInfo:
-        """Finish the upload; returns the new object's info (ETag from a HEAD if the server sent none)."""
+        """Finish the upload; returns the new object's info (ETag from a HEAD if the server sent none).
+        UploadNotFound if S3 knows no such upload (completed, perhaps by this very call's first attempt
+        whose reply was lost, or aborted)."""
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
-        """Abandon the upload and its parts."""
+        """Abandon the upload and its parts (already gone is not an error)."""
+
+    async def list_multipart_uploads(self, prefix: str) -> list[MultipartUpload]:
+        """Every multipart upload in progress whose key starts with ``prefix`` (all pages), in S3's order:
+        by key, then by initiation time."""
 
     async def aclose(self) -> None:
         """Release connections/threads."""

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from s3files.errors import ObjectNotFound, PreconditionFailed, StoreError
-from s3files.store.base import CompletedPart, Copied, ListPage, ObjectInfo, RequestCounts
+from s3files.errors import ObjectNotFound, PreconditionFailed, StoreError, UploadNotFound
+from s3files.store.base import CompletedPart, Copied, ListPage, MultipartUpload, ObjectInfo, RequestCounts
 
 MAX_LIST_KEYS = 1000  # S3's cap on one ListObjectsV2 page
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every multipart part but the last
@@ -36,6 +36,7 @@ class _Object:
 class _Upload:
     key: str
     metadata: dict[str, str]
+    initiated: float
     parts: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -198,13 +199,13 @@ class MemoryStore:
     async def create_multipart(self, key: str, metadata: Mapping[str, str] | None = None) -> str:
         await self._request("create_multipart")
         upload_id = f"upload-{next(self._ids)}"
-        self._uploads[upload_id] = _Upload(key=key, metadata=dict(metadata or {}))
+        self._uploads[upload_id] = _Upload(key=key, metadata=dict(metadata or {}), initiated=self._now())
         return upload_id
 
     def _upload(self, key: str, upload_id: str) -> _Upload:
         upload = self._uploads.get(upload_id)
         if upload is None or upload.key != key:
-            raise StoreError(f"no such upload {upload_id} for {key}")
+            raise UploadNotFound(f"no such upload {upload_id} for {key} (aborted or completed)")
         return upload
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPart:
@@ -266,6 +267,15 @@ class MemoryStore:
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._request("abort_multipart")
         self._uploads.pop(upload_id, None)
+
+    async def list_multipart_uploads(self, prefix: str) -> list[MultipartUpload]:
+        await self._request("list_multipart_uploads")
+        found = [
+            (upload.key, upload.initiated, int(upload_id.rpartition("-")[2]), upload_id)
+            for upload_id, upload in self._uploads.items()
+            if upload.key.startswith(prefix)
+        ]
+        return [MultipartUpload(key, upload_id, initiated) for key, initiated, _, upload_id in sorted(found)]
 
     async def aclose(self) -> None:
         return None

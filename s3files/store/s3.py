@@ -62,8 +62,9 @@ from s3files.errors import (
     ObjectNotFound,
     PreconditionFailed,
     StoreError,
+    UploadNotFound,
 )
-from s3files.store.base import CompletedPart, Copied, ListPage, ObjectInfo, RequestCounts
+from s3files.store.base import CompletedPart, Copied, ListPage, MultipartUpload, ObjectInfo, RequestCounts
 from s3files.store.bridge import AsyncioThread, open_asyncio_thread
 from s3files.store.direct import DirectHttp
 
@@ -82,6 +83,8 @@ OPERATION_NAMES: dict[str, str] = {
     "UploadPartCopy": "upload_part_copy",
     "CompleteMultipartUpload": "complete_multipart",
     "AbortMultipartUpload": "abort_multipart",
+    "ListMultipartUploads": "list_multipart_uploads",
+    "ListParts": "list_parts",
     "HeadBucket": "head_bucket",
     "CreateBucket": "create_bucket",
 }
@@ -105,7 +108,15 @@ NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 # caller this is the same situation as a failed precondition.
 PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 RANGE_CODES = frozenset({"InvalidRange", "416"})
+# Ceph RGW 16 answers CompleteMultipartUpload of an upload that no longer exists (completed or aborted) with
+# 500 InternalError and this message (it fails to lock the upload's meta object), where AWS says
+# NoSuchUpload. A real completion in progress would have ended during botocore's retries of the 500.
+RGW_GONE = "This multipart completion is already in progress"
 MAX_LIST_KEYS = 1000
+MAX_UPLOAD_PAGES = 10_000  # ListMultipartUploads pages (1000 uploads each) before giving up: a server bug
+# How far the initiation time of an upload may lie before the server-clock estimate of a retried
+# CreateMultipartUpload's first attempt and still be taken for its lost upload (see lost_uploads).
+LOST_UPLOAD_MARGIN = 2.0
 # PUTs up to this size go the direct way (store/direct.py): small files, where per-request CPU dominates.
 DIRECT_PUT_MAX = 8 * 1024 * 1024
 
@@ -204,6 +215,43 @@ def _described(key: str, size: int, response: Mapping[str, Any]) -> ObjectInfo:
         last_modified=response["LastModified"].timestamp(),
         metadata=dict(response.get("Metadata") or {}),
     )
+
+
+def lost_uploads(
+    uploads: Sequence[MultipartUpload],
+    key: str,
+    returned: str | None,
+    started: float,
+    server_now: float,
+    client_now: float,
+    live: frozenset[str] | set[str],
+) -> list[MultipartUpload]:
+    """The uploads of exactly ``key`` that a retried CreateMultipartUpload, first sent at ``started``,
+    may have made in attempts whose reply was lost; ``returned`` is the id the last attempt answered (None
+    if none answered), ``live`` the ids in progress through this store. The caller also checks that
+    each has no part (nobody else ever knew its id) before aborting it.
+
+    Which uploads: those initiated between the first attempt and the one that answered. ``Initiated`` is
+    by the server's clock, ``started`` by ours, and the two may differ by any amount (an unsynchronised
+    RGW, a VM's drifting clock), so the server's clock at ``started`` is estimated from a reply's Date
+    header (``server_now``, received at ``client_now``): at least ``started + server_now - client_now``,
+    since Date is truncated to whole seconds and the reply travelled before ``client_now``. LOST_UPLOAD_MARGIN
+    more seconds allow for Initiated's own rounding and a server whose front ends' clocks differ a little.
+    Narrow on purpose: another writer's upload of the same key initiated in that window, still without any
+    part, would be taken for ours (it then meets UploadNotFound).
+
+    A server whose Initiated does not follow its clock (moto reports one fixed date for every upload) is
+    recognised by the returned upload's time lying outside the window; then every other upload of the key
+    that is not live here is a candidate (and still must have no part)."""
+    earliest = started + (server_now - client_now) - LOST_UPLOAD_MARGIN
+    latest = server_now + 1.0 + LOST_UPLOAD_MARGIN
+    others = [u for u in uploads if u.key == key and u.upload_id != returned and u.upload_id not in live]
+    answered = next((u for u in uploads if u.upload_id == returned), None)
+    if answered is not None:
+        if not earliest <= answered.initiated <= latest:
+            return others  # Initiated says nothing about when (moto)
+        latest = answered.initiated  # every earlier attempt reached the server before the last one
+    return [u for u in others if earliest <= u.initiated <= latest]
 
 
 def _header_time(date: str | None) -> float:
@@ -376,8 +424,8 @@ class S3Store:
             log.debug("op=%s key=%s S3 error %s (%s)", op, key, code, status)
             if code == "NoSuchBucket":
                 return BucketNotFound(f"bucket {self.bucket!r} does not exist at {self._endpoint}")
-            if code == "NoSuchUpload":
-                return StoreError(f"{op} {where}: no such multipart upload (aborted or completed)")
+            if code == "NoSuchUpload" or (op == "complete_multipart" and RGW_GONE in message):
+                return UploadNotFound(f"{op} {where}: no such multipart upload (aborted or completed)")
             if code in NOT_FOUND_CODES or (status == 404 and code not in CREDENTIAL_CODES):
                 return ObjectNotFound(f"no such key: {key}" if key is not None else f"not found: {where}")
             if code in PRECONDITION_CODES or status == 412:
@@ -659,13 +707,81 @@ class S3Store:
         return await self._bridge.run(self._a_create_multipart, key, _metadata(metadata))
 
     async def _a_create_multipart(self, key: str, metadata: dict[str, str]) -> str:
-        response = await self._call(
-            "create_multipart", key, "create_multipart_upload", Key=key, Metadata=metadata
-        )
+        """CreateMultipartUpload. It is not idempotent: when a reply is lost after S3 made the upload,
+        botocore's retry makes a second one and the first id is never known, an orphan holding its key's
+        parts until a lifecycle rule reaps it. So after a retry (RetryAttempts > 0) or when every attempt
+        failed to connect or answer, the uploads of this key those attempts made are found and aborted."""
+        started = time.time()
+        try:
+            response = await self._call(
+                "create_multipart", key, "create_multipart_upload", Key=key, Metadata=metadata
+            )
+        except EndpointUnreachable as exc:
+            # Perhaps an attempt reached S3 and only its reply was lost (closed or timed out): a best effort.
+            # Not when the last attempt could not even connect: a listing would fail the same way, slowly.
+            if not isinstance(exc.__cause__, (EndpointConnectionError, ConnectTimeoutError)):
+                await self._a_abort_lost_uploads(key, None, started)
+            raise
         upload_id: str = response["UploadId"]
         self._upload_metadata[upload_id] = metadata
         self._part_sizes[upload_id] = {}
+        if response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0:
+            await self._a_abort_lost_uploads(key, upload_id, started)
         return upload_id
+
+    async def _a_abort_lost_uploads(self, key: str, returned: str | None, started: float) -> None:
+        """Abort the uploads of ``key`` that attempts of a CreateMultipartUpload sent since ``started`` may
+        have made (``lost_uploads``) and that have no part. Failures are logged, never raised: the upload
+        the caller got is good either way."""
+        try:
+            uploads, server_now = await self._a_uploads(key)
+            client_now = time.time()
+            candidates = lost_uploads(
+                uploads, key, returned, started, server_now, client_now, set(self._upload_metadata)
+            )
+            for upload in candidates:
+                try:
+                    parts = await self._call(
+                        "list_parts", key, "list_parts", Key=key, UploadId=upload.upload_id, MaxParts=1
+                    )
+                except (UploadNotFound, ObjectNotFound):
+                    continue  # gone meanwhile (RGW says NoSuchKey for the parts of a completed upload)
+                if parts.get("Parts"):
+                    continue  # someone knows this upload's id: not one whose creation reply was lost
+                await self._a_abort_multipart(key, upload.upload_id)
+                log.info(
+                    "op=create_multipart key=%s aborted upload %s: made by an attempt whose reply was lost",
+                    key,
+                    upload.upload_id,
+                )
+        except StoreError as exc:
+            # After a failed create the endpoint is most likely down and this says nothing new.
+            level = logging.WARNING if returned is not None else logging.DEBUG
+            log.log(level, "op=create_multipart key=%s could not look for lost uploads: %s", key, exc)
+
+    async def list_multipart_uploads(self, prefix: str) -> list[MultipartUpload]:
+        uploads, _ = await self._bridge.run(self._a_uploads, prefix)
+        return uploads
+
+    async def _a_uploads(self, prefix: str) -> tuple[list[MultipartUpload], float]:
+        """Every upload in progress under ``prefix`` (all pages of ListMultipartUploads) and the server's
+        clock when the last page was answered (its Date header)."""
+        kwargs: dict[str, Any] = {"Prefix": prefix}
+        found: list[MultipartUpload] = []
+        for _ in range(MAX_UPLOAD_PAGES):
+            response = await self._call("list_multipart_uploads", prefix, "list_multipart_uploads", **kwargs)
+            for item in response.get("Uploads", []):
+                initiated = item["Initiated"].timestamp() if "Initiated" in item else 0.0
+                found.append(MultipartUpload(item["Key"], item["UploadId"], initiated))
+            if not response.get("IsTruncated"):
+                return found, _response_time(response)
+            markers = (response.get("NextKeyMarker"), response.get("NextUploadIdMarker"))
+            if not markers[0] or markers == (kwargs.get("KeyMarker"), kwargs.get("UploadIdMarker")):
+                raise StoreError(f"listing the uploads under {prefix!r}: the listing did not advance")
+            kwargs["KeyMarker"], kwargs["UploadIdMarker"] = markers
+            if not markers[1]:
+                del kwargs["UploadIdMarker"]
+        raise StoreError(f"listing the uploads under {prefix!r}: more than {MAX_UPLOAD_PAGES} pages")
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPart:
         data = bytes(data)
@@ -795,6 +911,11 @@ class S3Store:
             if if_match is not None:
                 await self._a_head(key)  # ObjectNotFound when the 412 meant "missing" (RGW)
             raise
+        except UploadNotFound:
+            # Completed (perhaps by an attempt of this very call whose reply was lost: AWS and moto then
+            # answer the retry with success, other servers with NoSuchUpload) or aborted: the caller tells.
+            self._forget_upload(upload_id)
+            raise
         sizes = self._part_sizes.get(upload_id, {})
         metadata = self._upload_metadata.get(upload_id)
         self._forget_upload(upload_id)
@@ -834,11 +955,10 @@ class S3Store:
         self._forget_upload(upload_id)
         try:
             await self._call("abort_multipart", key, "abort_multipart_upload", Key=key, UploadId=upload_id)
-        except StoreError as exc:
-            # Abandoning an upload that is already gone is done, as for the memory store.
-            if isinstance(exc.__cause__, ClientError) and _error_code(exc.__cause__)[0] == "NoSuchUpload":
-                return
-            raise
+        except UploadNotFound:
+            # Abandoning an upload that is already gone is done, as for the memory store (and what a retried
+            # abort whose first reply was lost meets).
+            return
 
 
 @asynccontextmanager
