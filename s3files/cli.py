@@ -1,4 +1,4 @@
-"""The ``s3files`` command: argparse front end for mount and unmount. No business logic here.
+"""The ``s3files`` command: argparse front end for mount, unmount and status. No business logic here.
 
 Errors a user can cause or fix (bad mount point, missing bucket, rejected credentials, unreachable
 endpoint) are printed as one line ``s3files: error: ...`` with exit status 1, never a traceback.
@@ -146,6 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     unmount = sub.add_parser("unmount", help="unmount a folder mounted by s3files")
     unmount.add_argument("mountpoint", type=Path)
     unmount.add_argument("--lazy", action="store_true", help="detach now even if files are open")
+
+    status = sub.add_parser(
+        "status",
+        help="files not in S3 yet, files kept after a stop or crash, conflicts, the cache's use",
+        description="Show what a mount has not uploaded yet (waiting or uploading), what its cache folder"
+        " keeps after a stop or crash, the conflict copies it wrote, and the cache's use against its limit;"
+        " read from the cache folder, so it works while the daemon runs and after it stopped or died.",
+    )
+    status.add_argument("target", type=Path, metavar="MOUNTPOINT_OR_CACHE_DIR")
+    status.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where to look for a mount point's cache folder (default: the mount's default cache dir)",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for programs")
     return parser
 
 
@@ -308,6 +323,18 @@ def unmount(mountpoint: Path, lazy: bool) -> int:
     return 0
 
 
+def status(target: Path, cache_dir: Path | None, as_json: bool) -> int:
+    from s3files.status import StatusError, show
+
+    try:
+        print(show(target, cache_dir.absolute() if cache_dir else default_cache_dir(), as_json))
+    except StatusError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot read {exc.filename or target}: {exc.strerror}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
@@ -319,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "unmount":
         return unmount(args.mountpoint, args.lazy)
+    if args.command == "status":
+        return status(args.target, args.cache_dir, args.json)
     try:
         opts = options_from(args)
     except MountError as exc:

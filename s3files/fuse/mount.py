@@ -36,12 +36,14 @@ from s3files.errors import MountError, S3FilesError
 from s3files.fuse.adapter import Operations
 from s3files.mountinfo import check_mountpoint, mount_entry
 from s3files.options import MountOptions
+from s3files.status import StatusWriter, canonical
 from s3files.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE = 5.0  # seconds running handlers get after a stop before they are cancelled
 CHECK_TIMEOUT = 15.0  # seconds the bucket check may take before the mount gives up
+STATUS_INTERVAL = 1.0  # seconds between looks at the status `s3files status` shows (written if changed)
 
 OpenStore = Callable[[], contextlib.AbstractAsyncContextManager[ObjectStore]]
 
@@ -131,6 +133,7 @@ async def _serve(
         pyfuse3.init(Operations(fs, opts.metadata_ttl), str(opts.mountpoint), fuse_options(opts))
         try:
             nursery.start_soon(_after_init, opts, fs, ready)
+            nursery.start_soon(_write_status, opts, fs, folder)
             if handle_signals:
                 nursery.start_soon(_stop_on_signals, stop)
                 if opts.stats_file is not None:
@@ -161,6 +164,20 @@ async def _after_init(opts: MountOptions, fs: FileSystem, ready: Callable[[FileS
     log.info("mounted %s at %s", opts.source, opts.mountpoint)
     if ready is not None:
         ready(fs)
+
+
+async def _write_status(opts: MountOptions, fs: FileSystem, folder: CacheFolder) -> None:
+    """Keep ``status.json`` in the cache folder current for ``s3files status`` (s3files/status.py) while
+    mounted, the unmount's uploads included: ``fs.status()`` about once a second, written only when it
+    changed. Removed when the mount ends (cancelled with the nursery); a daemon that dies leaves it, and
+    ``s3files status`` tells by the folder's lock that nobody runs there any more."""
+    writer = StatusWriter(folder.root, canonical(opts.mountpoint), str(opts.source))
+    try:
+        while True:
+            writer.update(fs.status)
+            await trio.sleep(STATUS_INTERVAL)
+    finally:
+        writer.remove()
 
 
 async def _terminate_on(stop: trio.Event, main_scope: trio.CancelScope) -> None:
