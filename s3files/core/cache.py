@@ -87,6 +87,7 @@ class Sending:
     in_flight: int = 0  # parts being sent in the background
     event: trio.Event = field(default_factory=trio.Event)
     lock: trio.Lock = field(default_factory=trio.Lock)  # one CreateMultipartUpload at a time
+    retry_pending: bool = False  # a background retry is scheduled
 
 
 @dataclass(eq=False)
@@ -133,7 +134,7 @@ class LocalCopy:
 class LocalCache:
     """Every local copy of one mount (see the module docstring).
 
-    ``concurrency`` bounds the parts fetched at once (shared with the uploader's sends: ``slots``);
+    ``describe`` tells a copy's key and metadata for its record. ``slots`` bounds the parts fetched at once (shared with the uploader's sends: ``slots``);
     ``limit`` bounds the bytes on disk (``--cache-size``); past it writes fail with ENOSPC. Clean copies
     are evicted least recently used first when room is needed; unsent data never is.
     """
@@ -142,6 +143,7 @@ class LocalCache:
         self,
         store: ObjectStore,
         folder: CacheFolder,
+        describe: Callable[[LocalCopy], tuple[str, dict[str, str]]],
         spawn: Callable[..., object],
         layout: PartLayout,
         slots: trio.Semaphore,
@@ -151,6 +153,7 @@ class LocalCache:
     ) -> None:
         self.store = store
         self.folder = folder
+        self._describe = describe  # a copy's key and POSIX metadata now (fs.py knows names)
         self.layout = layout
         self.slots = slots
         self.limit = limit
@@ -229,7 +232,8 @@ class LocalCache:
 
     # -- records ------------------------------------------------------------------------------------------
 
-    def record(self, copy: LocalCopy, metadata: dict[str, str]) -> Record:
+    def record(self, copy: LocalCopy) -> Record:
+        key, metadata = self._describe(copy)
         upload = copy.sending.upload
         sent = {}
         if upload is not None:
@@ -240,7 +244,7 @@ class LocalCache:
             }
         return Record(
             id=copy.id,
-            key="",
+            key=key,
             base_etag=copy.base_etag,
             base_size=copy.base_size,
             size=copy.size(),
@@ -256,14 +260,12 @@ class LocalCache:
             updated=time.time(),
         )
 
-    def save(self, copy: LocalCopy, key: str = "", metadata: dict[str, str] | None = None, durable: bool = False) -> None:
+    def save(self, copy: LocalCopy, durable: bool = False) -> None:
         """Write ``copy``'s record (only copies in the cache folder have one; see the module docstring)."""
         if copy.path is None or copy.closed:
             return
-        record = self.record(copy, metadata or {})
-        record.key = key
         try:
-            self.folder.save(record, durable=durable)
+            self.folder.save(self.record(copy), durable=durable)
         except OSError as exc:
             log.error("op=record path=%s cannot be written: %s", copy.path, exc)
 
@@ -301,14 +303,15 @@ class LocalCache:
         self.memory -= copy.allocated
         copy.fd, copy.path, copy.allocated = fd, path, 0
         self._account(copy)
+        self.save(copy)  # from now on a crash leaves it with its key, for recovery
 
-    def keep_on_disk(self, copy: LocalCopy, key: str, metadata: dict[str, str]) -> str:
+    def keep_on_disk(self, copy: LocalCopy) -> str:
         """Make ``copy`` and its record outlive the process, durably; where its bytes are now."""
         try:
             self.spill(copy)
         except CacheFull as exc:
             return f"memory only, lost at exit: {exc}"
-        self.save(copy, key, metadata, durable=True)
+        self.save(copy, durable=True)
         return str(copy.path)
 
     def _unwritable(self, exc: OSError) -> CacheFull:

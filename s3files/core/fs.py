@@ -97,6 +97,7 @@ class FileSystem:
         self.cache = LocalCache(
             store,
             self.folder,
+            self._describe,
             spawn,
             PartLayout(opts.upload_part_size),
             trio.Semaphore(max(1, opts.upload_concurrency)),
@@ -123,6 +124,9 @@ class FileSystem:
 
     def _key_of(self, copy: LocalCopy) -> str:
         return self.sb.ns.file_key(copy.node.path)
+
+    def _describe(self, copy: LocalCopy) -> tuple[str, dict[str, str]]:
+        return self._key_of(copy), posix_metadata(copy.node, copy.mtime_set)
 
     # -- metadata operations -------------------------------------------------------------------------
 
@@ -485,8 +489,11 @@ class FileSystem:
             # copy_object: a symlink keeps its listable form, and objects over 5 GiB are copied in parts
             source = ObjectInfo(key, node.size, node.etag or "", node.mtime)
             node.etag = node.meta_etag = await copy_object(self.store, source, key, metadata=posix_metadata(node))
-            self.sb.listed_file(node, ObjectInfo(key, node.size, node.etag, node.mtime))
-        # Folders have no object of their own to carry metadata: their changes live while mounted.
+            self.sb.listed_file(node, ObjectInfo(key, node.size, node.etag, 0.0))  # 0: LastModified not known
+        elif metadata_changed and node.ino != ROOT_INO:
+            # A folder's attributes live in its marker object (as mkdir writes it; the root has none).
+            await self.store.put(self.sb.ns.dir_prefix(node.path), b"", posix_metadata(node))
+            self.sb.listed_folder(node)
         return node.attr()
 
     # -- changing the tree -------------------------------------------------------------------------
@@ -673,9 +680,10 @@ class FileSystem:
         if scope.cancelled_caught:
             log.error("uploads at unmount took over %d s", UNMOUNT_UPLOAD_TIMEOUT)
         for copy in self.cache.live():
-            key = self._key_of(copy)
+            with trio.CancelScope(shield=True):
+                await self.cache.settled(copy)  # queued writes land before the descriptor is closed
             if copy.unsent:
-                where = self.cache.keep_on_disk(copy, key, self.uploader.metadata(copy))
+                where = self.cache.keep_on_disk(copy)
                 why = "acknowledged, upload failed" if copy.acknowledged else "still open for writing, never closed"
                 log.error("op=unmount path=%r not uploaded (%s): kept at %s for the next mount", copy.node.path, why, where)
                 self.cache.drop(copy, keep_data=True)
@@ -687,7 +695,6 @@ class FileSystem:
     def status(self) -> dict[str, object]:
         """What ``s3files status`` shows: files not in S3 yet (waiting, uploading, open for writing), files
         kept in the cache folder after a stop or crash, conflict copies written, the cache's use."""
-        live = {copy.id for copy in self.cache.live()}
         return {
             "files": [
                 {
@@ -701,12 +708,7 @@ class FileSystem:
                 for copy in self.cache.live()
                 if copy.unsent
             ],
-            "kept": [
-                {"key": r.key, "state": r.state, "acknowledged": r.acknowledged, "bytes": r.size,
-                 "data": str(self.folder.data_path(r.id))}
-                for r in self.folder.records()
-                if r.id not in live
-            ],
+            "kept": self.recovery.kept,
             "conflicts": list(self.uploader.conflicts),
             "retrying_uploads": self.uploader.retrying,
             "cache_bytes": self.cache.used,

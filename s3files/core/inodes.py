@@ -7,7 +7,9 @@ HEAD told us. Must not do I/O.
 Why attributes have two sources: LIST returns size, ETag and LastModified but no user metadata; HEAD also
 returns ``x-amz-meta-{mode,uid,gid,mtime}``. A listing never costs a HEAD per entry (``ls -l`` of N entries
 is ceil(N/1000) requests), so an entry only listed shows the mount defaults and LastModified until it is
-looked up or opened; once a HEAD has been seen for an ETag, its metadata wins for that ETag.
+looked up or opened; once a HEAD has been seen for an ETag, its metadata wins for that ETag. On a mount
+other users share (``--allow-other``) the superblock hands out only entries with their object's own
+metadata (superblock.py: true attributes), folders' from their marker object (``describe_dir``).
 
 Kinds: folder, regular file, symlink (a file object whose metadata ``mode`` says S_IFLNK). An inode never
 changes kind: the kernel marks an inode bad if its type changes, so when a name turns out to be of another
@@ -62,6 +64,7 @@ class Inode:
     mtime: float
     etag: str | None = None
     meta_etag: str | None = None  # the ETag whose HEAD metadata is applied (None: defaults/listing only)
+    meta_modified: float | None = None  # that version's LastModified (None: not known)
     fresh_until: float = 0.0  # attributes may be trusted without asking S3 until then
     page_cache_etag: str | None = None  # the ETag whose data the kernel page cache may hold
     target: bytes | None = None  # a symlink's target, as read for ``target_etag``
@@ -151,14 +154,14 @@ class InodeTable:
         d = self.defaults
         if info.metadata is not None:
             meta = posix_metadata(info.metadata)
-            node.meta_etag = info.etag
+            node.meta_etag, node.meta_modified = info.etag, info.last_modified
         elif node.meta_etag == info.etag:
             # a listing of the same version: keep what the HEAD told us
             node.size, node.etag, node.fresh_until = info.size, info.etag, fresh_until
             return True
         else:
             meta = {}
-            node.meta_etag = None
+            node.meta_etag = node.meta_modified = None
         mode = int(meta.get("mode", d.file_mode))
         # Metadata may carry permission bits only, or a type we do not show (a FIFO written by s3fs):
         # the type comes from the kind (a symlink or a regular file), the permissions from the metadata.
@@ -170,6 +173,16 @@ class InodeTable:
         node.etag = info.etag
         node.fresh_until = fresh_until
         return True
+
+    def describe_dir(self, node: Inode, marker: ObjectInfo) -> None:
+        """Folder ``node``'s attributes from its marker object ``dir/`` (its HEAD's metadata; none: the
+        mount's defaults). Only the permission bits of a mode count: a folder stays a folder."""
+        d = self.defaults
+        meta = posix_metadata(marker.metadata)
+        node.mode = stat.S_IFDIR | stat.S_IMODE(int(meta.get("mode", d.dir_mode)))
+        node.uid = int(meta.get("uid", d.uid))
+        node.gid = int(meta.get("gid", d.gid))
+        node.mtime = float(meta.get("mtime", marker.last_modified))
 
     def put_local_file(self, path: str, mode: int, uid: int, gid: int, mtime: float) -> Inode:
         """A file created here that S3 does not have yet (it is uploaded when closed)."""

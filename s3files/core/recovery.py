@@ -45,7 +45,7 @@ class OnRecovery(enum.Enum):
 @dataclass
 class RecoveryReport:
     uploaded: list[str] = field(default_factory=list)
-    kept: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
+    kept: list[dict[str, object]] = field(default_factory=list)  # key, why, bytes, acknowledged, data
     discarded: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # acknowledged, upload failed: retried in the background
@@ -87,7 +87,16 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
             record.upload_id = record.upload_key = record.upload_metadata = None
             record.sent = {}
             fs.folder.save(record, durable=True)
-            report.kept.append((record.key, _why(record)))
+            report.kept.append(
+                {
+                    "key": record.key,
+                    "why": _why(record),
+                    "state": record.state,
+                    "acknowledged": record.acknowledged,
+                    "bytes": record.size,
+                    "data": str(fs.folder.data_path(record.id)),
+                }
+            )
             log.warning(
                 "recovery: kept key=%r (%s), not uploaded; its bytes are at %s",
                 record.key,

@@ -5,14 +5,26 @@ folders are listed instead, what a HEAD or a first-part GET tells about a file, 
 came from the object's own metadata. Must not read or write file data, and must not know about handles;
 it asks ``is_local`` whether an inode has a local copy (whose attributes are newer than anything S3 says).
 
+True attributes. On a mount that other users share (``--allow-other``) the kernel checks their access
+against what we answer (``default_permissions``), so no permission may be granted on a guess: with
+``true_attributes`` every entry a listing or a probe hands out carries its object's own metadata. A file's
+comes from a HEAD of its version; a version is (ETag, LastModified), because a metadata-only change
+(chmod by another mount or an SDK's copy onto itself) keeps the ETag but not the LastModified. A folder's
+comes from its marker object ``dir/`` (mkdir writes it; chmod, chown and utime of a folder rewrite it); a
+folder without a marker has the mount's defaults. Our own changes reach every cached copy of an entry:
+the inode, the folder's cached listing (``listed``, ``listed_file``, ``listed_folder``), a listing that
+was in flight while we changed it (``_since``), and a readdir's earlier snapshot (``record`` prefers the
+cached listing). Mounts without ``--allow-other`` keep the cheaper view described in inodes.py.
+
 Request budget (asserted by tests):
 - a listing of N entries: ceil(N/1000) LIST; no HEAD per file, except symlink candidates (links.py) and,
-  on a mount that other users share (``--allow-other``), every file whose version's metadata is not known
-  yet (``true_attributes``): no permission is ever checked against a guessed mode. Those HEADs run
-  ``CONCURRENCY`` at a time, and a version whose metadata is known is never asked again.
+  with ``true_attributes``, every file whose version's metadata is not known yet and every folder whose
+  marker was not asked within ``metadata_ttl`` (a HEAD of ``dir/``, 404 when there is none). Those HEADs
+  run ``CONCURRENCY`` at a time; a file version whose metadata is known is never asked again.
 - a lookup of a name not in a fresh listing: one HEAD and one LIST (max-keys 1), concurrently, because a
   name may be a file, a folder (any key below it), or both (the folder wins); after
-  ``PROBES_BEFORE_LISTING`` such names a small folder is listed instead.
+  ``PROBES_BEFORE_LISTING`` such names a small folder is listed instead. With ``true_attributes``, a
+  folder whose LIST shows a marker costs one HEAD of the marker more.
 - attributes younger than ``metadata_ttl``: nothing; after it, one HEAD for a file.
 """
 
@@ -20,8 +32,9 @@ from __future__ import annotations
 
 import logging
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import NoReturn
 
 from cachetools import LRUCache, TTLCache
@@ -68,6 +81,11 @@ class Superblock:
         # every name for metadata_ttl) instead of probing each new name (HEAD + LIST), as when creating files.
         self._small_folders: LRUCache[str, bool] = LRUCache(maxsize=4096)
         self._probed: LRUCache[str, int] = LRUCache(maxsize=4096)  # folder -> names probed there
+        # true_attributes: folder -> its marker's HEAD (or "no marker"), trusted for metadata_ttl
+        self._markers: TTLCache[str, ObjectInfo] = TTLCache(maxsize=4096, ttl=max(self.ttl, 1e-9), timer=now)
+        # Our own changes, numbered, so a listing that was in flight meanwhile does not undo them.
+        self._changes = 0
+        self._changed: LRUCache[str, tuple[int, Entry | None]] = LRUCache(maxsize=4096)
 
     # -- TTL decisions ---------------------------------------------------------------------------------
 
@@ -100,12 +118,19 @@ class Superblock:
         return self.inodes.by_path(node.path) is node
 
     def record(self, path: str, entry: Entry) -> Inode:
-        """The inode for ``path`` per ``entry`` (a listing's or a probe's answer)."""
+        """The inode for ``path`` per ``entry`` (a listing's or a probe's answer). The folder's cached
+        listing, when there is one, wins over ``entry``: a readdir pages through a snapshot taken at its
+        start, and the cached listing has every change made here since."""
         node = self.inodes.by_path(path)
         if node is not None and self._is_local(node.ino):
             return node  # being changed here: our copy is newer than anything S3 or a listing says
+        parent, _, name = path.rpartition("/")
+        entry = self.cached_entry(parent, name) or entry
         if entry.is_dir:
-            return self.inodes.put_dir(path, self.mount_time, self.fresh_until())
+            node = self.inodes.put_dir(path, self.mount_time, self.fresh_until())
+            if entry.info is not None:  # its marker's metadata (true_attributes)
+                self.inodes.describe_dir(node, entry.info)
+            return node
         if entry.info is None:
             raise NotFound(f"{path} is no longer here")  # a local file that is gone
         return self.inodes.put_file(path, entry.info, self.fresh_until())
@@ -119,6 +144,7 @@ class Superblock:
         if cached is not None:
             return cached
         prefix = self.ns.dir_prefix(path)
+        since = self._changes
         pages: list[ListPage] = []
         token: str | None = None
         for _ in range(MAX_LIST_PAGES):
@@ -130,7 +156,7 @@ class Superblock:
             if len(pages) >= max_pages:
                 self._small_folders.pop(path, None)  # too big to list for lookups: probe its names now
                 return None
-        entries = await self._described(path, self.ns.entries(path, pages))
+        entries = self._since(since, path, await self._described(path, self.ns.entries(path, pages)))
         if self.caches:
             self._listings[path] = entries
             if len(pages) <= SMALL_FOLDER_PAGES:
@@ -141,7 +167,9 @@ class Superblock:
 
     def listed(self, path: str, entry: Entry | None) -> None:
         """Keep a fresh listing of ``path``'s folder true after our own change (None: the name is gone),
-        so the next lookups there still cost nothing."""
+        so the next lookups there still cost nothing; a listing in flight learns it too (``_since``)."""
+        self._changes += 1
+        self._changed[path] = (self._changes, entry)
         parent, _, name = path.rpartition("/")
         listing = self._listings.get(parent)
         if listing is None:
@@ -151,41 +179,83 @@ class Superblock:
         else:
             listing[name] = entry
 
+    def _since(self, since: int, path: str, entries: dict[str, Entry]) -> dict[str, Entry]:
+        """``entries`` of folder ``path`` (a listing that began at change number ``since``) with our own
+        changes made there meanwhile: a chmod whose copy landed after the LIST (or the HEAD) must not be
+        undone by it, nor a file we deleted come back."""
+        if self._changes == since:
+            return entries
+        for changed, (number, entry) in list(self._changed.items()):
+            parent, _, name = changed.rpartition("/")
+            if number <= since or parent != path:
+                continue
+            if entry is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = entry
+        return entries
+
     def listed_file(self, node: Inode, info: ObjectInfo) -> None:
         """``node``'s object is now ``info`` (written or changed here): the listing learns it, with the
-        metadata we know, so a listing never shows an older mode than a chmod set."""
+        metadata we know, so a listing never shows an older mode than a chmod set. ``info.last_modified``
+        is when S3 wrote it, as its reply said (0: not known, and a true-attributes listing HEADs it once)."""
+        node.meta_modified = info.last_modified or None
         meta = posix_fields(node.mode, node.uid, node.gid, node.mtime)
         self.listed(node.path, Entry(node.path.rpartition("/")[2], is_dir=False, info=replace(info, metadata=meta)))
 
+    def listed_folder(self, node: Inode) -> None:
+        """Folder ``node``'s marker now carries its attributes (mkdir, chmod, chown, utime here): the
+        parent's listing and the marker cache learn them."""
+        marker = ObjectInfo(self.ns.dir_prefix(node.path), 0, "", node.mtime, posix_fields(*_fields(node)))
+        if self.caches:
+            self._markers[node.path] = marker
+        self.listed(node.path, Entry(node.path.rpartition("/")[2], is_dir=True, info=marker))
+
     def new_folder(self, path: str) -> None:
-        """A folder created here: it is empty, and its parent's listing has it."""
-        self.listed(path, Entry(path.rpartition("/")[2], is_dir=True))
+        """A folder created here: it is empty, and its parent's listing has it, with the attributes its
+        marker was written with."""
+        node = self.inodes.by_path(path)
+        if node is not None and node.is_dir:
+            self.listed_folder(node)
+        else:
+            self.listed(path, Entry(path.rpartition("/")[2], is_dir=True))
         if self.caches:
             self._listings[path] = {}
             self._small_folders[path] = True
 
     def forget_listings(self, *paths: str, below: tuple[str, ...] = ()) -> None:
-        """Drop the cached listings of ``paths`` and of every folder below ``below``."""
-        for path in list(self._listings):
-            if path in paths or (below and path.startswith(below)):
-                self._listings.pop(path, None)
+        """Drop the cached listings (and folder markers) of ``paths`` and of every folder below ``below``."""
+        for cache in (self._listings, self._markers):
+            for path in list(cache):
+                if path in paths or (below and path.startswith(below)):
+                    cache.pop(path, None)
 
     async def _described(self, path: str, entries: dict[str, Entry]) -> dict[str, Entry]:
         """The listing with the metadata that must be known at once: symlink candidates (an inode's type
-        must never change later) and, with ``true_attributes``, every file. A version a HEAD already
-        described (its inode's metadata ETag) is not asked again."""
+        must never change later) and, with ``true_attributes``, every file and folder. A version a HEAD
+        already described is not asked again (its inode's metadata ETag, and with ``true_attributes``
+        its LastModified too); nor a folder's marker within ``metadata_ttl``."""
         found = dict(entries)
-        todo: list[tuple[str, ObjectInfo]] = []
+        files: list[tuple[str, ObjectInfo]] = []
+        folders: list[str] = []
         for name, entry in entries.items():
             info = entry.info
-            if info is None or not (self.true_attributes or link_candidate(info)):
+            if info is None:
+                if self.true_attributes:
+                    marker = self._markers.get(join(path, name))
+                    if marker is None:
+                        folders.append(name)
+                    else:
+                        found[name] = Entry(name, is_dir=True, info=marker)
+                continue
+            if not (self.true_attributes or link_candidate(info)):
                 continue
             node = self.inodes.by_path(join(path, name))
-            if node is not None and not node.is_dir and node.meta_etag == info.etag:
-                meta = posix_fields(node.mode, node.uid, node.gid, node.mtime)
+            if node is not None and self._known(node, info):
+                meta = posix_fields(*_fields(node))
                 found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
             else:
-                todo.append((name, info))
+                files.append((name, info))
 
         async def head(item: tuple[str, ObjectInfo]) -> None:
             name, info = item
@@ -194,8 +264,39 @@ class Superblock:
             except ObjectNotFound:
                 found.pop(name, None)  # deleted since the listing
 
-        await for_each(todo, head)
+        async def head_marker(name: str) -> None:
+            found[name] = Entry(name, is_dir=True, info=await self._marker(join(path, name)))
+
+        calls = [partial(head, item) for item in files] + [partial(head_marker, name) for name in folders]
+        await for_each(calls, _call)
         return found
+
+    def _known(self, node: Inode, info: ObjectInfo) -> bool:
+        """Whether a HEAD already described the version of file ``node`` that a listing shows as ``info``.
+        With ``true_attributes`` the version must not be newer than the one described: a metadata-only
+        change keeps the ETag (S3 copies keep the MD5) but moves LastModified."""
+        if node.is_dir or node.meta_etag != info.etag:
+            return False
+        if not self.true_attributes:
+            return True
+        return node.meta_modified is not None and info.last_modified <= node.meta_modified
+
+    async def _marker(self, path: str, exists: bool = True) -> ObjectInfo:
+        """Folder ``path``'s own metadata: its marker's HEAD, or "no marker" (no metadata: the mount's
+        defaults). ``exists``: False when a LIST just showed there is none (no HEAD then)."""
+        marker = self._markers.get(path)
+        if marker is not None:
+            return marker
+        key = self.ns.dir_prefix(path)
+        marker = ObjectInfo(key, 0, "", self.mount_time, {})
+        if exists:
+            try:
+                marker = await self.store.head(key)
+            except ObjectNotFound:
+                pass
+        if self.caches:
+            self._markers[path] = marker
+        return marker
 
     # -- lookups ---------------------------------------------------------------------------------------
 
@@ -244,13 +345,16 @@ class Superblock:
         async def below() -> None:
             page = await self.store.list_page(self.ns.dir_prefix(path), "/", max_keys=1)
             found["dir"] = bool(page.objects or page.prefixes)
+            found["marker"] = bool(page.objects) and page.objects[0].key == self.ns.dir_prefix(path)
 
         await run_all((head, below))
         name = path.rsplit("/", 1)[-1]
         if found.get("dir"):
             if "file" in found:
                 self.ns.hidden(self.ns.file_key(path), "a folder of the same name shadows this file")
-            return Entry(name, is_dir=True)
+            if not self.true_attributes:
+                return Entry(name, is_dir=True)
+            return Entry(name, is_dir=True, info=await self._marker(path, exists=bool(found["marker"])))
         info = found.get("file")
         if isinstance(info, ObjectInfo):
             return Entry(name, is_dir=False, info=info)
@@ -295,3 +399,11 @@ class Superblock:
 
     def statistics(self) -> dict[str, int]:
         return {"inodes": len(self.inodes), "cached_listings": len(self._listings)}
+
+
+def _fields(node: Inode) -> tuple[int, int, int, float]:
+    return node.mode, node.uid, node.gid, node.mtime
+
+
+async def _call(call: Callable[[], Awaitable[None]]) -> None:
+    await call()

@@ -103,11 +103,12 @@ class Uploader:
 
     # -- publishing -------------------------------------------------------------------------------------
 
-    async def publish(self, copy: LocalCopy) -> ObjectInfo | None:
+    async def publish(self, copy: LocalCopy, retry_in: float = RETRY_FIRST) -> ObjectInfo | None:
         """Publish ``copy``'s current bytes if they differ from S3 (close, fsync, unmount, recovery).
 
         None when there was nothing to publish. On a failure to reach S3 the copy is ACKED: kept in the
-        cache folder with its record, durably, retried in the background, and the error is raised."""
+        cache folder with its record, durably, retried in the background after ``retry_in`` seconds, and
+        the error is raised."""
         async with copy.lock:
             if copy.state is WriteState.BROKEN:
                 raise CacheFull(f"not uploaded: a write to this file failed earlier ({copy.broken})")
@@ -123,7 +124,7 @@ class Uploader:
             except WriteConflict:
                 copy.move(WriteState.CONFLICTED)
                 if copy.kept:
-                    self.cache.save(copy, key, metadata, durable=True)  # kept for the user, not to publish
+                    self.cache.save(copy, durable=True)  # kept for the user, not to publish
                 else:
                     self.cache.folder.remove(copy.id, keep_data=True)
                 raise
@@ -131,36 +132,40 @@ class Uploader:
                 if copy.state is WriteState.UPLOADING:
                     copy.move(WriteState.ACKED if copy.generation == generation else WriteState.DIRTY)
                 if copy.state is WriteState.ACKED and not isinstance(exc, CacheFull):
-                    where = self.cache.keep_on_disk(copy, key, metadata)
+                    where = self.cache.keep_on_disk(copy)
                     if isinstance(exc, S3FilesError):
                         log.warning("op=upload key=%r failed (%s); kept at %s, retried in the background", key, exc, where)
-                        self._retry_later(copy, RETRY_FIRST)
+                        self._retry_later(copy, retry_in)
                 raise
-            copy.move(WriteState.CLEAN if copy.generation == generation else WriteState.DIRTY)
+            if copy.state is WriteState.UPLOADING:  # (BROKEN: a later write failed; it stays unfit)
+                copy.move(WriteState.CLEAN if copy.generation == generation else WriteState.DIRTY)
             if copy.state is WriteState.CLEAN:
                 self.cache.folder.remove(copy.id, keep_data=True)
             return info
 
     def _retry_later(self, copy: LocalCopy, delay: float) -> None:
+        if copy.sending.retry_pending:
+            return  # one retry per copy (a flush and the release after it both fail)
+        copy.sending.retry_pending = True
         self.retrying += 1
         self._spawn(self._retry, copy, delay)
 
     async def _retry(self, copy: LocalCopy, delay: float) -> None:
-        """One more attempt at an acknowledged copy's upload after ``delay``; the next is scheduled by a
-        failure (each task is one attempt: nothing loops forever)."""
+        """One more attempt at an acknowledged copy's upload after ``delay`` (with jitter, so that many
+        files do not all go at once); a failure schedules the next, twice as late (each task is one
+        attempt: nothing loops forever)."""
         try:
-            await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))  # jitter: not all at once
+            await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
         finally:
             self.retrying -= 1
+            copy.sending.retry_pending = False
         if copy.closed or copy.state is not WriteState.ACKED:
             return
         try:
-            await self.publish(copy)
+            await self.publish(copy, retry_in=min(delay * 2, RETRY_MOST))
         except WriteConflict as exc:
             log.warning("op=upload (retry) %s", exc)
         except S3FilesError:
-            if copy.state is WriteState.ACKED and not copy.closed:
-                self._retry_later(copy, min(delay * 2, RETRY_MOST))
             return
         self._on_published(copy)
 
@@ -218,7 +223,7 @@ class Uploader:
         try:
             await self.cache.ensure(copy, key, range(count))
         except (PreconditionFailed, ObjectNotFound):
-            where = self.cache.keep_on_disk(copy, key, self.metadata(copy))
+            where = self.cache.keep_on_disk(copy)
             copy.kept = True
             log.error(
                 "op=upload key=%r changed outside this mount and the parts we did not change are gone with "
@@ -256,20 +261,19 @@ class Uploader:
                 return await self._ours_or_raise(key, token)
         upload = await self.upload_for(copy, key)
         token = upload.metadata[TOKEN]
+        # A failure to reach S3 leaves the upload and its parts in place (and in the record): the retry,
+        # or the recovery after a crash, completes it without sending them again.
+        parts = await self._parts(copy, key, upload, size)
         try:
-            parts = await self._parts(copy, key, upload, size)
-            try:
-                info = await self.store.complete_multipart(
-                    key, upload.upload_id, parts, if_match=if_match, if_none_match=if_none_match
-                )
-            except PreconditionFailed:
-                info = await self._ours_or_raise(key, token)
-            except UploadNotFound as exc:
-                info = await self._ours_or_raise(key, token, exc)  # completed by a lost first attempt?
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.drop_upload(copy)
-            raise
+            info = await self.store.complete_multipart(
+                key, upload.upload_id, parts, if_match=if_match, if_none_match=if_none_match
+            )
+        except PreconditionFailed:
+            info = await self._ours_or_raise(key, token)  # not ours: the conflict path aborts the upload
+        except UploadNotFound as exc:
+            if copy.sending.upload is upload:
+                copy.sending.upload = None  # completed (by a lost first attempt?) or aborted: not reusable
+            info = await self._ours_or_raise(key, token, exc)
         if copy.sending.upload is upload:
             copy.sending.upload = None
         if _without_token(metadata) != _without_token(upload.metadata):  # chmod, utime after it began
@@ -363,7 +367,7 @@ class Uploader:
                 metadata = {**self.metadata(copy), TOKEN: secrets.token_hex(8)}
                 upload_id = await self.store.create_multipart(key, metadata)
                 upload = sending.upload = Multipart(key, upload_id, metadata)
-                self.cache.save(copy, key, _without_token(metadata))  # a crash must not orphan it
+                self.cache.save(copy)  # a crash must not orphan it
             return upload
 
     async def _send(self, copy: LocalCopy, upload: Multipart, index: int) -> None:
@@ -380,7 +384,7 @@ class Uploader:
             part = await self.store.upload_part_from(upload.key, upload.upload_id, index + 1, copy.fd, start, stop - start)
         upload.sent[index] = (generation, stop - start, part)
         if copy.sending.upload is upload:
-            self.cache.save(copy, upload.key, _without_token(upload.metadata))  # resumable after a crash
+            self.cache.save(copy)  # resumable after a crash
 
     async def wait_for_sends(self, copy: LocalCopy) -> None:
         for _ in range(MAX_PARTS + 1):

@@ -2,7 +2,8 @@
 
 Owns: ``WriteState``, ``TRANSITIONS`` and ``advance``. Every room asks ``advance`` to move a copy from one
 state to another; an illegal move raises ``AssertionError`` (a bug, never a user error), so no code can
-drift into a state the rest does not expect.
+drift into a state the rest does not expect. tests/test_recovery.py makes every allowed move at least once
+through the file system (a move no scenario can make does not belong in the table).
 
     CLEAN      the copy equals the object version it is based on (or a new file nobody wrote yet).
     DIRTY      it differs from S3 and no close/fsync acknowledged the difference yet. Never published by
@@ -34,11 +35,12 @@ S = WriteState
 TRANSITIONS: dict[WriteState, frozenset[WriteState]] = {
     # written, truncated or chmod-ed / a flush of an unchanged copy needs no upload / lost its name
     S.CLEAN: frozenset({S.DIRTY, S.ORPHANED}),
-    # close/fsync: upload now (or acknowledge and upload later) / lost its name / a local write failed
-    S.DIRTY: frozenset({S.UPLOADING, S.ACKED, S.ORPHANED, S.BROKEN}),
+    # close/fsync: publish (acknowledged from here on) / lost its name / a local write failed
+    S.DIRTY: frozenset({S.UPLOADING, S.ORPHANED, S.BROKEN}),
     # retry / written again / lost its name / a write failed
     S.ACKED: frozenset({S.UPLOADING, S.DIRTY, S.ORPHANED, S.BROKEN}),
-    # published (CLEAN, or DIRTY when written meanwhile) / failed: retry later / someone else won
+    # published (CLEAN, or DIRTY when written meanwhile) / failed or cancelled: retry later / someone
+    # else won / a later write failed (what the flush acknowledged was read before it)
     S.UPLOADING: frozenset({S.CLEAN, S.DIRTY, S.ACKED, S.CONFLICTED, S.BROKEN}),
     # written again (its next publish conflicts again: the base is gone) / lost its name
     S.CONFLICTED: frozenset({S.DIRTY, S.ORPHANED}),
