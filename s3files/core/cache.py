@@ -106,6 +106,7 @@ class LocalCopy:
     broken: str | None = None  # why a BROKEN copy is unfit (a write into it failed)
     closed: bool = False  # dropped: queued writes and background sends must not touch it
     kept: bool = False  # holds changes that could not be published anywhere: file and record stay
+    recorded_ack: bool = False  # its record on disk says "acknowledged"
     mtime_set: bool = False  # mtime was set explicitly (utime) after the last write: publish it
     changed: dict[int, int] = field(default_factory=dict)  # part index -> generation of its last change
     present: set[int] = field(default_factory=set)  # parts below base_size whose bytes are local
@@ -266,6 +267,7 @@ class LocalCache:
             return
         try:
             self.folder.save(self.record(copy), durable=durable)
+            copy.recorded_ack = copy.acknowledged
         except OSError as exc:
             log.error("op=record path=%s cannot be written: %s", copy.path, exc)
 
@@ -512,6 +514,8 @@ class LocalCache:
         copy.generation += 1  # an upload in flight sees it and leaves the copy DIRTY when it is done
         if copy.state in (WriteState.CLEAN, WriteState.ACKED, WriteState.CONFLICTED):
             copy.move(WriteState.DIRTY)
+        if copy.recorded_ack:
+            self.save(copy)  # the record must stop saying "acknowledged": recovery would publish this
 
     def _write_behind(self, copy: LocalCopy, data: bytes, off: int) -> None:
         """Queue ``data`` for the local disk and return at once, so the next FUSE write is taken while a

@@ -21,6 +21,7 @@ import enum
 import logging
 import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from s3files.core.cache import Multipart
@@ -93,7 +94,7 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
                     "why": _why(record),
                     "state": record.state,
                     "acknowledged": record.acknowledged,
-                    "bytes": record.size,
+                    "bytes": _size(fs.folder.data_path(record.id)),  # a never-closed file's record lags
                     "data": str(fs.folder.data_path(record.id)),
                 }
             )
@@ -147,6 +148,13 @@ async def _abort(fs: FileSystem, record: Record, report: RecoveryReport) -> None
     if record.upload_id and record.upload_key:
         await abort_quietly(fs.store, record.upload_key, record.upload_id)
         report.aborted_uploads += 1
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _why(record: Record) -> str:

@@ -71,7 +71,7 @@ class Superblock:
         # Attributes shown must be the object's own when other users share the mount: the kernel checks
         # their access against them (default_permissions).
         self.true_attributes = opts.allow_other
-        self._is_local = is_local
+        self.is_local = is_local
         self._now = now
         self.ns = Namespace(opts.source.prefix)
         self.inodes = InodeTable(Defaults(opts.uid, opts.gid, opts.file_mode, opts.dir_mode), root_mtime=wall())
@@ -98,7 +98,7 @@ class Superblock:
         return self._now() + self.ttl
 
     def is_fresh(self, node: Inode) -> bool:
-        return node.is_dir or node.fresh_until > self._now() or self._is_local(node.ino)
+        return node.is_dir or node.fresh_until > self._now() or self.is_local(node.ino)
 
     def stale(self, node: Inode) -> None:
         """Ask S3 about ``node`` at its next use (someone else's version won its key)."""
@@ -122,7 +122,7 @@ class Superblock:
         listing, when there is one, wins over ``entry``: a readdir pages through a snapshot taken at its
         start, and the cached listing has every change made here since."""
         node = self.inodes.by_path(path)
-        if node is not None and self._is_local(node.ino):
+        if node is not None and self.is_local(node.ino):
             return node  # being changed here: our copy is newer than anything S3 or a listing says
         parent, _, name = path.rpartition("/")
         entry = self.cached_entry(parent, name) or entry
@@ -304,7 +304,7 @@ class Superblock:
         """What ``name`` in folder ``parent_path`` is: a local file, or per a fresh listing, or S3."""
         path = join(parent_path, name)
         local = self.inodes.by_path(path)
-        if local is not None and self._is_local(local.ino):
+        if local is not None and self.is_local(local.ino):
             return Entry(name, is_dir=False)
         listing = self._listings.get(parent_path)
         if listing is None and (parent_path in self._small_folders or self._probed_enough(parent_path)):

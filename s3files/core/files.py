@@ -1,0 +1,369 @@
+"""Open files and the life of their local copies: open, read, write, close, truncate, chmod.
+
+Owns: what opening, reading, writing, closing and setattr ask of the superblock (names, attributes),
+the handles, the local cache and the uploader, and when a local copy is published: at close and fsync
+(close-to-open), and at the last close of a path-based change (truncate(2), chmod). Also what happens to
+a copy whose file loses its name (``orphan``) or moves (``follow``). Must not change the tree (treeops.py)
+nor decide about stops and recovery (fs.py).
+
+Request budget (asserted by tests): ``open`` is one HEAD (close-to-open: every open sees the newest
+version), or for a cold read one GET of the first part; reads then pin its ETag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from s3files.core.cache import LocalCache, LocalCopy
+from s3files.core.handles import FileHandle, Handles
+from s3files.core.inodes import ROOT_INO, Attr, Inode
+from s3files.core.links import copy_object
+from s3files.core.namespace import join, valid_name
+from s3files.core.reader import PartBuffers, Reader, Spawn
+from s3files.core.superblock import Superblock
+from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
+from s3files.core.writestate import WriteState
+from s3files.errors import (
+    BadHandle,
+    FileExists,
+    InvalidArgument,
+    InvalidName,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    PreconditionFailed,
+    ReadOnly,
+)
+from s3files.options import MountOptions
+from s3files.store.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    fh: int
+    keep_cache: bool  # the kernel may keep its cached pages: the object is the version it cached
+    attr: Attr
+    direct_io: bool = False  # the kernel's page cache is bypassed for this open (--direct-io)
+
+
+class Files:
+    """The file operations of one mount (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        opts: MountOptions,
+        sb: Superblock,
+        cache: LocalCache,
+        uploader: Uploader,
+        handles: Handles,
+        spawn: Spawn,
+        wall: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.opts = opts
+        self.sb = sb
+        self.cache = cache
+        self.uploader = uploader
+        self.handles = handles
+        self._spawn = spawn
+        self._wall = wall
+        self._part_buffers = PartBuffers(opts.read.part_size, opts.read.max_window + opts.read.part_size, spawn)
+
+    def key_of(self, copy: LocalCopy) -> str:
+        return self.sb.ns.file_key(copy.node.path)
+
+    @property
+    def spare_read_bytes(self) -> int:
+        return self._part_buffers.held_bytes
+
+    def check_writable(self, what: str) -> None:
+        """Every changing operation goes through here: a --read-only mount refuses with EROFS."""
+        if self.opts.read_only:
+            raise ReadOnly(f"{what}: the mount is read-only")
+
+    def new_path(self, parent: Inode, name: str, what: str) -> str:
+        self.check_writable(f"{what} {name}")
+        if not parent.is_dir:
+            raise NotADirectory(f"{parent.path} is not a folder")
+        if len(name.encode("utf-8", "surrogatepass")) > 255:
+            raise InvalidName(f"name too long: {name[:40]}...")
+        if not valid_name(name):
+            raise InvalidArgument(f"not a valid name: {name!r}")
+        return join(parent.path, name)
+
+    async def open(self, ino: int, flags: int) -> OpenFile:
+        node = self.sb.node(ino)
+        if node.is_dir:
+            raise IsADirectory(f"{node.path} is a folder")
+        writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        truncate = bool(flags & os.O_TRUNC)
+        if writable or truncate:
+            self.check_writable(f"open {node.path} for writing")
+        copy = self.cache.get(ino)
+        first: bytes | bytearray | None = None
+        if copy is None:
+            if not self.sb.linked(node):
+                raise NotFound(f"{node.path} was removed")  # never ask S3 by a name this inode lost
+            if not writable and self._cold_to_read(node):
+                node, first = await self.sb.get_first(node, self.opts.read.first_part)
+            else:
+                node = await self.sb.head(node)  # close-to-open: every open sees the newest version
+            copy = self.cache.get(ino)  # another open may have made the copy while we asked S3
+            if copy is None and writable:
+                copy = await self._stage(node, truncate)
+                truncate = False
+            if copy is not None:
+                first = None
+        if copy is not None and truncate:
+            await self._truncate(node, copy, 0)
+        keep_cache = copy is None and self._kernel_caches(node)
+        if copy is None:
+            node.page_cache_etag = node.etag
+        else:
+            copy.handles += 1  # readers too: they read the local copy, which must outlive them
+            node.page_cache_etag = None
+        reader = self._reader(node, first if not keep_cache else None)
+        fh = self.handles.open_file(FileHandle(node, reader, writable, node.etag, counted=copy is not None))
+        return OpenFile(fh, keep_cache, node.attr(), self.opts.direct_io)
+
+    def _cold_to_read(self, node: Inode) -> bool:
+        """Open with one GET of the file's first part instead of a HEAD: it was not empty when last seen,
+        and neither the kernel's page cache nor a clean local copy is likely to hold its bytes already.
+        The price, for a program that opens a large file only to read elsewhere (a Parquet footer), is up
+        to ``first_part`` bytes fetched in vain within the same round trip."""
+        return node.size > 0 and not self._kernel_caches(node) and not self.cache.holds_clean(node.ino)
+
+    def _kernel_caches(self, node: Inode) -> bool:
+        """The kernel's page cache may hold this version's bytes: it cached them at an earlier open (never
+        with --direct-io, where no open uses the page cache)."""
+        return not self.opts.direct_io and node.page_cache_etag == node.etag
+
+    def _reader(self, node: Inode, first: bytes | bytearray | None = None) -> Reader:
+        key = self.sb.ns.file_key(node.path)
+        return Reader(self.store, key, node.size, node.etag, self.opts.read, self._spawn, first, self._part_buffers)
+
+    async def _stage(self, node: Inode, truncate: bool) -> LocalCopy:
+        """Make the local copy of ``node`` that writes go to (its parts are fetched when first needed)."""
+        copy = self.cache.take_clean(node)  # the copy we uploaded last, if still this version
+        if copy is None:
+            copy = self.cache.create(node, node.etag, node.size, truncate)
+        elif truncate:
+            await self.cache.truncate(copy, 0)
+        node.size = copy.size()
+        return copy
+
+    async def _truncate(self, node: Inode, copy: LocalCopy, size: int) -> None:
+        await self.cache.truncate(copy, size)
+        node.size = size
+        node.mtime = self._wall()
+
+    async def create(self, parent_ino: int, name: str, mode: int, uid: int, gid: int, flags: int = 0) -> OpenFile:
+        """Create and open a new file; it exists in S3 once closed (or fsynced). Acquires the inode.
+
+        A name another process of this mount created a moment ago (its file not closed yet) is opened
+        instead, as O_CREAT does on any file system (EEXIST with O_EXCL)."""
+        parent = self.sb.node(parent_ino)
+        path = self.new_path(parent, name, "create")
+        existing = self.sb.inodes.by_path(path)
+        if existing is not None and self.sb.is_local(existing.ino):
+            if flags & os.O_EXCL:
+                raise FileExists(f"{path} exists")
+            opened = await self.open(existing.ino, flags | (os.O_RDWR if not flags & os.O_WRONLY else 0))
+            self.sb.inodes.acquire(existing.ino)
+            return opened
+        node = self.sb.inodes.put_local_file(path, mode, uid, gid, self._wall())
+        copy = self.cache.create(node, None, 0, truncate=True)
+        copy.handles = 1
+        self.sb.inodes.acquire(node.ino)
+        fh = self.handles.open_file(FileHandle(node, self._reader(node), True, counted=True))
+        return OpenFile(fh, False, node.attr(), self.opts.direct_io)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        handle = self.handles.file(fh)
+        copy = self.cache.get(handle.ino)
+        if copy is not None:
+            return await self.cache.read(copy, self.key_of(copy), off, size)
+        node = handle.node
+        if node.page_cache_etag != handle.etag and not self.opts.direct_io:
+            # A newer version was opened since: the kernel caches what we return for the inode, not for
+            # the handle, so old bytes returned now would be read by the newer handles too. ESTALE.
+            # (With --direct-io nothing is cached: each handle reads its own version.)
+            raise PreconditionFailed(f"{node.path} changed since this file was opened; open it again")
+        local = self.cache.read_clean(node.ino, handle.etag, off, size)
+        if local is not None:
+            return local
+        return await handle.reader.read(off, size)
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        handle = self.handles.file(fh)
+        copy = self.cache.get(handle.ino)
+        if not handle.writable or copy is None:
+            raise BadHandle(f"file handle {fh} is not open for writing")
+        parts = await self.cache.write(copy, self.key_of(copy), off, data)
+        self.uploader.stream(copy, parts, off, off + len(data))
+        node = handle.node
+        node.size = max(node.size, off + len(data))
+        node.mtime = self._wall()
+        return len(data)
+
+    async def flush(self, fh: int) -> None:
+        """close() of one descriptor (and fsync): publish what was written, so others see it after."""
+        handle = self.handles.file(fh)
+        copy = self.cache.get(handle.ino)
+        if handle.writable and copy is not None:
+            await self.publish(copy)
+
+    async def publish(self, copy: LocalCopy) -> None:
+        node = copy.node
+        try:
+            info = await self.uploader.publish(copy)
+        except WriteConflict:
+            self.sb.stale(node)  # the key holds theirs, which the next open will see
+            raise
+        if info is None:
+            return
+        node.etag = node.meta_etag = info.etag
+        if not copy.mtime_set:
+            node.mtime = info.last_modified  # what a HEAD will say from now on
+        node.fresh_until = self.sb.fresh_until()
+        if self.sb.linked(node):
+            self.sb.listed_file(node, info)
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.close_file(fh)
+        if handle is None:
+            return
+        copy = self.cache.get(handle.ino)
+        if copy is None or not handle.counted:
+            return
+        copy.handles -= 1
+        if copy.handles > 0:
+            return
+        try:
+            if not copy.sending.retry_pending:  # the flush before failed: its retry is scheduled
+                await self.publish(copy)
+        finally:
+            await self.after_last_close(copy)
+
+    async def after_last_close(self, copy: LocalCopy) -> None:
+        """Nobody has ``copy`` open any more: keep it as the clean cache of its version, drop it, or
+        (an acknowledged upload that failed) leave it live for the background retry."""
+        if copy.unsent:
+            log.error(
+                "op=release path=%r: not uploaded yet; kept at %s and retried in the background",
+                copy.node.path,
+                copy.path,
+            )
+            return
+        with trio.CancelScope(shield=True):
+            await self.uploader.wait_for_sends(copy)
+            if copy.state is not WriteState.CLEAN:
+                await self.uploader.drop_upload(copy)
+        if self.cache.settle(copy):
+            self._repin(copy.node)
+        self.sb.inodes.drop_if_forgotten(copy.node.ino)
+
+    def published_later(self, copy: LocalCopy) -> None:
+        """A background retry published ``copy`` (its upload had failed at close)."""
+        if copy.state is WriteState.CLEAN:
+            node = copy.node
+            node.etag = node.meta_etag = copy.base_etag
+            node.fresh_until = 0.0  # the next stat asks S3 for the rest
+            log.info("op=upload path=%r uploaded after an earlier failure", node.path)
+        if copy.handles == 0:
+            self._spawn(self.after_last_close, copy)
+
+    def _repin(self, node: Inode) -> None:
+        """The file's local copy is now its object's version ``node.etag``: handles opened before (which
+        read the copy meanwhile) and the kernel's cached pages (written through) are of it."""
+        node.page_cache_etag = node.etag
+        for handle in self.handles.of(node):
+            if handle.etag != node.etag:
+                handle.reader.close()
+                handle.etag, handle.reader = node.etag, self._reader(node)
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime: float | None = None,
+    ) -> Attr:
+        node = self.sb.node(ino)
+        self.check_writable(f"change attributes of {node.path}")
+        if size is not None:
+            if node.is_dir:
+                raise IsADirectory(f"{node.path} is a folder")
+            copy = self.cache.get(ino)
+            if copy is None:
+                if not self.sb.linked(node):
+                    raise NotFound(f"{node.path} was removed")
+                node = await self.sb.head(node)
+                copy = self.cache.get(ino) or await self._stage(node, truncate=size == 0)
+            await self._truncate(node, copy, size)
+        if mode is not None:
+            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
+        node.uid = node.uid if uid is None else uid
+        node.gid = node.gid if gid is None else gid
+        node.mtime = node.mtime if mtime is None else mtime
+        metadata_changed = (mode, uid, gid, mtime) != (None, None, None, None)
+        copy = self.cache.get(ino)
+        if copy is not None:
+            if metadata_changed:
+                self.cache.changed(copy)
+                copy.mtime_set = copy.mtime_set or mtime is not None
+            if copy.handles == 0:  # truncate(2) or chmod on a path, not through an open file: publish now
+                try:
+                    await self.publish(copy)
+                finally:
+                    await self.after_last_close(copy)
+        elif metadata_changed and not node.is_dir:
+            key = self.sb.ns.file_key(node.path)
+            # copy_object: a symlink keeps its listable form, and objects over 5 GiB are copied in parts
+            source = ObjectInfo(key, node.size, node.etag or "", node.mtime)
+            node.etag = node.meta_etag = await copy_object(self.store, source, key, metadata=posix_metadata(node))
+            self.sb.listed_file(node, ObjectInfo(key, node.size, node.etag, 0.0))  # 0: LastModified not known
+        elif metadata_changed and node.ino != ROOT_INO:
+            # A folder's attributes live in its marker object (as mkdir writes it; the root has none).
+            await self.store.put(self.sb.ns.dir_prefix(node.path), b"", posix_metadata(node))
+            self.sb.listed_folder(node)
+        return node.attr()
+
+    async def orphan(self, node: Inode) -> None:
+        """``node`` lost its name (unlink, or a rename over it): open handles keep working on its local
+        copy, which is never published any more, and is dropped at the last close."""
+        copy = self.cache.get(node.ino)
+        if copy is not None and copy.state is not WriteState.ORPHANED:
+            copy.move(WriteState.ORPHANED)
+            if copy.handles == 0:
+                self._spawn(self.after_last_close, copy)
+        self.cache.forget_clean(node.ino)
+
+    async def follow(self, node: Inode, etag: str | None) -> None:
+        """``node`` was renamed; its object is the copy of ETag ``etag`` now (None: nothing was copied).
+        Open readers fetch from the new key, and a local copy's next publish is conditional on the
+        copy's ETag. The copy keeps the metadata, so what a HEAD told of the old version holds."""
+        if etag is not None:
+            if node.meta_etag == node.etag:
+                node.meta_etag = etag
+            node.etag = etag
+        copy = self.cache.get(node.ino)
+        if copy is not None:
+            if etag is not None and copy.base_etag is not None:
+                copy.base_etag = etag
+            await self.uploader.drop_upload(copy)  # its parts went to the old key
+        key = self.sb.ns.file_key(node.path)
+        for handle in self.handles.of(node):
+            handle.reader.moved(key)

@@ -1,0 +1,229 @@
+"""Changing the tree: unlink, mkdir, rmdir, rename of files and folders, symlinks.
+
+Owns: what each of these asks of S3 (S3 has no rename: server-side copies, then deletes; trees.py moves a
+folder's keys) and of the superblock, and how open files follow. A file being written is never published
+by a change of the tree (only close and fsync publish, files.py): it moves along, or loses its name.
+Must not read or write file data.
+
+Request budget (asserted by tests): ``symlink`` 3 requests (one-part multipart upload, If-None-Match);
+``readlink`` one GET per version; ``rename`` of a file one copy and one delete; of a folder of N keys
+ceil(N/1000) LIST, N copies, N deletes.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+
+from s3files.core.cache import LocalCache
+from s3files.core.files import Files
+from s3files.core.handles import Handles
+from s3files.core.inodes import Attr
+from s3files.core.links import LINK_MAX, copy_object, link_metadata, put_link
+from s3files.core.namespace import Entry, join
+from s3files.core.superblock import Superblock
+from s3files.core.trees import move_tree
+from s3files.core.uploader import posix_metadata
+from s3files.core.writestate import WriteState
+from s3files.errors import (
+    FileExists,
+    InvalidArgument,
+    InvalidName,
+    IsADirectory,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotSupported,
+    PreconditionFailed,
+)
+from s3files.store.base import ObjectInfo, ObjectStore
+
+RENAME_NOREPLACE = 1  # linux/fs.h renameat2 flags
+RENAME_EXCHANGE = 2
+
+
+class TreeOps:
+    """The tree-changing operations of one mount (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        sb: Superblock,
+        cache: LocalCache,
+        handles: Handles,
+        files: Files,
+        wall: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.sb = sb
+        self.cache = cache
+        self.handles = handles
+        self.files = files
+        self._wall = wall
+
+    async def symlink(self, parent_ino: int, name: str, target: bytes, uid: int, gid: int) -> Attr:
+        """Create symlink ``name`` -> ``target`` (links.py: a one-part multipart upload, If-None-Match, so
+        an existing key is EEXIST). Acquires the inode."""
+        parent = self.sb.node(parent_ino)
+        path = self.files.new_path(parent, name, "symlink")
+        if not 0 < len(target) < LINK_MAX:
+            raise InvalidName(f"a symlink target must be 1 to {LINK_MAX - 1} bytes")
+        local = self.sb.inodes.by_path(path)
+        if (local is not None and self.sb.is_local(local.ino)) or self.sb.cached_entry(parent.path, name):
+            raise FileExists(f"{path} exists")
+        metadata = link_metadata(uid, gid, self._wall())
+        try:
+            info = await put_link(self.store, self.sb.ns.file_key(path), target, metadata, if_none_match=True)
+        except PreconditionFailed:
+            raise FileExists(f"{path} exists") from None
+        node = self.sb.inodes.put_file(path, info, self.sb.fresh_until())
+        node.target, node.target_etag = target, info.etag
+        self.sb.forget_listings(parent.path)
+        self.sb.inodes.acquire(node.ino)
+        return node.attr()
+
+    async def readlink(self, ino: int) -> bytes:
+        """The target of symlink ``ino``: one GET per version (ETag), then from the inode."""
+        node = self.sb.node(ino)
+        if not stat.S_ISLNK(node.mode):
+            raise InvalidArgument(f"{node.path} is not a symlink")
+        for _ in range(2):  # a second time only after a HEAD found a newer version
+            if node.target is not None and node.target_etag == node.etag:
+                return node.target
+            etag = node.etag
+            try:
+                key = self.sb.ns.file_key(node.path)
+                body = await self.store.get_range(key, 0, node.size, if_match=etag) if node.size else b""
+            except PreconditionFailed:
+                await self.sb.head(node)  # changed since we looked: learn the new version (or its new kind)
+                continue
+            except NotFound:
+                raise NotFound(f"{node.path} was removed from the bucket") from None
+            node.target, node.target_etag = bytes(body), etag
+            return node.target
+        raise PreconditionFailed(f"{node.path} keeps changing; try again")
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        parent = self.sb.node(parent_ino)
+        self.files.check_writable(f"unlink {name}")
+        entry = await self.sb.entry(parent.path, name)
+        if entry.is_dir:
+            raise IsADirectory(f"{join(parent.path, name)} is a folder")
+        path = join(parent.path, name)
+        node = self.sb.inodes.by_path(path)
+        copy = self.cache.get(node.ino) if node is not None else None
+        if copy is None:
+            await self.store.delete(self.sb.ns.file_key(path))
+        else:
+            async with copy.lock:  # a publish in flight lands first: our delete must come after it
+                if copy.base_etag is not None or copy.state is WriteState.CLEAN:
+                    await self.store.delete(self.sb.ns.file_key(path))
+                await self.files.orphan(copy.node)
+        if node is not None:
+            await self.files.orphan(node)
+        self.sb.inodes.unlink_path(path)
+        self.sb.listed(path, None)
+
+    async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Attr:
+        parent = self.sb.node(parent_ino)
+        path = self.files.new_path(parent, name, "mkdir")
+        try:
+            await self.sb.entry(parent.path, name)
+        except NotFound:
+            pass
+        else:
+            raise FileExists(f"{path} exists")
+        node = self.sb.inodes.put_dir(path, self._wall(), self.sb.fresh_until())
+        node.mode, node.uid, node.gid = stat.S_IFDIR | stat.S_IMODE(mode), uid, gid
+        try:
+            await self.store.put(self.sb.ns.dir_prefix(path), b"", posix_metadata(node), if_none_match=True)
+        except PreconditionFailed:
+            raise FileExists(f"{path} exists") from None
+        self.sb.new_folder(path)
+        self.sb.inodes.acquire(node.ino)
+        return node.attr()
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        parent = self.sb.node(parent_ino)
+        self.files.check_writable(f"rmdir {name}")
+        path = join(parent.path, name)
+        if not (await self.sb.entry(parent.path, name)).is_dir:
+            raise NotADirectory(f"{path} is not a folder")
+        marker = self.sb.ns.dir_prefix(path)
+        page = await self.store.list_page(marker, "/", max_keys=2)
+        local = any(self.sb.is_local(c.node.ino) and c.node.path.startswith(path + "/") for c in self.cache.live())
+        if local or page.prefixes or any(o.key != marker for o in page.objects):
+            raise NotEmpty(f"{path} is not empty")
+        await self.store.delete(marker)
+        self.sb.inodes.unlink_path(path)
+        self.sb.listed(path, None)
+        self.sb.forget_listings(path)
+
+    async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:
+        """Rename a file, symlink or folder: server-side copies, then deletes (S3 has no rename; neither
+        is atomic, see docs/SEMANTICS.md). Open files and the kernel's inodes follow the new name; a file
+        being written keeps being written, and is published under its new name at close."""
+        src_parent, dst_parent = self.sb.node(old_parent), self.sb.node(new_parent)
+        dst_path = self.files.new_path(dst_parent, new_name, "rename")
+        src_path = join(src_parent.path, old_name)
+        if flags & RENAME_EXCHANGE:
+            raise NotSupported("rename with RENAME_EXCHANGE is not supported")
+        source = await self.sb.entry(src_parent.path, old_name)
+        if source.is_dir and dst_path.startswith(src_path + "/"):
+            raise InvalidArgument(f"cannot move folder {src_path} into itself")
+        try:
+            target = await self.sb.entry(dst_parent.path, new_name)
+        except NotFound:
+            target = None
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FileExists(f"{dst_path} exists")
+            if source.is_dir and not target.is_dir:
+                raise NotADirectory(f"{dst_path} is not a folder")
+            if target.is_dir and not source.is_dir:
+                raise IsADirectory(f"{dst_path} is a folder")
+        if src_path == dst_path:
+            return  # rename(2) of a name onto itself does nothing
+        if source.is_dir:
+            await self._rename_folder(src_path, dst_path, target is not None)
+        else:
+            await self._rename_file(src_path, dst_path, source.info, target)
+        self.sb.forget_listings(src_parent.path, dst_parent.path)
+
+    async def _rename_file(self, src_path: str, dst_path: str, info: ObjectInfo | None, target: Entry | None) -> None:
+        """``info``: what a listing or HEAD said of the source (None for a file with a local copy). A
+        local copy is not published here (only close and fsync publish): the version it is based on, if
+        any, is copied to the new key, and the copy is published there when it is closed."""
+        node = self.sb.inodes.by_path(src_path)
+        copy = self.cache.get(node.ino) if node is not None else None
+        src_key, dst_key = self.sb.ns.file_key(src_path), self.sb.ns.file_key(dst_path)
+        etag = None
+        if copy is None or copy.base_etag is not None:
+            if info is None or info.key != src_key:
+                size = copy.base_size if copy else (node.size if node else 0)
+                base = (copy.base_etag if copy else None) or (node.etag if node else None) or ""
+                info = ObjectInfo(src_key, size, base, 0.0)
+            etag = await copy_object(self.store, info, dst_key)
+            await self.store.delete(src_key)
+        elif target is not None and not target.is_dir:
+            await self.store.delete(dst_key)  # the new file replaces it now; it is published at close
+        replaced = self.sb.inodes.by_path(dst_path)
+        if replaced is not None and replaced is not node:
+            await self.files.orphan(replaced)
+        self.sb.inodes.move(src_path, dst_path)
+        if node is not None:
+            await self.files.follow(node, etag)
+
+    async def _rename_folder(self, src_path: str, dst_path: str, replace_target: bool) -> None:
+        """Move every key of folder ``src_path`` (trees.py: copy all, then delete all). Local copies below
+        it move along and are published under their new names at close."""
+        below_src, below_dst = src_path + "/", dst_path + "/"
+        if any(self.sb.is_local(c.node.ino) and c.node.path.startswith(below_dst) for c in self.cache.live()):
+            raise NotEmpty(f"{dst_path} is not empty")
+        src_prefix, dst_prefix = self.sb.ns.dir_prefix(src_path), self.sb.ns.dir_prefix(dst_path)
+        moved = await move_tree(self.store, src_prefix, dst_prefix, replace_target)
+        for node in self.sb.inodes.move_tree(src_path, dst_path):
+            if not node.is_dir:
+                await self.files.follow(node, moved.get(node.path[len(below_dst) :]))
+        self.handles.move_folders(src_path, dst_path)
+        self.sb.forget_listings(src_path, dst_path, below=(below_src, below_dst))
