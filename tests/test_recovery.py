@@ -37,7 +37,7 @@ from hypothesis.stateful import (
 from test_core import resolve
 
 import s3files.core.uploader
-from s3files.core.cache import LocalCopy
+from s3files.core.copies import LocalCopy
 from s3files.core.fs import FileSystem
 from s3files.core.inodes import ROOT_INO
 from s3files.core.recovery import OnRecovery
@@ -235,7 +235,7 @@ def test_kill_mid_multipart_never_publishes_and_aborts_the_upload(tmp_path: Path
         # unsynced writes do; here they have landed, so the kept file holds every byte written.
         copy = fs.cache.get(opened.attr.ino)
         assert copy is not None
-        await fs.cache.settled(copy)
+        await fs.cache.io.settled(copy)
 
     async def main() -> None:
         await lives.life(body, "die")
@@ -504,20 +504,20 @@ def test_every_write_state_transition_happens_in_the_scenarios(tmp_path: Path, m
         assert scope.cancelled_caught
         copy = fs.cache.get((await fs.lookup(ROOT_INO, "c")).ino)
         assert copy is not None and copy.state is WriteState.ACKED
-        fs.cache._break(copy, "test: a local write failed")  # ACKED -> BROKEN
+        fs.cache.break_copy(copy, "test: a local write failed")  # ACKED -> BROKEN
         await fs.unlink(ROOT_INO, "c")  # BROKEN -> ORPHANED
         await fs.release(fh)
         fh = await write_file(fs, "e", b"e", close=False)
         copy = fs.cache.get((await fs.lookup(ROOT_INO, "e")).ino)
         assert copy is not None
-        fs.cache._break(copy, "test")  # DIRTY -> BROKEN
+        fs.cache.break_copy(copy, "test")  # DIRTY -> BROKEN
         fh2 = await write_file(fs, "u", b"u", close=False)
         copy = fs.cache.get((await fs.lookup(ROOT_INO, "u")).ino)
         assert copy is not None
         real_put = store.put
 
         async def put_and_break(*args: Any, **kw: Any) -> Any:
-            fs.cache._break(copy, "test")  # UPLOADING -> BROKEN
+            fs.cache.break_copy(copy, "test")  # UPLOADING -> BROKEN
             return await real_put(*args, **kw)
 
         store.put = put_and_break  # type: ignore[method-assign]

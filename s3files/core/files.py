@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import trio
 
-from s3files.core.cache import LocalCache, LocalCopy
+from s3files.core.cache import LocalCache
+from s3files.core.copies import LocalCopy
 from s3files.core.handles import FileHandle, Handles
 from s3files.core.inodes import ROOT_INO, Attr, Inode
 from s3files.core.links import copy_object
@@ -157,12 +158,12 @@ class Files:
         if copy is None:
             copy = self.cache.create(node, node.etag, node.size, truncate)
         elif truncate:
-            await self.cache.truncate(copy, 0)
+            await self.cache.io.truncate(copy, 0)
         node.size = copy.size()
         return copy
 
     async def _truncate(self, node: Inode, copy: LocalCopy, size: int) -> None:
-        await self.cache.truncate(copy, size)
+        await self.cache.io.truncate(copy, size)
         node.size = size
         node.mtime = self._wall()
 
@@ -191,7 +192,7 @@ class Files:
         handle = self.handles.file(fh)
         copy = self.cache.get(handle.ino)
         if copy is not None:
-            return await self.cache.read(copy, self.key_of(copy), off, size)
+            return await self.cache.io.read(copy, self.key_of(copy), off, size)
         node = handle.node
         if node.page_cache_etag != handle.etag and not self.opts.direct_io:
             # A newer version was opened since: the kernel caches what we return for the inode, not for
@@ -208,7 +209,7 @@ class Files:
         copy = self.cache.get(handle.ino)
         if not handle.writable or copy is None:
             raise BadHandle(f"file handle {fh} is not open for writing")
-        parts = await self.cache.write(copy, self.key_of(copy), off, data)
+        parts = await self.cache.io.write(copy, self.key_of(copy), off, data)
         self.uploader.stream(copy, parts, off, off + len(data))
         node = handle.node
         node.size = max(node.size, off + len(data))
@@ -322,7 +323,7 @@ class Files:
         copy = self.cache.get(ino)
         if copy is not None:
             if metadata_changed:
-                self.cache.changed(copy)
+                self.cache.io.changed(copy)
                 copy.mtime_set = copy.mtime_set or mtime is not None
             if copy.handles == 0:  # truncate(2) or chmod on a path, not through an open file: publish now
                 try:
@@ -347,6 +348,7 @@ class Files:
         copy = self.cache.get(node.ino)
         if copy is not None and copy.state is not WriteState.ORPHANED:
             copy.move(WriteState.ORPHANED)
+            self.cache.unrecord(copy)
             if copy.handles == 0:
                 self._spawn(self.after_last_close, copy)
         self.cache.forget_clean(node.ino)

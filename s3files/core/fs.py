@@ -19,7 +19,8 @@ from pathlib import Path
 
 import trio
 
-from s3files.core.cache import LocalCache, LocalCopy, clean_files_for
+from s3files.core.cache import LocalCache
+from s3files.core.copies import LocalCopy, clean_files_for
 from s3files.core.files import Files, OpenFile
 from s3files.core.handles import DirHandle, Handles
 from s3files.core.inodes import ROOT_INO, Attr, Inode
@@ -226,7 +227,7 @@ class FileSystem:
             log.error("uploads at unmount took over %d s", UNMOUNT_UPLOAD_TIMEOUT)
         for copy in self.cache.live():
             with trio.CancelScope(shield=True):
-                await self.cache.settled(copy)  # queued writes land before the descriptor is closed
+                await self.cache.io.settled(copy)  # queued writes land before the descriptor is closed
             if copy.unsent:
                 where = self.cache.keep_on_disk(copy)
                 why = "acknowledged, upload failed" if copy.acknowledged else "still open for writing, never closed"

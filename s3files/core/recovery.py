@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from s3files.core.cache import Multipart
+from s3files.core.copies import Multipart
 from s3files.core.records import Record
 from s3files.core.uploader import WriteConflict
 from s3files.core.writestate import WriteState

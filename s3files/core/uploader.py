@@ -28,7 +28,8 @@ from typing import NoReturn
 
 import trio
 
-from s3files.core.cache import SMALL_IO, CacheFull, LocalCache, LocalCopy, Multipart
+from s3files.core.cache import LocalCache
+from s3files.core.copies import SMALL_IO, CacheFull, LocalCopy, Multipart
 from s3files.core.inodes import Inode
 from s3files.core.parts import MAX_PARTS
 from s3files.core.tasks import run_all
@@ -126,7 +127,7 @@ class Uploader:
                 if copy.kept:
                     self.cache.save(copy, durable=True)  # kept for the user, not to publish
                 else:
-                    self.cache.folder.remove(copy.id, keep_data=True)
+                    self.cache.unrecord(copy)
                 raise
             except BaseException as exc:
                 if copy.state is WriteState.UPLOADING:
@@ -140,7 +141,7 @@ class Uploader:
             if copy.state is WriteState.UPLOADING:  # (BROKEN: a later write failed; it stays unfit)
                 copy.move(WriteState.CLEAN if copy.generation == generation else WriteState.DIRTY)
             if copy.state is WriteState.CLEAN:
-                self.cache.folder.remove(copy.id, keep_data=True)
+                self.cache.unrecord(copy)
             return info
 
     def _retry_later(self, copy: LocalCopy, delay: float) -> None:
@@ -170,7 +171,7 @@ class Uploader:
         self._on_published(copy)
 
     async def _publish(self, copy: LocalCopy, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
-        await self.cache.settled(copy)
+        await self.cache.io.settled(copy)
         await self.wait_for_sends(copy)
         snapshot = dict(copy.changed)
         size = copy.size()
@@ -221,7 +222,7 @@ class Uploader:
         await self.drop_upload(copy)
         count = self.layout.count(copy.size())
         try:
-            await self.cache.ensure(copy, key, range(count))
+            await self.cache.io.ensure(copy, key, range(count))
         except (PreconditionFailed, ObjectNotFound):
             where = self.cache.keep_on_disk(copy)
             copy.kept = True
@@ -246,8 +247,8 @@ class Uploader:
         if_none_match = copy.base_etag is None
         if size <= self.layout.span(0)[1]:
             await self.drop_upload(copy)  # streamed, then truncated small again
-            await self.cache.ensure(copy, key, range(1))
-            await self.cache.settled(copy)
+            await self.cache.io.ensure(copy, key, range(1))
+            await self.cache.io.settled(copy)
             if size <= SMALL_IO or copy.path is None:  # inline in memory: a spill may swap fd meanwhile
                 data = os.pread(copy.fd, size, 0)
             else:
@@ -311,7 +312,7 @@ class Uploader:
                         key, upload.upload_id, index + 1, key, start, stop, if_match=copy.base_etag
                     )
                 return
-            await self.cache.ensure(copy, key, [index])
+            await self.cache.io.ensure(copy, key, [index])
             await self._send(copy, upload, index)
             done[index] = upload.sent[index][2]
 
@@ -380,7 +381,7 @@ class Uploader:
             previous = upload.sent.get(index)
             if stop <= start or (previous is not None and previous[:2] == (generation, stop - start)):
                 return
-            await self.cache.settled(copy)
+            await self.cache.io.settled(copy)
             part = await self.store.upload_part_from(upload.key, upload.upload_id, index + 1, copy.fd, start, stop - start)
         upload.sent[index] = (generation, stop - start, part)
         if copy.sending.upload is upload:
@@ -402,7 +403,7 @@ class Uploader:
         """Stop everything in flight for ``copy`` and drop it from the cache (its data file too, unless
         ``keep_data``: kept after a stop, for recovery)."""
         copy.closed = True
-        await self.cache.settled(copy)  # no queued write may touch the descriptor after it is closed
+        await self.cache.io.settled(copy)  # no queued write may touch the descriptor after it is closed
         await self.wait_for_sends(copy)
         if not keep_data:
             await self.drop_upload(copy)
