@@ -1,7 +1,9 @@
 """The store seam: the ONLY package that talks to S3 (aiobotocore/botocore live here and nowhere else).
 
 ``S3Store``/``open_s3_store``/``create_bucket`` (and the trio->asyncio bridge) are imported lazily, so code
-that only needs the protocol or the in-memory store does not pay for importing aiobotocore.
+that only needs the protocol or the in-memory store does not pay for importing aiobotocore. The S3
+store's modules (session, error translation, object and multipart requests, the direct path) are listed
+in s3.py's docstring.
 """
 
 from __future__ import annotations
