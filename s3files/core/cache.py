@@ -210,11 +210,11 @@ class LocalCache:
         copy.broken = why
         if copy.state is not WriteState.ORPHANED:
             copy.move(WriteState.BROKEN)
-        self.unrecord(copy)
+        self.save(copy)  # recovery must not publish it, and aborts its upload if it dies with one
 
     def unrecord(self, copy: LocalCopy) -> None:
-        """``copy`` has nothing a recovery may publish (clean, orphaned, broken, its conflict copy
-        written): its record goes at once, its data file when the copy is dropped."""
+        """``copy`` has nothing a recovery may publish nor abort (clean, or its conflict copy written): its
+        record goes at once, its data file when the copy is dropped."""
         self.folder.remove(copy.id, keep_data=True)
         copy.recorded_ack = False
 

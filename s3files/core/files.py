@@ -348,7 +348,8 @@ class Files:
         copy = self.cache.get(node.ino)
         if copy is not None and copy.state is not WriteState.ORPHANED:
             copy.move(WriteState.ORPHANED)
-            self.cache.unrecord(copy)
+            self.cache.save(copy)  # recovery must not publish it, and aborts its upload if it dies first
+            await self.uploader.drop_upload(copy)  # its parts are never going to be completed
             if copy.handles == 0:
                 self._spawn(self.after_last_close, copy)
         self.cache.forget_clean(node.ino)

@@ -361,8 +361,8 @@ class Uploader:
         """The copy's multipart upload to ``key``, created (and recorded) on first need."""
         sending = copy.sending
         async with sending.lock:
-            if copy.closed:
-                raise S3FilesError("dropped")
+            if copy.closed or copy.state in (WriteState.ORPHANED, WriteState.BROKEN):
+                raise S3FilesError("not to be published")
             upload = sending.upload
             if upload is None or upload.key != key:
                 metadata = {**self.metadata(copy), TOKEN: secrets.token_hex(8)}
