@@ -107,7 +107,7 @@ class LocalCache:
         if size == 0 and self.memory_room(SPILL_BYTES):
             fd, path = os.memfd_create("s3files-copy", os.MFD_CLOEXEC), None
         else:
-            fd, path = self._new_file(copy_id, size)
+            fd, path = self.folder.new_data(copy_id, size)
         copy = LocalCopy(copy_id, path, fd, base_etag=base_etag, base_size=size, node=node, length=size)
         if base_etag is None or (truncate and base_size > 0):
             copy.move(WriteState.DIRTY)  # even an empty new file is created
@@ -115,17 +115,6 @@ class LocalCache:
         if path is not None:
             self.save(copy)
         return copy
-
-    def _new_file(self, copy_id: str, size: int) -> tuple[int, os.PathLike[str]]:
-        path = self.folder.data_path(copy_id)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, size)  # sparse: holes until parts are fetched or written
-        except OSError:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
-        return fd, path
 
     def open_recorded(self, record: Record, node: Inode) -> LocalCopy:
         """A copy rebuilt from a record a stopped or dead daemon left (recovery.py)."""
@@ -178,7 +167,7 @@ class LocalCache:
         if not self._disk_room(len(data)):
             raise self._full()
         try:
-            fd, path = self._new_file(copy.id, copy.length)
+            fd, path = self.folder.new_data(copy.id, copy.length)
         except OSError as exc:
             raise self._unwritable(exc) from None
         try:

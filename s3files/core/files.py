@@ -210,7 +210,7 @@ class Files:
         if not handle.writable or copy is None:
             raise BadHandle(f"file handle {fh} is not open for writing")
         parts = await self.cache.io.write(copy, self.key_of(copy), off, data)
-        self.uploader.stream(copy, parts, off, off + len(data))
+        self.uploader.parts.stream(copy, parts, off, off + len(data))
         node = handle.node
         node.size = max(node.size, off + len(data))
         node.mtime = self._wall()
@@ -266,9 +266,9 @@ class Files:
             )
             return
         with trio.CancelScope(shield=True):
-            await self.uploader.wait_for_sends(copy)
+            await self.uploader.parts.wait_for_sends(copy)
             if copy.state is not WriteState.CLEAN:
-                await self.uploader.drop_upload(copy)
+                await self.uploader.parts.drop_upload(copy)
         if self.cache.settle(copy):
             self._repin(copy.node)
         self.sb.inodes.drop_if_forgotten(copy.node.ino)
@@ -349,24 +349,7 @@ class Files:
         if copy is not None and copy.state is not WriteState.ORPHANED:
             copy.move(WriteState.ORPHANED)
             self.cache.save(copy)  # recovery must not publish it, and aborts its upload if it dies first
-            await self.uploader.drop_upload(copy)  # its parts are never going to be completed
+            await self.uploader.parts.drop_upload(copy)  # its parts are never going to be completed
             if copy.handles == 0:
                 self._spawn(self.after_last_close, copy)
         self.cache.forget_clean(node.ino)
-
-    async def follow(self, node: Inode, etag: str | None) -> None:
-        """``node`` was renamed; its object is the copy of ETag ``etag`` now (None: nothing was copied).
-        Open readers fetch from the new key, and a local copy's next publish is conditional on the
-        copy's ETag. The copy keeps the metadata, so what a HEAD told of the old version holds."""
-        if etag is not None:
-            if node.meta_etag == node.etag:
-                node.meta_etag = etag
-            node.etag = etag
-        copy = self.cache.get(node.ino)
-        if copy is not None:
-            if etag is not None and copy.base_etag is not None:
-                copy.base_etag = etag
-            await self.uploader.drop_upload(copy)  # its parts went to the old key
-        key = self.sb.ns.file_key(node.path)
-        for handle in self.handles.of(node):
-            handle.reader.moved(key)

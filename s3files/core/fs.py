@@ -79,7 +79,7 @@ class FileSystem:
         )
         self.handles = Handles()
         self.files = Files(store, opts, self.sb, self.cache, self.uploader, self.handles, spawn, wall)
-        self.tree = TreeOps(store, self.sb, self.cache, self.handles, self.files, wall)
+        self.tree = TreeOps(store, self.sb, self.cache, self.handles, self.files, self.uploader, wall)
         self.recovery = RecoveryReport()
 
     def _is_local(self, ino: int) -> bool:

@@ -98,6 +98,18 @@ class CacheFolder:
     def data_path(self, copy_id: str) -> Path:
         return self.files / f"{copy_id}.data"
 
+    def new_data(self, copy_id: str, size: int) -> tuple[int, Path]:
+        """A new data file of ``size`` bytes, sparse (holes until parts are fetched or written), open."""
+        path = self.data_path(copy_id)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return fd, path
+
     def _record_path(self, copy_id: str) -> Path:
         return self.files / f"{copy_id}.json"
 

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from s3files.core.cache import LocalCache
 from s3files.core.files import Files
 from s3files.core.handles import Handles
-from s3files.core.inodes import Attr
+from s3files.core.inodes import Attr, Inode
 from s3files.core.links import LINK_MAX, copy_object, link_metadata, put_link
 from s3files.core.namespace import Entry, join
 from s3files.core.superblock import Superblock
 from s3files.core.trees import move_tree
-from s3files.core.uploader import posix_metadata
+from s3files.core.uploader import Uploader, posix_metadata
 from s3files.core.writestate import WriteState
 from s3files.errors import (
     FileExists,
@@ -52,6 +52,7 @@ class TreeOps:
         cache: LocalCache,
         handles: Handles,
         files: Files,
+        uploader: Uploader,
         wall: Callable[[], float],
     ) -> None:
         self.store = store
@@ -59,6 +60,7 @@ class TreeOps:
         self.cache = cache
         self.handles = handles
         self.files = files
+        self.uploader = uploader
         self._wall = wall
 
     async def symlink(self, parent_ino: int, name: str, target: bytes, uid: int, gid: int) -> Attr:
@@ -212,7 +214,7 @@ class TreeOps:
             await self.files.orphan(replaced)
         self.sb.inodes.move(src_path, dst_path)
         if node is not None:
-            await self.files.follow(node, etag)
+            await self.follow(node, etag)
 
     async def _rename_folder(self, src_path: str, dst_path: str, replace_target: bool) -> None:
         """Move every key of folder ``src_path`` (trees.py: copy all, then delete all). Local copies below
@@ -224,6 +226,23 @@ class TreeOps:
         moved = await move_tree(self.store, src_prefix, dst_prefix, replace_target)
         for node in self.sb.inodes.move_tree(src_path, dst_path):
             if not node.is_dir:
-                await self.files.follow(node, moved.get(node.path[len(below_dst) :]))
+                await self.follow(node, moved.get(node.path[len(below_dst) :]))
         self.handles.move_folders(src_path, dst_path)
         self.sb.forget_listings(src_path, dst_path, below=(below_src, below_dst))
+
+    async def follow(self, node: Inode, etag: str | None) -> None:
+        """``node`` was renamed; its object is the copy of ETag ``etag`` now (None: nothing was copied).
+        Open readers fetch from the new key, and a local copy's next publish is conditional on the
+        copy's ETag. The copy keeps the metadata, so what a HEAD told of the old version holds."""
+        if etag is not None:
+            if node.meta_etag == node.etag:
+                node.meta_etag = etag
+            node.etag = etag
+        copy = self.cache.get(node.ino)
+        if copy is not None:
+            if etag is not None and copy.base_etag is not None:
+                copy.base_etag = etag
+            await self.uploader.parts.drop_upload(copy)  # its parts went to the old key
+        key = self.sb.ns.file_key(node.path)
+        for handle in self.handles.of(node):
+            handle.reader.moved(key)

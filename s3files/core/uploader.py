@@ -30,16 +30,14 @@ import trio
 
 from s3files.core.cache import LocalCache
 from s3files.core.copies import SMALL_IO, CacheFull, LocalCopy, Multipart
-from s3files.core.inodes import Inode
-from s3files.core.parts import MAX_PARTS
+from s3files.core.streaming import TOKEN, PartSender, posix_metadata
 from s3files.core.tasks import run_all
 from s3files.core.writestate import PUBLISHABLE, WriteState
 from s3files.errors import ObjectNotFound, PreconditionFailed, S3FilesError, StoreError, UploadNotFound
-from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore, abort_quietly
+from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
-TOKEN = "s3files-upload"  # user metadata: the id of the publish that wrote this version
 RETRY_FIRST = 1.0  # seconds before an acknowledged copy's failed upload is tried again; doubles
 RETRY_MOST = 300.0
 CONFLICT_NAMES = 5  # conflict copy names tried (each random) before giving up
@@ -56,19 +54,6 @@ def conflict_name(key: str, now: float) -> str:
     nor two conflicts within one second pick the same name."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
     return f"{key}.s3files-conflict-{stamp}-{secrets.token_hex(3)}"
-
-
-def posix_metadata(node: Inode, with_mtime: bool = True) -> dict[str, str]:
-    """POSIX metadata in s3fs-compatible x-amz-meta-* form (mode as decimal st_mode).
-
-    Written data goes without ``mtime`` unless it was set explicitly after the last write (``cp -p``):
-    the object's LastModified is then the file's mtime, which is right for new data, and an upload that
-    began while the program was still writing need not be fixed up afterwards.
-    """
-    metadata = {"mode": str(node.mode), "uid": str(node.uid), "gid": str(node.gid)}
-    if with_mtime:
-        metadata["mtime"] = f"{node.mtime:.9f}"
-    return metadata
 
 
 def _without_token(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -96,6 +81,7 @@ class Uploader:
         self._key_of = key_of
         self._on_published = on_published
         self._wall = wall
+        self.parts = PartSender(store, cache, spawn, key_of)
         self.retrying = 0  # copies waiting for a retry
         self.conflicts: list[str] = []  # conflict copies written by this mount (newest last, bounded)
 
@@ -172,7 +158,7 @@ class Uploader:
 
     async def _publish(self, copy: LocalCopy, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         await self.cache.io.settled(copy)
-        await self.wait_for_sends(copy)
+        await self.parts.wait_for_sends(copy)
         snapshot = dict(copy.changed)
         size = copy.size()
         base_size = copy.base_size
@@ -219,7 +205,7 @@ class Uploader:
     async def _standalone(self, copy: LocalCopy, key: str) -> None:
         """Make the local copy whole (every base part fetched), for writing it where the base version
         cannot be copied from. Raises WriteConflict, keeping the local file, if the base is gone."""
-        await self.drop_upload(copy)
+        await self.parts.drop_upload(copy)
         count = self.layout.count(copy.size())
         try:
             await self.cache.io.ensure(copy, key, range(count))
@@ -246,7 +232,7 @@ class Uploader:
         if_match = copy.base_etag
         if_none_match = copy.base_etag is None
         if size <= self.layout.span(0)[1]:
-            await self.drop_upload(copy)  # streamed, then truncated small again
+            await self.parts.drop_upload(copy)  # streamed, then truncated small again
             await self.cache.io.ensure(copy, key, range(1))
             await self.cache.io.settled(copy)
             if size <= SMALL_IO or copy.path is None:  # inline in memory: a spill may swap fd meanwhile
@@ -260,7 +246,7 @@ class Uploader:
                 )
             except PreconditionFailed:
                 return await self._ours_or_raise(key, token)
-        upload = await self.upload_for(copy, key)
+        upload = await self.parts.upload_for(copy, key)
         token = upload.metadata[TOKEN]
         # A failure to reach S3 leaves the upload and its parts in place (and in the record): the retry,
         # or the recovery after a crash, completes it without sending them again.
@@ -313,99 +299,19 @@ class Uploader:
                     )
                 return
             await self.cache.io.ensure(copy, key, [index])
-            await self._send(copy, upload, index)
+            await self.parts.send(copy, upload, index)
             done[index] = upload.sent[index][2]
 
         await run_all(partial(one, index) for index in range(count))
         return [part for part in done if part is not None]
-
-    # -- streaming: parts finished while the program writes go out at once ------------------------------
-
-    def stream(self, copy: LocalCopy, parts: range, off: int, end: int) -> None:
-        """Send the parts a write finished (wrote up to their end) while the program goes on writing.
-
-        Only for files past part 0 (smaller ones are one PUT at close). A part changed again later is
-        sent again at publish; a random writer that never reaches a part's end sends nothing early.
-        """
-        size = copy.size()
-        first_end = self.layout.span(0)[1]
-        if size <= first_end or copy.state is not WriteState.DIRTY:
-            return
-        if off <= first_end < end:
-            parts = range(0, parts[-1] + 1)  # just grew past part 0, which was held back: it goes too
-        for index in parts:
-            start, stop = self.layout.span(index)
-            if stop > size or stop > end:
-                continue
-            if start < copy.base_size and index not in copy.present:
-                continue
-            copy.sending.in_flight += 1
-            self._spawn(self._send_in_background, copy, index)
-
-    async def _send_in_background(self, copy: LocalCopy, index: int) -> None:
-        key = self._key_of(copy)
-        try:
-            upload = await self.upload_for(copy, key)
-            await self._send(copy, upload, index)
-        except S3FilesError as exc:
-            log.debug("op=upload_part key=%r part=%d will be sent at close: %s", key, index + 1, exc)
-        except OSError as exc:
-            log.debug("op=upload_part key=%r part=%d could not be read: %s", key, index + 1, exc)
-        finally:
-            sending = copy.sending
-            sending.in_flight -= 1
-            event, sending.event = sending.event, trio.Event()
-            event.set()
-
-    async def upload_for(self, copy: LocalCopy, key: str) -> Multipart:
-        """The copy's multipart upload to ``key``, created (and recorded) on first need."""
-        sending = copy.sending
-        async with sending.lock:
-            if copy.closed or copy.state in (WriteState.ORPHANED, WriteState.BROKEN):
-                raise S3FilesError("not to be published")
-            upload = sending.upload
-            if upload is None or upload.key != key:
-                metadata = {**self.metadata(copy), TOKEN: secrets.token_hex(8)}
-                upload_id = await self.store.create_multipart(key, metadata)
-                upload = sending.upload = Multipart(key, upload_id, metadata)
-                self.cache.save(copy)  # a crash must not orphan it
-            return upload
-
-    async def _send(self, copy: LocalCopy, upload: Multipart, index: int) -> None:
-        generation = copy.changed.get(index, 0)
-        async with self.slots:
-            if copy.closed:
-                return
-            start, stop = self.layout.span(index)
-            stop = min(stop, copy.size())
-            previous = upload.sent.get(index)
-            if stop <= start or (previous is not None and previous[:2] == (generation, stop - start)):
-                return
-            await self.cache.io.settled(copy)
-            part = await self.store.upload_part_from(upload.key, upload.upload_id, index + 1, copy.fd, start, stop - start)
-        upload.sent[index] = (generation, stop - start, part)
-        if copy.sending.upload is upload:
-            self.cache.save(copy)  # resumable after a crash
-
-    async def wait_for_sends(self, copy: LocalCopy) -> None:
-        for _ in range(MAX_PARTS + 1):
-            if copy.sending.in_flight == 0:
-                return
-            await copy.sending.event.wait()
-
-    async def drop_upload(self, copy: LocalCopy) -> None:
-        """Abort the copy's multipart upload, if any (it is not going to be completed)."""
-        upload, copy.sending.upload = copy.sending.upload, None
-        if upload is not None:
-            await abort_quietly(self.store, upload.key, upload.upload_id)
 
     async def discard(self, copy: LocalCopy, keep_data: bool = False) -> None:
         """Stop everything in flight for ``copy`` and drop it from the cache (its data file too, unless
         ``keep_data``: kept after a stop, for recovery)."""
         copy.closed = True
         await self.cache.io.settled(copy)  # no queued write may touch the descriptor after it is closed
-        await self.wait_for_sends(copy)
+        await self.parts.wait_for_sends(copy)
         if not keep_data:
-            await self.drop_upload(copy)
+            await self.parts.drop_upload(copy)
         self.cache.drop(copy, keep_data=keep_data)
 
