@@ -77,6 +77,28 @@ def test_daemon_mounts_reads_and_unmounts(
     assert_one_line_error(not_mounted, "not mounted")
 
 
+def test_a_cache_folder_serves_one_daemon(moto_server: MotoServer, bucket: str, tmp_path: Path) -> None:
+    """Two mounts of one bucket and prefix with one --cache-dir would recover each other's files: the
+    second is refused with one line naming the first's pid; another prefix has a folder of its own."""
+    first, second, third = (tmp_path / n for n in ("m1", "m2", "m3"))
+    for mp in (first, second, third):
+        mp.mkdir()
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--endpoint-url", moto_server.endpoint_url]
+    result = s3files("mount", f"s3://{bucket}/p/", str(first), *cache)
+    try:
+        assert result.returncode == 0, result.stderr
+        again = s3files("mount", f"s3://{bucket}/p/", str(second), *cache)
+        assert_one_line_error(again, "is in use by another s3files daemon (pid ", "--cache-dir")
+        assert mount_entry(second) is None
+        other = s3files("mount", f"s3://{bucket}/q/", str(third), *cache)
+        assert other.returncode == 0, other.stderr
+        assert s3files("unmount", str(third)).returncode == 0
+    finally:
+        done = s3files("unmount", str(first))
+    assert done.returncode == 0, done.stderr
+    assert wait_unmounted(first) and wait_unmounted(third)
+
+
 def test_non_ascii_mount_point_is_known_as_mounted(
     moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
 ) -> None:

@@ -186,6 +186,45 @@ def test_a_failed_upload_is_retried_in_the_background(tmp_path: Path, monkeypatc
     run(lambda: Lives(store, tmp_path).life(body))  # type: ignore[arg-type,return-value]
 
 
+def test_a_file_waiting_for_its_retry_is_listed_after_the_kernel_forgot_it(tmp_path: Path) -> None:
+    """Its inode is pinned by its local copy: a listing shows it, a lookup finds it, no EIO."""
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        store.fail("put", EndpointUnreachable("S3 is down"), times=1)
+        with pytest.raises(S3FilesError):
+            await write_file(fs, "waiting.txt", b"12345")
+        ino = (await fs.lookup(ROOT_INO, "waiting.txt")).ino
+        fs.forget(ino, 2)  # every reference the kernel held (create and this lookup)
+        fh = await fs.opendir(ROOT_INO)
+        assert [(n, a.ino, a.size) for n, a, _ in await fs.readdir(fh, 0)] == [("waiting.txt", ino, 5)]
+        assert (await fs.lookup(ROOT_INO, "waiting.txt")).ino == ino
+
+    run(lambda: Lives(store, tmp_path).life(body))  # type: ignore[arg-type,return-value]
+    assert store.data("waiting.txt") == b"12345"  # the stop's attempt
+
+
+def test_a_resumed_upload_that_s3_aborted_meanwhile_starts_again(tmp_path: Path) -> None:
+    store = MemoryStore()
+    lives = Lives(store, tmp_path)
+    big = random.Random(8).randbytes(17 * MIB)
+
+    async def body(fs: FileSystem) -> None:
+        store.fail("complete_multipart", EndpointUnreachable("S3 is down"), times=1)
+        with pytest.raises(S3FilesError):
+            await write_file(fs, "big", big)
+
+    async def main() -> None:
+        await lives.life(body, "die")
+        for upload in await store.list_multipart_uploads(""):
+            await store.abort_multipart(upload.key, upload.upload_id)  # a lifecycle rule, say
+        fs = await lives.life(nothing, "stop")  # recovery fails once, the stop's attempt starts anew
+        assert store.data("big") == big and fs.recovery.failed == ["big"]
+        assert await store.list_multipart_uploads("") == []
+
+    run(main)
+
+
 # -- crashes ------------------------------------------------------------------------------------------
 
 

@@ -250,7 +250,12 @@ class Uploader:
         token = upload.metadata[TOKEN]
         # A failure to reach S3 leaves the upload and its parts in place (and in the record): the retry,
         # or the recovery after a crash, completes it without sending them again.
-        parts = await self._parts(copy, key, upload, size)
+        try:
+            parts = await self._parts(copy, key, upload, size)
+        except UploadNotFound:
+            if copy.sending.upload is upload:
+                copy.sending.upload = None  # aborted meanwhile (a lifecycle rule?): the retry starts anew
+            raise
         try:
             info = await self.store.complete_multipart(
                 key, upload.upload_id, parts, if_match=if_match, if_none_match=if_none_match
