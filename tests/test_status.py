@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import trio
+from test_cli import assert_one_line_error
 
 from s3files.core.fs import FileSystem
 from s3files.core.inodes import ROOT_INO
@@ -60,16 +61,6 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
         if value or time.monotonic() > deadline:
             return value
         time.sleep(0.2)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("s3files: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @contextlib.contextmanager
