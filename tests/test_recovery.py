@@ -204,6 +204,25 @@ def test_a_file_waiting_for_its_retry_is_listed_after_the_kernel_forgot_it(tmp_p
     assert store.data("waiting.txt") == b"12345"  # the stop's attempt
 
 
+def test_a_renamed_file_waiting_for_its_upload_is_recovered_under_its_new_name(tmp_path: Path) -> None:
+    store = MemoryStore()
+    lives = Lives(store, tmp_path)
+
+    async def body(fs: FileSystem) -> None:
+        store.fail("put", EndpointUnreachable("S3 is down"), times=1)
+        fh = await write_file(fs, "old", b"acked", close=False)
+        with pytest.raises(S3FilesError):
+            await fs.flush(fh)
+        await fs.rename(ROOT_INO, "old", ROOT_INO, "new", 0)
+
+    async def main() -> None:
+        await lives.life(body, "die")
+        await lives.life(nothing, "stop")
+        assert store.keys() == ["new"] and store.data("new") == b"acked"
+
+    run(main)
+
+
 def test_a_resumed_upload_that_s3_aborted_meanwhile_starts_again(tmp_path: Path) -> None:
     store = MemoryStore()
     lives = Lives(store, tmp_path)
@@ -748,6 +767,24 @@ class CrashMachine(RuleBasedStateMachine):
         for handle in self.open:
             if handle.name == name:
                 handle.orphan = True
+
+    @rule(src=st.sampled_from(NAMES), dst=st.sampled_from(NAMES))
+    def rename(self, src: str, dst: str) -> None:
+        try:
+            self.call(lambda: self.fs.rename(ROOT_INO, src, ROOT_INO, dst, 0))
+        except S3FilesError as exc:
+            assert exc.errno == errno.ENOENT and self.content[src] is None
+            return
+        if src == dst:
+            return
+        for handle in self.open:
+            if handle.name == dst:
+                handle.orphan = True
+            elif handle.name == src:
+                handle.name = dst
+        self.acked[dst] |= self.acked[src]  # the version copied to the new name was acknowledged there
+        for model in (self.content, self.published, self.pending):
+            model[dst], model[src] = model[src], None
 
     @rule(times=st.integers(1, 3))
     def outage(self, times: int) -> None:
