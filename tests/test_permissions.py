@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -378,6 +379,10 @@ def test_cost_of_ls_l_with_and_without_allow_other(
             time.sleep(ttl + 0.2)
             ls(m / "top")
             assert top.take() == {"list": 1, **({"head": 3} if allow_other else {})}  # markers: per TTL
+    start = time.perf_counter()  # the same HEADs through boto3, 16 threads: what the server allows
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: boto3_client.head_object(Bucket=bucket, Key=f"many/f{i:04d}"), range(N_FILES)))
+    print(f"\n{N_FILES} HEADs through boto3 with 16 threads: {time.perf_counter() - start:.2f} s")
     for allow_other, cold, warm, relisted in figures:
         print(
             f"\nls -l of {N_FILES} files on moto, {'with' if allow_other else 'without'} --allow-other: "
