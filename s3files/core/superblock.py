@@ -11,10 +11,11 @@ against what we answer (``default_permissions``), so no permission may be grante
 comes from a HEAD of its version; a version is (ETag, LastModified), because a metadata-only change
 (chmod by another mount or an SDK's copy onto itself) keeps the ETag but not the LastModified. A folder's
 comes from its marker object ``dir/`` (mkdir writes it; chmod, chown and utime of a folder rewrite it); a
-folder without a marker has the mount's defaults. Our own changes reach every cached copy of an entry:
-the inode, the folder's cached listing (``listed``, ``listed_file``, ``listed_folder``), a listing that
-was in flight while we changed it (``_since``), and a readdir's earlier snapshot (``record`` prefers the
-cached listing). Mounts without ``--allow-other`` keep the cheaper view described in inodes.py.
+folder without a marker has the mount's defaults (``Descriptions`` asks). Our own changes reach every
+cached copy of an entry: the inode, the folder's cached listing (``listed``, ``listed_file``,
+``listed_folder``), a listing that was in flight while we changed it (``_since``), and a readdir's earlier
+snapshot (``record`` prefers the cached listing). Mounts without ``--allow-other`` keep the cheaper view
+described in inodes.py.
 
 Request budget (asserted by tests):
 - a listing of N entries: ceil(N/1000) LIST; no HEAD per file, except symlink candidates (links.py) and,
@@ -69,20 +70,19 @@ class Superblock:
         self.store = store
         self.ttl = opts.metadata_ttl
         # Attributes shown must be the object's own when other users share the mount: the kernel checks
-        # their access against them (default_permissions).
+        # their access against them (default_permissions). See Descriptions.
         self.true_attributes = opts.allow_other
         self.is_local = is_local
         self._now = now
         self.ns = Namespace(opts.source.prefix)
         self.inodes = InodeTable(Defaults(opts.uid, opts.gid, opts.file_mode, opts.dir_mode), root_mtime=wall())
         self.mount_time = wall()
+        self.described = Descriptions(store, self.ns, self.inodes, opts.allow_other, self.ttl, now, self.mount_time)
         self._listings: TTLCache[str, dict[str, Entry]] = TTLCache(maxsize=256, ttl=max(self.ttl, 1e-9), timer=now)
         # Folders whose last listing was small (SMALL_FOLDER_PAGES): a lookup there re-lists (a LIST answers
         # every name for metadata_ttl) instead of probing each new name (HEAD + LIST), as when creating files.
         self._small_folders: LRUCache[str, bool] = LRUCache(maxsize=4096)
         self._probed: LRUCache[str, int] = LRUCache(maxsize=4096)  # folder -> names probed there
-        # true_attributes: folder -> its marker's HEAD (or "no marker"), trusted for metadata_ttl
-        self._markers: TTLCache[str, ObjectInfo] = TTLCache(maxsize=4096, ttl=max(self.ttl, 1e-9), timer=now)
         # Our own changes, numbered, so a listing that was in flight meanwhile does not undo them.
         self._changes = 0
         self._changed: LRUCache[str, tuple[int, Entry | None]] = LRUCache(maxsize=4096)
@@ -156,7 +156,7 @@ class Superblock:
             if len(pages) >= max_pages:
                 self._small_folders.pop(path, None)  # too big to list for lookups: probe its names now
                 return None
-        entries = self._since(since, path, await self._described(path, self.ns.entries(path, pages)))
+        entries = self._since(since, path, await self.described.listing(path, self.ns.entries(path, pages)))
         if self.caches:
             self._listings[path] = entries
             if len(pages) <= SMALL_FOLDER_PAGES:
@@ -206,9 +206,7 @@ class Superblock:
     def listed_folder(self, node: Inode) -> None:
         """Folder ``node``'s marker now carries its attributes (mkdir, chmod, chown, utime here): the
         parent's listing and the marker cache learn them."""
-        marker = ObjectInfo(self.ns.dir_prefix(node.path), 0, "", node.mtime, posix_fields(*_fields(node)))
-        if self.caches:
-            self._markers[node.path] = marker
+        marker = self.described.folder_changed(node)
         self.listed(node.path, Entry(node.path.rpartition("/")[2], is_dir=True, info=marker))
 
     def new_folder(self, path: str) -> None:
@@ -225,78 +223,10 @@ class Superblock:
 
     def forget_listings(self, *paths: str, below: tuple[str, ...] = ()) -> None:
         """Drop the cached listings (and folder markers) of ``paths`` and of every folder below ``below``."""
-        for cache in (self._listings, self._markers):
+        for cache in (self._listings, self.described.markers):
             for path in list(cache):
                 if path in paths or (below and path.startswith(below)):
                     cache.pop(path, None)
-
-    async def _described(self, path: str, entries: dict[str, Entry]) -> dict[str, Entry]:
-        """The listing with the metadata that must be known at once: symlink candidates (an inode's type
-        must never change later) and, with ``true_attributes``, every file and folder. A version a HEAD
-        already described is not asked again (its inode's metadata ETag, and with ``true_attributes``
-        its LastModified too); nor a folder's marker within ``metadata_ttl``."""
-        found = dict(entries)
-        files: list[tuple[str, ObjectInfo]] = []
-        folders: list[str] = []
-        for name, entry in entries.items():
-            info = entry.info
-            if info is None:
-                if self.true_attributes:
-                    marker = self._markers.get(join(path, name))
-                    if marker is None:
-                        folders.append(name)
-                    else:
-                        found[name] = Entry(name, is_dir=True, info=marker)
-                continue
-            if not (self.true_attributes or link_candidate(info)):
-                continue
-            node = self.inodes.by_path(join(path, name))
-            if node is not None and self._known(node, info):
-                meta = posix_fields(*_fields(node))
-                found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
-            else:
-                files.append((name, info))
-
-        async def head(item: tuple[str, ObjectInfo]) -> None:
-            name, info = item
-            try:
-                found[name] = Entry(name, is_dir=False, info=await self.store.head(info.key))
-            except ObjectNotFound:
-                found.pop(name, None)  # deleted since the listing
-
-        async def head_marker(name: str) -> None:
-            found[name] = Entry(name, is_dir=True, info=await self._marker(join(path, name)))
-
-        calls = [partial(head, item) for item in files] + [partial(head_marker, name) for name in folders]
-        await for_each(calls, _call)
-        return found
-
-    def _known(self, node: Inode, info: ObjectInfo) -> bool:
-        """Whether a HEAD already described the version of file ``node`` that a listing shows as ``info``.
-        With ``true_attributes`` the version must not be newer than the one described: a metadata-only
-        change keeps the ETag (S3 copies keep the MD5) but moves LastModified."""
-        if node.is_dir or node.meta_etag != info.etag:
-            return False
-        if not self.true_attributes:
-            return True
-        return node.meta_modified is not None and info.last_modified <= node.meta_modified
-
-    async def _marker(self, path: str, exists: bool = True) -> ObjectInfo:
-        """Folder ``path``'s own metadata: its marker's HEAD, or "no marker" (no metadata: the mount's
-        defaults). ``exists``: False when a LIST just showed there is none (no HEAD then)."""
-        marker = self._markers.get(path)
-        if marker is not None:
-            return marker
-        key = self.ns.dir_prefix(path)
-        marker = ObjectInfo(key, 0, "", self.mount_time, {})
-        if exists:
-            try:
-                marker = await self.store.head(key)
-            except ObjectNotFound:
-                pass
-        if self.caches:
-            self._markers[path] = marker
-        return marker
 
     # -- lookups ---------------------------------------------------------------------------------------
 
@@ -354,7 +284,7 @@ class Superblock:
                 self.ns.hidden(self.ns.file_key(path), "a folder of the same name shadows this file")
             if not self.true_attributes:
                 return Entry(name, is_dir=True)
-            return Entry(name, is_dir=True, info=await self._marker(path, exists=bool(found["marker"])))
+            return Entry(name, is_dir=True, info=await self.described.marker(path, exists=bool(found["marker"])))
         info = found.get("file")
         if isinstance(info, ObjectInfo):
             return Entry(name, is_dir=False, info=info)
@@ -399,6 +329,102 @@ class Superblock:
 
     def statistics(self) -> dict[str, int]:
         return {"inodes": len(self.inodes), "cached_listings": len(self._listings)}
+
+
+class Descriptions:
+    """What a listing's entries must carry at once, and what was already asked: symlink candidates (an
+    inode's type must never change later) and, with ``true`` attributes (``--allow-other``, see the module
+    docstring), every file's and folder's own metadata. Owns the cache of folder markers (``ttl``)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        ns: Namespace,
+        inodes: InodeTable,
+        true: bool,
+        ttl: float,
+        now: Callable[[], float],
+        mount_time: float,
+    ) -> None:
+        self.store, self.ns, self.inodes, self.true, self.ttl = store, ns, inodes, true, ttl
+        self.mount_time = mount_time
+        # folder -> its marker's HEAD (or "no marker"), trusted for metadata_ttl
+        self.markers: TTLCache[str, ObjectInfo] = TTLCache(maxsize=4096, ttl=max(ttl, 1e-9), timer=now)
+
+    async def listing(self, path: str, entries: dict[str, Entry]) -> dict[str, Entry]:
+        """The listing with the metadata that must be known at once: symlink candidates (an inode's type
+        must never change later) and, with ``true`` attributes, every file and folder. A version a HEAD
+        already described is not asked again (its inode's metadata ETag, and with ``true`` attributes
+        its LastModified too); nor a folder's marker within ``metadata_ttl``."""
+        found = dict(entries)
+        files: list[tuple[str, ObjectInfo]] = []
+        folders: list[str] = []
+        for name, entry in entries.items():
+            info = entry.info
+            if info is None:
+                if self.true:
+                    marker = self.markers.get(join(path, name))
+                    if marker is None:
+                        folders.append(name)
+                    else:
+                        found[name] = Entry(name, is_dir=True, info=marker)
+                continue
+            if not (self.true or link_candidate(info)):
+                continue
+            node = self.inodes.by_path(join(path, name))
+            if node is not None and self.known(node, info):
+                meta = posix_fields(*_fields(node))
+                found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
+            else:
+                files.append((name, info))
+
+        async def head(item: tuple[str, ObjectInfo]) -> None:
+            name, info = item
+            try:
+                found[name] = Entry(name, is_dir=False, info=await self.store.head(info.key))
+            except ObjectNotFound:
+                found.pop(name, None)  # deleted since the listing
+
+        async def head_marker(name: str) -> None:
+            found[name] = Entry(name, is_dir=True, info=await self.marker(join(path, name)))
+
+        calls = [partial(head, item) for item in files] + [partial(head_marker, name) for name in folders]
+        await for_each(calls, _call)
+        return found
+
+    def known(self, node: Inode, info: ObjectInfo) -> bool:
+        """Whether a HEAD already described the version of file ``node`` that a listing shows as ``info``.
+        With ``true`` attributes the version must not be newer than the one described: a metadata-only
+        change keeps the ETag (S3 copies keep the MD5) but moves LastModified."""
+        if node.is_dir or node.meta_etag != info.etag:
+            return False
+        if not self.true:
+            return True
+        return node.meta_modified is not None and info.last_modified <= node.meta_modified
+
+    async def marker(self, path: str, exists: bool = True) -> ObjectInfo:
+        """Folder ``path``'s own metadata: its marker's HEAD, or "no marker" (no metadata: the mount's
+        defaults). ``exists``: False when a LIST just showed there is none (no HEAD then)."""
+        marker = self.markers.get(path)
+        if marker is not None:
+            return marker
+        key = self.ns.dir_prefix(path)
+        marker = ObjectInfo(key, 0, "", self.mount_time, {})
+        if exists:
+            try:
+                marker = await self.store.head(key)
+            except ObjectNotFound:
+                pass
+        if self.ttl > 0:
+            self.markers[path] = marker
+        return marker
+
+    def folder_changed(self, node: Inode) -> ObjectInfo:
+        """Folder ``node``'s marker was written here with its attributes: what a HEAD would now say."""
+        marker = ObjectInfo(self.ns.dir_prefix(node.path), 0, "", node.mtime, posix_fields(*_fields(node)))
+        if self.ttl > 0:
+            self.markers[node.path] = marker
+        return marker
 
 
 def _fields(node: Inode) -> tuple[int, int, int, float]:
