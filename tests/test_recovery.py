@@ -460,6 +460,21 @@ def test_create_of_a_name_just_created_here_opens_it(tmp_path: Path) -> None:
     assert store.keys() == ["x"] and store.data("x") == b"2\n"
 
 
+def test_an_unlinked_file_still_open_keeps_its_attributes(tmp_path: Path) -> None:
+    """fstat of an open file after its unlink answers from its local copy, not ENOENT from S3."""
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "gone", 0o600, 0, 0)
+        await fs.write(opened.fh, 0, b"still mine")
+        await fs.unlink(ROOT_INO, "gone")
+        assert (await fs.getattr(opened.attr.ino)).size == 10
+        await fs.release(opened.fh)
+
+    run(lambda: Lives(store, tmp_path, metadata_ttl=0.0).life(body))  # type: ignore[arg-type,return-value]
+    assert store.keys() == []
+
+
 def test_a_file_unlinked_while_being_opened_never_publishes(tmp_path: Path) -> None:
     store = MemoryStore()
     store.seed("x", b"old")

@@ -102,8 +102,8 @@ class FileSystem:
 
     async def getattr(self, ino: int) -> Attr:
         node = self.sb.node(ino)
-        if self.sb.is_fresh(node):
-            return node.attr()
+        if self.sb.is_fresh(node) or self.cache.get(ino) is not None:
+            return node.attr()  # a local copy (also of an unlinked file still open) is the truth
         return (await self.sb.head(node)).attr()
 
     def forget(self, ino: int, n: int) -> None:
