@@ -158,6 +158,8 @@ class Uploader:
 
     async def _publish(self, copy: LocalCopy, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         await self.cache.io.settled(copy)
+        if copy.broken is not None:  # a queued write failed to land: the copy is not what was written
+            raise CacheFull(f"not uploaded: a write to this file failed ({copy.broken})")
         await self.parts.wait_for_sends(copy)
         snapshot = dict(copy.changed)
         size = copy.size()
