@@ -204,7 +204,8 @@ class LocalCache:
     def unrecord(self, copy: LocalCopy) -> None:
         """``copy`` has nothing a recovery may publish nor abort (clean, or its conflict copy written): its
         record goes at once, its data file when the copy is dropped."""
-        self.folder.remove(copy.id, keep_data=True)
+        if copy.path is not None:  # a copy in memory never has a record
+            self.folder.remove(copy.id, keep_data=True)
         copy.recorded_ack = False
 
     def check_usable(self, copy: LocalCopy) -> None:

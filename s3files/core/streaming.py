@@ -117,8 +117,10 @@ class PartSender:
             await self.cache.io.settled(copy)
             part = await self.store.upload_part_from(upload.key, upload.upload_id, index + 1, copy.fd, start, stop - start)
         upload.sent[index] = (generation, stop - start, part)
-        if copy.sending.upload is upload:
-            self.cache.save(copy)  # resumable after a crash
+        if copy.sending.upload is upload and copy.state is WriteState.UPLOADING:
+            # Resumable after a crash. (While the copy is DIRTY a recovery never resumes its upload, it
+            # aborts it: the id recorded at creation is enough, and a record write per part is not free.)
+            self.cache.save(copy)
 
     async def wait_for_sends(self, copy: LocalCopy) -> None:
         for _ in range(MAX_PARTS + 1):

@@ -161,6 +161,7 @@ class Uploader:
         if copy.broken is not None:  # a queued write failed to land: the copy is not what was written
             raise CacheFull(f"not uploaded: a write to this file failed ({copy.broken})")
         await self.parts.wait_for_sends(copy)
+        self.cache.save(copy)  # UPLOADING, acknowledged, the parts sent: a crash from here is resumed
         snapshot = dict(copy.changed)
         size = copy.size()
         base_size = copy.base_size
