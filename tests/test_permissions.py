@@ -304,7 +304,8 @@ def test_a_chmod_from_outside_is_seen_within_the_ttl(
 
 # -- what it costs -----------------------------------------------------------------------------------
 
-N_FILES = 1000
+# The README's figures are for 1,000 files (S3FILES_FULL_COUNTS=1); CI lists 300, the same budget per file.
+N_FILES = 1000 if os.environ.get("S3FILES_FULL_COUNTS") == "1" else 300
 
 
 def _ls_l(folder: Path) -> tuple[int, float]:
