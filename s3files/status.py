@@ -221,7 +221,7 @@ def read_status(root: Path) -> Status:
                 "key": r.key,
                 "state": r.state,
                 "acknowledged": r.acknowledged,
-                "bytes": r.size,
+                "bytes": folder.data_size(r.id),
                 "data": str(folder.data_path(r.id)),
             }
             for r in records

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_cli import assert_one_line_error
+from test_cli import assert_one_line_error, s3files
 
 from s3files.core.fs import FileSystem
 from s3files.core.inodes import ROOT_INO
@@ -33,18 +33,6 @@ from s3files.mountinfo import mount_entry
 from s3files.options import MIB, MountOptions, Source
 from s3files.status import STATUS_FILE, StatusWriter, daemon_pid, human_size
 from s3files.store import MemoryStore
-
-
-def s3files(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "s3files", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def status_json(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:

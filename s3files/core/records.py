@@ -110,6 +110,14 @@ class CacheFolder:
             raise
         return fd, path
 
+    def data_size(self, copy_id: str) -> int:
+        """The bytes a data file holds (its record's size lags for a file never closed: records are not
+        rewritten on every write)."""
+        try:
+            return self.data_path(copy_id).stat().st_size
+        except OSError:
+            return 0
+
     def _record_path(self, copy_id: str) -> Path:
         return self.files / f"{copy_id}.json"
 

@@ -21,7 +21,6 @@ import enum
 import logging
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from s3files.core.copies import Multipart
@@ -94,7 +93,7 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
                     "why": _why(record),
                     "state": record.state,
                     "acknowledged": record.acknowledged,
-                    "bytes": _size(fs.folder.data_path(record.id)),  # a never-closed file's record lags
+                    "bytes": fs.folder.data_size(record.id),
                     "data": str(fs.folder.data_path(record.id)),
                 }
             )
@@ -148,13 +147,6 @@ async def _abort(fs: FileSystem, record: Record, report: RecoveryReport) -> None
     if record.upload_id and record.upload_key:
         await abort_quietly(fs.store, record.upload_key, record.upload_id)
         report.aborted_uploads += 1
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _why(record: Record) -> str:
