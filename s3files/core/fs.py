@@ -184,6 +184,9 @@ class FileSystem:
     async def readlink(self, ino: int) -> bytes:
         return await self.tree.readlink(ino)
 
+    async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int, gid: int) -> Attr:
+        return await self.tree.mknod(parent_ino, name, mode, rdev, uid, gid)
+
     async def unlink(self, parent_ino: int, name: str) -> None:
         await self.tree.unlink(parent_ino, name)
 

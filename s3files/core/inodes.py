@@ -11,8 +11,9 @@ looked up or opened; once a HEAD has been seen for an ETag, its metadata wins fo
 other users share (``--allow-other``) the superblock hands out only entries with their object's own
 metadata (superblock.py: true attributes), folders' from their marker object (``describe_dir``).
 
-Kinds: folder, regular file, symlink (a file object whose metadata ``mode`` says S_IFLNK). An inode never
-changes kind: the kernel marks an inode bad if its type changes, so when a name turns out to be of another
+Kinds: folder, regular file, symlink, FIFO, character and block device, UNIX socket: every non-folder is
+one object, and its metadata ``mode`` carries the type bits (s3fs-compatible; an object without them is a
+regular file); a device's number is ``x-amz-meta-rdev`` (``Inode.rdev``). An inode never changes kind: the kernel marks an inode bad if its type changes, so when a name turns out to be of another
 kind (a HEAD shows S_IFLNK for what a listing called a file), the name gets a new inode and the old one is
 left to be forgotten (``refresh_file`` refuses to change it; the caller answers ESTALE).
 """
@@ -27,6 +28,10 @@ from s3files.core.namespace import posix_metadata
 from s3files.store.base import ObjectInfo
 
 ROOT_INO = 1
+DEVICE_KINDS = frozenset((stat.S_IFCHR, stat.S_IFBLK))
+SPECIAL_KINDS = frozenset((stat.S_IFIFO, stat.S_IFSOCK)) | DEVICE_KINDS
+# The kinds a file object may have (its metadata mode's type bits); any other type bits: a regular file.
+OBJECT_KINDS = frozenset((stat.S_IFREG, stat.S_IFLNK)) | SPECIAL_KINDS
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class Attr:
     gid: int
     mtime: float
     nlink: int = 1
+    rdev: int = 0  # a device's number (st_rdev)
 
 
 @dataclass(frozen=True)
@@ -69,15 +75,28 @@ class Inode:
     page_cache_etag: str | None = None  # the ETag whose data the kernel page cache may hold
     target: bytes | None = None  # a symlink's target, as read for ``target_etag``
     target_etag: str | None = None
+    rdev: int = 0  # a character or block device's number (x-amz-meta-rdev)
+    xattr: str | None = None  # x-amz-meta-xattr of the version described (xattrs.py), kept verbatim
     lookups: int = 0
 
     @property
     def kind(self) -> int:
-        """S_IFDIR, S_IFREG or S_IFLNK."""
+        """S_IFDIR, S_IFREG, S_IFLNK or a special file's type (SPECIAL_KINDS)."""
         return stat.S_IFMT(self.mode)
 
     def attr(self) -> Attr:
-        return Attr(self.ino, self.mode, self.size, self.uid, self.gid, self.mtime, 2 if self.is_dir else 1)
+        nlink = 2 if self.is_dir else 1
+        return Attr(self.ino, self.mode, self.size, self.uid, self.gid, self.mtime, nlink, self.rdev)
+
+    def extra_metadata(self) -> dict[str, str]:
+        """The x-amz-meta-* fields besides mode, owner and times that a rewrite of the object must keep:
+        a device's ``rdev`` and the extended attributes (``xattr``, s3fs's encoding)."""
+        extra = {}
+        if self.kind in DEVICE_KINDS:
+            extra["rdev"] = str(self.rdev)
+        if self.xattr is not None:
+            extra["xattr"] = self.xattr
+        return extra
 
 
 class InodeTable:
@@ -135,14 +154,15 @@ class InodeTable:
 
     @staticmethod
     def _kind(node: Inode | None, info: ObjectInfo) -> int:
-        """S_IFLNK when the metadata's mode says so, else S_IFREG (other types are shown as files). A
-        listing of the version a HEAD already described keeps that HEAD's answer."""
+        """The type bits of the metadata's mode when they name a kind a file object may have (OBJECT_KINDS:
+        a symlink, a FIFO, ...), else S_IFREG (a folder's bits on a file object, or none). A listing (no
+        metadata) says S_IFREG, except for the version a HEAD already described, which keeps that answer."""
         if info.metadata is None:
             if node is not None and not node.is_dir and node.meta_etag == info.etag:
                 return node.kind
             return stat.S_IFREG
-        mode = int(posix_metadata(info.metadata).get("mode", 0))
-        return stat.S_IFLNK if stat.S_ISLNK(mode) else stat.S_IFREG
+        kind = stat.S_IFMT(int(posix_metadata(info.metadata).get("mode", 0)))
+        return kind if kind in OBJECT_KINDS else stat.S_IFREG
 
     def refresh_file(self, node: Inode, info: ObjectInfo, fresh_until: float) -> bool:
         """Update ``node`` itself (getattr, open of a known inode): never re-maps its path, which may
@@ -163,9 +183,11 @@ class InodeTable:
             meta = {}
             node.meta_etag = node.meta_modified = None
         mode = int(meta.get("mode", d.file_mode))
-        # Metadata may carry permission bits only, or a type we do not show (a FIFO written by s3fs):
-        # the type comes from the kind (a symlink or a regular file), the permissions from the metadata.
+        # Metadata may carry permission bits only, or a type no file object has (a folder's): the type
+        # comes from the kind, the permissions from the metadata.
         node.mode = node.kind | stat.S_IMODE(mode)
+        node.rdev = int(meta.get("rdev", 0)) if node.kind in DEVICE_KINDS else 0
+        node.xattr = None if info.metadata is None else info.metadata.get("xattr")
         node.uid = int(meta.get("uid", d.uid))
         node.gid = int(meta.get("gid", d.gid))
         node.mtime = float(meta.get("mtime", info.last_modified))
@@ -180,6 +202,7 @@ class InodeTable:
         d = self.defaults
         meta = posix_metadata(marker.metadata)
         node.mode = stat.S_IFDIR | stat.S_IMODE(int(meta.get("mode", d.dir_mode)))
+        node.xattr = (marker.metadata or {}).get("xattr")
         node.uid = int(meta.get("uid", d.uid))
         node.gid = int(meta.get("gid", d.gid))
         node.mtime = float(meta.get("mtime", marker.last_modified))
@@ -189,7 +212,7 @@ class InodeTable:
         node = self._node(path, stat.S_IFREG)
         node.mode = stat.S_IFREG | stat.S_IMODE(mode)
         node.uid, node.gid, node.mtime, node.size = uid, gid, mtime, 0
-        node.etag = node.meta_etag = node.page_cache_etag = None
+        node.etag = node.meta_etag = node.page_cache_etag = node.xattr = None
         return node
 
     def move(self, old: str, new: str) -> None:

@@ -107,8 +107,9 @@ def posix_metadata(metadata: Mapping[str, str] | None) -> dict[str, float | int]
     found: dict[str, float | int] = {}
     if not metadata:
         return found
-    # s3fs writes mode as the decimal st_mode (type bits included), e.g. "33188" for -rw-r--r--.
-    for field, parse in (("mode", int), ("uid", int), ("gid", int), ("mtime", float)):
+    # s3fs writes mode as the decimal st_mode (type bits included), e.g. "33188" for -rw-r--r--; rdev (a
+    # device's number, decimal, as the kernel's st_rdev) is ours: s3fs writes none (its devices show 0).
+    for field, parse in (("mode", int), ("uid", int), ("gid", int), ("mtime", float), ("rdev", int)):
         raw = metadata.get(field)
         if raw is None:
             continue
@@ -130,5 +131,7 @@ def _representable(field: str, value: float) -> bool:
         return 0 <= value <= 0o177777
     if field in ("uid", "gid"):
         return 0 <= value < 2**32 - 1  # 2**32 - 1 is (uid_t)-1, "no change" to chown
+    if field == "rdev":
+        return 0 <= value < 2**32  # FUSE carries a device number in 32 bits
     return math.isfinite(value) and abs(value) < 9.2e9
 

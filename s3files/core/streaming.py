@@ -37,6 +37,7 @@ def posix_metadata(node: Inode, with_mtime: bool = True) -> dict[str, str]:
     metadata = {"mode": str(node.mode), "uid": str(node.uid), "gid": str(node.gid)}
     if with_mtime:
         metadata["mtime"] = f"{node.mtime:.9f}"
+    metadata.update(node.extra_metadata())
     return metadata
 
 

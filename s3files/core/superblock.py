@@ -200,7 +200,7 @@ class Superblock:
         metadata we know, so a listing never shows an older mode than a chmod set. ``info.last_modified``
         is when S3 wrote it, as its reply said (0: not known, and a true-attributes listing HEADs it once)."""
         node.meta_modified = info.last_modified or None
-        meta = posix_fields(node.mode, node.uid, node.gid, node.mtime)
+        meta = {**posix_fields(node.mode, node.uid, node.gid, node.mtime), **node.extra_metadata()}
         self.listed(node.path, Entry(node.path.rpartition("/")[2], is_dir=False, info=replace(info, metadata=meta)))
 
     def listed_folder(self, node: Inode) -> None:
@@ -373,7 +373,7 @@ class Descriptions:
                 continue
             node = self.inodes.by_path(join(path, name))
             if node is not None and self.known(node, info):
-                meta = posix_fields(*_fields(node))
+                meta = {**posix_fields(*_fields(node)), **node.extra_metadata()}
                 found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
             else:
                 files.append((name, info))
@@ -421,7 +421,8 @@ class Descriptions:
 
     def folder_changed(self, node: Inode) -> ObjectInfo:
         """Folder ``node``'s marker was written here with its attributes: what a HEAD would now say."""
-        marker = ObjectInfo(self.ns.dir_prefix(node.path), 0, "", node.mtime, posix_fields(*_fields(node)))
+        metadata = {**posix_fields(*_fields(node)), **node.extra_metadata()}
+        marker = ObjectInfo(self.ns.dir_prefix(node.path), 0, "", node.mtime, metadata)
         if self.ttl > 0:
             self.markers[node.path] = marker
         return marker

@@ -1,11 +1,11 @@
-"""Changing the tree: unlink, mkdir, rmdir, rename of files and folders, symlinks.
+"""Changing the tree: unlink, mkdir, rmdir, rename of files and folders, symlinks, special files (mknod).
 
 Owns: what each of these asks of S3 (S3 has no rename: server-side copies, then deletes; trees.py moves a
 folder's keys) and of the superblock, and how open files follow. A file being written is never published
 by a change of the tree (only close and fsync publish, files.py): it moves along, or loses its name.
 Must not read or write file data.
 
-Request budget (asserted by tests): ``symlink`` 3 requests (one-part multipart upload, If-None-Match);
+Request budget (asserted by tests): ``mknod`` one PUT; ``symlink`` 3 requests (one-part multipart upload, If-None-Match);
 ``readlink`` one GET per version; ``rename`` of a file one copy and one delete; of a folder of N keys
 ceil(N/1000) LIST, N copies, N deletes.
 """
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Callable
+from dataclasses import replace
 
 from s3files.core.cache import LocalCache
 from s3files.core.files import Files
 from s3files.core.handles import Handles
-from s3files.core.inodes import Attr, Inode
-from s3files.core.links import LINK_MAX, copy_object, link_metadata, put_link
+from s3files.core.inodes import DEVICE_KINDS, SPECIAL_KINDS, Attr, Inode
+from s3files.core.links import LINK_MAX, copy_object, link_metadata, posix_fields, put_link
 from s3files.core.namespace import Entry, join
 from s3files.core.superblock import Superblock
 from s3files.core.trees import move_tree
@@ -81,6 +82,33 @@ class TreeOps:
         node = self.sb.inodes.put_file(path, info, self.sb.fresh_until())
         node.target, node.target_etag = target, info.etag
         self.sb.forget_listings(parent.path)
+        self.sb.inodes.acquire(node.ino)
+        return node.attr()
+
+    async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int, gid: int) -> Attr:
+        """Create an empty regular file or a special file (FIFO, character or block device, UNIX socket)
+        as s3fs does: one empty object whose metadata ``mode`` carries the type bits, and ``rdev`` a
+        device's number; one PUT with If-None-Match (an existing key is EEXIST). A special file's I/O is
+        the kernel's (it never opens one through us). Acquires the inode."""
+        parent = self.sb.node(parent_ino)
+        path = self.files.new_path(parent, name, "mknod")
+        kind = stat.S_IFMT(mode)
+        if kind != stat.S_IFREG and kind not in SPECIAL_KINDS:
+            raise InvalidArgument(f"mknod of {path}: not a file type that can be created ({oct(kind)})")
+        local = self.sb.inodes.by_path(path)
+        if (local is not None and self.sb.is_local(local.ino)) or self.sb.cached_entry(parent.path, name):
+            raise FileExists(f"{path} exists")
+        metadata = posix_fields(kind | stat.S_IMODE(mode), uid, gid, self._wall())
+        if kind in DEVICE_KINDS:
+            metadata["rdev"] = str(rdev)
+        try:
+            info = await self.store.put(self.sb.ns.file_key(path), b"", metadata, if_none_match=True)
+        except PreconditionFailed:
+            raise FileExists(f"{path} exists") from None
+        if info.metadata is None:
+            info = replace(info, metadata=metadata)
+        node = self.sb.inodes.put_file(path, info, self.sb.fresh_until())
+        self.sb.listed_file(node, info)
         self.sb.inodes.acquire(node.ino)
         return node.attr()
 

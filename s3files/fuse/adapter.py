@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from s3files.core.fs import Attr, FileSystem, OpenFile
-from s3files.errors import InvalidArgument, NotFound, NotPermitted, NotSupported, S3FilesError
+from s3files.errors import InvalidArgument, NotFound, NotPermitted, S3FilesError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Operations(pyfuse3.Operations):
         entry.st_nlink = attr.nlink
         entry.st_uid = attr.uid
         entry.st_gid = attr.gid
-        entry.st_rdev = 0
+        entry.st_rdev = attr.rdev
         entry.st_size = attr.size
         entry.st_blksize = 1024 * 1024  # a hint to programs to read in big chunks
         entry.st_blocks = (attr.size + 511) // 512
@@ -212,8 +212,7 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
-        self.fs.check_writable("mknod")
-        raise NotSupported("special files cannot be stored in S3")
+        return self._entry(await self.fs.mknod(parent_inode, _new_name(name), mode, rdev, ctx.uid, ctx.gid))
 
     @guarded
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:

@@ -1,0 +1,120 @@
+"""Special files and extended attributes through a real FUSE mount (moto; the first test on RGW too),
+checked in the bucket with boto3 (s3fs-fuse's encoding) and again through a new mount.
+
+Special files (FIFOs, devices, UNIX sockets) are empty objects whose ``x-amz-meta-mode`` carries the type
+bits and ``x-amz-meta-rdev`` a device's number; their I/O is the kernel's. Extended attributes in the
+``user.`` namespace live in ``x-amz-meta-xattr`` as s3fs-fuse writes it: the URL-encoded JSON object
+``{"name":"<base64 of the value>",...}``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import S3Server
+from test_fuse import mount, put
+
+pytestmark = pytest.mark.fuse
+
+DEVICE = os.makedev(4, 1)  # /dev/tty1: a character device
+BLOCK = os.makedev(259, 70000 % 1048576)  # a large minor: the number is kept whole, not only 16 bits
+
+
+def types_in_ls(folder: Path) -> dict[str, str]:
+    """name -> the type letter ``ls -l`` shows (p FIFO, c/b device, s socket, - file, d folder)."""
+    out = subprocess.run(["ls", "-l", str(folder)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1]: line[0] for line in out.splitlines()[1:]}
+
+
+def test_special_files_are_created_stated_renamed_chmodded_and_listed_after_a_remount(
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
+) -> None:
+    m = tmp_path / "m"
+    with mount(s3_server, s3_bucket, m):
+        os.mkdir(m / "d")
+        os.mkfifo(m / "d/fifo", 0o640)
+        os.mknod(m / "d/chr", stat.S_IFCHR | 0o600, DEVICE)
+        os.mknod(m / "d/blk", stat.S_IFBLK | 0o640, BLOCK)
+        os.mknod(m / "d/reg", stat.S_IFREG | 0o604)  # mknod of a regular file: an empty file
+        os.mknod(m / "d/gone", stat.S_IFIFO | 0o600)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(m / "d/sock"))
+        st = os.stat(m / "d/chr")
+        assert (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_rdev) == (stat.S_IFCHR, 0o600, DEVICE)
+        assert stat.S_ISBLK(os.stat(m / "d/blk").st_mode) and os.stat(m / "d/blk").st_rdev == BLOCK
+        st = os.stat(m / "d/reg")
+        assert (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size) == (stat.S_IFREG, 0o604, 0)
+        assert (m / "d/reg").read_bytes() == b""
+        with pytest.raises(FileExistsError):
+            os.mkfifo(m / "d/fifo")
+        os.chmod(m / "d/fifo", 0o604)
+        os.rename(m / "d/chr", m / "d/tty")
+        os.unlink(m / "d/gone")
+        assert stat.S_IMODE(os.stat(m / "d/fifo").st_mode) == 0o604
+        assert os.stat(m / "d/tty").st_rdev == DEVICE and not (m / "d/chr").exists()
+        assert stat.S_ISSOCK(os.stat(m / "d/sock").st_mode)
+    # in the bucket as s3fs-fuse writes them: empty objects, type bits in the decimal mode
+    expected = {
+        "d/fifo": (stat.S_IFIFO | 0o604, None),
+        "d/tty": (stat.S_IFCHR | 0o600, DEVICE),
+        "d/blk": (stat.S_IFBLK | 0o640, BLOCK),
+        "d/reg": (stat.S_IFREG | 0o604, None),
+    }
+    for key, (mode, rdev) in expected.items():
+        head = s3_client.head_object(Bucket=s3_bucket, Key=key)
+        assert head["ContentLength"] == 0
+        assert int(head["Metadata"]["mode"]) == mode, key
+        assert head["Metadata"].get("rdev") == (None if rdev is None else str(rdev)), key
+    assert stat.S_ISSOCK(int(s3_client.head_object(Bucket=s3_bucket, Key="d/sock")["Metadata"]["mode"]))
+    for key in ("d/chr", "d/gone"):
+        assert "Contents" not in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=key)
+    with mount(s3_server, s3_bucket, m, allow_other=True):
+        # the listing shows each type (ls -l answers from readdirplus, no lookup first)
+        assert types_in_ls(m / "d") == {"blk": "b", "fifo": "p", "reg": "-", "sock": "s", "tty": "c"}
+        assert os.stat(m / "d/tty").st_rdev == DEVICE and os.stat(m / "d/blk").st_rdev == BLOCK
+        assert stat.S_IMODE(os.stat(m / "d/fifo").st_mode) == 0o604
+
+
+def test_fifo_and_socket_on_the_mount_carry_data(bucket: str, moto_server: S3Server, tmp_path: Path) -> None:
+    """The kernel does the I/O of a FIFO and a socket whose names live on the mount."""
+    m = tmp_path / "m"
+    with mount(moto_server, bucket, m):
+        os.mkfifo(m / "fifo")
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append((m / "fifo").read_bytes()))
+        reader.start()
+        with open(m / "fifo", "wb") as writer:  # blocks until the reader opened it
+            writer.write(b"through the pipe\n" * 1000)
+        reader.join(timeout=10)
+        assert got == [b"through the pipe\n" * 1000]
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(m / "sock"))
+            server.listen(1)
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(m / "sock"))
+                peer, _ = server.accept()
+                with peer:
+                    client.sendall(b"hello")
+                    assert peer.recv(5) == b"hello"
+
+
+def test_special_files_written_by_s3fs_are_read_back(
+    bucket: str, moto_server: S3Server, boto3_client: Any, tmp_path: Path
+) -> None:
+    """Objects as s3fs-fuse writes them (a plain PUT, mode with type bits, no rdev) keep their type."""
+    put(boto3_client, bucket, "p", b"", mode=str(stat.S_IFIFO | 0o644), uid="0", gid="0", mtime="1700000000")
+    put(boto3_client, bucket, "c", b"", mode=str(stat.S_IFCHR | 0o600))
+    put(boto3_client, bucket, "odd", b"x", mode=str(stat.S_IFDIR | 0o700))  # a folder's bits on a file object
+    m = tmp_path / "m"
+    with mount(moto_server, bucket, m, allow_other=True):
+        assert os.stat(m / "odd").st_mode == stat.S_IFREG | 0o700
+        st = os.stat(m / "p")
+        assert (st.st_mode, st.st_mtime, st.st_size) == (stat.S_IFIFO | 0o644, 1700000000, 0)
+        assert os.stat(m / "c").st_mode == stat.S_IFCHR | 0o600 and os.stat(m / "c").st_rdev == 0
