@@ -71,6 +71,12 @@ class InvalidArgument(S3FilesError):
     errno = errno.EINVAL
 
 
+class TooLarge(S3FilesError):
+    # A size or offset past the largest object S3 stores (5 TiB), or past what the cache folder's file
+    # system holds: EFBIG, as a local file system answers past its own limit, never EIO or ENOSPC.
+    errno = errno.EFBIG
+
+
 class InvalidName(S3FilesError):
     # A name that cannot be an S3 key segment we can round-trip (e.g. over 1024 bytes of key).
     errno = errno.ENAMETOOLONG

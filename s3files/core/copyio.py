@@ -22,6 +22,7 @@ from s3files.core.copies import SMALL_IO, SPILL_BYTES, WRITE_BEHIND_BYTES, Cache
 from s3files.core.parts import PartLayout
 from s3files.core.tasks import run_all
 from s3files.core.writestate import WriteState
+from s3files.errors import TooLarge
 from s3files.store.base import ObjectStore
 
 if TYPE_CHECKING:
@@ -147,11 +148,14 @@ class CopyIO:
                 self.cache.break_copy(copy, "the cache was full")
                 raise
         old = copy.size()
-        copy.length = size
         try:
             os.ftruncate(copy.fd, size)
         except OSError as exc:
+            if exc.errno in (errno.EFBIG, errno.EINVAL):
+                # past what the cache folder's file system holds: refused, and nothing changed
+                raise TooLarge(f"{copy.node.path}: the cache folder cannot hold {size} bytes") from None
             self.cache.fail(copy, exc)
+        copy.length = size
         self.cache.account(copy)
         if size < copy.base_size:
             copy.base_size = size  # bytes past it are gone: growing again must show zeros, not the base

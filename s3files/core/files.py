@@ -25,7 +25,8 @@ from s3files.core.copies import LocalCopy
 from s3files.core.handles import FileHandle, Handles
 from s3files.core.inodes import ROOT_INO, Attr, Inode
 from s3files.core.links import copy_object
-from s3files.core.namespace import join, valid_name
+from s3files.core.namespace import check_length, join, valid_name
+from s3files.core.parts import MAX_OBJECT
 from s3files.core.reader import PartBuffers, Reader, Spawn
 from s3files.core.superblock import Superblock
 from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
@@ -34,12 +35,12 @@ from s3files.errors import (
     BadHandle,
     FileExists,
     InvalidArgument,
-    InvalidName,
     IsADirectory,
     NotADirectory,
     NotFound,
     PreconditionFailed,
     ReadOnly,
+    TooLarge,
 )
 from s3files.options import MountOptions
 from s3files.store.base import ObjectInfo, ObjectStore
@@ -53,6 +54,17 @@ class OpenFile:
     keep_cache: bool  # the kernel may keep its cached pages: the object is the version it cached
     attr: Attr
     direct_io: bool = False  # the kernel's page cache is bypassed for this open (--direct-io)
+
+
+def privs_to_clear(mode: int) -> int:
+    """The bits a write by a process without CAP_FSETID clears, as Linux does (should_remove_suid): SUID
+    always, SGID only with group execute (without it, SGID marks mandatory locking). The kernel does this
+    itself, with a setattr before the write, except for --direct-io writes: it then asks the file system
+    (FUSE_WRITE_KILL_SUIDGID), a flag pyfuse3 does not pass on, so the adapter tells at open who writes."""
+    kill = mode & stat.S_ISUID
+    if mode & stat.S_ISGID and mode & stat.S_IXGRP:
+        kill |= stat.S_ISGID
+    return kill
 
 
 class Files:
@@ -95,13 +107,14 @@ class Files:
         self.check_writable(f"{what} {name}")
         if not parent.is_dir:
             raise NotADirectory(f"{parent.path} is not a folder")
-        if len(name.encode("utf-8", "surrogatepass")) > 255:
-            raise InvalidName(f"name too long: {name[:40]}...")
+        check_length(name)
         if not valid_name(name):
             raise InvalidArgument(f"not a valid name: {name!r}")
         return join(parent.path, name)
 
-    async def open(self, ino: int, flags: int) -> OpenFile:
+    async def open(self, ino: int, flags: int, clears_privs: bool = False) -> OpenFile:
+        """Open file ``ino``. ``clears_privs``: the opener may not keep SUID/SGID bits when it writes (it
+        lacks CAP_FSETID, see ``write``)."""
         node = self.sb.node(ino)
         if node.is_dir:
             raise IsADirectory(f"{node.path} is a folder")
@@ -133,7 +146,8 @@ class Files:
             copy.handles += 1  # readers too: they read the local copy, which must outlive them
             node.page_cache_etag = None
         reader = self._reader(node, first if not keep_cache else None)
-        fh = self.handles.open_file(FileHandle(node, reader, writable, node.etag, counted=copy is not None))
+        handle = FileHandle(node, reader, writable, node.etag, counted=copy is not None, clears_privs=clears_privs)
+        fh = self.handles.open_file(handle)
         return OpenFile(fh, keep_cache, node.attr(), self.opts.direct_io)
 
     def _cold_to_read(self, node: Inode) -> bool:
@@ -167,7 +181,9 @@ class Files:
         node.size = size
         node.mtime = self._wall()
 
-    async def create(self, parent_ino: int, name: str, mode: int, uid: int, gid: int, flags: int = 0) -> OpenFile:
+    async def create(
+        self, parent_ino: int, name: str, mode: int, uid: int, gid: int, flags: int = 0, clears_privs: bool = False
+    ) -> OpenFile:
         """Create and open a new file; it exists in S3 once closed (or fsynced). Acquires the inode.
 
         A name another process of this mount created a moment ago (its file not closed yet) is opened
@@ -178,14 +194,14 @@ class Files:
         if existing is not None and self.sb.is_local(existing.ino):
             if flags & os.O_EXCL:
                 raise FileExists(f"{path} exists")
-            opened = await self.open(existing.ino, flags | (os.O_RDWR if not flags & os.O_WRONLY else 0))
+            opened = await self.open(existing.ino, flags | (os.O_RDWR if not flags & os.O_WRONLY else 0), clears_privs)
             self.sb.inodes.acquire(existing.ino)
             return opened
         node = self.sb.inodes.put_local_file(path, mode, uid, gid, self._wall())
         copy = self.cache.create(node, None, 0, truncate=True)
         copy.handles = 1
         self.sb.inodes.acquire(node.ino)
-        fh = self.handles.open_file(FileHandle(node, self._reader(node), True, counted=True))
+        fh = self.handles.open_file(FileHandle(node, self._reader(node), True, counted=True, clears_privs=clears_privs))
         return OpenFile(fh, False, node.attr(), self.opts.direct_io)
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
@@ -209,11 +225,19 @@ class Files:
         copy = self.cache.get(handle.ino)
         if not handle.writable or copy is None:
             raise BadHandle(f"file handle {fh} is not open for writing")
+        if off + len(data) > MAX_OBJECT:
+            # As a local file system at its largest size: a write that starts there is EFBIG, one that
+            # crosses it writes what fits (a short write).
+            if off >= MAX_OBJECT:
+                raise TooLarge(f"{handle.node.path}: a write at {off} is past the largest object S3 stores")
+            data = data[: MAX_OBJECT - off]
         parts = await self.cache.io.write(copy, self.key_of(copy), off, data)
         self.uploader.parts.stream(copy, parts, off, off + len(data))
         node = handle.node
         node.size = max(node.size, off + len(data))
         node.mtime = self._wall()
+        if handle.clears_privs:
+            node.mode &= ~privs_to_clear(node.mode)  # published with the data this write changed
         return len(data)
 
     async def flush(self, fh: int) -> None:
@@ -307,6 +331,8 @@ class Files:
         if size is not None:
             if node.is_dir:
                 raise IsADirectory(f"{node.path} is a folder")
+            if size > MAX_OBJECT:  # before anything changes: the file stays as it was
+                raise TooLarge(f"{node.path}: {size} bytes is past the largest object S3 stores (5 TiB)")
             copy = self.cache.get(ino)
             if copy is None:
                 if not self.sb.linked(node):

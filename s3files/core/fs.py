@@ -24,7 +24,7 @@ from s3files.core.copies import LocalCopy, clean_files_for
 from s3files.core.files import Files, OpenFile
 from s3files.core.handles import DirHandle, Handles
 from s3files.core.inodes import ROOT_INO, Attr, Inode
-from s3files.core.namespace import Entry, join, valid_name
+from s3files.core.namespace import Entry, check_length, join, valid_name
 from s3files.core.parts import PartLayout
 from s3files.core.reader import Spawn
 from s3files.core.records import CacheFolder
@@ -94,6 +94,7 @@ class FileSystem:
         parent = self.sb.node(parent_ino)
         if not parent.is_dir:
             raise NotADirectory(f"{parent.path} is not a folder")
+        check_length(name)
         if not valid_name(name):
             raise NotFound(f"not a valid name: {name!r}")
         node = self.sb.record(join(parent.path, name), await self.sb.entry(parent.path, name))
@@ -102,8 +103,10 @@ class FileSystem:
 
     async def getattr(self, ino: int) -> Attr:
         node = self.sb.node(ino)
-        if self.sb.is_fresh(node) or self.cache.get(ino) is not None:
-            return node.attr()  # a local copy (also of an unlinked file still open) is the truth
+        if self.sb.is_fresh(node) or self.cache.get(ino) is not None or node.unlinked:
+            # A local copy (also of an unlinked file still open) is the truth; a file that lost its name is
+            # never asked about by that name, which may be another file's by now.
+            return node.attr()
         return (await self.sb.head(node)).attr()
 
     def forget(self, ino: int, n: int) -> None:
@@ -157,11 +160,13 @@ class FileSystem:
     def check_writable(self, what: str) -> None:
         self.files.check_writable(what)
 
-    async def open(self, ino: int, flags: int) -> OpenFile:
-        return await self.files.open(ino, flags)
+    async def open(self, ino: int, flags: int, clears_privs: bool = False) -> OpenFile:
+        return await self.files.open(ino, flags, clears_privs)
 
-    async def create(self, parent_ino: int, name: str, mode: int, uid: int, gid: int, flags: int = 0) -> OpenFile:
-        return await self.files.create(parent_ino, name, mode, uid, gid, flags)
+    async def create(
+        self, parent_ino: int, name: str, mode: int, uid: int, gid: int, flags: int = 0, clears_privs: bool = False
+    ) -> OpenFile:
+        return await self.files.create(parent_ino, name, mode, uid, gid, flags, clears_privs)
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         return await self.files.read(fh, off, size)
@@ -188,15 +193,18 @@ class FileSystem:
         return await self.tree.mknod(parent_ino, name, mode, rdev, uid, gid)
 
     async def unlink(self, parent_ino: int, name: str) -> None:
+        check_length(name)
         await self.tree.unlink(parent_ino, name)
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Attr:
         return await self.tree.mkdir(parent_ino, name, mode, uid, gid)
 
     async def rmdir(self, parent_ino: int, name: str) -> None:
+        check_length(name)
         await self.tree.rmdir(parent_ino, name)
 
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:
+        check_length(old_name)
         await self.tree.rename(old_parent, old_name, new_parent, new_name, flags)
 
     # -- the mount's whole life --------------------------------------------------------------------

@@ -31,6 +31,7 @@ class FileHandle:
     writable: bool = False
     etag: str | None = None  # the version this handle reads
     counted: bool = False  # counted in its local copy's handles: the copy lives until this one closes
+    clears_privs: bool = False  # opened by a process without CAP_FSETID: its writes clear SUID/SGID
 
     @property
     def ino(self) -> int:

@@ -78,6 +78,8 @@ class Inode:
     rdev: int = 0  # a character or block device's number (x-amz-meta-rdev)
     xattr: str | None = None  # x-amz-meta-xattr of the version described (xattrs.py), kept verbatim
     lookups: int = 0
+    unlinked: bool = False  # lost its name (unlink, a rename over it) while still known: st_nlink 0
+    subdirs: int | None = None  # a folder's subfolders as far as the mount knows them (None: never listed)
 
     @property
     def kind(self) -> int:
@@ -85,8 +87,16 @@ class Inode:
         return stat.S_IFMT(self.mode)
 
     def attr(self) -> Attr:
-        nlink = 2 if self.is_dir else 1
-        return Attr(self.ino, self.mode, self.size, self.uid, self.gid, self.mtime, nlink, self.rdev)
+        return Attr(self.ino, self.mode, self.size, self.uid, self.gid, self.mtime, self.nlink, self.rdev)
+
+    @property
+    def nlink(self) -> int:
+        """A folder: 2 + its subfolders (``.`` and each child's ``..``) when the mount knows them (a
+        listing, then our own mkdir, rmdir and rename), else 2. Anything else: 1, and 0 once it lost its name
+        while still open (fstat of the descriptor of an unlinked file). S3 has no hard links."""
+        if self.is_dir:
+            return 2 + (self.subdirs or 0)
+        return 0 if self.unlinked else 1
 
     def extra_metadata(self) -> dict[str, str]:
         """The x-amz-meta-* fields besides mode, owner and times that a rewrite of the object must keep:
@@ -218,7 +228,7 @@ class InodeTable:
     def move(self, old: str, new: str) -> None:
         """``old`` is now called ``new`` (rename); whatever was at ``new`` loses its name."""
         ino = self._by_path.pop(old, None)
-        self._by_path.pop(new, None)
+        self._lose_name(new)
         if ino is not None:
             self._by_ino[ino].path = new
             self._by_path[new] = ino
@@ -228,7 +238,7 @@ class InodeTable:
         handles and the kernel's inodes keep working; what had the new names loses them. Returns the
         moved inodes."""
         for path in [p for p in self._by_path if p == new or p.startswith(new + "/")]:
-            del self._by_path[path]
+            self._lose_name(path)
         below = [(p, ino) for p, ino in self._by_path.items() if p == old or p.startswith(old + "/")]
         for path, _ in below:
             del self._by_path[path]
@@ -242,7 +252,24 @@ class InodeTable:
 
     def unlink_path(self, path: str) -> None:
         """``path`` is gone; its inode lives on (open handles) until the kernel forgets it."""
-        self._by_path.pop(path, None)
+        self._lose_name(path)
+
+    def _lose_name(self, path: str) -> None:
+        ino = self._by_path.pop(path, None)
+        if ino is not None:
+            self._by_ino[ino].unlinked = True
+
+    def subfolders_listed(self, path: str, count: int) -> None:
+        """A listing of folder ``path`` shows ``count`` subfolders: its link count from now on."""
+        node = self.by_path(path)
+        if node is not None and node.is_dir:
+            node.subdirs = count
+
+    def subfolders_changed(self, path: str, delta: int) -> None:
+        """Folder ``path`` gained (+1) or lost (-1) a subfolder here: its link count follows, if known."""
+        node = self.by_path(path)
+        if node is not None and node.is_dir and node.subdirs is not None:
+            node.subdirs = max(0, node.subdirs + delta)
 
     def acquire(self, ino: int, n: int = 1) -> None:
         """The kernel now holds ``n`` more references to ``ino`` (lookup, readdirplus entry)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
+from s3files.errors import InvalidName
 from s3files.store.base import ListPage, ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,16 @@ def valid_name(name: str) -> bool:
         and "\0" not in name
         and len(name.encode("utf-8", "surrogatepass")) <= NAME_MAX
     )
+
+
+def check_length(name: str | bytes) -> None:
+    """ENAMETOOLONG for a name over NAME_MAX bytes, whatever the operation and whether or not it exists:
+    the kernel leaves this check to each file system (ext4 makes it in its lookup), and without it such a
+    name would be ENOENT for stat, unlink or rename but ENAMETOOLONG for create."""
+    size = len(name) if isinstance(name, bytes) else len(name.encode("utf-8", "surrogatepass"))
+    if size > NAME_MAX:
+        shown = name[:40].decode("utf-8", "replace") if isinstance(name, bytes) else name[:40]
+        raise InvalidName(f"name too long ({size} bytes, at most {NAME_MAX}): {shown}...")
 
 
 def join(parent: str, name: str) -> str:

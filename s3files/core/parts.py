@@ -7,21 +7,15 @@ knows the final size, and a part sent before a crash is still the same part afte
 
 from __future__ import annotations
 
-import errno
 from dataclasses import dataclass
 
-from s3files.errors import S3FilesError
+from s3files.errors import TooLarge
 
 MIN_PART = 5 * 1024 * 1024  # S3's minimum part size (all parts but the last)
 MAX_PART = 5 * 1024**3  # S3's maximum part size
 MAX_PARTS = 10_000
+MAX_OBJECT = 5 * 1024**4  # S3's largest object: no file of the mount may grow past it (EFBIG)
 TIER_PARTS = 1_000  # parts per size tier: each tier's parts are twice the size of the previous tier's
-
-
-class TooLarge(S3FilesError):
-    """An offset past the largest object S3 can store."""
-
-    errno = errno.EFBIG
 
 
 @dataclass(frozen=True)

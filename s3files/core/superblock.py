@@ -157,6 +157,7 @@ class Superblock:
                 self._small_folders.pop(path, None)  # too big to list for lookups: probe its names now
                 return None
         entries = self._since(since, path, await self.described.listing(path, self.ns.entries(path, pages)))
+        self.inodes.subfolders_listed(path, sum(entry.is_dir for entry in entries.values()))  # st_nlink
         if self.caches:
             self._listings[path] = entries
             if len(pages) <= SMALL_FOLDER_PAGES:

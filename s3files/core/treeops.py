@@ -169,7 +169,9 @@ class TreeOps:
             await self.store.put(self.sb.ns.dir_prefix(path), b"", posix_metadata(node), if_none_match=True)
         except PreconditionFailed:
             raise FileExists(f"{path} exists") from None
+        node.subdirs = 0
         self.sb.new_folder(path)
+        self.sb.inodes.subfolders_changed(parent.path, +1)
         self.sb.inodes.acquire(node.ino)
         return node.attr()
 
@@ -186,6 +188,7 @@ class TreeOps:
             raise NotEmpty(f"{path} is not empty")
         await self.store.delete(marker)
         self.sb.inodes.unlink_path(path)
+        self.sb.inodes.subfolders_changed(parent.path, -1)
         self.sb.listed(path, None)
         self.sb.forget_listings(path)
 
@@ -216,6 +219,9 @@ class TreeOps:
             return  # rename(2) of a name onto itself does nothing
         if source.is_dir:
             await self._rename_folder(src_path, dst_path, target is not None)
+            self.sb.inodes.subfolders_changed(src_parent.path, -1)
+            if target is None:
+                self.sb.inodes.subfolders_changed(dst_parent.path, +1)
         else:
             await self._rename_file(src_path, dst_path, source.info, target)
         self.sb.forget_listings(src_parent.path, dst_parent.path)

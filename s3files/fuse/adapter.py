@@ -12,15 +12,19 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
 from s3files.core.fs import Attr, FileSystem, OpenFile
+from s3files.core.namespace import check_length
 from s3files.errors import InvalidArgument, NotFound, NotPermitted, S3FilesError
 
 log = logging.getLogger(__name__)
+
+CAP_FSETID = 4  # linux/capability.h
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -58,6 +62,7 @@ def _file_info(opened: OpenFile) -> Any:
 
 def _new_name(raw: bytes) -> str:
     """A name to create: it becomes part of an S3 key, which must be UTF-8."""
+    check_length(raw)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -65,11 +70,27 @@ def _new_name(raw: bytes) -> str:
 
 
 def _name(raw: bytes) -> str:
-    """S3 keys are UTF-8 text: a name that is not UTF-8 cannot exist in the bucket."""
+    """S3 keys are UTF-8 text: a name that is not UTF-8 cannot exist in the bucket (but one too long for
+    any file system is ENAMETOOLONG first, as for a UTF-8 name)."""
+    check_length(raw)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise NotFound(f"not a UTF-8 name: {raw!r}") from None
+
+
+def _has_fsetid(pid: int, uid: int) -> bool:
+    """Whether process ``pid`` (a FUSE request's sender) holds CAP_FSETID, so its writes keep SUID/SGID bits
+    (see files.privs_to_clear). pyfuse3 passes no write flags and no context to ``write``, so this is asked
+    at open, from /proc; a process that is gone by then counts as root if ``uid`` is 0."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_FSETID & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return uid == 0
 
 
 class Operations(pyfuse3.Operations):
@@ -141,7 +162,8 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
-        opened = await self.fs.open(inode, flags)
+        writes = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        opened = await self.fs.open(inode, flags, clears_privs=writes and not _has_fsetid(ctx.pid, ctx.uid))
         return _file_info(opened)
 
     @guarded
@@ -166,7 +188,8 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
-        opened = await self.fs.create(parent_inode, _new_name(name), mode, ctx.uid, ctx.gid)
+        clears = not _has_fsetid(ctx.pid, ctx.uid)
+        opened = await self.fs.create(parent_inode, _new_name(name), mode, ctx.uid, ctx.gid, clears_privs=clears)
         return _file_info(opened), self._entry(opened.attr)
 
     @guarded
