@@ -209,7 +209,9 @@ def test_a_write_by_another_user_clears_suid_and_sgid_with_direct_io(mnt: Mounte
     assert stat.S_IMODE(mnt.head_mode("setid/by-root")) == 0o4777
 
 
-def test_a_write_by_another_user_clears_suid_and_sgid_without_direct_io(mnt: Mounted, shared_dir: Path) -> None:
+def test_a_write_by_another_user_clears_suid_and_sgid_without_direct_io(
+    mnt: Mounted, shared_dir: Path
+) -> None:
     """The default mount (the kernel clears the bits itself), as a daemon: one mount per process."""
     home = shared_dir / f"daemon-{mnt.server.kind}"
     home.mkdir(mode=0o755)
@@ -276,4 +278,10 @@ def test_a_folder_links_its_subfolders(mnt: Mounted) -> None:
     time.sleep(TTL)  # the kernel keeps what the lookup before the listing said (2) for --metadata-ttl
     assert outside.stat().st_nlink == 5
     found = subprocess.run(["find", str(outside), "-type", "d"], capture_output=True, text=True, timeout=60)
-    assert sorted(Path(p).relative_to(outside).as_posix() for p in found.stdout.split()) == [".", "p", "q", "q/r", "s"]
+    assert sorted(Path(p).relative_to(outside).as_posix() for p in found.stdout.split()) == [
+        ".",
+        "p",
+        "q",
+        "q/r",
+        "s",
+    ]

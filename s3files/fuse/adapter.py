@@ -189,7 +189,9 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
         clears = not _has_fsetid(ctx.pid, ctx.uid)
-        opened = await self.fs.create(parent_inode, _new_name(name), mode, ctx.uid, ctx.gid, clears_privs=clears)
+        opened = await self.fs.create(
+            parent_inode, _new_name(name), mode, ctx.uid, ctx.gid, clears_privs=clears
+        )
         return _file_info(opened), self._entry(opened.attr)
 
     @guarded
