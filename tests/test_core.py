@@ -130,7 +130,7 @@ def test_lookup_without_listing_uses_head_and_one_key_list() -> None:
         store.requests.reset()
         f = await fs.lookup(d.ino, "file")
         assert store.requests.snapshot() == {"head": 1, "list": 1}
-        assert (f.size, stat.S_IMODE(f.mode), f.uid, f.gid, f.mtime) == (3, 0o600, 12, 34, 1000.25)
+        assert (f.size, stat.S_IMODE(f.mode), f.uid, f.gid, f.mtime_ns) == (3, 0o600, 12, 34, 1_000_250_000_000)
         assert stat.S_ISREG(f.mode)
         sub = await fs.lookup(d.ino, "sub")
         assert stat.S_ISDIR(sub.mode)

@@ -280,7 +280,7 @@ def test_symlink_written_with_plain_put_gets_a_new_inode_once_a_head_shows_it() 
         assert stat.S_ISREG(old.mode)  # a listing cannot tell, and a plain small file costs no HEAD
         assert await errno_of(fs.getattr(old.ino)) == errno.ESTALE  # never another type for this inode
         new = await fs.lookup(d.ino, "s3fs-link")  # the kernel looks the name up again
-        assert new.ino != old.ino and stat.S_ISLNK(new.mode) and new.mtime == 1000.0
+        assert new.ino != old.ino and stat.S_ISLNK(new.mode) and new.mtime_ns == 1000 * 10**9
         assert await fs.readlink(new.ino) == b"target.txt"
         relisted = {n: a for n, a, _ in await fs.readdir(await fs.opendir(d.ino), 0)}
         assert relisted["s3fs-link"].ino == new.ino and stat.S_ISLNK(relisted["s3fs-link"].mode)

@@ -538,7 +538,7 @@ def test_core_folder_attributes_from_marker_on_lookup_and_chmod() -> None:
     async def body(fs: FileSystem) -> None:
         store.requests.reset()
         p = await fs.lookup(ROOT_INO, "p")
-        assert (p.mode & 0o777, p.uid, p.gid, p.mtime) == (0o750, 7, 8, 1_500_000_000.0)
+        assert (p.mode & 0o777, p.uid, p.gid, p.mtime_ns) == (0o750, 7, 8, 1_500_000_000 * 10**9)
         assert store.requests.snapshot() == {"head": 2, "list": 1}  # HEAD p, LIST p/, HEAD p/
         q = await fs.lookup(ROOT_INO, "q")
         assert q.mode & 0o777 == 0o755  # no marker: --dir-mode, and no HEAD of the marker

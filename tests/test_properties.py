@@ -327,7 +327,7 @@ class Seen:
     @classmethod
     def of_attr(cls, attr: Attr) -> Seen:
         kind = DIR if stat.S_ISDIR(attr.mode) else FILE
-        return cls(kind, attr.ino, attr.size, attr.mode, attr.uid, attr.gid, attr.mtime)
+        return cls(kind, attr.ino, attr.size, attr.mode, attr.uid, attr.gid, attr.mtime_ns / 1e9)
 
     @classmethod
     def of_stat(cls, st_: os.stat_result) -> Seen:
@@ -1375,7 +1375,7 @@ def test_metadata_no_stat_can_carry_falls_back_to_defaults(field: str, value: st
 
     async def body(fs: FileSystem) -> None:
         attr = await fs.lookup(ROOT_INO, "f")
-        assert (attr.uid, attr.gid, attr.mtime) == (1234, 5678, 1_000_000_000.5)
+        assert (attr.uid, attr.gid, attr.mtime_ns) == (1234, 5678, 1_000_000_000_500_000_000)
 
     run_core(store, body, uid=1234, gid=5678)
 

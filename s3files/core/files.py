@@ -29,6 +29,7 @@ from s3files.core.namespace import check_length, join, valid_name
 from s3files.core.parts import MAX_OBJECT
 from s3files.core.reader import PartBuffers, Reader, Spawn
 from s3files.core.superblock import Superblock
+from s3files.core.times import ns_of_seconds
 from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
 from s3files.core.writestate import WriteState
 from s3files.errors import (
@@ -79,7 +80,7 @@ class Files:
         uploader: Uploader,
         handles: Handles,
         spawn: Spawn,
-        wall: Callable[[], float],
+        wall: Callable[[], int],
     ) -> None:
         self.store = store
         self.opts = opts
@@ -179,7 +180,7 @@ class Files:
     async def _truncate(self, node: Inode, copy: LocalCopy, size: int) -> None:
         await self.cache.io.truncate(copy, size)
         node.size = size
-        node.mtime = self._wall()
+        node.mtime_ns = self._wall()
 
     async def create(
         self, parent_ino: int, name: str, mode: int, uid: int, gid: int, flags: int = 0, clears_privs: bool = False
@@ -235,7 +236,7 @@ class Files:
         self.uploader.parts.stream(copy, parts, off, off + len(data))
         node = handle.node
         node.size = max(node.size, off + len(data))
-        node.mtime = self._wall()
+        node.mtime_ns = self._wall()
         if handle.clears_privs:
             node.mode &= ~privs_to_clear(node.mode)  # published with the data this write changed
         return len(data)
@@ -258,7 +259,7 @@ class Files:
             return
         node.etag = node.meta_etag = info.etag
         if not copy.mtime_set:
-            node.mtime = info.last_modified  # what a HEAD will say from now on
+            node.mtime_ns = ns_of_seconds(info.last_modified)  # what a HEAD will say from now on
         node.fresh_until = self.sb.fresh_until()
         if self.sb.linked(node):
             self.sb.listed_file(node, info)
@@ -324,7 +325,7 @@ class Files:
         mode: int | None = None,
         uid: int | None = None,
         gid: int | None = None,
-        mtime: float | None = None,
+        mtime_ns: int | None = None,
     ) -> Attr:
         node = self.sb.node(ino)
         self.check_writable(f"change attributes of {node.path}")
@@ -344,13 +345,13 @@ class Files:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
         node.uid = node.uid if uid is None else uid
         node.gid = node.gid if gid is None else gid
-        node.mtime = node.mtime if mtime is None else mtime
-        metadata_changed = (mode, uid, gid, mtime) != (None, None, None, None)
+        node.mtime_ns = node.mtime_ns if mtime_ns is None else mtime_ns
+        metadata_changed = (mode, uid, gid, mtime_ns) != (None, None, None, None)
         copy = self.cache.get(ino)
         if copy is not None:
             if metadata_changed:
                 self.cache.io.changed(copy)
-                copy.mtime_set = copy.mtime_set or mtime is not None
+                copy.mtime_set = copy.mtime_set or mtime_ns is not None
             if copy.handles == 0:  # truncate(2) or chmod on a path, not through an open file: publish now
                 try:
                     await self.publish(copy)
@@ -359,7 +360,7 @@ class Files:
         elif metadata_changed and not node.is_dir:
             key = self.sb.ns.file_key(node.path)
             # copy_object: a symlink keeps its listable form, and objects over 5 GiB are copied in parts
-            source = ObjectInfo(key, node.size, node.etag or "", node.mtime)
+            source = ObjectInfo(key, node.size, node.etag or "", 0.0)
             node.etag = node.meta_etag = await copy_object(self.store, source, key, metadata=posix_metadata(node))
             self.sb.listed_file(node, ObjectInfo(key, node.size, node.etag, 0.0))  # 0: LastModified not known
         elif metadata_changed and node.ino != ROOT_INO:

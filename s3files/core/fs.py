@@ -54,7 +54,7 @@ class FileSystem:
         spawn: Spawn,
         staging: Path | CacheFolder,
         now: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], int] = time.time_ns,
     ) -> None:
         self.store = store
         self.opts = opts

@@ -25,6 +25,7 @@ import stat
 from dataclasses import dataclass
 
 from s3files.core.namespace import posix_metadata
+from s3files.core.times import ns_of_seconds
 from s3files.store.base import ObjectInfo
 
 ROOT_INO = 1
@@ -43,9 +44,11 @@ class Attr:
     size: int
     uid: int
     gid: int
-    mtime: float
+    mtime_ns: int  # times in integer nanoseconds since the epoch (times.py)
     nlink: int = 1
     rdev: int = 0  # a device's number (st_rdev)
+    ctime_ns: int = 0
+    atime_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Inode:
     size: int
     uid: int
     gid: int
-    mtime: float
+    mtime_ns: int  # nanoseconds since the epoch, as every time here (times.py)
     etag: str | None = None
     meta_etag: str | None = None  # the ETag whose HEAD metadata is applied (None: defaults/listing only)
     meta_modified: float | None = None  # that version's LastModified (None: not known)
@@ -80,6 +83,8 @@ class Inode:
     lookups: int = 0
     unlinked: bool = False  # lost its name (unlink, a rename over it) while still known: st_nlink 0
     subdirs: int | None = None  # a folder's subfolders as far as the mount knows them (None: never listed)
+    ctime_ns: int = 0  # the last change of data or attributes (0: not known, the mtime is shown)
+    atime_ns: int | None = None  # set explicitly (utimensat, touch -a): stored; None: the mtime is shown
 
     @property
     def kind(self) -> int:
@@ -87,7 +92,18 @@ class Inode:
         return stat.S_IFMT(self.mode)
 
     def attr(self) -> Attr:
-        return Attr(self.ino, self.mode, self.size, self.uid, self.gid, self.mtime, self.nlink, self.rdev)
+        return Attr(
+            self.ino,
+            self.mode,
+            self.size,
+            self.uid,
+            self.gid,
+            self.mtime_ns,
+            self.nlink,
+            self.rdev,
+            ctime_ns=self.ctime_ns or self.mtime_ns,
+            atime_ns=self.mtime_ns if self.atime_ns is None else self.atime_ns,
+        )
 
     @property
     def nlink(self) -> int:
@@ -97,6 +113,14 @@ class Inode:
         if self.is_dir:
             return 2 + (self.subdirs or 0)
         return 0 if self.unlinked else 1
+
+    def set_times(self, meta: dict[str, int], last_modified: float) -> None:
+        """Times from parsed metadata (namespace.posix_metadata), else as s3fs-fuse shows them: the
+        object's LastModified for mtime and ctime, and atime as the mtime."""
+        modified = ns_of_seconds(last_modified)
+        self.mtime_ns = meta.get("mtime", modified)
+        self.ctime_ns = meta.get("ctime", modified)
+        self.atime_ns = meta.get("atime")
 
     def extra_metadata(self) -> dict[str, str]:
         """The x-amz-meta-* fields besides mode, owner and times that a rewrite of the object must keep:
@@ -112,13 +136,13 @@ class Inode:
 class InodeTable:
     """ino -> Inode and path -> ino. The root (ino 1) is never forgotten."""
 
-    def __init__(self, defaults: Defaults, root_mtime: float) -> None:
+    def __init__(self, defaults: Defaults, root_mtime_ns: int) -> None:
         self.defaults = defaults
         self._by_ino: dict[int, Inode] = {}
         self._by_path: dict[str, int] = {}
         self._next = itertools.count(ROOT_INO + 1)
         root = Inode(
-            ROOT_INO, "", True, stat.S_IFDIR | defaults.dir_mode, 0, defaults.uid, defaults.gid, root_mtime
+            ROOT_INO, "", True, stat.S_IFDIR | defaults.dir_mode, 0, defaults.uid, defaults.gid, root_mtime_ns
         )
         root.fresh_until = float("inf")
         self._by_ino[ROOT_INO] = root
@@ -144,15 +168,15 @@ class InodeTable:
         if node is None:
             d = self.defaults
             perm = {stat.S_IFDIR: d.dir_mode, stat.S_IFLNK: 0o777}.get(kind, d.file_mode)
-            node = Inode(next(self._next), path, kind == stat.S_IFDIR, kind | perm, 0, d.uid, d.gid, 0.0)
+            node = Inode(next(self._next), path, kind == stat.S_IFDIR, kind | perm, 0, d.uid, d.gid, 0)
             self._by_ino[node.ino] = node
             self._by_path[path] = node.ino
         return node
 
-    def put_dir(self, path: str, mtime: float, fresh_until: float) -> Inode:
+    def put_dir(self, path: str, mtime_ns: int, fresh_until: float) -> Inode:
         node = self._node(path, stat.S_IFDIR)
-        if node.mtime == 0.0:
-            node.mtime = mtime
+        if node.mtime_ns == 0:
+            node.mtime_ns = mtime_ns
         node.fresh_until = fresh_until
         return node
 
@@ -200,7 +224,7 @@ class InodeTable:
         node.xattr = None if info.metadata is None else info.metadata.get("xattr")
         node.uid = int(meta.get("uid", d.uid))
         node.gid = int(meta.get("gid", d.gid))
-        node.mtime = float(meta.get("mtime", info.last_modified))
+        node.set_times(meta, info.last_modified)
         node.size = info.size
         node.etag = info.etag
         node.fresh_until = fresh_until
@@ -215,13 +239,15 @@ class InodeTable:
         node.xattr = (marker.metadata or {}).get("xattr")
         node.uid = int(meta.get("uid", d.uid))
         node.gid = int(meta.get("gid", d.gid))
-        node.mtime = float(meta.get("mtime", marker.last_modified))
+        node.set_times(meta, marker.last_modified)
 
-    def put_local_file(self, path: str, mode: int, uid: int, gid: int, mtime: float) -> Inode:
+    def put_local_file(self, path: str, mode: int, uid: int, gid: int, mtime_ns: int) -> Inode:
         """A file created here that S3 does not have yet (it is uploaded when closed)."""
         node = self._node(path, stat.S_IFREG)
         node.mode = stat.S_IFREG | stat.S_IMODE(mode)
-        node.uid, node.gid, node.mtime, node.size = uid, gid, mtime, 0
+        node.uid, node.gid, node.size = uid, gid, 0
+        node.mtime_ns = node.ctime_ns = mtime_ns
+        node.atime_ns = None
         node.etag = node.meta_etag = node.page_cache_etag = node.xattr = None
         return node
 

@@ -23,6 +23,7 @@ from dataclasses import replace
 
 from s3files.core.namespace import posix_metadata
 from s3files.core.tasks import for_each
+from s3files.core.times import format_time
 from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore, abort_quietly
 
 MAX_COPY_OBJECT = 5 * 1024**3  # CopyObject's limit; larger objects are copied part by part
@@ -43,14 +44,15 @@ def is_link(info: ObjectInfo) -> bool:
     return stat.S_ISLNK(int(posix_metadata(info.metadata).get("mode", 0)))
 
 
-def posix_fields(mode: int, uid: int, gid: int, mtime: float) -> dict[str, str]:
-    """x-amz-meta-* in the s3fs-compatible form files use (mode as decimal st_mode)."""
-    return {"mode": str(mode), "uid": str(uid), "gid": str(gid), "mtime": f"{mtime:.9f}"}
+def posix_fields(mode: int, uid: int, gid: int, mtime_ns: int) -> dict[str, str]:
+    """x-amz-meta-* in the s3fs-compatible form files use (mode as decimal st_mode, times as times.py
+    writes them)."""
+    return {"mode": str(mode), "uid": str(uid), "gid": str(gid), "mtime": format_time(mtime_ns)}
 
 
-def link_metadata(uid: int, gid: int, mtime: float) -> dict[str, str]:
+def link_metadata(uid: int, gid: int, mtime_ns: int) -> dict[str, str]:
     """x-amz-meta-* of a new symlink."""
-    return posix_fields(LINK_MODE, uid, gid, mtime)
+    return posix_fields(LINK_MODE, uid, gid, mtime_ns)
 
 
 async def put_link(

@@ -15,12 +15,12 @@ Rules (interoperable with s3fs-fuse and Mountpoint, see DESIGN.md):
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cachetools import LRUCache
 
+from s3files.core.times import parse_time
 from s3files.errors import InvalidName
 from s3files.store.base import ListPage, ObjectInfo
 
@@ -113,36 +113,42 @@ class Namespace:
         return dict(sorted(result.items()))
 
 
-def posix_metadata(metadata: Mapping[str, str] | None) -> dict[str, float | int]:
-    """The POSIX fields found in ``x-amz-meta-*`` (s3fs-compatible names); garbage is ignored, not fatal."""
-    found: dict[str, float | int] = {}
+def posix_metadata(metadata: Mapping[str, str] | None) -> dict[str, int]:
+    """The POSIX fields found in ``x-amz-meta-*`` (s3fs-compatible names); garbage is ignored, not fatal.
+    ``mtime``, ``ctime`` and ``atime`` come as integer nanoseconds (times.py has their text form)."""
+    found: dict[str, int] = {}
     if not metadata:
         return found
     # s3fs writes mode as the decimal st_mode (type bits included), e.g. "33188" for -rw-r--r--; rdev (a
     # device's number, decimal, as the kernel's st_rdev) is ours: s3fs writes none (its devices show 0).
-    for field, parse in (("mode", int), ("uid", int), ("gid", int), ("mtime", float), ("rdev", int)):
+    for field in ("mode", "uid", "gid", "mtime", "ctime", "atime", "rdev"):
         raw = metadata.get(field)
         if raw is None:
             continue
-        try:
-            value = parse(raw)
-        except ValueError:
-            log.debug("ignoring x-amz-meta-%s=%r: not a number", field, raw)
-            continue
-        if not _representable(field, value):
+        value = parse_time(raw) if field in TIMES else _integer(raw)
+        if value is None or not _representable(field, value):
             log.debug("ignoring x-amz-meta-%s=%r: no stat can carry it", field, raw)
             continue
         found[field] = value
     return found
 
 
-def _representable(field: str, value: float) -> bool:
-    """Whether ``value`` fits its stat field (mode 16 bits, ids 32 bits, mtime as int64 nanoseconds)."""
+TIMES = ("mtime", "ctime", "atime")
+
+
+def _integer(raw: str) -> int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+def _representable(field: str, value: int) -> bool:
+    """Whether ``value`` fits its stat field (mode 16 bits, ids 32 bits; times.py checks times)."""
     if field == "mode":
         return 0 <= value <= 0o177777
     if field in ("uid", "gid"):
         return 0 <= value < 2**32 - 1  # 2**32 - 1 is (uid_t)-1, "no change" to chown
     if field == "rdev":
         return 0 <= value < 2**32  # FUSE carries a device number in 32 bits
-    return math.isfinite(value) and abs(value) < 9.2e9
-
+    return True

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from s3files.core.copies import Multipart
+from s3files.core.namespace import posix_metadata
 from s3files.core.records import Record
+from s3files.core.times import ns_of_seconds
 from s3files.core.uploader import WriteConflict
 from s3files.core.writestate import WriteState
 from s3files.errors import S3FilesError
@@ -117,7 +119,7 @@ async def _publish(fs: FileSystem, record: Record, path: str, report: RecoveryRe
         int(meta.get("mode", stat.S_IFREG | fs.opts.file_mode)),
         int(meta.get("uid", fs.opts.uid)),
         int(meta.get("gid", fs.opts.gid)),
-        float(meta.get("mtime", record.updated)),
+        posix_metadata(meta).get("mtime", ns_of_seconds(record.updated)),
     )
     node.size = record.size
     record.state = WriteState.ACKED.value

@@ -18,6 +18,7 @@ from s3files.core.cache import LocalCache
 from s3files.core.copies import LocalCopy, Multipart
 from s3files.core.inodes import Inode
 from s3files.core.parts import MAX_PARTS
+from s3files.core.times import format_time
 from s3files.core.writestate import WriteState
 from s3files.errors import S3FilesError
 from s3files.store.base import ObjectStore, abort_quietly
@@ -36,7 +37,7 @@ def posix_metadata(node: Inode, with_mtime: bool = True) -> dict[str, str]:
     """
     metadata = {"mode": str(node.mode), "uid": str(node.uid), "gid": str(node.gid)}
     if with_mtime:
-        metadata["mtime"] = f"{node.mtime:.9f}"
+        metadata["mtime"] = format_time(node.mtime_ns)
     metadata.update(node.extra_metadata())
     return metadata
 

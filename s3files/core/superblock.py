@@ -44,6 +44,7 @@ from s3files.core.inodes import Defaults, Inode, InodeTable
 from s3files.core.links import link_candidate, posix_fields
 from s3files.core.namespace import Entry, Namespace, join
 from s3files.core.tasks import for_each, run_all
+from s3files.core.times import NS, seconds_of_ns
 from s3files.errors import KindChanged, NotFound, ObjectNotFound
 from s3files.options import MountOptions
 from s3files.store.base import ListPage, ObjectInfo, ObjectStore
@@ -57,7 +58,8 @@ SMALL_FOLDER_PAGES = 2  # a folder listed instead of probed: at most this many p
 
 
 class Superblock:
-    """Names and attributes of one mount. ``now``: the clock of every TTL; ``wall``: times shown."""
+    """Names and attributes of one mount. ``now``: the clock of every TTL; ``wall``: times shown
+    (nanoseconds)."""
 
     def __init__(
         self,
@@ -65,7 +67,7 @@ class Superblock:
         opts: MountOptions,
         is_local: Callable[[int], bool],
         now: Callable[[], float],
-        wall: Callable[[], float],
+        wall: Callable[[], int],
     ) -> None:
         self.store = store
         self.ttl = opts.metadata_ttl
@@ -75,8 +77,8 @@ class Superblock:
         self.is_local = is_local
         self._now = now
         self.ns = Namespace(opts.source.prefix)
-        self.inodes = InodeTable(Defaults(opts.uid, opts.gid, opts.file_mode, opts.dir_mode), root_mtime=wall())
-        self.mount_time = wall()
+        self.mount_time = wall() // NS * NS  # whole seconds: folders without a marker show it, as LastModified
+        self.inodes = InodeTable(Defaults(opts.uid, opts.gid, opts.file_mode, opts.dir_mode), self.mount_time)
         self.described = Descriptions(store, self.ns, self.inodes, opts.allow_other, self.ttl, now, self.mount_time)
         self._listings: TTLCache[str, dict[str, Entry]] = TTLCache(maxsize=256, ttl=max(self.ttl, 1e-9), timer=now)
         # Folders whose last listing was small (SMALL_FOLDER_PAGES): a lookup there re-lists (a LIST answers
@@ -201,7 +203,7 @@ class Superblock:
         metadata we know, so a listing never shows an older mode than a chmod set. ``info.last_modified``
         is when S3 wrote it, as its reply said (0: not known, and a true-attributes listing HEADs it once)."""
         node.meta_modified = info.last_modified or None
-        meta = {**posix_fields(node.mode, node.uid, node.gid, node.mtime), **node.extra_metadata()}
+        meta = {**posix_fields(*_fields(node)), **node.extra_metadata()}
         self.listed(node.path, Entry(node.path.rpartition("/")[2], is_dir=False, info=replace(info, metadata=meta)))
 
     def listed_folder(self, node: Inode) -> None:
@@ -345,7 +347,7 @@ class Descriptions:
         true: bool,
         ttl: float,
         now: Callable[[], float],
-        mount_time: float,
+        mount_time: int,
     ) -> None:
         self.store, self.ns, self.inodes, self.true, self.ttl = store, ns, inodes, true, ttl
         self.mount_time = mount_time
@@ -410,7 +412,7 @@ class Descriptions:
         if marker is not None:
             return marker
         key = self.ns.dir_prefix(path)
-        marker = ObjectInfo(key, 0, "", self.mount_time, {})
+        marker = ObjectInfo(key, 0, "", seconds_of_ns(self.mount_time), {})
         if exists:
             try:
                 marker = await self.store.head(key)
@@ -423,14 +425,14 @@ class Descriptions:
     def folder_changed(self, node: Inode) -> ObjectInfo:
         """Folder ``node``'s marker was written here with its attributes: what a HEAD would now say."""
         metadata = {**posix_fields(*_fields(node)), **node.extra_metadata()}
-        marker = ObjectInfo(self.ns.dir_prefix(node.path), 0, "", node.mtime, metadata)
+        marker = ObjectInfo(self.ns.dir_prefix(node.path), 0, "", seconds_of_ns(node.mtime_ns), metadata)
         if self.ttl > 0:
             self.markers[node.path] = marker
         return marker
 
 
-def _fields(node: Inode) -> tuple[int, int, int, float]:
-    return node.mode, node.uid, node.gid, node.mtime
+def _fields(node: Inode) -> tuple[int, int, int, int]:
+    return node.mode, node.uid, node.gid, node.mtime_ns
 
 
 async def _call(call: Callable[[], Awaitable[None]]) -> None:

@@ -54,7 +54,7 @@ class TreeOps:
         handles: Handles,
         files: Files,
         uploader: Uploader,
-        wall: Callable[[], float],
+        wall: Callable[[], int],
     ) -> None:
         self.store = store
         self.sb = sb

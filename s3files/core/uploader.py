@@ -70,7 +70,7 @@ class Uploader:
         spawn: Callable[..., object],
         key_of: Callable[[LocalCopy], str],
         on_published: Callable[[LocalCopy], None],
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], int] = time.time_ns,
     ) -> None:
         """``on_published``: called when a background retry published a copy (fs.py settles it)."""
         self.store = store
@@ -193,7 +193,7 @@ class Uploader:
     async def _keep_ours_beside(self, copy: LocalCopy, key: str, metadata: Mapping[str, str], size: int) -> NoReturn:
         await self._standalone(copy, key)
         for _ in range(CONFLICT_NAMES):
-            beside = conflict_name(key, self._wall())
+            beside = conflict_name(key, self._wall() / 1e9)
             try:
                 await self._write(copy, beside, metadata, size)
             except PreconditionFailed:

@@ -50,12 +50,6 @@ def guarded(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
-def _seconds(ns: int) -> float:
-    """Nanoseconds to float seconds, whole seconds first: ns / 1e9 would round 1500000000.25 down."""
-    whole, frac = divmod(ns, 1_000_000_000)
-    return whole + frac / 1e9
-
-
 def _file_info(opened: OpenFile) -> Any:
     return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
 
@@ -122,9 +116,9 @@ class Operations(pyfuse3.Operations):
         entry.st_size = attr.size
         entry.st_blksize = 1024 * 1024  # a hint to programs to read in big chunks
         entry.st_blocks = (attr.size + 511) // 512
-        whole = int(attr.mtime // 1)
-        ns = whole * 1_000_000_000 + round((attr.mtime - whole) * 1e9)  # exact for .25, unlike mtime*1e9
-        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = ns
+        entry.st_mtime_ns = attr.mtime_ns
+        entry.st_ctime_ns = attr.ctime_ns
+        entry.st_atime_ns = attr.atime_ns
         return entry
 
     # -- reading the tree --------------------------------------------------------------------------
@@ -215,7 +209,7 @@ class Operations(pyfuse3.Operations):
                 mode=attr.st_mode if fields.update_mode else None,
                 uid=attr.st_uid if fields.update_uid else None,
                 gid=attr.st_gid if fields.update_gid else None,
-                mtime=_seconds(attr.st_mtime_ns) if fields.update_mtime else None,
+                mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             )
         )
 
