@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bypass the kernel page cache: faster cold reads in large blocks; no re-read cache, no shared mmap",
     )
     fs.add_argument(
+        "--no-xattrs",
+        dest="xattrs",
+        action="store_false",
+        help="no extended attributes (ENOTSUP): saves the kernel's getxattr round trip before every write()",
+    )
+    fs.add_argument(
         "--uid", type=int, default=mount_default("uid"), help="owner of objects without x-amz-meta-uid"
     )
     fs.add_argument(
@@ -177,6 +183,7 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         read=ReadOptions(),
         read_only=args.read_only,
         direct_io=args.direct_io,
+        xattrs=args.xattrs,
         uid=args.uid,
         gid=args.gid,
         file_mode=args.file_mode,

@@ -58,6 +58,24 @@ class NotSupported(S3FilesError):
     errno = errno.ENOTSUP
 
 
+class NoAttribute(S3FilesError):
+    # An extended attribute that is not there (ENODATA, which is ENOATTR on Linux).
+    errno = errno.ENODATA
+
+
+class NoSpace(S3FilesError):
+    # Judgement call: extended attributes beyond S3's 2 KB of user metadata are ENOSPC ("insufficient
+    # space remaining to store the extended attribute", setxattr(2)), not E2BIG, which setxattr(2) keeps
+    # for one value over the kernel's own limit; the message says it is S3's metadata limit.
+    errno = errno.ENOSPC
+
+
+class Unimplemented(S3FilesError):
+    # ENOSYS: an operation this mount does not do at all (extended attributes with --no-xattrs). The
+    # kernel remembers it per operation and stops asking, so getxattr before every write costs nothing.
+    errno = errno.ENOSYS
+
+
 class NotPermitted(S3FilesError):
     errno = errno.EPERM
 

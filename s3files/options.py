@@ -84,6 +84,11 @@ class MountOptions:
     # The price: nothing is cached between opens, each read() is a request to the daemon (small reads are
     # slow), and a shared mmap fails with ENODEV (libfuse 3.14 cannot allow it; MAP_PRIVATE works).
     direct_io: bool = False
+    # Extended attributes (user.*, core/xattrs.py). The kernel asks a FUSE file system for
+    # security.capability before every write() once it answers getxattr at all: one more round trip
+    # per write call (small writes through a mount take up to twice as long). Off, the mount answers
+    # ENOSYS once and the kernel never asks again (s3fs-fuse's default, its use_xattr option).
+    xattrs: bool = True
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
     file_mode: int = 0o644

@@ -9,6 +9,8 @@ bits and ``x-amz-meta-rdev`` a device's number; their I/O is the kernel's. Exten
 
 from __future__ import annotations
 
+import base64
+import errno
 import os
 import socket
 import stat
@@ -16,6 +18,7 @@ import subprocess
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pytest
 from conftest import S3Server
@@ -83,9 +86,15 @@ def test_special_files_are_created_stated_renamed_chmodded_and_listed_after_a_re
 
 
 def test_fifo_and_socket_on_the_mount_carry_data(bucket: str, moto_server: S3Server, tmp_path: Path) -> None:
-    """The kernel does the I/O of a FIFO and a socket whose names live on the mount."""
+    """The kernel does the I/O of a FIFO and a socket whose names live on the mount (here one with
+    --no-xattrs, whose extended attributes are ENOTSUP)."""
     m = tmp_path / "m"
-    with mount(moto_server, bucket, m):
+    with mount(moto_server, bucket, m, xattrs=False):
+        (m / "f").write_bytes(b"")
+        for call in (lambda: os.setxattr(m / "f", "user.a", b"1"), lambda: os.getxattr(m / "f", "user.a")):
+            with pytest.raises(OSError) as off:
+                call()
+            assert off.value.errno == errno.ENOTSUP
         os.mkfifo(m / "fifo")
         got: list[bytes] = []
         reader = threading.Thread(target=lambda: got.append((m / "fifo").read_bytes()))
@@ -105,16 +114,89 @@ def test_fifo_and_socket_on_the_mount_carry_data(bucket: str, moto_server: S3Ser
                     assert peer.recv(5) == b"hello"
 
 
-def test_special_files_written_by_s3fs_are_read_back(
+XATTR_CREATE, XATTR_REPLACE = os.XATTR_CREATE, os.XATTR_REPLACE
+
+
+def test_xattrs_set_get_list_remove_survive_a_remount_and_follow_cp_a(
     bucket: str, moto_server: S3Server, boto3_client: Any, tmp_path: Path
 ) -> None:
-    """Objects as s3fs-fuse writes them (a plain PUT, mode with type bits, no rdev) keep their type."""
+    m = tmp_path / "m"
+    with mount(moto_server, bucket, m):
+        f, d = m / "f", m / "d"
+        f.write_bytes(b"data")
+        os.mkdir(d)
+        os.setxattr(f, "user.color", b"blue")
+        os.setxattr(f, "user.bin", bytes(range(256)))
+        os.setxattr(f, "user.empty", b"")
+        os.setxattr(d, "user.dir", b"folder")
+        assert os.getxattr(f, "user.color") == b"blue" and os.getxattr(f, "user.bin") == bytes(range(256))
+        assert sorted(os.listxattr(f)) == ["user.bin", "user.color", "user.empty"]
+        assert os.listxattr(d) == ["user.dir"]
+        # flags: XATTR_CREATE on an existing name, XATTR_REPLACE on a missing one
+        with pytest.raises(FileExistsError):
+            os.setxattr(f, "user.color", b"red", XATTR_CREATE)
+        with pytest.raises(OSError) as missing:
+            os.setxattr(f, "user.nope", b"x", XATTR_REPLACE)
+        assert missing.value.errno == errno.ENODATA
+        os.setxattr(f, "user.color", b"green", XATTR_REPLACE)
+        os.removexattr(f, "user.empty")
+        with pytest.raises(OSError) as gone:
+            os.removexattr(f, "user.empty")
+        assert gone.value.errno == errno.ENODATA
+        # other namespaces: absent to read, not storable
+        for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+            with pytest.raises(OSError) as absent:
+                os.getxattr(f, name)
+            assert absent.value.errno == errno.ENODATA, name
+        with pytest.raises(OSError) as refused:
+            os.setxattr(f, "trusted.x", b"1")
+        assert refused.value.errno == errno.ENOTSUP
+        # S3 keeps 2 KB of user metadata
+        with pytest.raises(OSError) as big:
+            os.setxattr(f, "user.big", b"x" * 1600)
+        assert big.value.errno == errno.ENOSPC and "user.big" not in os.listxattr(f)
+        # a file being written carries them in its publish; chmod keeps them
+        with open(m / "w", "wb") as w:
+            w.write(b"x")
+            os.setxattr(m / "w", "user.during", b"write")
+            w.write(b"y")
+        os.chmod(f, 0o600)
+        # cp -a on the mount copies them (and prints nothing about other namespaces)
+        os.mkdir(m / "copies")
+        cp = subprocess.run(["cp", "-a", str(f), str(d), str(m / "copies")], capture_output=True, text=True)
+        assert (cp.returncode, cp.stderr) == (0, "")
+    head = boto3_client.head_object(Bucket=bucket, Key="f")["Metadata"]
+    assert int(head["mode"]) == stat.S_IFREG | 0o600
+    expected = '{"user.bin":"' + base64.b64encode(bytes(range(256))).decode() + '","user.color":"Z3JlZW4="}'
+    assert head["xattr"] == quote(expected, safe="/")  # s3fs-fuse's encoding, byte for byte
+    with mount(moto_server, bucket, m):
+        assert os.getxattr(m / "f", "user.color") == b"green"
+        assert sorted(os.listxattr(m / "f")) == ["user.bin", "user.color"]
+        assert os.getxattr(m / "d", "user.dir") == b"folder"
+        assert os.getxattr(m / "w", "user.during") == b"write" and (m / "w").read_bytes() == b"xy"
+        assert os.getxattr(m / "copies/f", "user.bin") == bytes(range(256))
+        assert os.getxattr(m / "copies/d", "user.dir") == b"folder"
+        assert stat.S_IMODE(os.stat(m / "copies/f").st_mode) == 0o600
+
+
+def test_objects_written_by_s3fs_are_read_back(
+    bucket: str, moto_server: S3Server, boto3_client: Any, tmp_path: Path
+) -> None:
+    """Objects as s3fs-fuse writes them: special files (a plain PUT, mode with type bits, no rdev) keep their
+    type; its x-amz-meta-xattr is read, and an ACL of another namespace in it is kept, not shown."""
     put(boto3_client, bucket, "p", b"", mode=str(stat.S_IFIFO | 0o644), uid="0", gid="0", mtime="1700000000")
     put(boto3_client, bucket, "c", b"", mode=str(stat.S_IFCHR | 0o600))
     put(boto3_client, bucket, "odd", b"x", mode=str(stat.S_IFDIR | 0o700))  # a folder's bits on a file object
+    raw = '{"system.posix_acl_access":"AgAAAAEABgD/////","user.a":"YmFy","user.k:v":"YmF6"}'
+    put(boto3_client, bucket, "s", b"s3fs", mode=str(stat.S_IFREG | 0o644), xattr=quote(raw, safe="/"))
     m = tmp_path / "m"
     with mount(moto_server, bucket, m, allow_other=True):
         assert os.stat(m / "odd").st_mode == stat.S_IFREG | 0o700
         st = os.stat(m / "p")
         assert (st.st_mode, st.st_mtime, st.st_size) == (stat.S_IFIFO | 0o644, 1700000000, 0)
         assert os.stat(m / "c").st_mode == stat.S_IFCHR | 0o600 and os.stat(m / "c").st_rdev == 0
+        assert sorted(os.listxattr(m / "s")) == ["user.a", "user.k:v"]
+        assert os.getxattr(m / "s", "user.a") == b"bar" and os.getxattr(m / "s", "user.k:v") == b"baz"
+        os.removexattr(m / "s", "user.a")
+    kept = unquote(boto3_client.head_object(Bucket=bucket, Key="s")["Metadata"]["xattr"])
+    assert kept == '{"system.posix_acl_access":"AgAAAAEABgD/////","user.k:v":"YmF6"}'

@@ -329,6 +329,9 @@ class Files:
     ) -> Attr:
         node = self.sb.node(ino)
         self.check_writable(f"change attributes of {node.path}")
+        metadata_changed = (mode, uid, gid, mtime_ns) != (None, None, None, None)
+        if metadata_changed:
+            await self.describe(node, fresh=False)  # before the changes: a HEAD would undo them
         if size is not None:
             if node.is_dir:
                 raise IsADirectory(f"{node.path} is a folder")
@@ -346,28 +349,58 @@ class Files:
         node.uid = node.uid if uid is None else uid
         node.gid = node.gid if gid is None else gid
         node.mtime_ns = node.mtime_ns if mtime_ns is None else mtime_ns
-        metadata_changed = (mode, uid, gid, mtime_ns) != (None, None, None, None)
-        copy = self.cache.get(ino)
+        if metadata_changed:
+            await self.write_metadata(node, mtime_set=mtime_ns is not None)
+        else:
+            await self._publish_unopened(node)
+        return node.attr()
+
+    async def describe(self, node: Inode, fresh: bool) -> None:
+        """Make ``node``'s metadata its object's own before it is read (getxattr) or rewritten (chmod,
+        setxattr): a rewrite replaces all user metadata, so what only a HEAD shows (extended attributes, a
+        device's number) must be known, not taken from a listing. ``fresh``: also within ``metadata_ttl``
+        (a read; a rewrite needs only the version's). Nothing is asked for a local copy (ours is newer
+        than S3's), an inode that lost its name, or the root (no object)."""
+        if node.ino == ROOT_INO or self.cache.get(node.ino) is not None or not self.sb.linked(node):
+            return
+        if node.is_dir:
+            marker = await self.sb.described.marker(node.path)  # cached for metadata_ttl
+            if marker.metadata:
+                self.sb.inodes.describe_dir(node, marker)
+            else:
+                node.xattr = None  # no marker, or one without metadata
+        elif node.meta_etag is None or node.meta_etag != node.etag or (fresh and not self.sb.is_fresh(node)):
+            await self.sb.head(node)
+
+    async def write_metadata(self, node: Inode, mtime_set: bool = False) -> None:
+        """``node``'s metadata (mode, owner, times, extended attributes) changed here: a local copy
+        publishes it with its bytes (now, if no handle has it open), a closed file's object is rewritten
+        by a server-side copy in place, a folder's marker is written. ``mtime_set``: an explicit mtime."""
+        copy = self.cache.get(node.ino)
         if copy is not None:
-            if metadata_changed:
-                self.cache.io.changed(copy)
-                copy.mtime_set = copy.mtime_set or mtime_ns is not None
-            if copy.handles == 0:  # truncate(2) or chmod on a path, not through an open file: publish now
-                try:
-                    await self.publish(copy)
-                finally:
-                    await self.after_last_close(copy)
-        elif metadata_changed and not node.is_dir:
+            self.cache.io.changed(copy)
+            copy.mtime_set = copy.mtime_set or mtime_set
+            await self._publish_unopened(node)
+        elif not node.is_dir:
             key = self.sb.ns.file_key(node.path)
             # copy_object: a symlink keeps its listable form, and objects over 5 GiB are copied in parts
             source = ObjectInfo(key, node.size, node.etag or "", 0.0)
             node.etag = node.meta_etag = await copy_object(self.store, source, key, metadata=posix_metadata(node))
             self.sb.listed_file(node, ObjectInfo(key, node.size, node.etag, 0.0))  # 0: LastModified not known
-        elif metadata_changed and node.ino != ROOT_INO:
+        elif node.ino != ROOT_INO:
             # A folder's attributes live in its marker object (as mkdir writes it; the root has none).
             await self.store.put(self.sb.ns.dir_prefix(node.path), b"", posix_metadata(node))
             self.sb.listed_folder(node)
-        return node.attr()
+
+    async def _publish_unopened(self, node: Inode) -> None:
+        """A change through a path (truncate(2), chmod), not an open file: a local copy nobody has open
+        is published now."""
+        copy = self.cache.get(node.ino)
+        if copy is not None and copy.handles == 0:
+            try:
+                await self.publish(copy)
+            finally:
+                await self.after_last_close(copy)
 
     async def orphan(self, node: Inode) -> None:
         """``node`` lost its name (unlink, or a rename over it): open handles keep working on its local

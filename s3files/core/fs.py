@@ -33,6 +33,7 @@ from s3files.core.superblock import Superblock
 from s3files.core.treeops import RENAME_EXCHANGE, RENAME_NOREPLACE, TreeOps
 from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
 from s3files.core.writestate import WriteState
+from s3files.core.xattrs import ExtendedAttributes
 from s3files.errors import NotADirectory, NotFound, S3FilesError
 from s3files.options import MountOptions
 from s3files.store.base import ObjectStore
@@ -80,6 +81,7 @@ class FileSystem:
         self.handles = Handles()
         self.files = Files(store, opts, self.sb, self.cache, self.uploader, self.handles, spawn, wall)
         self.tree = TreeOps(store, self.sb, self.cache, self.handles, self.files, self.uploader, wall)
+        self.xattrs = ExtendedAttributes(self.sb, self.files, opts.xattrs)
         self.recovery = RecoveryReport()
 
     def _is_local(self, ino: int) -> bool:
@@ -191,6 +193,18 @@ class FileSystem:
 
     async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int, gid: int) -> Attr:
         return await self.tree.mknod(parent_ino, name, mode, rdev, uid, gid)
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return await self.xattrs.get(ino, name)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return await self.xattrs.names(ino)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        await self.xattrs.set(ino, name, value)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        await self.xattrs.remove(ino, name)
 
     async def unlink(self, parent_ino: int, name: str) -> None:
         check_length(name)

@@ -122,6 +122,7 @@ async def _publish(fs: FileSystem, record: Record, path: str, report: RecoveryRe
         posix_metadata(meta).get("mtime", ns_of_seconds(record.updated)),
     )
     node.size = record.size
+    node.xattr = meta.get("xattr")  # extended attributes set here travel with the publish
     record.state = WriteState.ACKED.value
     copy = fs.cache.open_recorded(record, node)
     copy.mtime_set = "mtime" in meta

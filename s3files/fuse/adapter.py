@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 CAP_FSETID = 4  # linux/capability.h
 
+# Answers that are part of normal work, logged at debug: a missing name, a read-only mount, a missing
+# extended attribute (the kernel asks for security.capability before every write), extended attributes
+# turned off (--no-xattrs: the kernel stops asking).
+QUIET = frozenset((errno.ENOENT, errno.EROFS, errno.ENODATA, errno.ENOSYS))
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -40,7 +45,7 @@ def guarded(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         except pyfuse3.FUSEError:
             raise
         except S3FilesError as exc:
-            level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.EROFS) else logging.WARNING
+            level = logging.DEBUG if exc.errno in QUIET else logging.WARNING
             log.log(level, "op=%s errno=%s: %s", handler.__name__, errno.errorcode.get(exc.errno), exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
@@ -246,3 +251,22 @@ class Operations(pyfuse3.Operations):
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
         self.fs.check_writable("link")
         raise NotPermitted("hard links cannot be stored in S3")
+
+    # -- extended attributes (s3files/core/xattrs.py); pyfuse3 answers size queries and ERANGE itself,
+    # and turns XATTR_CREATE/XATTR_REPLACE into a getxattr first (EEXIST/ENODATA) --------------------------
+
+    @guarded
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.fs.getxattr(inode, name)
+
+    @guarded
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return await self.fs.listxattr(inode)
+
+    @guarded
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.setxattr(inode, name, value)
+
+    @guarded
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.removexattr(inode, name)
