@@ -16,6 +16,7 @@ from test_core import read_all, resolve, run_fs, write_new
 from s3files.core.fs import RENAME_NOREPLACE, FileSystem
 from s3files.core.inodes import ROOT_INO
 from s3files.core.links import copy_object
+from s3files.core.xattrs import decode, encode
 from s3files.errors import S3FilesError, StoreError
 from s3files.store import MemoryStore
 from s3files.store.base import ObjectInfo
@@ -374,3 +375,46 @@ def test_chown_of_a_symlink_keeps_it_a_symlink_where_copies_lose_the_multipart_e
         assert int(head.metadata["mode"]) & 0o170000 == 0o120000 and store.data("l") == b"target"
 
     run_fs(store, body)
+
+
+# -- special files and extended attributes ---------------------------------------------------------
+
+
+def test_mknod_is_one_put_and_xattrs_cost_no_request_when_known() -> None:
+    """mknod: one PUT. getxattr of another namespace (the kernel asks security.capability before every
+    write) and of a version whose metadata is known and fresh: no request; a set: one copy in place."""
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        store.requests.reset()
+        fifo = await fs.mknod(ROOT_INO, "p", stat.S_IFIFO | 0o640, 0, 1, 2)
+        dev = await fs.mknod(ROOT_INO, "d", stat.S_IFBLK | 0o600, os.makedev(8, 1), 1, 2)
+        assert store.requests.snapshot() == {"put": 2}
+        assert (fifo.mode, dev.mode, dev.rdev) == (stat.S_IFIFO | 0o640, stat.S_IFBLK | 0o600, os.makedev(8, 1))
+        assert await errno_of(fs.mknod(ROOT_INO, "p", stat.S_IFIFO | 0o640, 0, 1, 2)) == errno.EEXIST
+        assert await errno_of(fs.mknod(ROOT_INO, "x", stat.S_IFDIR | 0o755, 0, 1, 2)) == errno.EINVAL
+        f = await write_new(fs, ROOT_INO, "f", b"data")
+        store.requests.reset()
+        assert await errno_of(fs.getxattr(f, b"security.capability")) == errno.ENODATA
+        assert await errno_of(fs.setxattr(fifo.ino, b"user.a", b"1")) == errno.EPERM
+        assert await errno_of(fs.setxattr(f, b"system.posix_acl_access", b"1")) == errno.ENOTSUP
+        assert await errno_of(fs.setxattr(f, b'user."q"', b"1")) == errno.EINVAL
+        assert store.requests.snapshot() == {}
+        await fs.setxattr(f, b"user.a", b"1")
+        assert store.requests.snapshot() == {"copy": 1}
+        assert await fs.getxattr(f, b"user.a") == b"1" and await fs.listxattr(f) == [b"user.a"]
+        assert store.requests.snapshot() == {"copy": 1}
+        info = await store.head("d")
+        assert info.metadata is not None and info.metadata["rdev"] == str(os.makedev(8, 1))
+
+    run_fs(store, body)
+
+
+def test_xattr_encoding_is_s3fs_fuses_and_garbage_is_skipped() -> None:
+    raw = encode({b"user.b": b"\x00\xff", b"user.a": b"bar", b"user.k:v": b""})
+    assert raw == "%7B%22user.a%22%3A%22YmFy%22%2C%22user.b%22%3A%22AP8%3D%22%2C%22user.k%3Av%22%3A%22%22%7D"
+    assert decode(raw) == {b"user.a": b"bar", b"user.b": b"\x00\xff", b"user.k:v": b""}
+    assert encode({}) is None and decode("%7B%7D") == {} and decode(None) == {}
+    for garbage in ("", "{", "}{", "%ZZ", '{"a":"!!"}', '{"a"}', '{"a":"YQ==",broken,"b":"Yg=="}', '{""":"YQ=="}'):
+        decode(garbage)  # never raises
+    assert decode('{"a":"YQ==",broken,"b":"Yg=="}') == {b"a": b"a", b"b": b"b"}
