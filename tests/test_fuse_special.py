@@ -169,7 +169,8 @@ def test_xattrs_set_get_list_remove_survive_a_remount_and_follow_cp_a(
     assert int(head["mode"]) == stat.S_IFREG | 0o600
     expected = '{"user.bin":"' + base64.b64encode(bytes(range(256))).decode() + '","user.color":"Z3JlZW4="}'
     assert head["xattr"] == quote(expected, safe="/")  # s3fs-fuse's encoding, byte for byte
-    with mount(moto_server, bucket, m):
+    with mount(moto_server, bucket, m, allow_other=True):
+        assert types_in_ls(m)["f"] == "-" and types_in_ls(m / "copies")["d"] == "d"  # listed first
         assert os.getxattr(m / "f", "user.color") == b"green"
         assert sorted(os.listxattr(m / "f")) == ["user.bin", "user.color"]
         assert os.getxattr(m / "d", "user.dir") == b"folder"
