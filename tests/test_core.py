@@ -196,6 +196,53 @@ def test_sequential_read_no_overlapping_gets_and_growing_window() -> None:
     run_fs(store, body)
 
 
+class SlowStore(MemoryStore):
+    """A ranged GET takes a moment, so that concurrent readers overlap as they do against S3."""
+
+    async def get_range(
+        self, key: str, start: int, end: int, if_match: str | None = None, into: bytearray | None = None
+    ) -> bytes | bytearray:
+        await trio.sleep(0.002)
+        return await super().get_range(key, start, end, if_match, into)
+
+
+@pytest.mark.parametrize("streams", [2, 4])
+def test_interleaved_streams_of_one_handle_each_get_read_ahead_and_fetch_each_byte_once(streams: int) -> None:
+    """Readers of slices of one open file, at once (threads on one descriptor): none fails another (the old
+    reader cancelled the parts one was waiting for), each has read-ahead, no byte is fetched twice, and
+    what the file holds stays within 64 MiB plus three parts per stream (at most 128 MiB)."""
+    store = SlowStore()
+    data = random.Random(streams).randbytes(64 * MIB)
+    store.seed("big", data)
+    ranges = spy_gets(store)
+    share = len(data) // streams
+    peak = 0
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.open(await resolve(fs, "big"), os.O_RDONLY)
+        got: dict[int, list[bytes]] = {i: [] for i in range(streams)}
+
+        async def stream(i: int) -> None:
+            nonlocal peak
+            for off in range(i * share, (i + 1) * share, MIB):
+                got[i].append(bytes(await fs.read(opened.fh, off, MIB)))
+                peak = max(peak, int(fs.statistics()["held_read_bytes"]))  # type: ignore[call-overload]
+
+        async with trio.open_nursery() as nursery:
+            for i in range(streams):
+                nursery.start_soon(stream, i)
+        assert b"".join(b"".join(got[i]) for i in range(streams)) == data
+        await fs.release(opened.fh)
+
+    run_fs(store, body)
+    spans = sorted(ranges)
+    for (s1, e1), (s2, e2) in itertools.pairwise(spans):
+        assert e1 <= s2, f"overlapping GETs {s1}-{e1} and {s2}-{e2}"
+    assert sum(e - s for s, e in spans) == len(data)
+    assert len(spans) <= 6 * streams + 2, spans  # one GET per 1 MiB read would be 64
+    assert peak <= 64 * MIB + min(3 * 8 * MIB * streams, 64 * MIB)
+
+
 def test_random_reads_fetch_only_what_is_asked() -> None:
     store = MemoryStore()
     data = random.Random(2).randbytes(32 * MIB)

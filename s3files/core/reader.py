@@ -1,29 +1,40 @@
-"""Reading one open object: ranged GETs, with a growing read-ahead window for sequential readers.
+"""Reading one open object: ranged GETs, with a growing read-ahead window for each sequential stream.
 
 Owns: which byte ranges are fetched when, the parts in flight and in memory for one open file, and
 cancelling them when the file is closed. Must not decide consistency (the caller pins the ETag).
 
 How it works. The object is split into *parts* fetched by concurrent ranged GETs (``If-Match`` the ETag
-the file was opened at, so a reader never mixes two versions). A reader that keeps reading where it
-stopped is sequential: the window ahead of it grows first_part -> x8 -> ... -> max_window (1 -> 8 ->
-64 MiB by default) and is kept full with parts of up to part_size. The first part is small because time to
-first byte is set by it. A reader that jumps is random: it fetches exactly the bytes asked for and the
-window starts again small. Parts never overlap, so no byte is fetched twice while it is held.
+the file was opened at, so a reader never mixes two versions). One open file may be read by several
+sequential *streams* at once: threads sharing a descriptor, ``pread`` at several offsets, page faults of
+a memory map. Each stream keeps its own position and window: a stream that keeps reading where it
+stopped is sequential, and the window ahead of it grows first_part -> x8 -> ... -> max_window (1 -> 8 ->
+64 MiB by default) and is kept full with parts of up to part_size. The first part is small because time
+to first byte is set by it. A read that continues no stream is random: it fetches exactly the bytes
+asked for, and starts a new stream there (up to ``MAX_STREAMS``; the least recently used stream that no
+read waits on makes room). A stream's read-ahead stops where another stream began or holds parts, so
+parts never overlap and no byte is fetched twice while it is held.
 
-Memory: at most ``max_window`` ahead plus ``part_size`` behind the reader (the kernel may deliver
-concurrent reads slightly out of order, so a part is dropped only once the reader is a part beyond it).
-A consumed part's buffer receives a later part (``into``) when nothing references it any more, because a
-fresh one costs zeroing and page faults, about a fifth of the daemon's CPU per byte read. Spare buffers
-live in the mount's ``PartBuffers``, shared by every reader, so the next file reuses them too (at most
-``max_window + part_size`` of them, dropped after ``IDLE_SECONDS`` unused).
+Readers never fail one another: a part a read waits on is never cancelled and its bytes never recycled
+while it waits; dropping a stream (evicted, overtaken, a failed part) only forgets such parts, and their
+fetch completes for the reads that wait. Only ``close`` cancels everything (the kernel sends no read on
+a released file).
 
-Invariant: ``_parts`` is sorted, contiguous and non-overlapping; between awaits only this object mutates
-it (trio is single-threaded), so scheduling is done without awaiting.
+Memory: one stream holds at most its window ahead plus ``part_size`` behind its reader (the kernel may
+deliver concurrent reads slightly out of order, so a part is dropped only once the reader is a part
+beyond it). Streams share ``max_window``: with n streams reading ahead each window is at most
+``max_window / n`` (but a part), and no stream starts another part of read-ahead while the file holds
+``max_window`` plus three parts per stream holding any (what one stream can hold: the window, the part
+it reads and one behind), at most ``2 * max_window``; a read's own bytes are always fetched. A consumed part's buffer receives a later part (``into``) when nothing references it
+any more, because a fresh one costs zeroing and page faults, about a fifth of the daemon's CPU per byte
+read. Spare buffers live in the mount's ``PartBuffers``, shared by every reader, so the next file reuses
+them too (at most ``max_window + part_size`` of them, dropped after ``IDLE_SECONDS`` unused).
+
+Invariant: each stream's ``parts`` is sorted, contiguous and non-overlapping; between awaits only this
+object mutates them (trio is single-threaded), so scheduling is done without awaiting.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -40,6 +51,7 @@ log = logging.getLogger(__name__)
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 IDLE_SECONDS = 30.0  # spare part buffers unused this long are given back to the system
+MAX_STREAMS = 8  # sequential streams remembered per open file (a position and a window each)
 
 
 class PartBuffers:
@@ -95,7 +107,7 @@ class _Part:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     data: bytes | bytearray | None = None
     error: BaseException | None = None
-    readers: int = 0  # reads waiting for or using this part: its buffer must not be recycled meanwhile
+    readers: int = 0  # reads waiting for or using this part: never cancelled or recycled meanwhile
 
     async def wait(self) -> bytes | bytearray:
         await self.done.wait()
@@ -103,6 +115,27 @@ class _Part:
             raise self.error
         assert self.data is not None
         return self.data
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One sequential reader of an open file: where it reads next, its window, the parts it holds."""
+
+    origin: int  # where it started: other streams' read-ahead stops here
+    next: int  # where it reads next if it stays sequential
+    window: int
+    parts: list[_Part] = field(default_factory=list)
+    streak: int = 0  # bytes read sequentially since the window last grew
+
+    def covers(self, off: int) -> bool:
+        return bool(self.parts) and self.parts[0].start <= off < self.parts[-1].end
+
+    def waited(self) -> bool:
+        return any(p.readers for p in self.parts)
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(p.end - p.start for p in self.parts)
 
 
 class Reader:
@@ -127,16 +160,13 @@ class Reader:
         self._etag = etag
         self._opts = opts
         self._spawn = spawn
-        self._parts: list[_Part] = []
-        self._next = 0  # where a sequential reader reads next
-        self._window = opts.first_part
-        self._streak = 0  # bytes read sequentially since the window last grew
+        self._streams: list[_Stream] = [_Stream(0, 0, opts.first_part)]  # least recently used first
         self._closed = False
         self._buffers = buffers or PartBuffers(opts.part_size, 2 * opts.part_size, spawn)
         if first:
             part = _Part(0, min(len(first), size), data=first)
             part.done.set()
-            self._parts.append(part)
+            self._streams[0].parts.append(part)
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -146,25 +176,21 @@ class Reader:
         end = min(off + size, self._size)
         if off >= end:
             return b""
-        if self._covered(off) or off == self._next:
-            self._advance(off, end)
-            self._next = max(self._next, end)
-            wanted = [p for p in self._parts if p.start < end and p.end > off]
+        stream = self._stream_at(off)
+        if stream is not None:
+            self._advance(stream, off, end)
+            stream.next = max(stream.next, end)
+            wanted = [p for p in stream.parts if p.start < end and p.end > off]
         else:
-            self._drop_all()
-            self._window = self._opts.first_part
-            self._streak = 0
+            self._start_stream(off, end)
             wanted = [self._start_part(off, end)]  # not kept: a random read holds only its own bytes
-            self._next = end
         for p in wanted:
             p.readers += 1
         try:
             chunks = [await p.wait() for p in wanted]
         except S3FilesError:
-            # Forget failed parts so the next read asks S3 again instead of repeating the error.
-            self._parts = [p for p in self._parts if p.error is None]
-            if self._parts and not all(a.end == b.start for a, b in itertools.pairwise(self._parts)):
-                self._drop_all()
+            if stream is not None:
+                self._forget_failed(stream)  # so the next read asks S3 again instead of repeating the error
             raise
         finally:
             for p in wanted:
@@ -190,47 +216,110 @@ class Reader:
     def close(self) -> None:
         """Cancel every fetch in flight and drop what is held."""
         self._closed = True
-        self._drop_all()
+        for stream in self._streams:
+            for part in stream.parts:
+                part.scope.cancel()  # also those a read waits on: no read comes after a release
+            self._drop(stream.parts)
+        self._streams.clear()
 
     @property
     def held_bytes(self) -> int:
-        return sum(p.end - p.start for p in self._parts)
+        return sum(s.held_bytes for s in self._streams)
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _covered(self, off: int) -> bool:
-        return bool(self._parts) and self._parts[0].start <= off < self._parts[-1].end
+    def _stream_at(self, off: int) -> _Stream | None:
+        """The stream this read continues: one holding ``off`` (its bytes are there or on their way),
+        else one that reads next at ``off``. Most recently used first; the one found becomes it."""
+        found = next((s for s in reversed(self._streams) if s.covers(off)), None)
+        if found is None:
+            found = next((s for s in reversed(self._streams) if s.next == off), None)
+        if found is not None and found is not self._streams[-1]:
+            self._streams.remove(found)
+            self._streams.append(found)
+        return found
 
-    def _advance(self, off: int, end: int) -> None:
-        """Drop parts well behind ``off``, grow the window, and schedule parts to fill it."""
-        if not self._covered(off):
-            self._drop_all()
+    def _start_stream(self, off: int, end: int) -> None:
+        """Remember a random read as a stream that may continue at ``end``. Room is made by dropping the
+        least recently used stream that no read waits on; if every stream is waited on, nothing is
+        remembered (the read is served all the same)."""
+        if len(self._streams) >= MAX_STREAMS:
+            idle = next((s for s in self._streams if not s.waited()), None)
+            if idle is None:
+                return
+            self._streams.remove(idle)
+            self._drop(idle.parts)
+        self._streams.append(_Stream(off, end, self._opts.first_part))
+
+    def _advance(self, stream: _Stream, off: int, end: int) -> None:
+        """Drop ``stream``'s parts well behind ``off``, grow its window, and schedule parts to fill it."""
+        if not stream.covers(off):
+            self._drop(stream.parts)  # behind the reader (it continues where they end) or forgotten
+            stream.parts = []
         keep_from = off - self._opts.part_size
-        while self._parts and self._parts[0].end <= keep_from:
-            self._recycle(self._parts.pop(0))  # consumed; its bytes are in the kernel's page cache now
-        target = min(max(end, off + self._window), self._size)
-        cursor = self._parts[-1].end if self._parts else off
-        while cursor < target:
-            step = min(self._opts.part_size, self._window)
-            part = self._start_part(cursor, min(cursor + step, self._size))
-            self._parts.append(part)
+        while stream.parts and stream.parts[0].end <= keep_from:
+            self._drop([stream.parts.pop(0)])  # consumed; its bytes are in the kernel's page cache now
+        # Streams share the window; a stream that read all it holds (its reader stopped) is not reading ahead.
+        ahead = sum(1 for s in self._streams if s is stream or (s.parts and s.parts[-1].end > s.next))
+        holding = sum(1 for s in self._streams if s is stream or s.parts)
+        window = min(stream.window, max(self._opts.max_window // ahead, self._opts.part_size))
+        budget = self._opts.max_window + min(3 * self._opts.part_size * holding, self._opts.max_window)
+        cursor = stream.parts[-1].end if stream.parts else off
+        stop = max(min(self._size, self._boundary(stream, cursor)), end)
+        target = min(max(end, off + window), stop)
+        held = self.held_bytes
+        while cursor < target and (cursor < end or held + min(self._opts.part_size, window) <= budget):
+            step = min(self._opts.part_size, window)
+            part = self._start_part(cursor, min(cursor + step, stop))
+            stream.parts.append(part)
+            held += part.end - part.start
             cursor = part.end
         # Grow only after scheduling, so a new streak starts with one small part (time to first byte).
-        self._streak += end - off
-        if self._streak >= self._window and self._window < self._opts.max_window:
-            self._window = min(self._window * 8, self._opts.max_window)
-            self._streak = 0
+        stream.streak += end - off
+        if stream.streak >= stream.window and stream.window < self._opts.max_window:
+            stream.window = min(stream.window * 8, self._opts.max_window)
+            stream.streak = 0
 
-    def _recycle(self, part: _Part) -> None:
-        """Give a dropped part's buffer to the spares if nothing else can still see it: no read is
-        waiting for or using the part, and no reference (a memoryview given to the kernel, a list) remains."""
-        data, part.data = part.data, None
-        if (
-            isinstance(data, bytearray)
-            and part.readers == 0
-            and sys.getrefcount(data) == 2  # ``data`` and getrefcount's argument: nobody else
-        ):
-            self._buffers.give(data)
+    def _boundary(self, stream: _Stream, cursor: int) -> int:
+        """Where ``stream``'s read-ahead from ``cursor`` must stop, so that no two streams fetch the same
+        bytes. Another stream's stretch runs from where it began to where it reads next or its parts end.
+        Coming up from below, ``stream`` stops where that stretch begins, and inside it reads ahead no
+        further than its own reads (those bytes were the other's to fetch: threads reading a file in
+        slices). A stream that began inside another's stretch (a reader that went back) reads ahead up
+        to the other's parts, which then serve it."""
+        stop = self._size
+        for other in self._streams:
+            if other is stream:
+                continue
+            end = max(other.next, other.parts[-1].end if other.parts else 0)
+            if cursor < other.origin:
+                stop = min(stop, other.origin)
+            elif cursor < end:
+                if stream.origin < other.origin:
+                    return cursor
+                if other.parts:
+                    if cursor >= other.parts[0].start:
+                        return cursor
+                    stop = min(stop, other.parts[0].start)
+        return stop
+
+    def _forget_failed(self, stream: _Stream) -> None:
+        """Drop ``stream``'s parts from its first failed one on (they stay contiguous)."""
+        failed = next((i for i, p in enumerate(stream.parts) if p.error is not None), None)
+        if failed is not None:
+            dropped, stream.parts = stream.parts[failed:], stream.parts[:failed]
+            self._drop(dropped)
+
+    def _drop(self, parts: list[_Part]) -> None:
+        """Forget ``parts``: cancel the fetch of each that no read waits on and give its buffer to the
+        spares if nothing else can still see it; a part a read waits on or uses is left to that read."""
+        for part in parts:
+            if part.readers:
+                continue
+            part.scope.cancel()
+            data, part.data = part.data, None
+            if isinstance(data, bytearray) and sys.getrefcount(data) == 2:  # ``data`` and the argument
+                self._buffers.give(data)
 
     def _start_part(self, start: int, end: int) -> _Part:
         part = _Part(start, end)
@@ -257,9 +346,3 @@ class Reader:
 
         self._spawn(fetch)
         return part
-
-    def _drop_all(self) -> None:
-        for part in self._parts:
-            part.scope.cancel()
-            self._recycle(part)
-        self._parts.clear()
