@@ -29,6 +29,7 @@ import trio
 from s3files.errors import MountError, S3FilesError
 from s3files.mountinfo import check_mountpoint, mount_entry
 from s3files.options import (
+    LISTING_ATTRIBUTES,
     MIB,
     ON_RECOVERY,
     MountOptions,
@@ -106,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--file-mode", type=mode, default=file_mode, help=f"octal mode of files (default {file_mode:o})")
     fs.add_argument("--dir-mode", type=mode, default=dir_mode, help=f"octal mode of folders (default {dir_mode:o})")
     fs.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    fs.add_argument(
+        "--listing-attributes",
+        choices=LISTING_ATTRIBUTES,
+        default=mount_default("listing_attributes"),
+        help="true: listings show each object's own mode, owner and mtime (a HEAD per file version not"
+        " seen before); fast: defaults and LastModified until a file is opened, no HEAD per listed file"
+        " (not with --allow-other) (default %(default)s)",
+    )
     fs.add_argument(
         "--metadata-ttl",
         type=float,
@@ -189,6 +198,7 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         file_mode=args.file_mode,
         dir_mode=args.dir_mode,
         allow_other=args.allow_other,
+        listing_attributes=args.listing_attributes,
         metadata_ttl=args.metadata_ttl,
         cache_dir=args.cache_dir.absolute() if args.cache_dir else default_cache_dir(),
         cache_size=args.cache_size,

@@ -15,6 +15,7 @@ from s3files.errors import MountError
 
 MIB = 1024 * 1024
 ON_RECOVERY = ("upload", "keep", "discard")
+LISTING_ATTRIBUTES = ("true", "fast")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,11 @@ class MountOptions:
     file_mode: int = 0o644
     dir_mode: int = 0o755
     allow_other: bool = False
+    # What a listing's entries show (core/superblock.py): "true", each object's own x-amz-meta-* (a HEAD per
+    # file version this mount's cache folder does not know yet, and per folder marker per metadata_ttl);
+    # "fast", the mount's defaults and LastModified until a file is looked up or opened (no HEAD per file:
+    # for data-lake folders where attributes do not matter). "fast" may not share the mount with other users.
+    listing_attributes: str = "true"
     metadata_ttl: float = 1.0  # seconds the kernel and our caches may trust attributes and listings
     cache_dir: Path | None = None
     cache_size: int | None = None  # bytes the cache may hold on disk (None: as much as the disk has)
@@ -109,6 +115,13 @@ class MountOptions:
             value = getattr(self, name)
             if not 0 <= value <= 0o7777:
                 raise MountError(f"--{name.replace('_', '-')} must be an octal mode like 644, got {value:o}")
+        if self.listing_attributes not in LISTING_ATTRIBUTES:
+            raise MountError(f"--listing-attributes must be true or fast, got {self.listing_attributes!r}")
+        if self.listing_attributes == "fast" and self.allow_other:
+            raise MountError(
+                "--listing-attributes=fast cannot be used with --allow-other: other users' access would be"
+                " checked against guessed attributes"
+            )
         if self.metadata_ttl < 0:
             raise MountError("--metadata-ttl must be >= 0")
         if not 5 * MIB <= self.upload_part_size <= 5 * 1024 * MIB // 512:

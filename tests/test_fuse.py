@@ -112,7 +112,8 @@ def test_nested_tree_contents_and_stat(s3_server: S3Server, s3_client: Any, s3_b
 def test_folder_of_1200_entries(s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path) -> None:
     names = [f"item-{i:04d}.dat" for i in range(1200)]
     put_many(s3_client, s3_bucket, {f"many/{name}": b"x" * (i % 13) for i, name in enumerate(names)})
-    with mount(s3_server, s3_bucket, tmp_path / "m", metadata_ttl=60.0):
+    # paging and sizes only: fast attributes (true attributes HEAD the 1,200 files: test_core's 2,500)
+    with mount(s3_server, s3_bucket, tmp_path / "m", metadata_ttl=60.0, listing_attributes="fast"):
         listed = sorted(os.listdir(tmp_path / "m/many"))
         assert listed == names
         sizes = {e.name: e.stat().st_size for e in os.scandir(tmp_path / "m/many")}
@@ -123,7 +124,8 @@ def test_ls_l_of_2500_entries_costs_3_lists_and_stat_after_list_is_free(
     s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
     put_many(s3_client, s3_bucket, {f"big/f{i:05d}": b"" for i in range(2500)})
-    with mount(s3_server, s3_bucket, tmp_path / "m", metadata_ttl=60.0) as fs:
+    # the cheap path (--listing-attributes=fast); true attributes' cost: test_permissions, test_attributes
+    with mount(s3_server, s3_bucket, tmp_path / "m", metadata_ttl=60.0, listing_attributes="fast") as fs:
         os.stat(tmp_path / "m/big")
         fs.store.requests.reset()
         out = subprocess.run(["ls", "-l", str(tmp_path / "m/big")], capture_output=True, text=True, timeout=120)

@@ -180,7 +180,7 @@ def test_symlinks(s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path:
         head = s3_client.head_object(Bucket=s3_bucket, Key=key)
         assert head["Metadata"]["mode"] == str(LINK_MODE) and head["Metadata"]["uid"] == str(os.getuid())
         assert head["ETag"].strip('"').endswith("-1")  # one-part multipart upload: a listing can tell
-    with mount(s3_server, s3_bucket, root) as fs:
+    with mount(s3_server, s3_bucket, root, listing_attributes="fast") as fs:  # by default every file is HEADed
         fs.store.requests.reset()
         assert sorted(os.listdir(root)) == [
             "abs",
@@ -207,15 +207,16 @@ def test_s3fs_style_symlink_is_a_symlink_after_a_lookup(
         assert stat.S_ISLNK(os.lstat(root / "d/s3fs-link").st_mode)
         assert os.readlink(root / "d/s3fs-link") == "target.txt"
         assert (root / "d/s3fs-link").read_bytes() == b"the target"
-    with mount(s3_server, s3_bucket, root, metadata_ttl=0.0):
-        # listed first: the listing says "file"; the lookup that follows gives the name a new inode
+    with mount(s3_server, s3_bucket, root, metadata_ttl=0.0, listing_attributes="fast"):
+        # listed first (fast: no HEAD per file): the listing says "file"; the lookup that follows gives the
+        # name a new inode (by default the listing's HEAD shows the symlink at once)
         assert os.listdir(root / "e") == ["s3fs-link"]
         assert stat.S_ISLNK(os.lstat(root / "e/s3fs-link").st_mode)
         assert (root / "e/s3fs-link").read_bytes() == b"the target"
         assert os.listdir(root / "e") == ["s3fs-link"]
         assert stat.S_ISLNK(os.lstat(root / "e/s3fs-link").st_mode)
     put(s3_client, s3_bucket, "f/s3fs-link", b"../d/target.txt", mode=str(LINK_MODE))
-    with mount(s3_server, s3_bucket, root, metadata_ttl=0.5):
+    with mount(s3_server, s3_bucket, root, metadata_ttl=0.5, listing_attributes="fast"):
         # The kernel trusts the listing's "file" for the TTL. Then any HEAD (a lookup, a getattr, the
         # open of a read) shows the mode: the name gets a new inode, the old one is ESTALE, never EIO.
         assert os.listdir(root / "f") == ["s3fs-link"]

@@ -345,14 +345,14 @@ class Below:
         return taken
 
 
-def test_cost_of_ls_l_with_and_without_allow_other(
+def test_cost_of_ls_l_with_true_and_fast_attributes(
     moto_server: Any, boto3_client: Any, bucket: str, shared: Path
 ) -> None:
-    """ls -l of 1,000 files: ceil(N/1000) LIST and, with --allow-other, N HEADs the first time, none again
-    within the TTL (nothing at all) nor after it for unchanged versions (the LIST only). Without
-    --allow-other no HEAD ever (and then the other user may not use the mount at all). Three folders: with
-    --allow-other one HEAD of each marker (404 when there is none) per listing past the TTL. Prints the
-    figures README.md quotes."""
+    """ls -l of 1,000 files: ceil(N/1000) LIST and, with true attributes (the default, here with
+    --allow-other), N HEADs the first time, none again within the TTL (nothing at all) nor after it for
+    unchanged versions (the LIST only). With --listing-attributes=fast no HEAD ever (and no --allow-other).
+    Three folders: with true attributes one HEAD of each marker (404 when there is none) per listing past
+    the TTL. Prints the figures README.md quotes."""
     server = S3Server("moto", moto_server.endpoint_url)
     put_many(boto3_client, bucket, {f"many/f{i:04d}": b"x" for i in range(N_FILES)})
     put_many(boto3_client, bucket, {"top/a/x": b"", "top/b/": b"", "top/c/": b""})
@@ -361,7 +361,8 @@ def test_cost_of_ls_l_with_and_without_allow_other(
     figures = []
     ttl = 5.0
     for allow_other in (False, True):
-        with mount(server, bucket, m, allow_other=allow_other, metadata_ttl=ttl) as fs:
+        attributes = "true" if allow_other else "fast"
+        with mount(server, bucket, m, allow_other=allow_other, listing_attributes=attributes, metadata_ttl=ttl) as fs:
             ls = _ls_l if allow_other else _ls_l_as_owner
             many, top = Below(fs.store, "many/"), Below(fs.store, "top/")
             shown, cold = ls(m / "many")
@@ -386,7 +387,7 @@ def test_cost_of_ls_l_with_and_without_allow_other(
     print(f"\n{N_FILES} HEADs through boto3 with 16 threads: {time.perf_counter() - start:.2f} s")
     for allow_other, cold, warm, relisted in figures:
         print(
-            f"\nls -l of {N_FILES} files on moto, {'with' if allow_other else 'without'} --allow-other: "
+            f"\nls -l of {N_FILES} files on moto, {'true attributes' if allow_other else 'fast'}: "
             f"cold {cold:.2f} s, again within the TTL {warm:.3f} s, after the TTL {relisted:.2f} s"
         )
 
@@ -487,7 +488,7 @@ def test_core_a_readdir_snapshot_does_not_undo_our_chmod() -> None:
 def test_core_true_attributes_budget_and_metadata_only_changes() -> None:
     """With true attributes: a listing HEADs each file once and each folder's marker once per TTL; a
     version known (ETag and LastModified) is not asked again; a copy onto itself with new metadata keeps
-    the ETag but moves LastModified, and is asked again. Without: LIST only, as before."""
+    the ETag but moves LastModified, and is asked again. With --listing-attributes=fast: LIST only."""
     ticks = iter(range(10**6))
     store = MemoryStore(now=lambda: float(1_600_000_000 + next(ticks)))
     store.seed("d/f", b"text", {"mode": str(stat.S_IFREG | 0o644)})
@@ -524,7 +525,7 @@ def test_core_true_attributes_budget_and_metadata_only_changes() -> None:
         assert store.requests.snapshot() == {"list": 1}
 
     store.seed("d/f", b"text", {"mode": str(stat.S_IFREG | 0o600)})
-    run_fs(store, without, metadata_ttl=1.0)
+    run_fs(store, without, metadata_ttl=1.0, listing_attributes="fast")
 
 
 def test_core_folder_attributes_from_marker_on_lookup_and_chmod() -> None:

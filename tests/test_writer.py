@@ -229,7 +229,10 @@ def test_lookups_in_a_small_folder_relist_it_instead_of_probing_each_name() -> N
     run_fs(store, body, now=lambda: now[0])
 
 
-def test_a_stat_loop_in_a_folder_never_listed_lists_it_after_two_names() -> None:
+@pytest.mark.parametrize("attributes", ["fast", "true"])
+def test_a_stat_loop_in_a_folder_never_listed_lists_it_after_two_names(attributes: str) -> None:
+    """After two probes the folder is listed for lookups; with true attributes each name then costs one
+    HEAD (its own metadata), never a LIST, and only names asked for are described."""
     store = MemoryStore()
     for n in range(300):
         store.seed(f"small/f{n:03d}", b"x" * n)
@@ -243,14 +246,15 @@ def test_a_stat_loop_in_a_folder_never_listed_lists_it_after_two_names() -> None
         assert sizes == list(range(300))
         with pytest.raises(S3FilesError):
             await fs.lookup(small, "missing")
-        assert store.requests.snapshot() == {"head": 2, "list": 3}  # 2 probes (HEAD + LIST), then 1 LIST
+        # 2 probes (HEAD + LIST), then 1 LIST; true attributes: a HEAD for each other name
+        assert store.requests.snapshot() == {"head": 2 if attributes == "fast" else 300, "list": 3}
         store.requests.reset()
         for n in range(10):
             assert (await fs.lookup(big, f"f{n:04d}")).size == 1
         # 2 probes, two pages tried (not the whole folder), then probes again: never the 3rd page
         assert store.requests.snapshot() == {"head": 10, "list": 12}
 
-    run_fs(store, body, metadata_ttl=60.0)
+    run_fs(store, body, metadata_ttl=60.0, listing_attributes=attributes)
 
 
 class SinkStore(MemoryStore):

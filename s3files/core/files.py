@@ -24,7 +24,7 @@ from s3files.core.cache import LocalCache
 from s3files.core.copies import LocalCopy
 from s3files.core.handles import FileHandle, Handles
 from s3files.core.inodes import ROOT_INO, Attr, Inode
-from s3files.core.links import copy_object
+from s3files.core.links import copy_object_version
 from s3files.core.namespace import check_length, join, valid_name
 from s3files.core.parts import MAX_OBJECT
 from s3files.core.reader import PartBuffers, Reader, Spawn
@@ -385,11 +385,13 @@ class Files:
             key = self.sb.ns.file_key(node.path)
             # copy_object: a symlink keeps its listable form, and objects over 5 GiB are copied in parts
             source = ObjectInfo(key, node.size, node.etag or "", 0.0)
-            node.etag = node.meta_etag = await copy_object(self.store, source, key, metadata=posix_metadata(node))
-            self.sb.listed_file(node, ObjectInfo(key, node.size, node.etag, 0.0))  # 0: LastModified not known
+            metadata = posix_metadata(node)
+            node.etag, modified = await copy_object_version(self.store, source, key, metadata=metadata)
+            node.meta_etag = node.etag
+            self.sb.listed_file(node, ObjectInfo(key, node.size, node.etag, modified, metadata))
         elif node.ino != ROOT_INO:
             # A folder's attributes live in its marker object (as mkdir writes it; the root has none).
-            await self.store.put(self.sb.ns.dir_prefix(node.path), b"", posix_metadata(node))
+            self.sb.learn(await self.store.put(self.sb.ns.dir_prefix(node.path), b"", posix_metadata(node)))
             self.sb.listed_folder(node)
 
     async def _publish_unopened(self, node: Inode) -> None:

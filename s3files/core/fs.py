@@ -24,6 +24,7 @@ from s3files.core.copies import LocalCopy, clean_files_for
 from s3files.core.files import Files, OpenFile
 from s3files.core.handles import DirHandle, Handles
 from s3files.core.inodes import ROOT_INO, Attr, Inode
+from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, check_length, join, valid_name
 from s3files.core.parts import PartLayout
 from s3files.core.reader import Spawn
@@ -74,7 +75,8 @@ class FileSystem:
             limit=opts.cache_size,
             max_clean_files=clean_files_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
         )
-        self.sb = Superblock(store, opts, self._is_local, now, wall)
+        self.meta = MetaCache(self.folder.metadata)
+        self.sb = Superblock(store, opts, self._is_local, now, wall, self.meta)
         self.uploader = Uploader(
             store, self.cache, spawn, lambda copy: self.files.key_of(copy), lambda copy: self.files.published_later(copy), wall
         )
@@ -261,6 +263,7 @@ class FileSystem:
             else:
                 await self.uploader.discard(copy)
         self.cache.close_all()
+        self.meta.close()
         self.folder.close()
 
     def status(self) -> dict[str, object]:

@@ -5,11 +5,11 @@ forgotten only when the kernel says so), and the rule for merging a listing's vi
 HEAD told us. Must not do I/O.
 
 Why attributes have two sources: LIST returns size, ETag and LastModified but no user metadata; HEAD also
-returns ``x-amz-meta-{mode,uid,gid,mtime}``. A listing never costs a HEAD per entry (``ls -l`` of N entries
-is ceil(N/1000) requests), so an entry only listed shows the mount defaults and LastModified until it is
-looked up or opened; once a HEAD has been seen for an ETag, its metadata wins for that ETag. On a mount
-other users share (``--allow-other``) the superblock hands out only entries with their object's own
-metadata (superblock.py: true attributes), folders' from their marker object (``describe_dir``).
+returns ``x-amz-meta-{mode,uid,gid,mtime}``. By default the superblock hands out only entries with their
+object's own metadata (superblock.py: true attributes; a file's from a HEAD of its version or the metadata
+cache, a folder's from its marker object: ``describe_dir``). With ``--listing-attributes=fast`` a listing
+costs no HEAD per entry, so an entry only listed shows the mount defaults and LastModified until it is
+looked up or opened; once a HEAD has been seen for an ETag, its metadata wins for that ETag.
 
 Kinds: folder, regular file, symlink, FIFO, character and block device, UNIX socket: every non-folder is
 one object, and its metadata ``mode`` carries the type bits (s3fs-compatible; an object without them is a

@@ -76,26 +76,38 @@ async def copy_object(
     dst: str,
     metadata: Mapping[str, str] | None = None,
 ) -> str:
+    """``copy_object_version``'s ETag only."""
+    return (await copy_object_version(store, src, dst, metadata))[0]
+
+
+async def copy_object_version(
+    store: ObjectStore,
+    src: ObjectInfo,
+    dst: str,
+    metadata: Mapping[str, str] | None = None,
+) -> tuple[str, float]:
     """Server-side copy of object ``src`` to ``dst`` (``src.key`` itself to rewrite metadata), metadata
     kept unless ``metadata`` is given; returns the copy's ETag. A symlink stays in its listable form: a
     server may give the copy of a multipart object a plain ETag (AWS does), and a copied symlink would then
     look like a file in listings. When a link candidate's copy comes back with a plain ETag, a HEAD tells
-    whether it is a symlink, and a symlink is written again as a one-part upload (on such servers only)."""
+    whether it is a symlink, and a symlink is written again as a one-part upload (on such servers only).
+    Returns the copy's ETag and when the server said it made it (its LastModified is not later)."""
     if src.size > MAX_COPY_OBJECT:
         return await _copy_in_parts(store, src, dst, metadata, COPY_PART)
     copied = await store.copy(src.key, dst, metadata=metadata)
     if not link_candidate(src) or copied.etag.endswith("-1"):
-        return copied.etag
+        return copied.etag, copied.last_modified
     info = await store.head(dst)
     if not is_link(info) or info.metadata is None:
-        return info.etag
+        return info.etag, info.last_modified
     target = await store.get_range(dst, 0, info.size, if_match=info.etag) if info.size else b""
-    return (await put_link(store, dst, target, info.metadata, if_none_match=False)).etag
+    linked = await put_link(store, dst, target, info.metadata, if_none_match=False)
+    return linked.etag, linked.last_modified
 
 
 async def _copy_in_parts(
     store: ObjectStore, src: ObjectInfo, dst: str, metadata: Mapping[str, str] | None, part_size: int
-) -> str:
+) -> tuple[str, float]:
     """A copy over CopyObject's 5 GiB limit: a multipart upload of UploadPartCopy parts, each pinned to
     ``src``'s version (If-Match), so a copy never mixes two versions. Metadata kept unless given."""
     if metadata is None:
@@ -115,4 +127,4 @@ async def _copy_in_parts(
     except BaseException:
         await abort_quietly(store, dst, upload_id)
         raise
-    return done.etag
+    return done.etag, done.last_modified

@@ -3,7 +3,8 @@
 Owns: the cache folder's layout (``<cache-dir>/<bucket>-<hash of endpoint, bucket, prefix>/``: one folder
 per bucket and prefix, not per process, so the next mount finds what the last one left), its lock (one
 daemon at a time), the data files of local copies on disk (``files/<id>.data``) and their records
-(``files/<id>.json``). A record is written whole and atomically (write, fsync when asked, rename), so a
+(``files/<id>.json``), and the place of the metadata cache (``metadata.db``, metacache.py owns its
+content). A record is written whole and atomically (write, fsync when asked, rename), so a
 daemon that dies leaves either the old record or the new one, never half of one. Must not talk to S3
 nor decide what a record means (recovery.py and the cache do).
 
@@ -66,6 +67,7 @@ class CacheFolder:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.files = root / "files"
+        self.metadata = root / "metadata.db"  # metacache.py: what each object version's metadata is
         self._lock_fd: int | None = None
 
     def open(self) -> None:
@@ -94,6 +96,11 @@ class CacheFolder:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
+
+    def remove_metadata(self) -> None:
+        """Delete the metadata cache (a private folder at its end: it only saves HEADs)."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            self.metadata.with_name(self.metadata.name + suffix).unlink(missing_ok=True)
 
     def data_path(self, copy_id: str) -> Path:
         return self.files / f"{copy_id}.data"

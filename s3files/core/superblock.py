@@ -5,27 +5,28 @@ folders are listed instead, what a HEAD or a first-part GET tells about a file, 
 came from the object's own metadata. Must not read or write file data, and must not know about handles;
 it asks ``is_local`` whether an inode has a local copy (whose attributes are newer than anything S3 says).
 
-True attributes. On a mount that other users share (``--allow-other``) the kernel checks their access
-against what we answer (``default_permissions``), so no permission may be granted on a guess: with
-``true_attributes`` every entry a listing or a probe hands out carries its object's own metadata. A file's
-comes from a HEAD of its version; a version is (ETag, LastModified), because a metadata-only change
-(chmod by another mount or an SDK's copy onto itself) keeps the ETag but not the LastModified. A folder's
-comes from its marker object ``dir/`` (mkdir writes it; chmod, chown and utime of a folder rewrite it); a
-folder without a marker has the mount's defaults (``Descriptions`` asks). Our own changes reach every
-cached copy of an entry: the inode, the folder's cached listing (``listed``, ``listed_file``,
-``listed_folder``), a listing that was in flight while we changed it (``_since``), and a readdir's earlier
-snapshot (``record`` prefers the cached listing). Mounts without ``--allow-other`` keep the cheaper view
-described in inodes.py.
+True attributes (the default; ``--listing-attributes=fast`` turns them off, and is refused with
+``--allow-other``, where the kernel checks other users' access against what we answer): every entry a
+listing or a probe hands out carries its object's own metadata, so ``ls -l``, ``stat``, ``rsync``, ``make``
+and the kernel's permission checks see the same mode, owner and mtime before and after a remount, and
+after the kernel forgot an inode. A file's metadata comes from a HEAD of its version, remembered per
+version in the cache folder (metacache.py: a version is ETag and LastModified, because a metadata-only
+change keeps the ETag but not the LastModified), or from what this mount wrote. A folder's comes from its
+marker object ``dir/`` (mkdir writes it; chmod, chown and utime of a folder rewrite it); a folder without
+a marker has the mount's defaults (``Descriptions`` asks). Our own changes reach every cached copy of an
+entry: the inode, the folder's cached listing (``listed``, ``listed_file``, ``listed_folder``), a listing
+that was in flight while we changed it (``_since``), and a readdir's earlier snapshot (``record`` prefers
+the cached listing). With ``fast`` listings keep the cheaper view described in inodes.py.
 
 Request budget (asserted by tests):
-- a listing of N entries: ceil(N/1000) LIST; no HEAD per file, except symlink candidates (links.py) and,
-  with ``true_attributes``, every file whose version's metadata is not known yet and every folder whose
-  marker was not asked within ``metadata_ttl`` (a HEAD of ``dir/``, 404 when there is none). Those HEADs
-  run ``CONCURRENCY`` at a time; a file version whose metadata is known is never asked again.
+- a listing of N entries: ceil(N/1000) LIST, plus (true attributes) a HEAD of every file whose version
+  the metadata cache does not know, started right after the LIST page that showed it, ``CONCURRENCY`` at
+  a time, and of every folder's marker not asked within ``metadata_ttl`` (404 when there is none). With
+  ``fast``: no HEAD per file, except symlink candidates (links.py).
 - a lookup of a name not in a fresh listing: one HEAD and one LIST (max-keys 1), concurrently, because a
   name may be a file, a folder (any key below it), or both (the folder wins); after
-  ``PROBES_BEFORE_LISTING`` such names a small folder is listed instead. With ``true_attributes``, a
-  folder whose LIST shows a marker costs one HEAD of the marker more.
+  ``PROBES_BEFORE_LISTING`` such names a small folder is listed instead. With true attributes, a
+  folder whose LIST shows a marker of a version not known costs one HEAD of the marker more.
 - attributes younger than ``metadata_ttl``: nothing; after it, one HEAD for a file.
 """
 
@@ -33,18 +34,19 @@ from __future__ import annotations
 
 import logging
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
-from functools import partial
 from typing import NoReturn
 
 from cachetools import LRUCache, TTLCache
 
+from s3files.core.descriptions import Descriptions, node_fields
 from s3files.core.inodes import Defaults, Inode, InodeTable
-from s3files.core.links import link_candidate, posix_fields
+from s3files.core.links import posix_fields
+from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, Namespace, join
-from s3files.core.tasks import for_each, run_all
-from s3files.core.times import NS, seconds_of_ns
+from s3files.core.tasks import run_all
+from s3files.core.times import NS
 from s3files.errors import KindChanged, NotFound, ObjectNotFound
 from s3files.options import MountOptions
 from s3files.store.base import ListPage, ObjectInfo, ObjectStore
@@ -68,23 +70,29 @@ class Superblock:
         is_local: Callable[[int], bool],
         now: Callable[[], float],
         wall: Callable[[], int],
+        meta: MetaCache | None = None,
     ) -> None:
         self.store = store
         self.ttl = opts.metadata_ttl
-        # Attributes shown must be the object's own when other users share the mount: the kernel checks
-        # their access against them (default_permissions). See Descriptions.
-        self.true_attributes = opts.allow_other
+        # Attributes shown are the object's own unless --listing-attributes=fast (never with --allow-other,
+        # where the kernel checks other users' access against them). See Descriptions.
+        self.true_attributes = opts.listing_attributes == "true" or opts.allow_other
+        self.meta = meta if meta is not None else MetaCache(None)
         self.is_local = is_local
         self._now = now
         self.ns = Namespace(opts.source.prefix)
         self.mount_time = wall() // NS * NS  # whole seconds: folders without a marker show it, as LastModified
         self.inodes = InodeTable(Defaults(opts.uid, opts.gid, opts.file_mode, opts.dir_mode), self.mount_time)
-        self.described = Descriptions(store, self.ns, self.inodes, opts.allow_other, self.ttl, now, self.mount_time)
+        self.described = Descriptions(
+            store, self.ns, self.inodes, self.meta, self.true_attributes, self.ttl, now, self.mount_time
+        )
         self._listings: TTLCache[str, dict[str, Entry]] = TTLCache(maxsize=256, ttl=max(self.ttl, 1e-9), timer=now)
         # Folders whose last listing was small (SMALL_FOLDER_PAGES): a lookup there re-lists (a LIST answers
         # every name for metadata_ttl) instead of probing each new name (HEAD + LIST), as when creating files.
         self._small_folders: LRUCache[str, bool] = LRUCache(maxsize=4096)
         self._probed: LRUCache[str, int] = LRUCache(maxsize=4096)  # folder -> names probed there
+        # Folders whose cached listing was made for lookups and is not described yet (see ``listing``).
+        self._bare: LRUCache[str, bool] = LRUCache(maxsize=4096)
         # Our own changes, numbered, so a listing that was in flight meanwhile does not undo them.
         self._changes = 0
         self._changed: LRUCache[str, tuple[int, Entry | None]] = LRUCache(maxsize=4096)
@@ -127,7 +135,9 @@ class Superblock:
         if node is not None and self.is_local(node.ino):
             return node  # being changed here: our copy is newer than anything S3 or a listing says
         parent, _, name = path.rpartition("/")
-        entry = self.cached_entry(parent, name) or entry
+        cached = self.cached_entry(parent, name)
+        if cached is not None and not (_bare(cached) and not _bare(entry)):
+            entry = cached
         if entry.is_dir:
             node = self.inodes.put_dir(path, self.mount_time, self.fresh_until())
             if entry.info is not None:  # its marker's metadata (true_attributes)
@@ -144,24 +154,45 @@ class Superblock:
         (None if that takes more than ``max_pages``)."""
         cached = self._listings.get(path)
         if cached is not None:
+            if max_pages < MAX_LIST_PAGES or path not in self._bare:
+                return cached
+            # listed for lookups, now read whole (readdir): describe it, in place (its age stays)
+            since = self._changes
+            described = self._since(since, path, await self.described.listing(path, dict(cached)))
+            cached.clear()
+            cached.update(described)
+            self._bare.pop(path, None)
             return cached
         prefix = self.ns.dir_prefix(path)
         since = self._changes
         pages: list[ListPage] = []
-        token: str | None = None
-        for _ in range(MAX_LIST_PAGES):
-            page = await self.store.list_page(prefix, "/", token=token)
-            pages.append(page)
-            token = page.next_token
-            if not token:
-                break
-            if len(pages) >= max_pages:
-                self._small_folders.pop(path, None)  # too big to list for lookups: probe its names now
-                return None
-        entries = self._since(since, path, await self.described.listing(path, self.ns.entries(path, pages)))
+        heads: dict[str, ObjectInfo | None] = {}
+        whole = max_pages >= MAX_LIST_PAGES
+        async with self.described.prefetching(heads, enabled=whole) as prefetch:
+            token: str | None = None
+            for _ in range(MAX_LIST_PAGES):
+                page = await self.store.list_page(prefix, "/", token=token)
+                pages.append(page)
+                prefetch(page)  # a whole listing: its files' HEADs start now, while the next page is asked
+                token = page.next_token
+                if not token:
+                    break
+                if len(pages) >= max_pages:
+                    self._small_folders.pop(path, None)  # too big to list for lookups: probe its names now
+                    return None
+        entries = self.ns.entries(path, pages)
+        if whole:
+            entries = await self.described.listing(path, entries, heads)
+        # else: listed for lookups (a stat loop, names being created): ``entry`` describes only the names
+        # asked for, so creating a file in a big folder never HEADs every file in it
+        entries = self._since(since, path, entries)
         self.inodes.subfolders_listed(path, sum(entry.is_dir for entry in entries.values()))  # st_nlink
         if self.caches:
             self._listings[path] = entries
+            if whole:
+                self._bare.pop(path, None)
+            else:
+                self._bare[path] = True
             if len(pages) <= SMALL_FOLDER_PAGES:
                 self._small_folders[path] = True
             else:
@@ -203,7 +234,11 @@ class Superblock:
         metadata we know, so a listing never shows an older mode than a chmod set. ``info.last_modified``
         is when S3 wrote it, as its reply said (0: not known, and a true-attributes listing HEADs it once)."""
         node.meta_modified = info.last_modified or None
-        meta = {**posix_fields(*_fields(node)), **node.extra_metadata()}
+        if info.last_modified and info.metadata is not None:
+            self.meta.learn(info)  # what a HEAD will say of this version (LastModified at most the reply's)
+        else:
+            self.meta.forget(info.key)
+        meta = {**posix_fields(*node_fields(node)), **node.extra_metadata()}
         self.listed(node.path, Entry(node.path.rpartition("/")[2], is_dir=False, info=replace(info, metadata=meta)))
 
     def listed_folder(self, node: Inode) -> None:
@@ -211,6 +246,10 @@ class Superblock:
         parent's listing and the marker cache learn them."""
         marker = self.described.folder_changed(node)
         self.listed(node.path, Entry(node.path.rpartition("/")[2], is_dir=True, info=marker))
+
+    def learn(self, info: ObjectInfo) -> None:
+        """``info`` (with its metadata) was written here or told by S3: the metadata cache keeps it."""
+        self.meta.learn(info)
 
     def new_folder(self, path: str) -> None:
         """A folder created here: it is empty, and its parent's listing has it, with the attributes its
@@ -246,6 +285,17 @@ class Superblock:
             entry = listing.get(name)
             if entry is None:
                 raise NotFound(f"no such file or folder: {path}")
+            if _bare(entry):
+                # listed for lookups: describe this name alone (one HEAD at most), and keep the answer
+                described = (await self.described.listing(parent_path, {name: entry})).get(name)
+                if listing.get(name) is entry:  # (not changed here meanwhile)
+                    if described is None:
+                        listing.pop(name, None)
+                    else:
+                        listing[name] = described
+                if described is None:
+                    raise NotFound(f"no such file or folder: {path}")
+                return described
             return entry
         return await self._probe(path)
 
@@ -271,14 +321,16 @@ class Superblock:
 
         async def head() -> None:
             try:
-                found["file"] = await self.store.head(self.ns.file_key(path))
+                found["file"] = info = await self.store.head(self.ns.file_key(path))
+                self.meta.learn(info)
             except ObjectNotFound:
                 pass
 
         async def below() -> None:
             page = await self.store.list_page(self.ns.dir_prefix(path), "/", max_keys=1)
             found["dir"] = bool(page.objects or page.prefixes)
-            found["marker"] = bool(page.objects) and page.objects[0].key == self.ns.dir_prefix(path)
+            if page.objects and page.objects[0].key == self.ns.dir_prefix(path):
+                found["marker"] = page.objects[0]
 
         await run_all((head, below))
         name = path.rsplit("/", 1)[-1]
@@ -287,7 +339,9 @@ class Superblock:
                 self.ns.hidden(self.ns.file_key(path), "a folder of the same name shadows this file")
             if not self.true_attributes:
                 return Entry(name, is_dir=True)
-            return Entry(name, is_dir=True, info=await self.described.marker(path, exists=bool(found["marker"])))
+            marker = found.get("marker")
+            listed = marker if isinstance(marker, ObjectInfo) else None
+            return Entry(name, is_dir=True, info=await self.described.marker(path, exists=listed is not None, listed=listed))
         info = found.get("file")
         if isinstance(info, ObjectInfo):
             return Entry(name, is_dir=False, info=info)
@@ -314,6 +368,7 @@ class Superblock:
         return self.refreshed(node, info), data
 
     def refreshed(self, node: Inode, info: ObjectInfo) -> Inode:
+        self.meta.learn(info)
         if not self.inodes.refresh_file(node, info, self.fresh_until()):
             self._kind_changed(node, info)
         return node
@@ -331,109 +386,11 @@ class Superblock:
         raise KindChanged(f"{node.path} is no longer a {'symlink' if stat.S_ISLNK(node.mode) else 'file'}")
 
     def statistics(self) -> dict[str, int]:
-        return {"inodes": len(self.inodes), "cached_listings": len(self._listings)}
+        return {"inodes": len(self.inodes), "cached_listings": len(self._listings), **self.meta.statistics()}
 
 
-class Descriptions:
-    """What a listing's entries must carry at once, and what was already asked: symlink candidates (an
-    inode's type must never change later) and, with ``true`` attributes (``--allow-other``, see the module
-    docstring), every file's and folder's own metadata. Owns the cache of folder markers (``ttl``)."""
-
-    def __init__(
-        self,
-        store: ObjectStore,
-        ns: Namespace,
-        inodes: InodeTable,
-        true: bool,
-        ttl: float,
-        now: Callable[[], float],
-        mount_time: int,
-    ) -> None:
-        self.store, self.ns, self.inodes, self.true, self.ttl = store, ns, inodes, true, ttl
-        self.mount_time = mount_time
-        # folder -> its marker's HEAD (or "no marker"), trusted for metadata_ttl
-        self.markers: TTLCache[str, ObjectInfo] = TTLCache(maxsize=4096, ttl=max(ttl, 1e-9), timer=now)
-
-    async def listing(self, path: str, entries: dict[str, Entry]) -> dict[str, Entry]:
-        """The listing with the metadata that must be known at once: symlink candidates (an inode's type
-        must never change later) and, with ``true`` attributes, every file and folder. A version a HEAD
-        already described is not asked again (its inode's metadata ETag, and with ``true`` attributes
-        its LastModified too); nor a folder's marker within ``metadata_ttl``."""
-        found = dict(entries)
-        files: list[tuple[str, ObjectInfo]] = []
-        folders: list[str] = []
-        for name, entry in entries.items():
-            info = entry.info
-            if info is None:
-                if self.true:
-                    marker = self.markers.get(join(path, name))
-                    if marker is None:
-                        folders.append(name)
-                    else:
-                        found[name] = Entry(name, is_dir=True, info=marker)
-                continue
-            if not (self.true or link_candidate(info)):
-                continue
-            node = self.inodes.by_path(join(path, name))
-            if node is not None and self.known(node, info):
-                meta = {**posix_fields(*_fields(node)), **node.extra_metadata()}
-                found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
-            else:
-                files.append((name, info))
-
-        async def head(item: tuple[str, ObjectInfo]) -> None:
-            name, info = item
-            try:
-                found[name] = Entry(name, is_dir=False, info=await self.store.head(info.key))
-            except ObjectNotFound:
-                found.pop(name, None)  # deleted since the listing
-
-        async def head_marker(name: str) -> None:
-            found[name] = Entry(name, is_dir=True, info=await self.marker(join(path, name)))
-
-        calls = [partial(head, item) for item in files] + [partial(head_marker, name) for name in folders]
-        await for_each(calls, _call)
-        return found
-
-    def known(self, node: Inode, info: ObjectInfo) -> bool:
-        """Whether a HEAD already described the version of file ``node`` that a listing shows as ``info``.
-        With ``true`` attributes the version must not be newer than the one described: a metadata-only
-        change keeps the ETag (S3 copies keep the MD5) but moves LastModified."""
-        if node.is_dir or node.meta_etag != info.etag:
-            return False
-        if not self.true:
-            return True
-        return node.meta_modified is not None and info.last_modified <= node.meta_modified
-
-    async def marker(self, path: str, exists: bool = True) -> ObjectInfo:
-        """Folder ``path``'s own metadata: its marker's HEAD, or "no marker" (no metadata: the mount's
-        defaults). ``exists``: False when a LIST just showed there is none (no HEAD then)."""
-        marker = self.markers.get(path)
-        if marker is not None:
-            return marker
-        key = self.ns.dir_prefix(path)
-        marker = ObjectInfo(key, 0, "", seconds_of_ns(self.mount_time), {})
-        if exists:
-            try:
-                marker = await self.store.head(key)
-            except ObjectNotFound:
-                pass
-        if self.ttl > 0:
-            self.markers[path] = marker
-        return marker
-
-    def folder_changed(self, node: Inode) -> ObjectInfo:
-        """Folder ``node``'s marker was written here with its attributes: what a HEAD would now say."""
-        metadata = {**posix_fields(*_fields(node)), **node.extra_metadata()}
-        marker = ObjectInfo(self.ns.dir_prefix(node.path), 0, "", seconds_of_ns(node.mtime_ns), metadata)
-        if self.ttl > 0:
-            self.markers[node.path] = marker
-        return marker
-
-
-def _fields(node: Inode) -> tuple[int, int, int, int]:
-    return node.mode, node.uid, node.gid, node.mtime_ns
-
-
-async def _call(call: Callable[[], Awaitable[None]]) -> None:
-    await call()
+def _bare(entry: Entry) -> bool:
+    """Whether a listed ``entry`` lacks what a description adds: a folder's marker, a file's metadata."""
+    if entry.is_dir:
+        return entry.info is None
+    return entry.info is not None and entry.info.metadata is None

@@ -79,6 +79,7 @@ class TreeOps:
             info = await put_link(self.store, self.sb.ns.file_key(path), target, metadata, if_none_match=True)
         except PreconditionFailed:
             raise FileExists(f"{path} exists") from None
+        self.sb.learn(info)
         node = self.sb.inodes.put_file(path, info, self.sb.fresh_until())
         node.target, node.target_etag = target, info.etag
         self.sb.forget_listings(parent.path)
@@ -166,7 +167,7 @@ class TreeOps:
         node = self.sb.inodes.put_dir(path, self._wall(), self.sb.fresh_until())
         node.mode, node.uid, node.gid = stat.S_IFDIR | stat.S_IMODE(mode), uid, gid
         try:
-            await self.store.put(self.sb.ns.dir_prefix(path), b"", posix_metadata(node), if_none_match=True)
+            self.sb.learn(await self.store.put(self.sb.ns.dir_prefix(path), b"", posix_metadata(node), if_none_match=True))
         except PreconditionFailed:
             raise FileExists(f"{path} exists") from None
         node.subdirs = 0

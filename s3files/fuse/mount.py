@@ -111,6 +111,7 @@ def cache_folder(opts: MountOptions) -> Iterator[CacheFolder]:
         folder.close()
         if private:
             folder.sweep()
+            folder.remove_metadata()
             try:
                 folder.files.rmdir()
                 (root / "lock").unlink()

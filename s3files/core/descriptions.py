@@ -1,0 +1,203 @@
+"""Descriptions: what a folder listing's entries must carry before the listing is answered.
+
+Owns: which listed files and folders are asked about (symlink candidates always; with true attributes,
+every file whose version is not known and every folder's marker ``dir/`` per ``metadata_ttl``), asking
+S3 concurrently (right after each LIST page of a full listing), and the cache of folder markers. Asks the
+metadata cache (metacache.py) before S3 and tells it every answer. Must not change inodes or listings
+(the superblock does, superblock.py explains the policy and its request budget).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from functools import partial
+
+import trio
+from cachetools import TTLCache
+
+from s3files.core.inodes import Inode, InodeTable
+from s3files.core.links import link_candidate, posix_fields
+from s3files.core.metacache import MetaCache
+from s3files.core.namespace import Entry, Namespace, join
+from s3files.core.tasks import CONCURRENCY, for_each
+from s3files.core.times import seconds_of_ns
+from s3files.errors import ObjectNotFound, S3FilesError
+from s3files.store.base import ListPage, ObjectInfo, ObjectStore
+
+
+class Descriptions:
+    """What a listing's entries must carry at once, and what was already asked: symlink candidates (an
+    inode's type must never change later) and, with ``true`` attributes (see the module docstring), every
+    file's and folder's own metadata. Asks the metadata cache (``meta``) before S3; owns the cache of
+    folder markers (``ttl``)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        ns: Namespace,
+        inodes: InodeTable,
+        meta: MetaCache,
+        true: bool,
+        ttl: float,
+        now: Callable[[], float],
+        mount_time: int,
+    ) -> None:
+        self.store, self.ns, self.inodes, self.meta, self.true, self.ttl = store, ns, inodes, meta, true, ttl
+        self.mount_time = mount_time
+        # folder -> its marker's HEAD (or "no marker"), trusted for metadata_ttl
+        self.markers: TTLCache[str, ObjectInfo] = TTLCache(maxsize=4096, ttl=max(ttl, 1e-9), timer=now)
+
+    def _wanted(self, info: ObjectInfo) -> bool:
+        """Whether a listed file's metadata must be known before the listing is answered."""
+        return self.true or link_candidate(info)
+
+    @contextlib.asynccontextmanager
+    async def prefetching(
+        self, heads: dict[str, ObjectInfo | None], enabled: bool
+    ) -> AsyncIterator[Callable[[ListPage], None]]:
+        """While a folder is listed page by page: ``prefetch(page)`` starts the HEADs of the page's files
+        whose version is not known (``CONCURRENCY`` at a time over all pages) and puts their answers in
+        ``heads`` (None: deleted since). Leaving the block waits for them; an S3 error is raised as itself.
+        Not ``enabled`` (a listing that may stop early, for lookups): nothing is started."""
+        failed: list[S3FilesError] = []
+        limiter = trio.CapacityLimiter(CONCURRENCY)
+
+        async def head(info: ObjectInfo, scope: trio.CancelScope) -> None:
+            async with limiter:
+                try:
+                    heads[info.key] = await self.store.head(info.key)
+                except ObjectNotFound:
+                    heads[info.key] = None
+                except S3FilesError as exc:
+                    failed.append(exc)
+                    scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+
+            def prefetch(page: ListPage) -> None:
+                if not enabled:
+                    return
+                wanted = [info for info in page.objects if self._wanted(info) and not info.key.endswith("/")]
+                known = self.meta.known(wanted)
+                for info in wanted:
+                    node = self.inodes.by_path(info.key[len(self.ns.prefix) :])
+                    if info.key not in known and not (node is not None and self.known(node, info)):
+                        heads[info.key] = None  # asked: a placeholder until the answer comes
+                        nursery.start_soon(head, info, nursery.cancel_scope)
+
+            yield prefetch
+        if failed:
+            raise failed[0]
+
+    async def listing(
+        self, path: str, entries: dict[str, Entry], heads: dict[str, ObjectInfo | None] | None = None
+    ) -> dict[str, Entry]:
+        """The listing with the metadata that must be known at once: symlink candidates and, with
+        ``true`` attributes, every file and folder. A version this mount knows (its inode's, or the
+        metadata cache's) is not asked again, nor what ``prefetching`` asked already (``heads``), nor a
+        folder's marker within ``metadata_ttl``."""
+        heads = heads or {}
+        found = dict(entries)
+        files: list[tuple[str, ObjectInfo]] = []
+        folders: list[str] = []
+        for name, entry in entries.items():
+            info = entry.info
+            if entry.is_dir:
+                if info is None and self.true:
+                    marker = self.markers.get(join(path, name))
+                    if marker is None:
+                        folders.append(name)
+                    else:
+                        found[name] = Entry(name, is_dir=True, info=marker)
+                continue
+            if info is None or not self._wanted(info):  # (None: a file being written here)
+                continue
+            if info.key in heads:
+                head = heads[info.key]
+                if head is None:
+                    found.pop(name, None)  # deleted since the listing
+                else:
+                    self.meta.learn(head)
+                    found[name] = Entry(name, is_dir=False, info=head)
+                continue
+            node = self.inodes.by_path(join(path, name))
+            if node is not None and self.known(node, info):
+                meta = {**posix_fields(*node_fields(node)), **node.extra_metadata()}
+                found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
+            else:
+                files.append((name, info))
+        known = self.meta.known(info for _, info in files)
+        asked = []
+        for name, info in files:
+            if info.key in known:
+                found[name] = Entry(name, is_dir=False, info=replace(info, metadata=known[info.key]))
+            else:
+                asked.append((name, info))
+
+        async def head(item: tuple[str, ObjectInfo]) -> None:
+            name, info = item
+            try:
+                described = await self.store.head(info.key)
+            except ObjectNotFound:
+                found.pop(name, None)  # deleted since the listing
+                return
+            self.meta.learn(described)
+            found[name] = Entry(name, is_dir=False, info=described)
+
+        async def head_marker(name: str) -> None:
+            found[name] = Entry(name, is_dir=True, info=await self.marker(join(path, name)))
+
+        calls = [partial(head, item) for item in asked] + [partial(head_marker, name) for name in folders]
+        await for_each(calls, _call)
+        self.meta.flush()  # one transaction per listing
+        return found
+
+    def known(self, node: Inode, info: ObjectInfo) -> bool:
+        """Whether a HEAD already described the version of file ``node`` that a listing shows as ``info``.
+        With ``true`` attributes the version must not be newer than the one described: a metadata-only
+        change keeps the ETag (S3 copies keep the MD5) but moves LastModified."""
+        if node.is_dir or node.meta_etag != info.etag:
+            return False
+        if not self.true:
+            return True
+        return node.meta_modified is not None and info.last_modified <= node.meta_modified
+
+    async def marker(self, path: str, exists: bool = True, listed: ObjectInfo | None = None) -> ObjectInfo:
+        """Folder ``path``'s own metadata: its marker's HEAD, or "no marker" (no metadata: the mount's
+        defaults). ``exists``: False when a LIST just showed there is none (no HEAD then); ``listed``: the
+        marker as that LIST showed it (no HEAD when the metadata cache knows that version)."""
+        marker = self.markers.get(path)
+        if marker is not None:
+            return marker
+        key = self.ns.dir_prefix(path)
+        marker = ObjectInfo(key, 0, "", seconds_of_ns(self.mount_time), {})
+        known = self.meta.get(listed) if listed is not None else None
+        if known is not None and listed is not None:
+            marker = replace(listed, metadata=known)
+        elif exists:
+            try:
+                marker = await self.store.head(key)
+                self.meta.learn(marker)
+            except ObjectNotFound:
+                pass
+        if self.ttl > 0:
+            self.markers[path] = marker
+        return marker
+
+    def folder_changed(self, node: Inode) -> ObjectInfo:
+        """Folder ``node``'s marker was written here with its attributes: what a HEAD would now say."""
+        metadata = {**posix_fields(*node_fields(node)), **node.extra_metadata()}
+        marker = ObjectInfo(self.ns.dir_prefix(node.path), 0, "", seconds_of_ns(node.mtime_ns), metadata)
+        if self.ttl > 0:
+            self.markers[node.path] = marker
+        return marker
+
+
+def node_fields(node: Inode) -> tuple[int, int, int, int]:
+    return node.mode, node.uid, node.gid, node.mtime_ns
+
+
+async def _call(call: Callable[[], Awaitable[None]]) -> None:
+    await call()
