@@ -104,9 +104,10 @@ AWKWARD_SEGMENTS = ("", ".", "..", LONG, "ü")  # "ü" is valid (non-ASCII); the
 KEY_SEGMENT = st.sampled_from(VALID_SEGMENTS * 3 + AWKWARD_SEGMENTS)
 
 # x-amz-meta-* values: well-formed ones, and garbage that must fall back to the defaults (not numbers, or
-# numbers no stat can carry). Keep in step with expected_head_attrs(). No S_IFLNK mode ("41471"): such an
-# object is a symlink, whose kind a mount learns only from a HEAD (a listing says "file" until then, and
-# the name then gets a new inode). This model has files and folders only; symlinks, and names that turn
+# numbers no stat can carry). Keep in step with expected_head_attrs(). Type bits that name no kind of
+# file object (a folder's "16877", no type's "12708" = 0o30644) make a regular file. No S_IFLNK mode
+# ("41471") nor a special file's (a FIFO's "4516"): such an object is a symlink or a FIFO, whose kind a
+# mount learns from a HEAD (a listing may say "file" until then, and the name then gets a new inode). This model has files and folders only; symlinks, and names that turn
 # out to be symlinks, are checked by tests/test_core_names.py and tests/test_fuse_names.py.
 METADATA_VALUES: dict[str, tuple[str, ...]] = {
     "mtime": (
@@ -122,7 +123,7 @@ METADATA_VALUES: dict[str, tuple[str, ...]] = {
         "-inf",
         "1e30",
     ),
-    "mode": ("33188", "420", "384", "0", "16877", "4516", "abc", "-1", "99999999", "0o644"),
+    "mode": ("33188", "420", "384", "0", "16877", "12708", "abc", "-1", "99999999", "0o644"),
     "uid": ("0", "1000", "65534", "x", "", "-1", "4294967296"),
     "gid": ("0", "1000", "65534", "x", "", "-1", "4294967296"),
 }
@@ -225,7 +226,7 @@ def expected_head_attrs(version: Version, d: Defaults) -> tuple[int, int, int, f
         if math.isfinite(parsed) and abs(parsed) < 2**63 / 1e9:  # st_mtime_ns is an int64
             mtime = parsed
     return (
-        stat.S_IFREG | stat.S_IMODE(mode),  # type bits in metadata (but S_IFLNK): a regular file
+        stat.S_IFREG | stat.S_IMODE(mode),  # type bits of no file object kind in metadata: a regular file
         d.uid if uid is None else uid,
         d.gid if gid is None else gid,
         mtime,
