@@ -78,7 +78,7 @@ def test_special_files_are_created_stated_renamed_chmodded_and_listed_after_a_re
     assert stat.S_ISSOCK(int(s3_client.head_object(Bucket=s3_bucket, Key="d/sock")["Metadata"]["mode"]))
     for key in ("d/chr", "d/gone"):
         assert "Contents" not in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=key)
-    with mount(s3_server, s3_bucket, m, allow_other=True):
+    with mount(s3_server, s3_bucket, m):
         # the listing shows each type (ls -l answers from readdirplus, no lookup first)
         assert types_in_ls(m / "d") == {"blk": "b", "fifo": "p", "reg": "-", "sock": "s", "tty": "c"}
         assert os.stat(m / "d/tty").st_rdev == DEVICE and os.stat(m / "d/blk").st_rdev == BLOCK
@@ -169,7 +169,7 @@ def test_xattrs_set_get_list_remove_survive_a_remount_and_follow_cp_a(
     assert int(head["mode"]) == stat.S_IFREG | 0o600
     expected = '{"user.bin":"' + base64.b64encode(bytes(range(256))).decode() + '","user.color":"Z3JlZW4="}'
     assert head["xattr"] == quote(expected, safe="/")  # s3fs-fuse's encoding, byte for byte
-    with mount(moto_server, bucket, m, allow_other=True):
+    with mount(moto_server, bucket, m):
         assert types_in_ls(m)["f"] == "-" and types_in_ls(m / "copies")["d"] == "d"  # listed first
         assert os.getxattr(m / "f", "user.color") == b"green"
         assert sorted(os.listxattr(m / "f")) == ["user.bin", "user.color"]
@@ -191,7 +191,7 @@ def test_objects_written_by_s3fs_are_read_back(
     raw = '{"system.posix_acl_access":"AgAAAAEABgD/////","user.a":"YmFy","user.k:v":"YmF6"}'
     put(boto3_client, bucket, "s", b"s3fs", mode=str(stat.S_IFREG | 0o644), xattr=quote(raw, safe="/"))
     m = tmp_path / "m"
-    with mount(moto_server, bucket, m, allow_other=True):
+    with mount(moto_server, bucket, m):
         assert os.stat(m / "odd").st_mode == stat.S_IFREG | 0o700
         st = os.stat(m / "p")
         assert (st.st_mode, st.st_mtime, st.st_size) == (stat.S_IFIFO | 0o644, 1700000000, 0)
