@@ -129,6 +129,10 @@ def test_xattrs_set_get_list_remove_survive_a_remount_and_follow_cp_a(
         os.setxattr(f, "user.bin", bytes(range(256)))
         os.setxattr(f, "user.empty", b"")
         os.setxattr(d, "user.dir", b"folder")
+        before = os.stat(f).st_ctime_ns
+        os.setxattr(f, "user.ctime", b"moves")
+        assert os.stat(f).st_ctime_ns > before
+        os.removexattr(f, "user.ctime")
         assert os.getxattr(f, "user.color") == b"blue" and os.getxattr(f, "user.bin") == bytes(range(256))
         assert sorted(os.listxattr(f)) == ["user.bin", "user.color", "user.empty"]
         assert os.listxattr(d) == ["user.dir"]

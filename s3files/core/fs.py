@@ -83,7 +83,7 @@ class FileSystem:
         self.handles = Handles()
         self.files = Files(store, opts, self.sb, self.cache, self.uploader, self.handles, spawn, wall)
         self.tree = TreeOps(store, self.sb, self.cache, self.handles, self.files, self.uploader, wall)
-        self.xattrs = ExtendedAttributes(self.sb, self.files, opts.xattrs)
+        self.xattrs = ExtendedAttributes(self.sb, self.files, opts.xattrs, wall)
         self.recovery = RecoveryReport()
 
     def _is_local(self, ino: int) -> bool:

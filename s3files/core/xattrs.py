@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from s3files.core.files import Files
@@ -78,9 +78,10 @@ def metadata_size(metadata: Mapping[str, str]) -> int:
 class ExtendedAttributes:
     """getxattr, listxattr, setxattr and removexattr of one mount (see the module docstring)."""
 
-    def __init__(self, sb: Superblock, files: Files, enabled: bool) -> None:
+    def __init__(self, sb: Superblock, files: Files, enabled: bool, wall: Callable[[], int]) -> None:
         self.sb = sb
         self.files = files
+        self._wall = wall  # nanoseconds: a change of attributes moves the ctime
         self.enabled = enabled  # off (--no-xattrs): ENOSYS, after which the kernel never asks again
 
     def _check_enabled(self) -> None:
@@ -139,9 +140,10 @@ class ExtendedAttributes:
     async def _write(self, node: Inode, attrs: dict[bytes, bytes]) -> None:
         """Publish ``attrs`` (with the keys of other namespaces s3fs may have stored, an ACL, kept)."""
         before, node.xattr = node.xattr, encode(attrs)
+        before_ctime, node.ctime_ns = node.ctime_ns, self._wall()
         size = metadata_size(posix_metadata(node)) + TOKEN_SIZE
         if size > METADATA_LIMIT:
-            node.xattr = before
+            node.xattr, node.ctime_ns = before, before_ctime
             raise NoSpace(
                 f"{node.path}: extended attributes do not fit in S3's {METADATA_LIMIT} bytes of user metadata"
                 f" ({size} bytes with them, base64 and URL-encoded as s3fs-fuse stores them)"
@@ -150,7 +152,7 @@ class ExtendedAttributes:
             await self.files.write_metadata(node)
         except BaseException:
             if self.files.cache.get(node.ino) is None:  # (a local copy publishes them later)
-                node.xattr = before
+                node.xattr, node.ctime_ns = before, before_ctime
             raise
 
 
