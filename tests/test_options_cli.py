@@ -73,6 +73,8 @@ def test_readme_option_table_tells_the_defaults() -> None:
     assert rows["--cache-size"] == "the disk" and opts.cache_size is None
     for flag in ("--read-only", "--direct-io", "--allow-other"):
         assert rows[flag] == "off" and getattr(opts, flag[2:].replace("-", "_")) is False
+    assert rows["--no-xattrs"].startswith("off") and opts.xattrs is True
+    assert options_from(build_parser().parse_args(["mount", "s3://b", "/mnt/x", "--no-xattrs"])).xattrs is False
 
 
 @pytest.mark.parametrize(
