@@ -129,6 +129,15 @@ def rgw_server(fake_aws_credentials: None) -> Iterator[Any]:
         server.stop()
 
 
+#: ``S3FILES_FULL_COUNTS=1``: the issues' full counts, and every ``s3_server`` test on both servers.
+FULL_COUNTS = os.environ.get("S3FILES_FULL_COUNTS") == "1"
+
+#: For tests of the daemon's own logic (signals, records, locks), which no server behaviour changes: CI runs
+#: them on moto only, a full run (FULL_COUNTS) on RGW too. Tests of what a server does (multipart resume,
+#: conditional writes, ranged reads) keep both servers in CI.
+rgw_in_full_runs = pytest.mark.parametrize("s3_server", ["moto", "rgw"] if FULL_COUNTS else ["moto"], indirect=True)
+
+
 @pytest.fixture(scope="session", params=["moto", "rgw"])
 def s3_server(request: pytest.FixtureRequest) -> S3Server:
     """Each test that takes this runs on moto and again on Ceph RadosGW (one server of each per session)."""

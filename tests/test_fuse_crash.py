@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import S3Server
+from conftest import FULL_COUNTS, S3Server, rgw_in_full_runs
 from daemons import Daemon, Daemons, s3_body, s3_keys, s3_uploads, sha
 from faultproxy import FaultProxy
 
@@ -41,7 +41,7 @@ KIB = 1024
 # The counts run with S3FILES_FULL_COUNTS=1; CI runs fewer to stay in its budget.
 # Ten writers: 20 runs asked; each costs about 4 s on moto (every close publishes the 25 MiB file: parts
 # copied inside S3), so 2 runs in CI (and a remount after each).
-FULL = os.environ.get("S3FILES_FULL_COUNTS") == "1"
+FULL = FULL_COUNTS
 TEN_WRITERS_RUNS = 20 if FULL else 2
 TEN_WRITERS = 10
 TEN_WRITERS_FILE = 25 * MIB
@@ -173,6 +173,7 @@ def no_conflicts(client: Any, bucket: str) -> None:
 # -- 1. ten writers at their own offsets of one file ------------------------------------------------------
 
 
+@rgw_in_full_runs
 def test_ten_writers_at_their_own_offsets_all_land(
     s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons, tmp_path: Path
 ) -> None:
@@ -233,6 +234,7 @@ def test_ten_writers_at_their_own_offsets_all_land(
 # -- 2. rm -f x; echo $i > x from 8 processes of one mount ---------------------------------------------
 
 
+@rgw_in_full_runs
 def test_rm_and_echo_from_many_processes_never_conflict(
     s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons
 ) -> None:
@@ -288,6 +290,7 @@ def record_of(daemon: Daemon, key: str) -> dict[str, Any]:
     return found[0]
 
 
+@rgw_in_full_runs
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
 def test_a_stop_never_publishes_a_file_still_being_written(
     signum: int, s3_client: Any, s3_bucket: str, proxy: FaultProxy, daemons: Daemons
@@ -395,6 +398,7 @@ def discard_and_check_empty(daemon: Daemon) -> None:
     cache_is_empty(daemon)
 
 
+@rgw_in_full_runs
 @pytest.mark.parametrize("when", ["writing", "parts_sent"])
 def test_kill_9_while_a_file_is_open_for_writing_publishes_nothing(
     when: str, s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons
@@ -445,6 +449,7 @@ def test_kill_9_while_a_file_is_open_for_writing_publishes_nothing(
     assert s3_keys(s3_client, s3_bucket) == ["big.bin"]
 
 
+@rgw_in_full_runs
 def test_kill_9_after_a_failed_close_uploads_at_the_next_mount(
     s3_client: Any, s3_bucket: str, proxy: FaultProxy, daemons: Daemons
 ) -> None:
@@ -520,6 +525,7 @@ def test_kill_9_while_close_completes_the_upload_resumes_it(
 RENAME_FILES = 60
 
 
+@rgw_in_full_runs
 @pytest.mark.parametrize("phase", ["copying", "deleting"])
 def test_kill_9_mid_folder_rename_then_renaming_again_completes_it(
     phase: str, s3_client: Any, s3_bucket: str, proxy: FaultProxy, daemons: Daemons
@@ -581,6 +587,7 @@ def test_kill_9_mid_folder_rename_then_renaming_again_completes_it(
     cache_is_empty(daemon)
 
 
+@rgw_in_full_runs
 def test_a_failed_close_is_retried_in_the_background_and_stays_listed(
     s3_client: Any, s3_bucket: str, proxy: FaultProxy, daemons: Daemons
 ) -> None:

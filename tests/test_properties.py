@@ -72,6 +72,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 import trio
 import trio.testing
+from conftest import FULL_COUNTS
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -1080,8 +1081,9 @@ class CorePrefixMachine(CoreMachine):
     SPECIAL_KEYS = ("p", "p/", "p//", "p//x", "px", "px/a", "p/x//", "p/./x")  # beside and at the root
 
 
+# CI runs fewer examples than a full run (S3FILES_FULL_COUNTS=1) to stay in its 20-minute budget.
 CORE_SETTINGS = settings(
-    max_examples=200,
+    max_examples=200 if FULL_COUNTS else 120,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -1093,7 +1095,7 @@ def test_core_read_semantics_match_the_model() -> None:
 
 
 def test_core_prefix_mount_read_semantics_match_the_model() -> None:
-    run_state_machine_as_test(CorePrefixMachine, settings=settings(CORE_SETTINGS, max_examples=80))
+    run_state_machine_as_test(CorePrefixMachine, settings=settings(CORE_SETTINGS, max_examples=80 if FULL_COUNTS else 50))
 
 
 # -- FUSE level ---------------------------------------------------------------------------------------
@@ -1257,7 +1259,7 @@ def test_fuse_read_semantics_match_the_model(moto_server: Any, boto3_client: Any
     run_state_machine_as_test(
         Machine,
         settings=settings(
-            max_examples=15,
+            max_examples=15 if FULL_COUNTS else 10,
             stateful_step_count=15,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import S3Server
+from conftest import FULL_COUNTS, S3Server
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -667,10 +667,10 @@ def run_machine(moto_server: Any, bucket: str, tmp_path: Path, examples: int, **
 
 
 def test_writes_match_a_local_folder(moto_server: Any, bucket: str, tmp_path: Path) -> None:
-    run_machine(moto_server, bucket, tmp_path, examples=25)
+    run_machine(moto_server, bucket, tmp_path, examples=25 if FULL_COUNTS else 15)
 
 
 def test_writes_match_a_local_folder_with_direct_io(moto_server: Any, bucket: str, tmp_path: Path) -> None:
     """The same machine through a --direct-io mount: no page cache, every read and write reaches the
     daemon, and the files must still match a local folder step by step."""
-    run_machine(moto_server, bucket, tmp_path, examples=10, direct_io=True)
+    run_machine(moto_server, bucket, tmp_path, examples=10 if FULL_COUNTS else 6, direct_io=True)
