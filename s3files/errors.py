@@ -17,6 +17,7 @@ class S3FilesError(Exception):
     """Base class. ``errno`` is what a file-system caller sees; ``str()`` is the user-facing line."""
 
     errno: int = errno.EIO
+    quiet: bool = False  # part of normal work (logged at debug by the FUSE adapter), not a failure to report
 
 
 # --- file-system level -------------------------------------------------------------------------
@@ -56,6 +57,12 @@ class KindChanged(S3FilesError):
 
 class NotSupported(S3FilesError):
     errno = errno.ENOTSUP
+
+
+class NamespaceNotStored(NotSupported):
+    # setxattr of a namespace S3 does not hold (system.posix_acl_access, security.*): ENOTSUP, which
+    # cp -a and rsync -X take quietly; they try it for every file, so it is not worth a warning each.
+    quiet = True
 
 
 class NoAttribute(S3FilesError):

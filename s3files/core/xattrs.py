@@ -32,7 +32,15 @@ from s3files.core.files import Files
 from s3files.core.inodes import ROOT_INO, Inode
 from s3files.core.streaming import TOKEN, posix_metadata
 from s3files.core.superblock import Superblock
-from s3files.errors import InvalidArgument, NoAttribute, NoSpace, NotPermitted, NotSupported, Unimplemented
+from s3files.errors import (
+    InvalidArgument,
+    NamespaceNotStored,
+    NoAttribute,
+    NoSpace,
+    NotPermitted,
+    NotSupported,
+    Unimplemented,
+)
 
 USER = b"user."
 METADATA_LIMIT = 2048  # S3's limit on a PUT's user metadata, in bytes
@@ -123,7 +131,7 @@ class ExtendedAttributes:
         node = self.sb.node(ino)
         self.files.check_writable(f"change extended attributes of {node.path}")
         if not name.startswith(USER):
-            raise NotSupported(f"only user.* extended attributes can be stored in S3, not {name!r}")
+            raise NamespaceNotStored(f"only user.* extended attributes can be stored in S3, not {name!r}")
         if b'"' in name or b"," in name:
             raise InvalidArgument(f"an extended attribute name with '\"' or ',' cannot be stored: {name!r}")
         if not _holds_user_attributes(node):

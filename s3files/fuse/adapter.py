@@ -45,7 +45,7 @@ def guarded(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         except pyfuse3.FUSEError:
             raise
         except S3FilesError as exc:
-            level = logging.DEBUG if exc.errno in QUIET else logging.WARNING
+            level = logging.DEBUG if exc.errno in QUIET or exc.quiet else logging.WARNING
             log.log(level, "op=%s errno=%s: %s", handler.__name__, errno.errorcode.get(exc.errno), exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
