@@ -151,16 +151,19 @@ def test_rsync_a_of_an_unchanged_tree_copies_nothing(remounted: tuple[Path, File
 
 def test_a_folder_keeps_its_mode_when_the_kernel_forgets_it(remounted: tuple[Path, FileSystem, Path]) -> None:
     """mkdir d; chmod 700 d; drop_caches; stat -c %a d printed 755 (and ls -l showed drwxr-xr-x): at
-    once (the parent's listing answers) and past --metadata-ttl (1 s: the folder is asked again)."""
+    once (the parent's listing answers) and past --metadata-ttl (1 s: the folder is asked again). Inode
+    numbers stay those of the paths (they changed)."""
     m, _, _ = remounted
     (m / "d").mkdir()
     (m / "d").chmod(0o700)
     os.chown(m / "d", 1234, 4321)
+    numbers = {name: os.stat(m / name).st_ino for name in ("d", "t", "touched", "touched/t3")}
     for wait in (0.0, 1.2):
         time.sleep(wait)
         Path("/proc/sys/vm/drop_caches").write_text("2")
         st = os.stat(m / "d")
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o700, 1234, 4321)
+        assert {name: os.stat(m / name).st_ino for name in numbers} == numbers  # and the same inode numbers
         out = subprocess.run(["ls", "-ln", str(m)], capture_output=True, text=True, check=True).stdout
         assert any(line.startswith("drwx------") and line.endswith(" d") and " 1234 4321 " in line for line in out.splitlines()), out
 
@@ -199,7 +202,7 @@ def test_core_metadata_is_remembered_per_version_across_mounts(tmp_path: Path) -
         store.requests.reset()
         entries = {n: a for n, a, _ in await fs.readdir(await fs.opendir(big.ino), 0)}
         assert store.requests.snapshot() == {"list": 3, **({"head": heads} if heads else {})}
-        assert entries["f00001"].mtime == 1000.0
+        assert entries["f00001"].mtime_ns == 1000 * 10**9
         modes.append({n: stat.S_IMODE(a.mode) for n, a in entries.items()})
 
     def mounted(heads: int) -> None:
@@ -234,7 +237,7 @@ def test_core_own_writes_are_known_without_a_head(tmp_path: Path) -> None:
             await fs.write(opened.fh, 0, b"data")
             await fs.release(opened.fh)
         b = await fs.lookup(d.ino, "b")
-        await fs.setattr(b.ino, mode=0o700, mtime=1234.5)
+        await fs.setattr(b.ino, mode=0o700, mtime_ns=1_234_500_000_000)
         await fs.setattr(d.ino, mode=0o711)
 
     async def relist(fs: FileSystem) -> None:
@@ -245,7 +248,7 @@ def test_core_own_writes_are_known_without_a_head(tmp_path: Path) -> None:
         store.requests.reset()
         entries = {n: a for n, a, _ in await fs.readdir(await fs.opendir(d.ino), 0)}
         assert store.requests.snapshot() == {"list": 1}
-        assert stat.S_IMODE(entries["b"].mode) == 0o700 and entries["b"].mtime == 1234.5
+        assert stat.S_IMODE(entries["b"].mode) == 0o700 and entries["b"].mtime_ns == 1_234_500_000_000
         assert stat.S_IMODE(entries["a"].mode) == 0o644
 
     for body in (write, relist):
@@ -254,6 +257,31 @@ def test_core_own_writes_are_known_without_a_head(tmp_path: Path) -> None:
             run_fs(store, body, staging=folder)
         finally:
             folder.close()
+
+
+def test_core_a_forgotten_inode_gets_its_number_back() -> None:
+    """The kernel forgot an inode: the path's next lookup gets the same number; a file that replaced an
+    unlinked one, or a name of another kind, gets a new one."""
+    store = MemoryStore()
+    store.seed("d/f", b"x")
+    store.seed("d/g", b"y")
+
+    async def body(fs: FileSystem) -> None:
+        d = await fs.lookup(ROOT_INO, "d")
+        f = await fs.lookup(d.ino, "f")
+        fs.forget(f.ino, 1)
+        fs.forget(d.ino, 1)
+        assert fs.sb.inodes.get(f.ino) is None and fs.sb.inodes.get(d.ino) is None
+        d2 = await fs.lookup(ROOT_INO, "d")
+        assert d2.ino == d.ino and (await fs.lookup(d2.ino, "f")).ino == f.ino
+        g = await fs.lookup(d.ino, "g")
+        fs.forget(g.ino, 1)
+        await fs.unlink(d.ino, "g")
+        opened = await fs.create(d.ino, "g", 0o644, 0, 0)
+        assert opened.attr.ino != g.ino
+        await fs.release(opened.fh)
+
+    run_fs(store, body, metadata_ttl=0.0)
 
 
 def test_core_metadata_cache_file_survives_garbage_and_stays_bounded(tmp_path: Path) -> None:

@@ -24,11 +24,14 @@ import itertools
 import stat
 from dataclasses import dataclass
 
+from cachetools import LRUCache
+
 from s3files.core.namespace import posix_metadata
 from s3files.core.times import ns_of_seconds
 from s3files.store.base import ObjectInfo
 
 ROOT_INO = 1
+NUMBERS_KEPT = 65_536  # numbers of forgotten inodes kept for their paths
 DEVICE_KINDS = frozenset((stat.S_IFCHR, stat.S_IFBLK))
 SPECIAL_KINDS = frozenset((stat.S_IFIFO, stat.S_IFSOCK)) | DEVICE_KINDS
 # The kinds a file object may have (its metadata mode's type bits); any other type bits: a regular file.
@@ -141,6 +144,10 @@ class InodeTable:
         self._by_ino: dict[int, Inode] = {}
         self._by_path: dict[str, int] = {}
         self._next = itertools.count(ROOT_INO + 1)
+        # path -> (number, kind) of inodes the kernel forgot (drop_caches, memory pressure): the name gets
+        # its number back at its next lookup, so `find`, `du`, `tar` and `rsync` see one inode number per
+        # path while mounted. Bounded; a name that lost its object (unlink, rename) forgets its number.
+        self._numbers: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=NUMBERS_KEPT)
         root = Inode(
             ROOT_INO, "", True, stat.S_IFDIR | defaults.dir_mode, 0, defaults.uid, defaults.gid, root_mtime_ns
         )
@@ -168,7 +175,10 @@ class InodeTable:
         if node is None:
             d = self.defaults
             perm = {stat.S_IFDIR: d.dir_mode, stat.S_IFLNK: 0o777}.get(kind, d.file_mode)
-            node = Inode(next(self._next), path, kind == stat.S_IFDIR, kind | perm, 0, d.uid, d.gid, 0)
+            number, was = self._numbers.pop(path, (0, 0))
+            if was != kind or number in self._by_ino:
+                number = next(self._next)
+            node = Inode(number, path, kind == stat.S_IFDIR, kind | perm, 0, d.uid, d.gid, 0)
             self._by_ino[node.ino] = node
             self._by_path[path] = node.ino
         return node
@@ -255,6 +265,7 @@ class InodeTable:
         """``old`` is now called ``new`` (rename); whatever was at ``new`` loses its name."""
         ino = self._by_path.pop(old, None)
         self._lose_name(new)
+        self._numbers.pop(old, None)
         if ino is not None:
             self._by_ino[ino].path = new
             self._by_path[new] = ino
@@ -265,6 +276,8 @@ class InodeTable:
         moved inodes."""
         for path in [p for p in self._by_path if p == new or p.startswith(new + "/")]:
             self._lose_name(path)
+        for path in [p for p in self._numbers if p in (old, new) or p.startswith((old + "/", new + "/"))]:
+            self._numbers.pop(path, None)
         below = [(p, ino) for p, ino in self._by_path.items() if p == old or p.startswith(old + "/")]
         for path, _ in below:
             del self._by_path[path]
@@ -281,6 +294,7 @@ class InodeTable:
         self._lose_name(path)
 
     def _lose_name(self, path: str) -> None:
+        self._numbers.pop(path, None)
         ino = self._by_path.pop(path, None)
         if ino is not None:
             self._by_ino[ino].unlinked = True
@@ -319,3 +333,4 @@ class InodeTable:
         del self._by_ino[ino]
         if self._by_path.get(node.path) == ino:
             del self._by_path[node.path]
+            self._numbers[node.path] = (ino, node.kind)
