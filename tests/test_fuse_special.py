@@ -1,4 +1,4 @@
-"""Special files and extended attributes through a real FUSE mount (moto; the first test on RGW too),
+"""Special files and extended attributes through a real FUSE mount (moto; the first two tests on RGW too),
 checked in the bucket with boto3 (s3fs-fuse's encoding) and again through a new mount.
 
 Special files (FIFOs, devices, UNIX sockets) are empty objects whose ``x-amz-meta-mode`` carries the type
@@ -119,10 +119,10 @@ XATTR_CREATE, XATTR_REPLACE = os.XATTR_CREATE, os.XATTR_REPLACE
 
 
 def test_xattrs_set_get_list_remove_survive_a_remount_and_follow_cp_a(
-    bucket: str, moto_server: S3Server, boto3_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     m = tmp_path / "m"
-    with mount(moto_server, bucket, m):
+    with mount(s3_server, s3_bucket, m):
         f, d = m / "f", m / "d"
         f.write_bytes(b"data")
         os.mkdir(d)
@@ -173,11 +173,11 @@ def test_xattrs_set_get_list_remove_survive_a_remount_and_follow_cp_a(
         assert (cp.returncode, cp.stderr) == (0, "")
         # nor in the log (cp -a tries system.posix_acl_access on each: ENOTSUP is normal work there)
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
-    head = boto3_client.head_object(Bucket=bucket, Key="f")["Metadata"]
+    head = s3_client.head_object(Bucket=s3_bucket, Key="f")["Metadata"]
     assert int(head["mode"]) == stat.S_IFREG | 0o600
     expected = '{"user.bin":"' + base64.b64encode(bytes(range(256))).decode() + '","user.color":"Z3JlZW4="}'
     assert head["xattr"] == quote(expected, safe="/")  # s3fs-fuse's encoding, byte for byte
-    with mount(moto_server, bucket, m):
+    with mount(s3_server, s3_bucket, m):
         assert types_in_ls(m)["f"] == "-" and types_in_ls(m / "copies")["d"] == "d"  # listed first
         assert os.getxattr(m / "f", "user.color") == b"green"
         assert sorted(os.listxattr(m / "f")) == ["user.bin", "user.color"]
