@@ -10,6 +10,7 @@ bits and ``x-amz-meta-rdev`` a device's number; their I/O is the kernel's. Exten
 from __future__ import annotations
 
 import base64
+import ctypes
 import errno
 import logging
 import os
@@ -118,6 +119,16 @@ def test_fifo_and_socket_on_the_mount_carry_data(bucket: str, moto_server: S3Ser
 XATTR_CREATE, XATTR_REPLACE = os.XATTR_CREATE, os.XATTR_REPLACE
 
 
+def raw_xattr(call: str, path: Path, name: bytes | None, size: int) -> tuple[int, int]:
+    """libc getxattr/listxattr with a buffer of ``size`` bytes (os.getxattr retries ERANGE itself):
+    (return value, errno)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(max(size, 1))
+    args = (os.fsencode(path), name) if name is not None else (os.fsencode(path),)
+    rc = getattr(libc, call)(*args, buffer if size else None, ctypes.c_size_t(size))
+    return rc, ctypes.get_errno() if rc < 0 else 0
+
+
 def test_xattrs_set_get_list_remove_survive_a_remount_and_follow_cp_a(
     s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -136,6 +147,11 @@ def test_xattrs_set_get_list_remove_survive_a_remount_and_follow_cp_a(
         os.removexattr(f, "user.ctime")
         assert os.getxattr(f, "user.color") == b"blue" and os.getxattr(f, "user.bin") == bytes(range(256))
         assert sorted(os.listxattr(f)) == ["user.bin", "user.color", "user.empty"]
+        # a size query (size 0) answers the size; a buffer too small is ERANGE (getxattr and listxattr)
+        assert raw_xattr("getxattr", f, b"user.bin", 0) == (256, 0)
+        assert raw_xattr("getxattr", f, b"user.bin", 255) == (-1, errno.ERANGE)
+        assert raw_xattr("listxattr", f, None, 0) == (len(b"user.bin\0user.color\0user.empty\0"), 0)
+        assert raw_xattr("listxattr", f, None, 5) == (-1, errno.ERANGE)
         assert os.listxattr(d) == ["user.dir"]
         # flags: XATTR_CREATE on an existing name, XATTR_REPLACE on a missing one
         with pytest.raises(FileExistsError):
