@@ -13,9 +13,10 @@ looked up or opened; once a HEAD has been seen for an ETag, its metadata wins fo
 
 Kinds: folder, regular file, symlink, FIFO, character and block device, UNIX socket: every non-folder is
 one object, and its metadata ``mode`` carries the type bits (s3fs-compatible; an object without them is a
-regular file); a device's number is ``x-amz-meta-rdev`` (``Inode.rdev``). An inode never changes kind: the kernel marks an inode bad if its type changes, so when a name turns out to be of another
-kind (a HEAD shows S_IFLNK for what a listing called a file), the name gets a new inode and the old one is
-left to be forgotten (``refresh_file`` refuses to change it; the caller answers ESTALE).
+regular file); a device's number is ``x-amz-meta-rdev`` (``Inode.rdev``). An inode never changes kind: the
+kernel marks an inode bad if its type changes, so when a name turns out to be of another kind (a HEAD shows
+S_IFLNK or S_IFIFO for what a listing called a file), the name gets a new inode and the old one is left to
+be forgotten (``refresh_file`` refuses to change it; the caller answers ESTALE).
 """
 
 from __future__ import annotations
