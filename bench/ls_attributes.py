@@ -88,17 +88,21 @@ def _mounted(start: Starter, target: Target, base: Path, cache: Path) -> Iterato
         fs.stop()
 
 
-def _run(start: Starter, target: Target, base: Path, folder: str, files: int, proxy: FaultProxy | None) -> dict[str, tuple[float, dict[str, int]]]:
-    """phase -> (seconds, requests by operation) for one variant."""
+Phase = tuple[float, float, dict[str, int]]  # seconds, the file system's CPU seconds, requests by operation
+
+
+def _run(start: Starter, target: Target, base: Path, folder: str, files: int, proxy: FaultProxy | None) -> dict[str, Phase]:
+    """phase -> what it took, for one variant."""
     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=base))
-    found: dict[str, tuple[float, dict[str, int]]] = {}
+    found: dict[str, Phase] = {}
 
     def phase(name: str, fs: FsMount) -> None:
         if proxy is not None:
             proxy.stats.reset()
+        cpu = fs.cpu_seconds()
         took = _ls(fs.root / folder, files, true_modes=start is not VARIANTS["s3files --listing-attributes=fast"])
         ops = dict(proxy.stats.snapshot()["operations"]) if proxy is not None else {}  # type: ignore[arg-type]
-        found[name] = (took, ops)
+        found[name] = (took, fs.cpu_seconds() - cpu, ops)
 
     with _mounted(start, target, base, cache) as fs:
         subprocess.run(["stat", str(fs.root / folder)], capture_output=True, check=True)
@@ -123,18 +127,23 @@ def main(argv: list[str]) -> None:
         _seed(target, folder, args.files)
         base = Path(tempfile.mkdtemp(prefix="s3files-ls-bench-"))
         times: dict[str, dict[str, list[float]]] = {v: {p: [] for p in PHASES} for v in VARIANTS}
+        cpus: dict[str, dict[str, list[float]]] = {v: {p: [] for p in PHASES} for v in VARIANTS}
         requests: dict[str, dict[str, dict[str, int]]] = {}
         assert target.endpoint_url is not None
         with FaultProxy(target.endpoint_url, timeout=600) as proxy:
             counted = replace(target, endpoint_url=proxy.endpoint_url)
             for name, start in VARIANTS.items():
-                requests[name] = {p: ops for p, (_, ops) in _run(start, counted, base, folder, args.files, proxy).items()}
+                requests[name] = {p: ops for p, (_, _, ops) in _run(start, counted, base, folder, args.files, proxy).items()}
         for _ in range(args.rounds):  # interleaved, straight to the server
             for name, start in VARIANTS.items():
-                for phase, (took, _) in _run(start, target, base, folder, args.files, None).items():
+                for phase, (took, cpu, _) in _run(start, target, base, folder, args.files, None).items():
                     times[name][phase].append(took)
+                    cpus[name][phase].append(cpu)
         shutil.rmtree(base, ignore_errors=True)
-    print(f"\n`ls -l` of {args.files} files on {args.server} (median of {args.rounds}; requests: LIST / HEAD / other)\n")
+    print(
+        f"\n`ls -l` of {args.files} files on {args.server}, median of {args.rounds}: wall time, the file system"
+        " process's CPU time, requests LIST / HEAD / other\n"
+    )
     print("| variant | cold | again (past the TTL) | after a remount |")
     print("|---|---|---|---|")
     for name in VARIANTS:
@@ -144,7 +153,8 @@ def main(argv: list[str]) -> None:
             lists = ops.get("ListObjectsV2", 0) + ops.get("ListObjects", 0)
             heads = ops.get("HeadObject", 0)
             other = sum(ops.values()) - lists - heads
-            cells.append(f"{statistics.median(times[name][phase]):.2f} s, {lists} / {heads} / {other}")
+            took, cpu = statistics.median(times[name][phase]), statistics.median(cpus[name][phase])
+            cells.append(f"{took:.2f} s, cpu {cpu:.2f} s, {lists} / {heads} / {other}")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
