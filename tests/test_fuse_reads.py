@@ -27,7 +27,7 @@ from s3files.options import MIB
 
 pytestmark = pytest.mark.fuse
 
-SIZE = 64 * MIB
+SIZE = 48 * MIB
 CHUNK = MIB
 DEADLINE = 30.0  # seconds for all readers of one test; one reader alone needs about one on moto
 
