@@ -71,13 +71,36 @@ def test_get_first_takes_the_direct_path_and_reads_like_a_head(
             assert (data, info) == (DATA[:4096], head)  # size, ETag, time and metadata as a HEAD says them
             info, data = await store.get_first(key, 1 << 20)
             assert (data, info.size) == (DATA[:5000], 5000)
-            assert store.statistics()["direct_requests"] == 2 and store.requests.snapshot() == {"get": 2}
+            # (3: the HEAD above took the direct path too)
+            assert store.statistics()["direct_requests"] == 3 and store.requests.snapshot() == {"get": 2}
             # An empty object's 416 and a missing key go through aiobotocore (direct try + fallback).
             info, data = await store.get_first("empty", 4096)
             assert (data, info.size) == (b"", 0)
             with pytest.raises(ObjectNotFound):
                 await store.get_first("no/such/key", 4096)
-            assert store.statistics()["direct_requests"] == 2
+            assert store.statistics()["direct_requests"] == 4  # and the empty object's HEAD
+
+    run_trio(main)
+
+
+def test_heads_take_the_direct_path(s3_server: S3Server, s3_bucket: str, s3_client: Any) -> None:
+    """A HEAD answers what aiobotocore's answers (size, ETag, time, metadata), a missing key is
+    ObjectNotFound, each in one request (a listing HEADs every file version it does not know)."""
+    key = "small files/ünï + &=.txt"
+    meta = {"mode": "33188", "uid": "1000", "mtime": "1700000000.5"}
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=DATA[:5000], Metadata=meta)
+    s3_client.put_object(Bucket=s3_bucket, Key="empty", Body=b"")
+
+    async def main() -> None:
+        async with open_s3_store(s3_bucket, endpoint_url=s3_server.endpoint_url, max_attempts=2) as store:
+            response = s3_client.head_object(Bucket=s3_bucket, Key=key)
+            info = await store.head(key)
+            assert (info.size, info.etag, info.metadata) == (5000, response["ETag"].strip('"'), meta)
+            assert info.last_modified == response["LastModified"].timestamp()
+            assert (await store.head("empty")).size == 0
+            with pytest.raises(ObjectNotFound):
+                await store.head("no/such/key")
+            assert store.statistics()["direct_requests"] == 3 and store.requests.snapshot() == {"head": 3}
 
     run_trio(main)
 
@@ -109,7 +132,8 @@ def test_small_puts_take_the_direct_path(s3_server: S3Server, s3_bucket: str, s3
             with pytest.raises(ObjectNotFound):
                 await store.put("never/written", b"x", if_match="0" * 32)
             assert s3_client.get_object(Bucket=s3_bucket, Key="plain")["Body"].read() == b"v2"
-            assert store.statistics()["direct_requests"] == 2 * len(keys)
+            # the HEADs that tell a 412 from a missing key (how many: the server's answers) went direct too
+            assert store.statistics()["direct_requests"] == 2 * len(keys) + store.requests["head"] > 2 * len(keys)
 
     run_trio(main)
 

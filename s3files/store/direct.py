@@ -129,6 +129,22 @@ class DirectHttp:
         response = await self._attempt("get", key, request)
         return None if response is None else (response.headers, response.body)
 
+    async def head(self, key: str) -> dict[str, str] | None:
+        """The headers of the answer to a HEAD of ``key`` (``:status`` says 200 or 404), or None: the caller
+        must ask through aiobotocore. Signed in its headers as a PUT is (a listing's HEADs, one per file
+        version not known, cost a few ms of CPU each through aiobotocore)."""
+        if not self._usable():
+            return None
+
+        async def request() -> Response:
+            base = await self._put_url()
+            url = base._replace(path=base.path + _quote_key(key))
+            signed = await self._sign("HEAD", url, {})
+            return await self._pool.exchange("HEAD", url, url.path, signed, Expect(200, head=True))
+
+        response = await self._attempt("head", key, request)
+        return None if response is None else response.headers
+
     async def put(self, key: str, body: bytes, headers: Mapping[str, str]) -> dict[str, str] | None:
         """PUT ``body`` at ``key`` with ``headers`` (Content-MD5, x-amz-meta-*, conditions): the answer's
         headers on a 200, or None: the caller must ask through aiobotocore."""

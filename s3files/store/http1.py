@@ -64,6 +64,7 @@ class Expect:
     content_range: str | None = None
     max_length: int = MAX_SMALL_BODY
     first: bool = False
+    head: bool = False  # a HEAD: no body follows whatever Content-Length says, and a 404 is an answer too
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,16 @@ class Connection(asyncio.BufferedProtocol):
             self._fail(exc)
             return
         h, expect = head.headers, self._expect
+        if expect.head:
+            if head.status not in (expect.status, 404) or "transfer-encoding" in h or end + 4 != len(self._head):
+                self._fail(ExchangeFailed(f"not the answer expected to a HEAD ({head.status})"))
+                return
+            self.keep_alive = head.keep_alive
+            self._headers = {**h, ":status": str(head.status)}
+            self._want = self._pos = 0
+            self._body = bytearray()
+            self._view = memoryview(self._body)  # complete: buffer_updated answers at once
+            return
         if head.status != expect.status:
             self._fail(ExchangeFailed(f"HTTP {head.status}"))
             return

@@ -24,7 +24,15 @@ from s3files.errors import ObjectNotFound, PreconditionFailed, StoreError
 from s3files.store.base import Copied, ListPage, ObjectInfo
 from s3files.store.session import S3Session
 from s3files.store.translate import TRANSLATED, range_not_satisfiable
-from s3files.store.wire import META, described, described_by_headers, header_time, response_time, strip_etag
+from s3files.store.wire import (
+    META,
+    described,
+    described_by_head,
+    described_by_headers,
+    header_time,
+    response_time,
+    strip_etag,
+)
 
 MAX_LIST_KEYS = 1000
 # PUTs up to this size go the direct way (store/direct.py): small files, where per-request CPU dominates.
@@ -38,6 +46,15 @@ class ObjectRequests:
         self._s3 = session
 
     async def head(self, key: str) -> ObjectInfo:
+        direct = self._s3.direct
+        if direct is not None:
+            headers = await direct.head(key)
+            if headers is not None:
+                if headers.get(":status") == "404":
+                    raise ObjectNotFound(f"no such key: {key}")
+                info = described_by_head(key, headers)
+                if info is not None:
+                    return info
         response = await self._s3.call("head", key, "head_object", Key=key)
         return described(key, int(response["ContentLength"]), response)
 

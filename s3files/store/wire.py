@@ -117,3 +117,13 @@ def described_by_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo | N
     meta = {name[len(META) :]: v for name, v in headers.items() if name.startswith(META)}
     etag, modified = strip_etag(headers.get("etag")), header_time(headers["last-modified"])
     return ObjectInfo(key, int(total), etag, modified, meta)
+
+
+def described_by_head(key: str, headers: Mapping[str, str]) -> ObjectInfo | None:
+    """What the headers of a HEAD's 200 (on the direct path) say of ``key``, or None when they do not say
+    the size and the time (then aiobotocore asks again)."""
+    length = headers.get("content-length", "")
+    if not length.isdigit() or "last-modified" not in headers:
+        return None
+    meta = {name[len(META) :]: v for name, v in headers.items() if name.startswith(META)}
+    return ObjectInfo(key, int(length), strip_etag(headers.get("etag")), header_time(headers["last-modified"]), meta)
