@@ -80,7 +80,6 @@ class LocalCopy:
     closed: bool = False  # dropped: queued writes and background sends must not touch it
     kept: bool = False  # holds changes that could not be published anywhere: file and record stay
     recorded_ack: bool = False  # its record on disk says "acknowledged"
-    mtime_set: bool = False  # mtime was set explicitly (utime) after the last write: publish it
     changed: dict[int, int] = field(default_factory=dict)  # part index -> generation of its last change
     present: set[int] = field(default_factory=set)  # parts below base_size whose bytes are local
     fetching: dict[int, trio.Event] = field(default_factory=dict)

@@ -85,7 +85,6 @@ class CopyIO:
         for index in parts:
             copy.changed[index] = copy.generation
         self.changed(copy)
-        copy.mtime_set = False
 
     def changed(self, copy: LocalCopy) -> None:
         """Data, size or metadata of ``copy`` differ from S3 now; an acknowledgement no longer covers it."""

@@ -18,7 +18,7 @@ import trio
 from cachetools import TTLCache
 
 from s3files.core.inodes import Inode, InodeTable
-from s3files.core.links import link_candidate, posix_fields
+from s3files.core.links import link_candidate
 from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, Namespace, join
 from s3files.core.tasks import CONCURRENCY, for_each
@@ -124,7 +124,7 @@ class Descriptions:
                 continue
             node = self.inodes.by_path(join(path, name))
             if node is not None and self.known(node, info):
-                meta = {**posix_fields(*node_fields(node)), **node.extra_metadata()}
+                meta = node.stored_metadata()
                 found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
             else:
                 files.append((name, info))
@@ -188,15 +188,11 @@ class Descriptions:
 
     def folder_changed(self, node: Inode) -> ObjectInfo:
         """Folder ``node``'s marker was written here with its attributes: what a HEAD would now say."""
-        metadata = {**posix_fields(*node_fields(node)), **node.extra_metadata()}
+        metadata = node.stored_metadata()
         marker = ObjectInfo(self.ns.dir_prefix(node.path), 0, "", seconds_of_ns(node.mtime_ns), metadata)
         if self.ttl > 0:
             self.markers[node.path] = marker
         return marker
-
-
-def node_fields(node: Inode) -> tuple[int, int, int, int]:
-    return node.mode, node.uid, node.gid, node.mtime_ns
 
 
 async def _call(call: Callable[[], Awaitable[None]]) -> None:

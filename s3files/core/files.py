@@ -29,7 +29,6 @@ from s3files.core.namespace import check_length, join, valid_name
 from s3files.core.parts import MAX_OBJECT
 from s3files.core.reader import PartBuffers, Reader, Spawn
 from s3files.core.superblock import Superblock
-from s3files.core.times import ns_of_seconds
 from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
 from s3files.core.writestate import WriteState
 from s3files.errors import (
@@ -140,6 +139,10 @@ class Files:
                 first = None
         if copy is not None and truncate:
             await self._truncate(node, copy, 0)
+        if copy is not None and flags & os.O_TRUNC:
+            # open(O_TRUNC) moves mtime and ctime as truncate(2) does, also of a file that was empty
+            node.changed(self._wall(), data=True)
+            self.cache.io.changed(copy)
         keep_cache = copy is None and self._kernel_caches(node)
         if copy is None:
             node.page_cache_etag = node.etag
@@ -180,7 +183,7 @@ class Files:
     async def _truncate(self, node: Inode, copy: LocalCopy, size: int) -> None:
         await self.cache.io.truncate(copy, size)
         node.size = size
-        node.mtime_ns = self._wall()
+        node.changed(self._wall(), data=True)
 
     async def create(
         self, parent_ino: int, name: str, mode: int, uid: int, gid: int, flags: int = 0, clears_privs: bool = False
@@ -198,7 +201,9 @@ class Files:
             opened = await self.open(existing.ino, flags | (os.O_RDWR if not flags & os.O_WRONLY else 0), clears_privs)
             self.sb.inodes.acquire(existing.ino)
             return opened
-        node = self.sb.inodes.put_local_file(path, mode, uid, gid, self._wall())
+        now = self._wall()
+        node = self.sb.inodes.put_local_file(path, mode, uid, gid, now)
+        parent.entries_changed(now)
         copy = self.cache.create(node, None, 0, truncate=True)
         copy.handles = 1
         self.sb.inodes.acquire(node.ino)
@@ -236,7 +241,7 @@ class Files:
         self.uploader.parts.stream(copy, parts, off, off + len(data))
         node = handle.node
         node.size = max(node.size, off + len(data))
-        node.mtime_ns = self._wall()
+        node.changed(self._wall(), data=True)  # published with the data: what stat shows after a remount
         if handle.clears_privs:
             node.mode &= ~privs_to_clear(node.mode)  # published with the data this write changed
         return len(data)
@@ -258,8 +263,6 @@ class Files:
         if info is None:
             return
         node.etag = node.meta_etag = info.etag
-        if not copy.mtime_set:
-            node.mtime_ns = ns_of_seconds(info.last_modified)  # what a HEAD will say from now on
         node.fresh_until = self.sb.fresh_until()
         if self.sb.linked(node):
             self.sb.listed_file(node, info)
@@ -326,10 +329,13 @@ class Files:
         uid: int | None = None,
         gid: int | None = None,
         mtime_ns: int | None = None,
+        atime_ns: int | None = None,
     ) -> Attr:
+        """chmod, chown, truncate, utimensat. Each moves the ctime (``write_metadata``, ``_truncate``); an
+        atime is stored only when set here (reads never change it: a read must not cost a write)."""
         node = self.sb.node(ino)
         self.check_writable(f"change attributes of {node.path}")
-        metadata_changed = (mode, uid, gid, mtime_ns) != (None, None, None, None)
+        metadata_changed = (mode, uid, gid, mtime_ns, atime_ns) != (None, None, None, None, None)
         if metadata_changed:
             await self.describe(node, fresh=False)  # before the changes: a HEAD would undo them
         if size is not None:
@@ -348,9 +354,12 @@ class Files:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
         node.uid = node.uid if uid is None else uid
         node.gid = node.gid if gid is None else gid
-        node.mtime_ns = node.mtime_ns if mtime_ns is None else mtime_ns
+        if mtime_ns is not None:
+            node.mtime_ns = mtime_ns
+            node.dir_changed_ns = 0  # a folder's utime wins over its earlier entry changes
+        node.atime_ns = node.atime_ns if atime_ns is None else atime_ns
         if metadata_changed:
-            await self.write_metadata(node, mtime_set=mtime_ns is not None)
+            await self.write_metadata(node)
         else:
             await self._publish_unopened(node)
         return node.attr()
@@ -372,14 +381,14 @@ class Files:
         elif node.meta_etag is None or node.meta_etag != node.etag or (fresh and not self.sb.is_fresh(node)):
             await self.sb.head(node)
 
-    async def write_metadata(self, node: Inode, mtime_set: bool = False) -> None:
-        """``node``'s metadata (mode, owner, times, extended attributes) changed here: a local copy
-        publishes it with its bytes (now, if no handle has it open), a closed file's object is rewritten
-        by a server-side copy in place, a folder's marker is written. ``mtime_set``: an explicit mtime."""
+    async def write_metadata(self, node: Inode) -> None:
+        """``node``'s metadata (mode, owner, times, extended attributes) changed here, which moves its
+        ctime: a local copy publishes it with its bytes (now, if no handle has it open), a closed file's
+        object is rewritten by a server-side copy in place, a folder's marker is written."""
+        node.changed(self._wall())
         copy = self.cache.get(node.ino)
         if copy is not None:
             self.cache.io.changed(copy)
-            copy.mtime_set = copy.mtime_set or mtime_set
             await self._publish_unopened(node)
         elif not node.is_dir:
             key = self.sb.ns.file_key(node.path)

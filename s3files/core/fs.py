@@ -68,7 +68,7 @@ class FileSystem:
         self.cache = LocalCache(
             store,
             self.folder,
-            lambda copy: (self.files.key_of(copy), posix_metadata(copy.node, copy.mtime_set)),
+            lambda copy: (self.files.key_of(copy), posix_metadata(copy.node)),
             spawn,
             PartLayout(opts.upload_part_size),
             trio.Semaphore(max(1, opts.upload_concurrency)),

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 
 from s3files.core.namespace import posix_metadata
-from s3files.core.times import ns_of_seconds
+from s3files.core.times import format_time, ns_of_seconds
 from s3files.store.base import ObjectInfo
 
 ROOT_INO = 1
@@ -89,6 +89,7 @@ class Inode:
     subdirs: int | None = None  # a folder's subfolders as far as the mount knows them (None: never listed)
     ctime_ns: int = 0  # the last change of data or attributes (0: not known, the mtime is shown)
     atime_ns: int | None = None  # set explicitly (utimensat, touch -a): stored; None: the mtime is shown
+    dir_changed_ns: int = 0  # a folder's last entry change here (kept in memory only: see entries_changed)
 
     @property
     def kind(self) -> int:
@@ -125,6 +126,33 @@ class Inode:
         self.mtime_ns = meta.get("mtime", modified)
         self.ctime_ns = meta.get("ctime", modified)
         self.atime_ns = meta.get("atime")
+
+    def stored_metadata(self) -> dict[str, str]:
+        """Everything of this inode that its object's ``x-amz-meta-*`` carry, in s3fs-compatible form: mode
+        (decimal st_mode), owner, mtime and ctime (times.py), atime only where one was set explicitly,
+        and the extra fields below. Written whenever S3 is written anyway (a publish, a chmod's copy)."""
+        fields = {
+            "mode": str(self.mode),
+            "uid": str(self.uid),
+            "gid": str(self.gid),
+            "mtime": format_time(self.mtime_ns),
+            "ctime": format_time(self.ctime_ns or self.mtime_ns),
+        }
+        if self.atime_ns is not None:
+            fields["atime"] = format_time(self.atime_ns)
+        return {**fields, **self.extra_metadata()}
+
+    def changed(self, now_ns: int, data: bool = False) -> None:
+        """Its data (``data``: mtime and ctime) or only its attributes (ctime) changed at ``now_ns``."""
+        self.ctime_ns = now_ns
+        if data:
+            self.mtime_ns = now_ns
+
+    def entries_changed(self, now_ns: int) -> None:
+        """An entry of this folder was created, removed or renamed here at ``now_ns``: its mtime and ctime
+        move, for as long as this inode lives. Not written to the folder's marker: that would be one more
+        PUT per file created (docs/SEMANTICS.md); ``describe_dir`` keeps the newer time."""
+        self.mtime_ns = self.ctime_ns = self.dir_changed_ns = now_ns
 
     def extra_metadata(self) -> dict[str, str]:
         """The x-amz-meta-* fields besides mode, owner and times that a rewrite of the object must keep:
@@ -235,7 +263,11 @@ class InodeTable:
         node.xattr = None if info.metadata is None else info.metadata.get("xattr")
         node.uid = int(meta.get("uid", d.uid))
         node.gid = int(meta.get("gid", d.gid))
+        known_ctime = node.ctime_ns if node.etag == info.etag else 0
         node.set_times(meta, info.last_modified)
+        # A ctime moved here without a write to S3 (a rename's copy keeps the metadata) holds for the
+        # version this mount knows; a newer version brings its own.
+        node.ctime_ns = max(node.ctime_ns, known_ctime)
         node.size = info.size
         node.etag = info.etag
         node.fresh_until = fresh_until
@@ -251,6 +283,9 @@ class InodeTable:
         node.uid = int(meta.get("uid", d.uid))
         node.gid = int(meta.get("gid", d.gid))
         node.set_times(meta, marker.last_modified)
+        if node.dir_changed_ns:  # entries changed here since the marker was written
+            node.mtime_ns = max(node.mtime_ns, node.dir_changed_ns)
+            node.ctime_ns = max(node.ctime_ns, node.dir_changed_ns)
 
     def put_local_file(self, path: str, mode: int, uid: int, gid: int, mtime_ns: int) -> Inode:
         """A file created here that S3 does not have yet (it is uploaded when closed)."""

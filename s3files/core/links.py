@@ -45,9 +45,10 @@ def is_link(info: ObjectInfo) -> bool:
 
 
 def posix_fields(mode: int, uid: int, gid: int, mtime_ns: int) -> dict[str, str]:
-    """x-amz-meta-* in the s3fs-compatible form files use (mode as decimal st_mode, times as times.py
-    writes them)."""
-    return {"mode": str(mode), "uid": str(uid), "gid": str(gid), "mtime": format_time(mtime_ns)}
+    """x-amz-meta-* of a new object in the s3fs-compatible form files use (mode as decimal st_mode, times
+    as times.py writes them; a new object's ctime is its mtime)."""
+    now = format_time(mtime_ns)
+    return {"mode": str(mode), "uid": str(uid), "gid": str(gid), "mtime": now, "ctime": now}
 
 
 def link_metadata(uid: int, gid: int, mtime_ns: int) -> dict[str, str]:

@@ -114,18 +114,20 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
 
 async def _publish(fs: FileSystem, record: Record, path: str, report: RecoveryReport) -> None:
     meta = record.metadata
+    times = posix_metadata(meta)
     node = fs.sb.inodes.put_local_file(
         path,
         int(meta.get("mode", stat.S_IFREG | fs.opts.file_mode)),
         int(meta.get("uid", fs.opts.uid)),
         int(meta.get("gid", fs.opts.gid)),
-        posix_metadata(meta).get("mtime", ns_of_seconds(record.updated)),
+        times.get("mtime", ns_of_seconds(record.updated)),
     )
+    node.ctime_ns = times.get("ctime", node.mtime_ns)
+    node.atime_ns = times.get("atime")
     node.size = record.size
     node.xattr = meta.get("xattr")  # extended attributes set here travel with the publish
     record.state = WriteState.ACKED.value
     copy = fs.cache.open_recorded(record, node)
-    copy.mtime_set = "mtime" in meta
     if record.upload_id and record.upload_key and record.upload_metadata:
         upload = Multipart(record.upload_key, record.upload_id, dict(record.upload_metadata))
         for index, (length, number, etag) in record.sent.items():

@@ -18,7 +18,6 @@ from s3files.core.cache import LocalCache
 from s3files.core.copies import LocalCopy, Multipart
 from s3files.core.inodes import Inode
 from s3files.core.parts import MAX_PARTS
-from s3files.core.times import format_time
 from s3files.core.writestate import WriteState
 from s3files.errors import S3FilesError
 from s3files.store.base import ObjectStore, abort_quietly
@@ -28,18 +27,15 @@ log = logging.getLogger(__name__)
 TOKEN = "s3files-upload"  # user metadata: the id of the publish that wrote this version
 
 
-def posix_metadata(node: Inode, with_mtime: bool = True) -> dict[str, str]:
-    """POSIX metadata in s3fs-compatible x-amz-meta-* form (mode as decimal st_mode).
+def posix_metadata(node: Inode) -> dict[str, str]:
+    """POSIX metadata in s3fs-compatible x-amz-meta-* form (``Inode.stored_metadata``).
 
-    Written data goes without ``mtime`` unless it was set explicitly after the last write (``cp -p``):
-    the object's LastModified is then the file's mtime, which is right for new data, and an upload that
-    began while the program was still writing need not be fixed up afterwards.
+    Written data carries its mtime to the nanosecond (the time of its last write, or what a ``utime``
+    set after it), so a remount shows what ``stat`` showed while the file was open; LastModified has
+    whole seconds only. An upload that began while the program was still writing was created with the
+    mtime of then: the publish rewrites its metadata once it is complete (uploader.py).
     """
-    metadata = {"mode": str(node.mode), "uid": str(node.uid), "gid": str(node.gid)}
-    if with_mtime:
-        metadata["mtime"] = format_time(node.mtime_ns)
-    metadata.update(node.extra_metadata())
-    return metadata
+    return node.stored_metadata()
 
 
 class PartSender:
@@ -100,7 +96,7 @@ class PartSender:
                 raise S3FilesError("not to be published")
             upload = sending.upload
             if upload is None or upload.key != key:
-                metadata = {**posix_metadata(copy.node, copy.mtime_set), TOKEN: secrets.token_hex(8)}
+                metadata = {**posix_metadata(copy.node), TOKEN: secrets.token_hex(8)}
                 upload_id = await self.store.create_multipart(key, metadata)
                 upload = sending.upload = Multipart(key, upload_id, metadata)
                 self.cache.save(copy)  # a crash must not orphan it

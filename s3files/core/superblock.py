@@ -40,9 +40,8 @@ from typing import NoReturn
 
 from cachetools import LRUCache, TTLCache
 
-from s3files.core.descriptions import Descriptions, node_fields
+from s3files.core.descriptions import Descriptions
 from s3files.core.inodes import Defaults, Inode, InodeTable
-from s3files.core.links import posix_fields
 from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, Namespace, join
 from s3files.core.tasks import run_all
@@ -238,7 +237,7 @@ class Superblock:
             self.meta.learn(info)  # what a HEAD will say of this version (LastModified at most the reply's)
         else:
             self.meta.forget(info.key)
-        meta = {**posix_fields(*node_fields(node)), **node.extra_metadata()}
+        meta = node.stored_metadata()
         self.listed(node.path, Entry(node.path.rpartition("/")[2], is_dir=False, info=replace(info, metadata=meta)))
 
     def listed_folder(self, node: Inode) -> None:

@@ -74,7 +74,8 @@ class TreeOps:
         local = self.sb.inodes.by_path(path)
         if (local is not None and self.sb.is_local(local.ino)) or self.sb.cached_entry(parent.path, name):
             raise FileExists(f"{path} exists")
-        metadata = link_metadata(uid, gid, self._wall())
+        now = self._wall()
+        metadata = link_metadata(uid, gid, now)
         try:
             info = await put_link(self.store, self.sb.ns.file_key(path), target, metadata, if_none_match=True)
         except PreconditionFailed:
@@ -82,6 +83,7 @@ class TreeOps:
         self.sb.learn(info)
         node = self.sb.inodes.put_file(path, info, self.sb.fresh_until())
         node.target, node.target_etag = target, info.etag
+        parent.entries_changed(now)
         self.sb.forget_listings(parent.path)
         self.sb.inodes.acquire(node.ino)
         return node.attr()
@@ -99,7 +101,8 @@ class TreeOps:
         local = self.sb.inodes.by_path(path)
         if (local is not None and self.sb.is_local(local.ino)) or self.sb.cached_entry(parent.path, name):
             raise FileExists(f"{path} exists")
-        metadata = posix_fields(kind | stat.S_IMODE(mode), uid, gid, self._wall())
+        now = self._wall()
+        metadata = posix_fields(kind | stat.S_IMODE(mode), uid, gid, now)
         if kind in DEVICE_KINDS:
             metadata["rdev"] = str(rdev)
         try:
@@ -110,6 +113,7 @@ class TreeOps:
             info = replace(info, metadata=metadata)
         node = self.sb.inodes.put_file(path, info, self.sb.fresh_until())
         self.sb.listed_file(node, info)
+        parent.entries_changed(now)
         self.sb.inodes.acquire(node.ino)
         return node.attr()
 
@@ -150,10 +154,13 @@ class TreeOps:
                 if copy.base_etag is not None or copy.state is WriteState.CLEAN:
                     await self.store.delete(self.sb.ns.file_key(path))
                 await self.files.orphan(copy.node)
+        now = self._wall()
         if node is not None:
+            node.changed(now)  # its link count changed (an open descriptor's fstat shows it)
             await self.files.orphan(node)
         self.sb.inodes.unlink_path(path)
         self.sb.listed(path, None)
+        parent.entries_changed(now)
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Attr:
         parent = self.sb.node(parent_ino)
@@ -164,8 +171,10 @@ class TreeOps:
             pass
         else:
             raise FileExists(f"{path} exists")
-        node = self.sb.inodes.put_dir(path, self._wall(), self.sb.fresh_until())
+        now = self._wall()
+        node = self.sb.inodes.put_dir(path, now, self.sb.fresh_until())
         node.mode, node.uid, node.gid = stat.S_IFDIR | stat.S_IMODE(mode), uid, gid
+        node.mtime_ns = node.ctime_ns = now
         try:
             self.sb.learn(await self.store.put(self.sb.ns.dir_prefix(path), b"", posix_metadata(node), if_none_match=True))
         except PreconditionFailed:
@@ -173,6 +182,7 @@ class TreeOps:
         node.subdirs = 0
         self.sb.new_folder(path)
         self.sb.inodes.subfolders_changed(parent.path, +1)
+        parent.entries_changed(now)
         self.sb.inodes.acquire(node.ino)
         return node.attr()
 
@@ -192,6 +202,7 @@ class TreeOps:
         self.sb.inodes.subfolders_changed(parent.path, -1)
         self.sb.listed(path, None)
         self.sb.forget_listings(path)
+        parent.entries_changed(self._wall())
 
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:
         """Rename a file, symlink or folder: server-side copies, then deletes (S3 has no rename; neither
@@ -226,6 +237,15 @@ class TreeOps:
         else:
             await self._rename_file(src_path, dst_path, source.info, target)
         self.sb.forget_listings(src_parent.path, dst_parent.path)
+        # ctimes move: the two folders' (with their mtimes) and the moved entry's. The entry's new ctime is
+        # kept in memory (inodes.py): the server-side copy keeps the object's metadata as it was, which a
+        # rewrite could not without a HEAD (other tools' x-amz-meta-* are not all known here).
+        now = self._wall()
+        src_parent.entries_changed(now)
+        dst_parent.entries_changed(now)
+        moved = self.sb.inodes.by_path(dst_path)
+        if moved is not None:
+            moved.changed(now)
 
     async def _rename_file(self, src_path: str, dst_path: str, info: ObjectInfo | None, target: Entry | None) -> None:
         """``info``: what a listing or HEAD said of the source (None for a file with a local copy). A

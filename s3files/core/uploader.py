@@ -30,6 +30,7 @@ import trio
 
 from s3files.core.cache import LocalCache
 from s3files.core.copies import SMALL_IO, CacheFull, LocalCopy, Multipart
+from s3files.core.links import MAX_COPY_OBJECT, copy_object
 from s3files.core.streaming import TOKEN, PartSender, posix_metadata
 from s3files.core.tasks import run_all
 from s3files.core.writestate import PUBLISHABLE, WriteState
@@ -86,7 +87,7 @@ class Uploader:
         self.conflicts: list[str] = []  # conflict copies written by this mount (newest last, bounded)
 
     def metadata(self, copy: LocalCopy) -> dict[str, str]:
-        return posix_metadata(copy.node, copy.mtime_set)
+        return posix_metadata(copy.node)
 
     # -- publishing -------------------------------------------------------------------------------------
 
@@ -271,10 +272,25 @@ class Uploader:
             info = await self._ours_or_raise(key, token, exc)
         if copy.sending.upload is upload:
             copy.sending.upload = None
-        if _without_token(metadata) != _without_token(upload.metadata):  # chmod, utime after it began
-            copied = await self.store.copy(key, key, metadata={**metadata, TOKEN: token})
-            info = ObjectInfo(key, size, copied.etag, copied.last_modified, dict(metadata))
+        if _without_token(metadata) != _without_token(upload.metadata):
+            # Written on (a later mtime), or chmod, utime, after the upload was created with the metadata
+            # of then: one server-side copy onto itself sets what the file has now (parts if over 5 GiB).
+            info = await self._set_metadata(info, {**metadata, TOKEN: token})
         return info
+
+    async def _set_metadata(self, info: ObjectInfo, metadata: Mapping[str, str]) -> ObjectInfo:
+        """Rewrite the metadata of ``info``, just published (parts past 5 GiB). The data is in S3 already:
+        if this fails, the publish stands with the metadata the upload was created with (a warning)."""
+        key, size = info.key, info.size
+        try:
+            if size <= MAX_COPY_OBJECT:
+                copied = await self.store.copy(key, key, metadata=metadata)
+                return ObjectInfo(key, size, copied.etag, copied.last_modified, _without_token(metadata))
+            etag = await copy_object(self.store, ObjectInfo(key, size, info.etag, 0.0), key, metadata=metadata)
+            return ObjectInfo(key, size, etag, 0.0, _without_token(metadata))  # 0.0: LastModified not known
+        except S3FilesError as exc:
+            log.warning("op=upload key=%r uploaded; its metadata (mtime, mode) is the upload's earlier one: %s", key, exc)
+            return info
 
     async def _ours_or_raise(self, key: str, token: str, error: StoreError | None = None) -> ObjectInfo:
         """After a refused write: the key's version if it is our own publish ``token``, else raise."""
