@@ -84,8 +84,7 @@ def test_ns_times_round_trip_through_stat_and_a_remount(
     put(boto3_client, bucket, "s3fs-float", b"f", mtime="1700000000.2")
     put(boto3_client, bucket, "s3fs-timespec", b"t", mtime="1700000000.000000007", ctime="1700000001")
     root = tmp_path / "m"
-    # --allow-other: every entry carries its object's own metadata (until listings do so by default)
-    with mount(server, bucket, root, allow_other=True):
+    with mount(server, bucket, root):
         (root / "f").write_bytes(b"x")
         touch("-m", "-d", "@1700000000.123456789", str(root / "f"))
         assert os.stat(root / "f").st_mtime_ns == 1_700_000_000_123_456_789
@@ -93,7 +92,7 @@ def test_ns_times_round_trip_through_stat_and_a_remount(
         assert os.stat(root / "s3fs-timespec").st_mtime_ns == 1_700_000_000_000_000_007
     meta = boto3_client.head_object(Bucket=bucket, Key="f")["Metadata"]
     assert meta["mtime"] == "1700000000.123456789"
-    with mount(server, bucket, root, allow_other=True):
+    with mount(server, bucket, root):
         assert os.stat(root / "f").st_mtime_ns == 1_700_000_000_123_456_789
         assert os.stat(root / "s3fs-timespec").st_ctime_ns == 1_700_000_001 * NS
 
@@ -115,7 +114,7 @@ def test_written_data_gets_the_ns_time_of_its_last_write_through_close_and_remou
     increasing mtimes; a close without a write changes nothing. A file streamed while written (its
     upload created before the last write) gets its final mtime too. On moto and RGW."""
     root = tmp_path / "m"
-    with mount(s3_server, s3_bucket, root, upload_part_size=5 * 2**20, allow_other=True) as fs:
+    with mount(s3_server, s3_bucket, root, upload_part_size=5 * 2**20) as fs:
         with open(root / "a", "wb") as f:
             f.write(b"one")
             f.flush()
@@ -139,7 +138,7 @@ def test_written_data_gets_the_ns_time_of_its_last_write_through_close_and_remou
         big = os.stat(root / "big").st_mtime_ns
         assert writes(fs)["copy"] == 1  # the upload's metadata was of an earlier write: set once more
     assert s3_client.head_object(Bucket=s3_bucket, Key="a")["Metadata"]["mtime"] == format_time(second)
-    with mount(s3_server, s3_bucket, root, allow_other=True):
+    with mount(s3_server, s3_bucket, root):
         assert os.stat(root / "a").st_mtime_ns == second
         assert os.stat(root / "big").st_mtime_ns == big
         assert (root / "a").read_bytes() == b"onetwo"
@@ -157,7 +156,7 @@ def test_make_sees_an_object_built_after_its_source_as_up_to_date(
     def make(*args: str) -> int:
         return subprocess.run(["make", "-s", "-C", str(root), *args], capture_output=True).returncode
 
-    with mount(server, bucket, root, allow_other=True):
+    with mount(server, bucket, root):
         (root / "Makefile").write_text("out: src\n\tcp src out\n")
         (root / "src").write_text("v1\n")
         assert make("out") == 0 and (root / "out").read_text() == "v1\n"
@@ -165,7 +164,7 @@ def test_make_sees_an_object_built_after_its_source_as_up_to_date(
         (root / "src").write_text("v2\n")  # an edit within the same second
         assert make("-q", "out") == 1  # out of date
         assert make("out") == 0 and (root / "out").read_text() == "v2\n"
-    with mount(server, bucket, root, allow_other=True):
+    with mount(server, bucket, root):
         assert make("-q", "out") == 0  # still up to date after a remount
 
 
@@ -174,13 +173,13 @@ def test_atime_set_explicitly_survives_a_remount_and_a_read_writes_nothing(
 ) -> None:
     server = S3Server("moto", moto_server.endpoint_url)
     root = tmp_path / "m"
-    with mount(server, bucket, root, allow_other=True) as fs:
+    with mount(server, bucket, root) as fs:
         (root / "f").write_bytes(b"data")
         mtime = os.stat(root / "f").st_mtime_ns
         touch("-a", "-d", "@1600000000.123456789", str(root / "f"))
         st = os.stat(root / "f")
         assert (st.st_atime_ns, st.st_mtime_ns) == (1_600_000_000_123_456_789, mtime)
-    with mount(server, bucket, root, allow_other=True) as fs:
+    with mount(server, bucket, root) as fs:
         fs.store.requests.reset()
         assert (root / "f").read_bytes() == b"data"
         assert (root / "f").read_bytes() == b"data"
@@ -192,7 +191,7 @@ def test_atime_set_explicitly_survives_a_remount_and_a_read_writes_nothing(
 def test_ctime_moves_on_chmod_chown_write_and_rename(moto_server: Any, bucket: str, tmp_path: Path) -> None:
     server = S3Server("moto", moto_server.endpoint_url)
     root = tmp_path / "m"
-    with mount(server, bucket, root, allow_other=True):
+    with mount(server, bucket, root):
         (root / "f").write_bytes(b"x")
         ctimes = [os.stat(root / "f").st_ctime_ns]
         os.chmod(root / "f", 0o600)
@@ -207,7 +206,7 @@ def test_ctime_moves_on_chmod_chown_write_and_rename(moto_server: Any, bucket: s
         assert ctimes == sorted(set(ctimes)), ctimes  # strictly increasing
         mtime = os.stat(root / "g").st_mtime_ns
         assert mtime == ctimes[3]  # the write moved both; chmod, chown and rename only the ctime
-    with mount(server, bucket, root, allow_other=True):
+    with mount(server, bucket, root):
         st = os.stat(root / "g")  # the rename's ctime is not stored (docs/SEMANTICS.md); the write's is
         assert (st.st_mtime_ns, st.st_ctime_ns, st.st_uid, st.st_mode & 0o777) == (mtime, ctimes[3], 123, 0o600)
 
