@@ -5,6 +5,7 @@ calls is ``test_times_on_rgw``): times are ours, not the server's, except LastMo
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -154,7 +155,16 @@ def test_make_sees_an_object_built_after_its_source_as_up_to_date(
     root = tmp_path / "m"
 
     def make(*args: str) -> int:
-        return subprocess.run(["make", "-s", "-C", str(root), *args], capture_output=True).returncode
+        if shutil.which("make"):
+            return subprocess.run(["make", "-s", "-C", str(root), *args], capture_output=True).returncode
+        # no make here: its rule, "out is up to date unless src is newer", in Python
+        out, src = root / "out", root / "src"
+        stale = not out.exists() or os.stat(src).st_mtime_ns > os.stat(out).st_mtime_ns
+        if "-q" in args:
+            return int(stale)
+        if stale:
+            shutil.copyfile(src, out)
+        return 0
 
     with mount(server, bucket, root):
         (root / "Makefile").write_text("out: src\n\tcp src out\n")
