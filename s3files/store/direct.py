@@ -1,4 +1,4 @@
-"""Direct HTTP for the hot requests, ranged GETs and small PUTs, beside aiobotocore.
+"""Direct HTTP for the hot requests, ranged GETs, small PUTs and HEADs, beside aiobotocore.
 
 Owns: what those requests are (their URLs, headers and the one answer each expects), addressing (presigned
 GET URLs, the path of a key for PUTs), signing PUTs (sigv4.py) with the client's credentials, how many run
@@ -13,7 +13,8 @@ asyncio ``BufferedProtocol`` (http1.py) hands the socket a view of one prealloca
 about 0.6 s per GiB. A small PUT through aiobotocore (or boto3) costs 2-3 ms of CPU in parameter
 validation, endpoint rules, signing and response parsing; here it is signed (SigV4, ``sign_v4``) and
 sent as is, a fraction of that (bench/RESULTS.md, "The read path" and "Small files"). Opening a small
-file reads it with one GET here too (``get_first``: the answer's headers say what a HEAD would).
+file reads it with one GET here too (``get_first``: the answer's headers say what a HEAD would). A
+listing with true attributes HEADs every file version it does not know: a HEAD here too (``head``).
 
 How requests are addressed and signed. A GET goes to a URL presigned by aiobotocore (per key, reused for a
 minute); ``Range`` and ``If-Match`` travel as unsigned standard headers, which S3 accepts. A PUT goes to the
