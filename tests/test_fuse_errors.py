@@ -27,6 +27,7 @@ import pytest
 from conftest import S3Server
 from daemons import Daemons
 from test_fuse import mount
+from test_permissions import as_other
 
 pytestmark = pytest.mark.fuse
 
@@ -88,15 +89,6 @@ def errno_of(call: Any, *args: Any) -> int:
     except OSError as exc:
         return exc.errno or -1
     return 0
-
-
-def as_other(*cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["setpriv", f"--reuid={OTHER}", f"--regid={OTHER}", "--clear-groups", *cmd],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 # -- EFBIG ---------------------------------------------------------------------------------------------
