@@ -419,3 +419,36 @@ def test_xattr_encoding_is_s3fs_fuses_and_garbage_is_skipped() -> None:
     for garbage in ("", "{", "}{", "%ZZ", '{"a":"!!"}', '{"a"}', '{"a":"YQ==",broken,"b":"Yg=="}', '{""":"YQ=="}'):
         decode(garbage)  # never raises
     assert decode('{"a":"YQ==",broken,"b":"Yg=="}') == {b"a": b"a", b"b": b"b"}
+
+
+# -- what a name shows after our own rename or unlink (pjdfstest rename/09, rename/10) ------------------
+
+
+def test_a_name_renamed_over_or_unlinked_never_shows_the_metadata_of_the_object_it_had() -> None:
+    """Empty objects share their ETag, and S3 stamps whole seconds: a file renamed over a FIFO in the
+    same second as the FIFO was made is, to a listing, the same version as the FIFO. The metadata cache
+    must learn the rename (the copy carries the source's metadata) and the unlink (the name's next object
+    is another version), or the listing shows the replaced object's kind, owner and a new inode number."""
+    clock = [1_700_000_000.0]
+    store = MemoryStore(now=lambda: clock[0])
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.create(ROOT_INO, "a", 0o600, 7, 7)
+        await fs.release(opened.fh)
+        clock[0] += 1  # the FIFO, the rename and the listings: one second later
+        await fs.mknod(ROOT_INO, "b", stat.S_IFIFO | 0o644, 0, 5, 5)
+        await fs.rename(ROOT_INO, "a", ROOT_INO, "b", 0)
+        clock[0] += 2  # every cached listing is old now (metadata TTL 1 s)
+        listed = {name: attr for name, attr, _ in await fs.readdir(await fs.opendir(ROOT_INO), 0)}
+        looked_up = await fs.lookup(ROOT_INO, "b")
+        for attr in (listed["b"], looked_up):
+            assert (attr.ino, attr.mode, attr.uid) == (opened.attr.ino, stat.S_IFREG | 0o600, 7)
+        # unlinked, then written again by someone else in the same second with the same (empty) body
+        await fs.mknod(ROOT_INO, "c", stat.S_IFIFO | 0o644, 0, 5, 5)
+        await fs.unlink(ROOT_INO, "c")
+        store.seed("c", b"")
+        clock[0] += 2
+        listed = {name: attr for name, attr, _ in await fs.readdir(await fs.opendir(ROOT_INO), 0)}
+        assert (stat.S_IFMT(listed["c"].mode), listed["c"].uid) == (stat.S_IFREG, 0)
+
+    run_fs(store, body, now=lambda: clock[0])

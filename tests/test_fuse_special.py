@@ -18,6 +18,7 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -85,6 +86,30 @@ def test_special_files_are_created_stated_renamed_chmodded_and_listed_after_a_re
         assert types_in_ls(m / "d") == {"blk": "b", "fifo": "p", "reg": "-", "sock": "s", "tty": "c"}
         assert os.stat(m / "d/tty").st_rdev == DEVICE and os.stat(m / "d/blk").st_rdev == BLOCK
         assert stat.S_IMODE(os.stat(m / "d/fifo").st_mode) == 0o604
+
+
+def test_a_file_renamed_over_a_fifo_in_the_same_second_stays_itself(
+    bucket: str, moto_server: S3Server, tmp_path: Path
+) -> None:
+    """pjdfstest rename/09 and rename/10: a file renamed over a FIFO made in the same second (both
+    empty: one ETag, one LastModified second) is listed, looked up and stat'ed as itself (its inode
+    number, kind and owner), not as the FIFO it replaced, also once every cache's TTL has run out."""
+    m = tmp_path / "m"
+    with mount(moto_server, bucket, m):
+        os.mkdir(m / "d")
+        for round_ in range(2):  # the second round renames over a name that had this file before
+            (m / "d/a").write_bytes(b"")
+            os.chown(m / "d/a", 7, 7)
+            ino = os.lstat(m / "d/a").st_ino
+            time.sleep(1.05 - time.time() % 1)  # the FIFO, the chown and the rename: within one second
+            os.mkfifo(m / "d/b")
+            os.chown(m / "d/b", 5, 5)
+            os.rename(m / "d/a", m / "d/b")
+            time.sleep(1.5)  # the kernel's entry and attribute timeouts and the listing's TTL run out
+            assert types_in_ls(m / "d") == {"b": "-"}, round_
+            st = os.lstat(m / "d/b")
+            assert (st.st_ino, stat.S_IFMT(st.st_mode), st.st_uid) == (ino, stat.S_IFREG, 7), round_
+            os.unlink(m / "d/b")
 
 
 def test_fifo_and_socket_on_the_mount_carry_data(bucket: str, moto_server: S3Server, tmp_path: Path) -> None:

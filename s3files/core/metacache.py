@@ -34,7 +34,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -115,6 +115,16 @@ class MetaCache:
             self._pending[info.key] = version
             if len(self._pending) >= PENDING_MAX:
                 self.flush()
+
+    def copied(self, src: ObjectInfo, dst: ObjectInfo) -> None:
+        """Version ``src`` was copied here to ``dst`` (a rename; S3 keeps the metadata): ``dst`` is known
+        when ``src`` is, else forgotten. Empty objects share their ETag, so the version ``dst`` replaced
+        may match a listing of the copy in the same second: it must never be what ``dst`` is known as."""
+        metadata = self.get(src)
+        if metadata is None:
+            self.forget(dst.key)
+        else:
+            self.learn(replace(dst, metadata=dict(metadata)))
 
     def forget(self, key: str) -> None:
         """``key`` was deleted or replaced here by a version whose LastModified is not known."""

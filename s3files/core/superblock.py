@@ -250,6 +250,16 @@ class Superblock:
         """``info`` (with its metadata) was written here or told by S3: the metadata cache keeps it."""
         self.meta.learn(info)
 
+    def deleted(self, *keys: str) -> None:
+        """Objects ``keys`` were deleted here: what is remembered of their versions goes, since the next
+        object under such a key may have the same ETag and LastModified second and still be another one."""
+        for key in keys:
+            self.meta.forget(key)
+
+    def copied(self, src: ObjectInfo, dst: ObjectInfo) -> None:
+        """Version ``src`` was copied to ``dst`` here, metadata kept (metacache.copied)."""
+        self.meta.copied(src, dst)
+
     def new_folder(self, path: str) -> None:
         """A folder created here: it is empty, and its parent's listing has it, with the attributes its
         marker was written with."""

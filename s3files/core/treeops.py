@@ -20,7 +20,7 @@ from s3files.core.cache import LocalCache
 from s3files.core.files import Files
 from s3files.core.handles import Handles
 from s3files.core.inodes import DEVICE_KINDS, SPECIAL_KINDS, Attr, Inode
-from s3files.core.links import LINK_MAX, copy_object, link_metadata, posix_fields, put_link
+from s3files.core.links import LINK_MAX, copy_object_version, link_metadata, posix_fields, put_link
 from s3files.core.namespace import Entry, join
 from s3files.core.superblock import Superblock
 from s3files.core.trees import move_tree
@@ -147,13 +147,15 @@ class TreeOps:
         path = join(parent.path, name)
         node = self.sb.inodes.by_path(path)
         copy = self.cache.get(node.ino) if node is not None else None
+        key = self.sb.ns.file_key(path)
         if copy is None:
-            await self.store.delete(self.sb.ns.file_key(path))
+            await self.store.delete(key)
         else:
             async with copy.lock:  # a publish in flight lands first: our delete must come after it
                 if copy.base_etag is not None or copy.state is WriteState.CLEAN:
-                    await self.store.delete(self.sb.ns.file_key(path))
+                    await self.store.delete(key)
                 await self.files.orphan(copy.node)
+        self.sb.deleted(key)
         now = self._wall()
         if node is not None:
             node.changed(now)  # its link count changed (an open descriptor's fstat shows it)
@@ -198,6 +200,7 @@ class TreeOps:
         if local or page.prefixes or any(o.key != marker for o in page.objects):
             raise NotEmpty(f"{path} is not empty")
         await self.store.delete(marker)
+        self.sb.deleted(marker)
         self.sb.inodes.unlink_path(path)
         self.sb.inodes.subfolders_changed(parent.path, -1)
         self.sb.listed(path, None)
@@ -254,22 +257,26 @@ class TreeOps:
         node = self.sb.inodes.by_path(src_path)
         copy = self.cache.get(node.ino) if node is not None else None
         src_key, dst_key = self.sb.ns.file_key(src_path), self.sb.ns.file_key(dst_path)
-        etag = None
+        copied: ObjectInfo | None = None
         if copy is None or copy.base_etag is not None:
             if info is None or info.key != src_key:
                 size = copy.base_size if copy else (node.size if node else 0)
                 base = (copy.base_etag if copy else None) or (node.etag if node else None) or ""
                 info = ObjectInfo(src_key, size, base, 0.0)
-            etag = await copy_object(self.store, info, dst_key)
+            etag, modified = await copy_object_version(self.store, info, dst_key)
+            copied = ObjectInfo(dst_key, info.size, etag, modified)
+            self.sb.copied(info, copied)
             await self.store.delete(src_key)
+            self.sb.deleted(src_key)
         elif target is not None and not target.is_dir:
             await self.store.delete(dst_key)  # the new file replaces it now; it is published at close
+            self.sb.deleted(dst_key)
         replaced = self.sb.inodes.by_path(dst_path)
         if replaced is not None and replaced is not node:
             await self.files.orphan(replaced)
         self.sb.inodes.move(src_path, dst_path)
         if node is not None:
-            await self.follow(node, etag)
+            await self.follow(node, copied)
 
     async def _rename_folder(self, src_path: str, dst_path: str, replace_target: bool) -> None:
         """Move every key of folder ``src_path`` (trees.py: copy all, then delete all). Local copies below
@@ -279,20 +286,25 @@ class TreeOps:
             raise NotEmpty(f"{dst_path} is not empty")
         src_prefix, dst_prefix = self.sb.ns.dir_prefix(src_path), self.sb.ns.dir_prefix(dst_path)
         moved = await move_tree(self.store, src_prefix, dst_prefix, replace_target)
+        self.sb.deleted(dst_prefix, *(src_prefix + rel for rel in moved), *(dst_prefix + rel for rel in moved))
         for node in self.sb.inodes.move_tree(src_path, dst_path):
             if not node.is_dir:
-                await self.follow(node, moved.get(node.path[len(below_dst) :]))
+                etag = moved.get(node.path[len(below_dst) :])
+                copied = None if etag is None else ObjectInfo(self.sb.ns.file_key(node.path), node.size, etag, 0.0)
+                await self.follow(node, copied)
         self.handles.move_folders(src_path, dst_path)
         self.sb.forget_listings(src_path, dst_path, below=(below_src, below_dst))
 
-    async def follow(self, node: Inode, etag: str | None) -> None:
-        """``node`` was renamed; its object is the copy of ETag ``etag`` now (None: nothing was copied).
-        Open readers fetch from the new key, and a local copy's next publish is conditional on the
-        copy's ETag. The copy keeps the metadata, so what a HEAD told of the old version holds."""
-        if etag is not None:
+    async def follow(self, node: Inode, copied: ObjectInfo | None) -> None:
+        """``node`` was renamed; its object is the copy ``copied`` now (None: nothing was copied; its
+        ``last_modified``: when the server said it made it, 0 if not known). Open readers fetch from the
+        new key, and a local copy's next publish is conditional on the copy's ETag. The copy keeps the
+        metadata, so what a HEAD told of the old version holds for the copy's version."""
+        etag = None if copied is None else copied.etag
+        if copied is not None:
             if node.meta_etag == node.etag:
-                node.meta_etag = etag
-            node.etag = etag
+                node.meta_etag, node.meta_modified = copied.etag, copied.last_modified or None
+            node.etag = copied.etag
         copy = self.cache.get(node.ino)
         if copy is not None:
             if etag is not None and copy.base_etag is not None:
