@@ -746,9 +746,11 @@ class CrashMachine(RuleBasedStateMachine):
             assert exc.errno == errno.ENOENT and self.content[name] is None
             return multiple()
         handle = WHandle(name, fh, self.lives)
-        if self.content[name] is None or (mode == "w" and self.content[name]):
+        if self.content[name] is None or mode == "w":
+            # O_TRUNC changes the file even when it was empty (its mtime moves): superseded, see the
+            # class docstring
             self.content[name] = b""
-            self.pending[name] = None  # superseded (see the class docstring)
+            self.pending[name] = None
         if mode == "a":
             handle.pos = len(self.content[name] or b"")
         self.open.append(handle)
