@@ -6,6 +6,7 @@
 
 from s3files.api import mount
 from s3files.errors import MountError, S3FilesError
+from s3files.options import Consistency
 
 __version__ = "0.1.0"
-__all__ = ["MountError", "S3FilesError", "mount"]
+__all__ = ["Consistency", "MountError", "S3FilesError", "mount"]

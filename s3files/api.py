@@ -16,6 +16,7 @@ from pathlib import Path
 
 from s3files.errors import MountError
 from s3files.mountinfo import mount_entry
+from s3files.options import Consistency
 
 UNMOUNT_TIMEOUT = 30.0
 
@@ -30,15 +31,25 @@ def mount(
     profile: str | None = None,
     read_only: bool = False,
     direct_io: bool = False,
+    consistency: str | Consistency | None = None,
     metadata_ttl: float | None = None,
+    writeback_delay: float | None = None,
     cache_dir: str | Path | None = None,
     log_file: str | Path | None = None,
     extra_args: Sequence[str] = (),
 ) -> Iterator[Path]:
     """Mount ``source`` at ``mountpoint`` (created if missing) for the ``with`` block; yields the folder.
 
-    Raises MountError with the daemon's one-line reason if the mount cannot start.
+    ``consistency`` is a mode's name (``"strict"``, ``"close-to-open"``, ``"eventual"``) or a Consistency;
+    ``metadata_ttl`` overrides the mode's TTL; ``writeback_delay`` matters in eventual mode only. None: the
+    command's defaults. Raises MountError with the daemon's one-line reason if the mount cannot start.
     """
+    if consistency is not None and not isinstance(consistency, Consistency):
+        try:
+            consistency = Consistency(consistency)
+        except ValueError:
+            modes = ", ".join(mode.value for mode in Consistency)
+            raise MountError(f"consistency must be one of {modes}, got {consistency!r}") from None
     root = Path(mountpoint).absolute()
     root.mkdir(parents=True, exist_ok=True)
     args = ["mount", source, str(root)]
@@ -46,7 +57,9 @@ def mount(
         ("--endpoint-url", endpoint_url),
         ("--region", region),
         ("--profile", profile),
+        ("--consistency", consistency.value if consistency is not None else None),
         ("--metadata-ttl", metadata_ttl),
+        ("--writeback-delay", writeback_delay),
         ("--cache-dir", cache_dir),
         ("--log-file", log_file),
     ):

@@ -29,6 +29,7 @@ import trio
 from s3files.errors import MountError, S3FilesError
 from s3files.mountinfo import check_mountpoint, mount_entry
 from s3files.options import (
+    CONSISTENCY_MODES,
     LISTING_ATTRIBUTES,
     MIB,
     ON_RECOVERY,
@@ -116,10 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
         " (not with --allow-other) (default %(default)s)",
     )
     fs.add_argument(
+        "--consistency",
+        choices=CONSISTENCY_MODES,
+        default=mount_default("consistency").value,
+        help="strict: every lookup, stat, listing and open asks S3; close-to-open: attributes and listings"
+        " trusted for --metadata-ttl, every open asks S3; eventual: everything trusted for --metadata-ttl,"
+        " close returns once the file is safe in the cache and it is uploaded after --writeback-delay"
+        " (default %(default)s; docs/SEMANTICS.md, Consistency modes)",
+    )
+    fs.add_argument(
         "--metadata-ttl",
         type=float,
         default=mount_default("metadata_ttl"),
-        help="seconds attributes and listings are trusted (default %(default)s)",
+        help="seconds attributes and listings are trusted (default: the mode's, strict 0, close-to-open 1,"
+        " eventual 60)",
+    )
+    fs.add_argument(
+        "--writeback-delay",
+        type=float,
+        default=mount_default("writeback_delay"),
+        metavar="SECONDS",
+        help="eventual mode: seconds a closed file waits in the cache before it is uploaded, so a file"
+        " rewritten within the delay is uploaded once (default %(default)s)",
     )
     cache = mount.add_argument_group("cache and uploads")
     cache.add_argument(
@@ -199,7 +218,9 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         dir_mode=args.dir_mode,
         allow_other=args.allow_other,
         listing_attributes=args.listing_attributes,
+        consistency=args.consistency,
         metadata_ttl=args.metadata_ttl,
+        writeback_delay=args.writeback_delay,
         cache_dir=args.cache_dir.absolute() if args.cache_dir else default_cache_dir(),
         cache_size=args.cache_size,
         upload_concurrency=args.upload_concurrency,

@@ -6,6 +6,8 @@ down. Must not touch the network or the file system beyond reading the mount poi
 
 from __future__ import annotations
 
+import enum
+import math
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -16,6 +18,28 @@ from s3files.errors import MountError
 MIB = 1024 * 1024
 ON_RECOVERY = ("upload", "keep", "discard")
 LISTING_ATTRIBUTES = ("true", "fast")
+
+
+class Consistency(enum.Enum):
+    """How fresh what a mount shows is, and what close() promises (docs/SEMANTICS.md, Consistency modes).
+
+    STRICT trusts nothing about S3 from memory; CLOSE_TO_OPEN trusts attributes and listings for the TTL
+    but revalidates every open; EVENTUAL trusts them for the TTL, open included, and uploads closed files
+    after ``writeback_delay``.
+    """
+
+    STRICT = "strict"
+    CLOSE_TO_OPEN = "close-to-open"
+    EVENTUAL = "eventual"
+
+    @property
+    def default_ttl(self) -> float:
+        """Seconds attributes and listings are trusted when ``--metadata-ttl`` is not given."""
+        return _DEFAULT_TTL[self]
+
+
+_DEFAULT_TTL = {Consistency.STRICT: 0.0, Consistency.CLOSE_TO_OPEN: 1.0, Consistency.EVENTUAL: 60.0}
+CONSISTENCY_MODES = tuple(mode.value for mode in Consistency)
 
 
 @dataclass(frozen=True)
@@ -100,7 +124,14 @@ class MountOptions:
     # "fast", the mount's defaults and LastModified until a file is looked up or opened (no HEAD per file:
     # for data-lake folders where attributes do not matter). "fast" may not share the mount with other users.
     listing_attributes: str = "true"
-    metadata_ttl: float = 1.0  # seconds the kernel and our caches may trust attributes and listings
+    consistency: Consistency = Consistency.CLOSE_TO_OPEN
+    # Seconds the kernel and our caches may trust attributes and listings. None (the default) takes the
+    # consistency mode's (Consistency.default_ttl); __post_init__ resolves it, so after construction it is
+    # always a float. Hence dataclasses.replace(opts, consistency=...) keeps the old TTL: pass metadata_ttl=None.
+    metadata_ttl: float | None = None
+    # Eventual mode only: seconds a closed file waits in the local cache before it is uploaded, so a file
+    # rewritten or appended within the delay is uploaded once.
+    writeback_delay: float = 5.0
     cache_dir: Path | None = None
     cache_size: int | None = None  # bytes the cache may hold on disk (None: as much as the disk has)
     upload_part_size: int = 8 * MIB  # the first 1,000 parts; later parts double every 1,000 (5 TiB fits)
@@ -122,8 +153,19 @@ class MountOptions:
                 "--listing-attributes=fast cannot be used with --allow-other: other users' access would be"
                 " checked against guessed attributes"
             )
-        if self.metadata_ttl < 0:
-            raise MountError("--metadata-ttl must be >= 0")
+        if isinstance(self.consistency, str):  # the library passes the flag's text
+            try:
+                object.__setattr__(self, "consistency", Consistency(self.consistency))
+            except ValueError:
+                raise MountError(
+                    f"--consistency must be one of {', '.join(CONSISTENCY_MODES)}, got {self.consistency!r}"
+                ) from None
+        if self.metadata_ttl is None:
+            object.__setattr__(self, "metadata_ttl", self.consistency.default_ttl)
+        for name in ("metadata_ttl", "writeback_delay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise MountError(f"--{name.replace('_', '-')} must be a finite number of seconds >= 0, got {value}")
         if not 5 * MIB <= self.upload_part_size <= 5 * 1024 * MIB // 512:
             raise MountError("--upload-part-size must be between 5 and 10 MiB (parts double every 1,000; S3 allows 5 GiB)")
         if self.upload_concurrency < 1:

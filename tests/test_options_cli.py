@@ -14,6 +14,7 @@ from s3files.cli import build_parser, options_from
 from s3files.errors import MountError
 from s3files.options import (
     MIB,
+    Consistency,
     MountOptions,
     Source,
     StoreOptions,
@@ -42,7 +43,8 @@ def test_argparse_takes_its_defaults_from_the_dataclasses(monkeypatch: pytest.Mo
 
 
 def test_default_of() -> None:
-    assert default_of(MountOptions, "metadata_ttl") == 1.0
+    assert default_of(MountOptions, "metadata_ttl") is None  # the mode's
+    assert default_of(MountOptions, "consistency") is Consistency.CLOSE_TO_OPEN
     assert default_of(StoreOptions, "max_connections") == 32
     with pytest.raises(ValueError):
         default_of(MountOptions, "source")  # required: no default
@@ -65,7 +67,10 @@ def test_readme_option_table_tells_the_defaults() -> None:
     rows = readme_defaults()
     opts = MountOptions(Source.parse("s3://b"), Path("/mnt/x"))
     assert int(rows["--max-connections"]) == opts.store.max_connections
-    assert float(rows["--metadata-ttl"]) == opts.metadata_ttl
+    assert rows["--consistency"] == opts.consistency.value == "close-to-open"
+    mode_ttls = [float(t) for t in rows["--metadata-ttl"].removeprefix("the mode's:").split(",")]
+    assert mode_ttls == [mode.default_ttl for mode in Consistency] and mode_ttls[1] == opts.metadata_ttl
+    assert float(rows["--writeback-delay"]) == opts.writeback_delay
     assert int(rows["--upload-concurrency"]) == opts.upload_concurrency
     assert parse_size(rows["--upload-part-size"]) == opts.upload_part_size
     file_mode, dir_mode = (parse_mode(m.strip()) for m in rows["--file-mode"].split(","))
@@ -75,6 +80,96 @@ def test_readme_option_table_tells_the_defaults() -> None:
         assert rows[flag] == "off" and getattr(opts, flag[2:].replace("-", "_")) is False
     assert rows["--no-xattrs"].startswith("off") and opts.xattrs is True
     assert options_from(build_parser().parse_args(["mount", "s3://b", "/mnt/x", "--no-xattrs"])).xattrs is False
+
+
+def mount_options(*flags: str) -> MountOptions:
+    return options_from(build_parser().parse_args(["mount", "s3://b", "/mnt/x", *flags]))
+
+
+@pytest.mark.parametrize(
+    ("flags", "mode", "ttl"),
+    [
+        ([], Consistency.CLOSE_TO_OPEN, 1.0),
+        (["--consistency", "strict"], Consistency.STRICT, 0.0),
+        (["--consistency", "close-to-open"], Consistency.CLOSE_TO_OPEN, 1.0),
+        (["--consistency", "eventual"], Consistency.EVENTUAL, 60.0),
+        (["--consistency", "eventual", "--metadata-ttl", "2"], Consistency.EVENTUAL, 2.0),
+        (["--consistency", "strict", "--metadata-ttl", "3"], Consistency.STRICT, 3.0),
+        (["--metadata-ttl", "0"], Consistency.CLOSE_TO_OPEN, 0.0),
+    ],
+)
+def test_consistency_sets_the_ttl_unless_metadata_ttl_overrides(
+    flags: list[str], mode: Consistency, ttl: float
+) -> None:
+    opts = mount_options(*flags)
+    assert (opts.consistency, opts.metadata_ttl) == (mode, ttl)
+    assert isinstance(opts.metadata_ttl, float)
+
+
+def test_writeback_delay_flag() -> None:
+    assert mount_options().writeback_delay == 5.0
+    assert mount_options("--consistency", "eventual", "--writeback-delay", "0.5").writeback_delay == 0.5
+    assert mount_options("--writeback-delay", "0").writeback_delay == 0.0
+
+
+def test_library_options_take_the_mode_by_name_or_enum() -> None:
+    source, root = Source.parse("s3://b"), Path("/mnt/x")
+    by_name = MountOptions(source, root, consistency="eventual")  # type: ignore[arg-type]
+    assert by_name == MountOptions(source, root, consistency=Consistency.EVENTUAL)
+    assert by_name.consistency is Consistency.EVENTUAL and by_name.metadata_ttl == 60.0
+    with pytest.raises(MountError, match="--consistency must be one of strict, close-to-open, eventual"):
+        MountOptions(source, root, consistency="sometimes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("metadata_ttl", -1.0),
+        ("metadata_ttl", float("nan")),
+        ("metadata_ttl", float("inf")),
+        ("writeback_delay", -0.1),
+        ("writeback_delay", float("nan")),
+        ("writeback_delay", float("inf")),
+    ],
+)
+def test_seconds_must_be_finite_and_not_negative(option: str, value: float) -> None:
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(MountError, match=f"^{flag} must be a finite number of seconds >= 0, got"):
+        MountOptions(Source.parse("s3://b"), Path("/mnt/x"), **{option: value})
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["--writeback-delay", "-1"],
+            "s3files: error: --writeback-delay must be a finite number of seconds >= 0, got -1.0",
+        ),
+        (["--metadata-ttl", "nan"], "s3files: error: --metadata-ttl must be a finite number of seconds >= 0, got nan"),
+    ],
+)
+def test_bad_seconds_are_one_error_line(argv: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from s3files.cli import main
+
+    assert main(["mount", "s3://b", "/mnt/x", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [line]
+
+
+def test_a_bad_mode_is_one_argparse_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["mount", "s3://b", "/m", "--consistency", "loose"])
+    assert exited.value.code == 2
+    assert "argument --consistency: invalid choice: 'loose'" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_library_mount_refuses_an_unknown_mode_before_starting_a_daemon(tmp_path: Path) -> None:
+    import s3files
+
+    refused = pytest.raises(MountError, match="consistency must be one of strict, close-to-open, eventual")
+    with refused, s3files.mount("s3://b", tmp_path / "m", consistency="sometimes"):
+        pass  # pragma: no cover
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize(
@@ -137,3 +232,12 @@ def test_a_bad_size_is_one_error_line(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.splitlines()[-1] == line  # after argparse's usage lines
+
+
+def test_library_mount_passes_the_mode_flags_to_the_command(tmp_path: Path) -> None:
+    """The library's keywords become the command's flags: the command's own check refuses the value."""
+    import s3files
+
+    refused = pytest.raises(MountError, match=r"^--writeback-delay must be a finite number of seconds >= 0, got -1.0$")
+    with refused, s3files.mount("s3://b", tmp_path / "m", consistency=Consistency.EVENTUAL, writeback_delay=-1):
+        pass  # pragma: no cover
