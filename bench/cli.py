@@ -45,10 +45,13 @@ from s3files_bench.mounts import PEERS, STARTERS, FsMount, installed_peers, is_m
 from s3files_bench.plan import MIB, WORKLOADS, Plan, estimate_seconds, format_size, storage_bytes
 from s3files_bench.runner import run_workloads
 from s3files_bench.servers import Target, open_target
+from s3files_bench.visibility import Visibility
 from s3files_bench.workloads import ALL, Bench, Variant
 
 from s3files.cli import argument_type
-from s3files.options import parse_size
+from s3files.options import Consistency, parse_size
+
+WORKLOAD_CLASSES = {**ALL, Visibility.name: Visibility}
 
 MOTO_NOTE = (
     "moto's server answers a ranged GET by reading the whole object, so read-ahead, random-read and "
@@ -127,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--rounds", type=_positive, help="rounds per workload (default 3)")
     what.add_argument(
         "--mount-args", default="", help="more `s3files mount` options for the mount under test, e.g. '--upload-concurrency 16'"
+    )
+    what.add_argument(
+        "--modes",
+        type=_list(tuple(c.value for c in Consistency)),
+        default=(),
+        help="also measure the s3files mount in these consistency modes (columns mount-MODE): "
+        "strict,close-to-open,eventual; the column 'mount' keeps the default mode and --mount-args",
     )
     what.add_argument(
         "--peers",
@@ -236,7 +246,7 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
         err.print(f"note: {note}")
     with contextlib.ExitStack() as stack:
         workdir = stack.enter_context(_workdir(err))
-        storage = storage_bytes(plan, 3 + len(peers))
+        storage = storage_bytes(plan, 3 + len(peers) + len(args.modes))
         where = (args.server, args.endpoint_url, args.bucket, args.region, storage, err.print)
         target = stack.enter_context(open_target(*where, pin=args.pin_server))
         if args.pin_server and target.server != "endpoint":
@@ -245,7 +255,7 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
                 "CPUs (--pin-server), as if the server were another machine"
             )
         limited = stack.enter_context(memory_limited(args.memory_limit, err.print)) if args.memory_limit else None
-        workloads = [ALL[name]() for name in plan.workloads]
+        workloads = [WORKLOAD_CLASSES[name]() for name in plan.workloads]
         admin = sdk.make_client(target, pool=32)
         bench = Bench(plan, target, admin, workdir)
         try:
@@ -256,7 +266,8 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
         if target.server == "moto":
             notes.append(MOTO_NOTE)
             ranged_ms += plan.big_size / MIB / get_mibs * 1000  # a ranged GET reads the whole object
-        expected = estimate_seconds(plan, 3 + len(peers), get_mibs, put_mibs, request_ms, ranged_ms)
+        variant_count = 3 + len(peers) + len(args.modes)
+        expected = estimate_seconds(plan, variant_count, get_mibs, put_mibs, request_ms, ranged_ms)
         err.print(
             f"{'quick' if plan.quick else 'full'} run on {target.server}: expected duration about "
             f"{expected / 60:.0f} min ({expected:.0f} s; this server: GET {get_mibs:.0f} MiB/s, "
@@ -277,6 +288,11 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
         err.print(f"mounting s3files on {target.source}")
         mounts.append(start_s3files(target, workdir, shlex.split(args.mount_args)))
         stack.callback(mounts[-1].stop)
+        for mode in args.modes:
+            err.print(f"mounting s3files --consistency {mode}")
+            extra = [*shlex.split(args.mount_args), "--consistency", mode]
+            mounts.append(start_s3files(target, workdir, extra, name=f"mount-{mode}"))
+            stack.callback(mounts[-1].stop)
         for peer in peers:
             err.print(f"mounting {peer}")
             try:
@@ -312,7 +328,7 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
                 f"the benchmark and its mounts ran in a memory cgroup limited to {format_size(args.memory_limit)} "
                 f"(--memory-limit, as in a container); peak usage {'unknown' if peak is None else format_size(peak)}"
             )
-        meta = _meta(command, target, plan, tuple(fs.name for fs in mounts[1:]), notes)
+        meta = _meta(command, target, plan, tuple(fs.name for fs in mounts[1 + len(args.modes) :]), notes)
         results = report.summarize(collected, seconds, workloads, meta)
         peaks = [
             e["daemon_peak_rss_mib"]

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,7 @@ class FsMount:
     log_path: Path
     stats_file: Path | None = None  # s3files only: where SIGUSR1 makes it write its statistics
     disk_dir: Path | None = None  # where it keeps data on local disk, if we know (for "disk used")
+    twin: Callable[[Path], FsMount] | None = None  # starts another mount like it in a folder (s3files)
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -143,12 +144,15 @@ def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subproces
         )
 
 
-def start_s3files(target: Target, workdir: Path, extra_args: Sequence[str] = ()) -> FsMount:
-    """Mount s3files on ``workdir/mount`` in the foreground as a child; its errors go to mount.err.
+def start_s3files(target: Target, workdir: Path, extra_args: Sequence[str] = (), name: str = "mount") -> FsMount:
+    """Mount s3files on ``workdir/NAME`` in the foreground as a child; its errors go to NAME.err.
 
-    ``extra_args`` are more `s3files mount` options (`--mount-args`), e.g. ``--upload-concurrency 16``.
+    ``extra_args`` are more `s3files mount` options (`--mount-args`, `--consistency` of a mode variant),
+    e.g. ``--upload-concurrency 16``. ``name`` is the variant's column ("mount", "mount-eventual", ...).
+    The mount can start a twin of itself (``FsMount.twin``): another daemon with the same options and its
+    own cache folder, as a second machine would run (the visibility workload's consumer).
     """
-    root, cache, stats = workdir / "mount", workdir / "mount-cache", workdir / "mount-stats.json"
+    root, cache, stats = workdir / name, workdir / f"{name}-cache", workdir / f"{name}-stats.json"
     root.mkdir()
     cache.mkdir()
     command = [sys.executable, "-m", "s3files", "mount", target.source, str(root), "--foreground"]
@@ -164,8 +168,9 @@ def start_s3files(target: Target, workdir: Path, extra_args: Sequence[str] = ())
     if target.endpoint_url:
         command += ["--endpoint-url", target.endpoint_url]
     command += list(extra_args)
-    err = workdir / "mount.err"
-    fs = FsMount("mount", root, _spawn(command, dict(target.env), err), err, stats, cache)
+    err = workdir / f"{name}.err"
+    fs = FsMount(name, root, _spawn(command, dict(target.env), err), err, stats, cache)
+    fs.twin = lambda where: start_s3files(target, where, extra_args, name)
     return _wait_mounted(fs, "s3files")
 
 

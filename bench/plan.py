@@ -17,7 +17,9 @@ from dataclasses import dataclass, replace
 MIB = 1024 * 1024
 KIB = 1024
 
-WORKLOADS = ("seq_read", "seq_write", "random_read", "small_files", "concurrency", "transform", "stream")
+WORKLOADS = (
+    "seq_read", "seq_write", "random_read", "small_files", "concurrency", "transform", "stream", "visibility"
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class Plan:
     chunk: int = 1 * MIB  # the size of each read() and write() through a file system
     ttfb_bytes: int = 64 * KIB
     verify_timeout_s: float = 120.0  # how long a written object may take to appear in the bucket
+    visibility_files: int = 20  # files per round of ``visibility``, one every visibility_interval_s
+    visibility_interval_s: float = 0.1
     quick: bool = False
 
     @classmethod
@@ -49,6 +53,7 @@ class Plan:
             small_files=50,
             concurrency=4,
             concurrency_size=8 * MIB,
+            visibility_files=10,
             quick=True,
         )
 
@@ -105,6 +110,7 @@ def estimate_seconds(
         "concurrency": 3 * conc / get_mibs + conc / put_mibs,
         "transform": 2 * big / get_mibs + big / put_mibs + 1.0,  # +1 s: the child starts Python
         "stream": plan.stream_files * big / get_mibs,
+        "visibility": 3.0 + plan.visibility_files * plan.visibility_interval_s,  # + a consumer mount
     }
     seeding = {
         "seq_read": 2 * plan.rounds * big / put_mibs,

@@ -155,7 +155,7 @@ def table(results: dict[str, Any]) -> Table:
 
 def _counted(results: dict[str, Any]) -> list[str]:
     """The variants whose requests are counted (the SDK's and s3files'; the peers cannot be asked)."""
-    return [n for n in variant_names(results) if n in (*REFERENCES, MOUNT)]
+    return [n for n in variant_names(results) if n in REFERENCES or n == MOUNT or n.startswith(MOUNT + "-")]
 
 
 def requests_table(results: dict[str, Any]) -> Table:

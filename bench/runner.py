@@ -58,10 +58,14 @@ def run_workloads(
     done = 0
     for workload in workloads:
         started = time.monotonic()
-        records = {f.name: {v.name: Record() for v in variants} for f in workload.figures}
+        measured = [v for v in variants if v.kind in workload.kinds]
+        records = {f.name: {v.name: Record() for v in measured} for f in workload.figures}
         collected[workload.name] = records
         for r in range(bench.plan.rounds):
             for variant in _order(variants, r):
+                if variant.kind not in workload.kinds:
+                    done += 1
+                    continue
                 on_step(f"{workload.name}: round {r + 1}/{bench.plan.rounds}, {variant.name}", done)
                 workload.run(bench, variant, r, _measurer(records, variant))
                 done += 1

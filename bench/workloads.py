@@ -173,6 +173,7 @@ class Workload:
 
     name: ClassVar[str]
     figures: ClassVar[tuple[Figure, ...]]
+    kinds: ClassVar[tuple[str, ...]] = ("sdk", "baseline", "fs")  # the variants it measures
 
     def seed(self, b: Bench) -> None:
         raise NotImplementedError

@@ -58,6 +58,9 @@ def test_quick_run_reports_every_workload_with_references_and_requests(tmp_path:
         assert workload["figures"], wname
         for fname, figure in workload["figures"].items():
             variants = figure["variants"]
+            if wname == "visibility":  # a producer and a consumer: the baseline has no second machine
+                assert "baseline" not in variants
+                continue
             for name in ("raw", "baseline", "mount"):
                 entry = variants.get(name)
                 assert entry is not None, (wname, fname, name)
@@ -86,8 +89,30 @@ def test_quick_run_reports_every_workload_with_references_and_requests(tmp_path:
     assert stream["cpu"]["variants"]["raw"]["value"] > 0
     assert stream["cpu"]["variants"]["mount"]["value"] > 0
 
+    visibility = results["workloads"]["visibility"]["figures"]
+    assert visibility["partial"]["variants"]["mount"]["value"] == 0  # every file read whole, never in part
+    assert 0 < visibility["p50"]["variants"]["mount"]["value"] <= visibility["p99"]["variants"]["mount"]["value"]
+    assert visibility["p50"]["variants"]["raw"]["requests"] == {"put": 10}  # the producer's only
+
     assert "| seq_read | cold |" in md.read_text()
     assert "mount/raw" in result.stdout  # the summary table
+
+
+def test_modes_add_a_mount_column_each_and_visibility_measures_another_mount(tmp_path: Path) -> None:
+    """``--modes strict``: a second s3files mount in strict mode, in its own column; the visibility
+    workload's consumer is a second daemon with the same options. Strict asks S3 at every look, so its
+    consumer sees files sooner than close-to-open's (listing TTL 1 s), and every file whole."""
+    out = tmp_path / "bench.json"
+    result = bench("--quick", "--workloads", "visibility", "--modes", "strict", "--rounds", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())["workloads"]["visibility"]["figures"]
+    assert set(figures["p50"]["variants"]) == {"raw", "mount", "mount-strict"}
+    for name in ("mount", "mount-strict"):
+        assert figures["partial"]["variants"][name]["value"] == 0
+    strict, default = figures["p50"]["variants"]["mount-strict"], figures["p50"]["variants"]["mount"]
+    assert figures["p99"]["variants"]["mount-strict"]["value"] < figures["p99"]["variants"]["mount"]["value"]
+    assert strict["requests"]["put"] == 10 and default["requests"]["put"] == 10  # the producer's writes
+    assert "mount/mount-strict" in figures["p50"]["ratios"]
 
 
 def test_unreachable_endpoint_is_one_line_and_exit_1(tmp_path: Path) -> None:
