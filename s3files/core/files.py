@@ -6,8 +6,9 @@ the handles, the local cache and the uploader, and when a local copy is publishe
 a copy whose file loses its name (``orphan``) or moves (``follow``). Must not change the tree (treeops.py)
 nor decide about stops and recovery (fs.py).
 
-Request budget (asserted by tests): ``open`` is one HEAD (close-to-open: every open sees the newest
-version), or for a cold read one GET of the first part; reads then pin its ETag.
+Request budget (asserted by tests): ``open`` is one HEAD (close-to-open and strict: every open sees the
+newest version; eventual: none while the file's attributes are fresh, superblock.trusts_open), or for a
+cold read one GET of the first part (the read's first request); reads then pin its ETag.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ class Files:
                 raise NotFound(f"{node.path} was removed")  # never ask S3 by a name this inode lost
             if not writable and self._cold_to_read(node):
                 node, first = await self.sb.get_first(node, self.opts.read.first_part)
-            else:
-                node = await self.sb.head(node)  # close-to-open: every open sees the newest version
+            elif not self.sb.trusts_open(node):
+                node = await self.sb.head(node)  # close-to-open, strict: every open sees the newest version
             copy = self.cache.get(ino)  # another open may have made the copy while we asked S3
             if copy is None and writable:
                 copy = await self._stage(node, truncate)

@@ -24,6 +24,7 @@ from s3files.core.copies import LocalCopy, clean_files_for
 from s3files.core.files import Files, OpenFile
 from s3files.core.handles import DirHandle, Handles
 from s3files.core.inodes import ROOT_INO, Attr, Inode
+from s3files.core.kernel import KernelCache
 from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, check_length, join, valid_name
 from s3files.core.parts import PartLayout
@@ -111,7 +112,15 @@ class FileSystem:
             # A local copy (also of an unlinked file still open) is the truth; a file that lost its name is
             # never asked about by that name, which may be another file's by now.
             return node.attr()
-        return (await self.sb.head(node)).attr()
+        return (await self.sb.revalidate(node)).attr()
+
+    def valid_for(self, ino: int) -> float:
+        """Seconds the kernel may cache ``ino``'s name and attributes (entry and attribute timeouts)."""
+        return self.sb.valid_for(self.sb.node(ino))
+
+    def use_kernel_cache(self, kernel: KernelCache) -> None:
+        """The FUSE session runs: tell its kernel of changes learnt from S3 from now on (core/kernel.py)."""
+        self.sb.kernel = kernel
 
     def forget(self, ino: int, n: int) -> None:
         self.sb.inodes.forget(ino, n, pinned=self.cache.get(ino) is not None)

@@ -335,6 +335,15 @@ class InodeTable:
         if ino is not None:
             self._by_ino[ino].unlinked = True
 
+    def children(self, path: str) -> list[Inode]:
+        """The inodes named directly in folder ``path`` (a scan of every name: called once per listing)."""
+        prefix = path + "/" if path else ""
+        return [
+            self._by_ino[ino]
+            for child, ino in self._by_path.items()
+            if child.startswith(prefix) and child and "/" not in child[len(prefix) :]
+        ]
+
     def subfolders_listed(self, path: str, count: int) -> None:
         """A listing of folder ``path`` shows ``count`` subfolders: its link count from now on."""
         node = self.by_path(path)

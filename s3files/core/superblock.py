@@ -27,7 +27,16 @@ Request budget (asserted by tests):
   name may be a file, a folder (any key below it), or both (the folder wins); after
   ``PROBES_BEFORE_LISTING`` such names a small folder is listed instead. With true attributes, a
   folder whose LIST shows a marker of a version not known costs one HEAD of the marker more.
-- attributes younger than ``metadata_ttl``: nothing; after it, one HEAD for a file.
+- attributes younger than ``metadata_ttl``: nothing; after it, one HEAD for a file (strict: a folder's
+  attributes too, one LIST of one key, see ``revalidate``).
+
+Consistency modes (options.Consistency, docs/SEMANTICS.md): the mode sets ``metadata_ttl`` (strict 0, so
+nothing is cached: no listing, no marker, no negative answer) and two rules decided here: whether an open
+may trust fresh attributes without asking S3 (``trusts_open``: eventual only) and whether a folder's
+attributes go stale (``is_fresh``: strict only; elsewhere a folder is checked when it is looked up or
+listed). Whatever the mode, what the mount learns of a change made elsewhere (a new ETag from a HEAD, a
+probe, a listing or an open, a name gone or of another kind) it tells the kernel (``kernel``, a
+KernelCache: core/kernel.py), so the kernel's caches never outlive what the mode promises.
 """
 
 from __future__ import annotations
@@ -41,13 +50,14 @@ from typing import NoReturn
 from cachetools import LRUCache, TTLCache
 
 from s3files.core.descriptions import Descriptions
-from s3files.core.inodes import Defaults, Inode, InodeTable
+from s3files.core.inodes import ROOT_INO, Attr, Defaults, Inode, InodeTable
+from s3files.core.kernel import KernelCache, NoKernelCache
 from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, Namespace, join
 from s3files.core.tasks import run_all
 from s3files.core.times import NS
 from s3files.errors import KindChanged, NotFound, ObjectNotFound
-from s3files.options import MountOptions
+from s3files.options import Consistency, MountOptions
 from s3files.store.base import ListPage, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -73,6 +83,8 @@ class Superblock:
     ) -> None:
         self.store = store
         self.ttl = opts.metadata_ttl
+        self.consistency = opts.consistency
+        self.kernel: KernelCache = NoKernelCache()  # the FUSE session's, once it runs (fs.use_kernel_cache)
         # Attributes shown are the object's own unless --listing-attributes=fast (never with --allow-other,
         # where the kernel checks other users' access against them). See Descriptions.
         self.true_attributes = opts.listing_attributes == "true" or opts.allow_other
@@ -86,6 +98,9 @@ class Superblock:
             store, self.ns, self.inodes, self.meta, self.true_attributes, self.ttl, now, self.mount_time
         )
         self._listings: TTLCache[str, dict[str, Entry]] = TTLCache(maxsize=256, ttl=max(self.ttl, 1e-9), timer=now)
+        # When each cached listing was made: what it tells is fresh until then plus the TTL, not until a TTL
+        # after a lookup it answered (else the kernel's timeouts would stack on ours: twice the TTL).
+        self._listed_at: LRUCache[str, float] = LRUCache(maxsize=256)
         # Folders whose last listing was small (SMALL_FOLDER_PAGES): a lookup there re-lists (a LIST answers
         # every name for metadata_ttl) instead of probing each new name (HEAD + LIST), as when creating files.
         self._small_folders: LRUCache[str, bool] = LRUCache(maxsize=4096)
@@ -106,8 +121,24 @@ class Superblock:
     def fresh_until(self) -> float:
         return self._now() + self.ttl
 
+    def valid_for(self, node: Inode) -> float:
+        """Seconds the kernel may keep ``node``'s name and attributes: what is left of its freshness (at
+        most the TTL). A local copy's and the root's are ours: the whole TTL."""
+        if node.ino == ROOT_INO or self.is_local(node.ino):
+            return self.ttl
+        return min(self.ttl, max(0.0, node.fresh_until - self._now()))
+
     def is_fresh(self, node: Inode) -> bool:
-        return node.is_dir or node.fresh_until > self._now() or self.is_local(node.ino)
+        """Whether ``node``'s attributes may be answered without asking S3. A folder's are, except in
+        strict mode (the root always: it has no object)."""
+        if node.is_dir:
+            return self.consistency is not Consistency.STRICT or node.ino == ROOT_INO or node.fresh_until > self._now()
+        return node.fresh_until > self._now() or self.is_local(node.ino)
+
+    def trusts_open(self, node: Inode) -> bool:
+        """Whether opening ``node`` may skip asking S3 for its newest version: in eventual mode, while its
+        attributes are fresh. Close-to-open and strict revalidate every open."""
+        return self.consistency is Consistency.EVENTUAL and self.is_fresh(node)
 
     def stale(self, node: Inode) -> None:
         """Ask S3 about ``node`` at its next use (someone else's version won its key)."""
@@ -137,14 +168,24 @@ class Superblock:
         cached = self.cached_entry(parent, name)
         if cached is not None and not (_bare(cached) and not _bare(entry)):
             entry = cached
+        # fresh for a TTL after S3 said so: after the cached listing was made, if the name is in one
+        until = self._listed_at.get(parent, self._now()) + self.ttl if cached is not None else self.fresh_until()
         if entry.is_dir:
-            node = self.inodes.put_dir(path, self.mount_time, self.fresh_until())
+            recorded = self.inodes.put_dir(path, self.mount_time, until)
             if entry.info is not None:  # its marker's metadata (true_attributes)
-                self.inodes.describe_dir(node, entry.info)
-            return node
-        if entry.info is None:
+                self.inodes.describe_dir(recorded, entry.info)
+        elif entry.info is None:
             raise NotFound(f"{path} is no longer here")  # a local file that is gone
-        return self.inodes.put_file(path, entry.info, self.fresh_until())
+        else:
+            before, etag = (node.attr(), node.etag) if node is not None else (None, None)
+            if node is not None and etag == entry.info.etag:
+                until = max(until, node.fresh_until)  # this version was confirmed later (a HEAD, our upload)
+            recorded = self.inodes.put_file(path, entry.info, until)
+            if before is not None and recorded is node:
+                self._told(recorded, etag, before)
+        if node is not None and recorded is not node:
+            self._entry_gone(path)  # another kind now: a new inode for the name
+        return recorded
 
     # -- listings --------------------------------------------------------------------------------------
 
@@ -185,9 +226,11 @@ class Superblock:
         # else: listed for lookups (a stat loop, names being created): ``entry`` describes only the names
         # asked for, so creating a file in a big folder never HEADs every file in it
         entries = self._since(since, path, entries)
+        self._gone_from(path, entries)
         self.inodes.subfolders_listed(path, sum(entry.is_dir for entry in entries.values()))  # st_nlink
         if self.caches:
             self._listings[path] = entries
+            self._listed_at[path] = self._now()
             if whole:
                 self._bare.pop(path, None)
             else:
@@ -270,6 +313,7 @@ class Superblock:
             self.listed(path, Entry(path.rpartition("/")[2], is_dir=True))
         if self.caches:
             self._listings[path] = {}
+            self._listed_at[path] = self._now()
             self._small_folders[path] = True
 
     def forget_listings(self, *paths: str, below: tuple[str, ...] = ()) -> None:
@@ -307,6 +351,14 @@ class Superblock:
                 return described
             return entry
         return await self._probe(path)
+
+    def _gone_from(self, path: str, entries: dict[str, Entry]) -> None:
+        """A whole listing of folder ``path``: names the kernel holds there that it no longer shows were
+        deleted elsewhere (ours are in ``entries`` already, see ``_since``, or have a local copy)."""
+        for node in self.inodes.children(path):
+            name = node.path.rpartition("/")[2]
+            if node.lookups > 0 and name not in entries and not self.is_local(node.ino):
+                self._entry_gone(node.path)
 
     def cached_entry(self, parent_path: str, name: str) -> Entry | None:
         listing = self._listings.get(parent_path)
@@ -362,8 +414,26 @@ class Superblock:
         try:
             info = await self.store.head(self.ns.file_key(node.path))
         except ObjectNotFound:
-            raise NotFound(f"{node.path} was removed from the bucket") from None
+            self._removed(node)
         return self.refreshed(node, info)
+
+    async def revalidate(self, node: Inode) -> Inode:
+        """Ask S3 about ``node`` (its attributes are not fresh): a file's HEAD; a folder's one-key LIST
+        (does any key still have its prefix?) and, with true attributes, its marker (a HEAD only for a
+        marker version the metadata cache does not know)."""
+        if not node.is_dir:
+            return await self.head(node)
+        page = await self.store.list_page(self.ns.dir_prefix(node.path), "/", max_keys=1)
+        if not (page.objects or page.prefixes):
+            self._removed(node)
+        marker = page.objects[0] if page.objects and page.objects[0].key == self.ns.dir_prefix(node.path) else None
+        node.fresh_until = self.fresh_until()
+        if self.true_attributes:
+            before = node.attr()
+            self.inodes.describe_dir(node, await self.described.marker(node.path, exists=marker is not None, listed=marker))
+            if node.attr() != before:
+                self.kernel.attributes_changed(node.ino)
+        return node
 
     async def get_first(self, node: Inode, first: int) -> tuple[Inode, bytes | bytearray]:
         """What ``head`` does, for a file about to be read: the same answer and the reader's first part
@@ -373,14 +443,41 @@ class Superblock:
         try:
             info, data = await self.store.get_first(self.ns.file_key(node.path), nbytes)
         except ObjectNotFound:
-            raise NotFound(f"{node.path} was removed from the bucket") from None
+            self._removed(node)
         return self.refreshed(node, info), data
 
     def refreshed(self, node: Inode, info: ObjectInfo) -> Inode:
         self.meta.learn(info)
+        before, etag = node.attr(), node.etag
         if not self.inodes.refresh_file(node, info, self.fresh_until()):
             self._kind_changed(node, info)
+        self._told(node, etag, before)
         return node
+
+    def _told(self, node: Inode, etag: str | None, before: Attr) -> None:
+        """S3 told us of file ``node``, which was version ``etag`` with attributes ``before``: if another
+        version is there now, or other attributes, the kernel forgets what it cached of the old."""
+        if etag is not None and node.etag != etag:
+            self.kernel.data_changed(node.ino)
+        elif node.attr() != before:
+            self.kernel.attributes_changed(node.ino)
+
+    def _removed(self, node: Inode) -> NoReturn:
+        """S3 says ``node``'s object (a folder: every key below it) is gone: the cached listing and the
+        kernel forget its name."""
+        if self.linked(node):
+            parent, _, name = node.path.rpartition("/")
+            listing = self._listings.get(parent)
+            if listing is not None and not (name in listing and listing[name].is_dir != node.is_dir):
+                listing.pop(name, None)
+            self._entry_gone(node.path)
+        raise NotFound(f"{node.path} was removed from the bucket")
+
+    def _entry_gone(self, path: str) -> None:
+        parent_path, _, name = path.rpartition("/")
+        parent = self.inodes.by_path(parent_path)
+        if parent is not None and parent.is_dir:
+            self.kernel.entry_gone(parent.ino, name)
 
     def _kind_changed(self, node: Inode, info: ObjectInfo) -> NoReturn:
         """``node``'s object is of another kind now (a file became a symlink, or was one all along and
@@ -388,6 +485,7 @@ class Superblock:
         the old inode is ESTALE, which makes the kernel look the name up again (see inodes.py)."""
         if self.linked(node):
             self.inodes.put_file(node.path, info, self.fresh_until())
+            self._entry_gone(node.path)
             parent, _, name = node.path.rpartition("/")
             listing = self._listings.get(parent)
             if listing is not None and name in listing and not listing[name].is_dir:

@@ -93,7 +93,9 @@ def _has_fsetid(pid: int, uid: int) -> bool:
 
 
 class Operations(pyfuse3.Operations):
-    """pyfuse3 handlers over a core FileSystem. ``ttl`` is how long the kernel may cache what we say."""
+    """pyfuse3 handlers over a core FileSystem. The kernel may cache a name and its attributes for as long
+    as the core still trusts them (``FileSystem.valid_for``: at most the mode's ``metadata_ttl``, 0 in
+    strict mode, so the kernel asks at every use and caches no negative answer either)."""
 
     supports_dot_lookup = False
     # The kernel's writeback cache would batch writes into 1 MiB requests (this kernel otherwise sends
@@ -102,17 +104,15 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: FileSystem, ttl: float) -> None:
+    def __init__(self, fs: FileSystem) -> None:
         super().__init__()
         self.fs = fs
-        self.ttl = ttl
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = attr.ino
         entry.generation = 0
-        entry.entry_timeout = self.ttl
-        entry.attr_timeout = self.ttl
+        entry.entry_timeout = entry.attr_timeout = self.fs.valid_for(attr.ino)
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
         entry.st_uid = attr.uid

@@ -30,10 +30,12 @@ import pyfuse3
 import trio
 
 from s3files.core.fs import FileSystem
+from s3files.core.kernel import NoKernelCache
 from s3files.core.records import CacheFolder, folder_name
 from s3files.core.recovery import OnRecovery
 from s3files.errors import MountError, S3FilesError
 from s3files.fuse.adapter import Operations
+from s3files.fuse.kernel import FuseKernelCache
 from s3files.mountinfo import check_mountpoint, mount_entry
 from s3files.options import MountOptions
 from s3files.status import StatusWriter, canonical
@@ -131,8 +133,11 @@ async def _serve(
     async with trio.open_nursery() as nursery:
         fs = FileSystem(store, opts, spawn=nursery.start_soon, staging=folder)
         await fs.recover(OnRecovery(opts.on_recovery))
-        pyfuse3.init(Operations(fs, opts.metadata_ttl), str(opts.mountpoint), fuse_options(opts))
+        pyfuse3.init(Operations(fs), str(opts.mountpoint), fuse_options(opts))
+        kernel = FuseKernelCache()
+        fs.use_kernel_cache(kernel)
         try:
+            nursery.start_soon(kernel.run)
             nursery.start_soon(_after_init, opts, fs, ready)
             nursery.start_soon(_write_status, opts, fs, folder)
             if handle_signals:
@@ -143,6 +148,9 @@ async def _serve(
                 nursery.start_soon(_terminate_on, stop, main_scope)
                 await pyfuse3.main()
         finally:
+            fs.use_kernel_cache(NoKernelCache())
+            with trio.CancelScope(shield=True):
+                await kernel.aclose()
             pyfuse3.close(unmount=True)
             with trio.CancelScope(shield=True):
                 await fs.aclose()
