@@ -431,7 +431,7 @@ class Superblock:
         if self.true_attributes:
             before = node.attr()
             self.inodes.describe_dir(node, await self.described.marker(node.path, exists=marker is not None, listed=marker))
-            if node.attr() != before:
+            if node.attr() != before and node.lookups > 0:
                 self.kernel.attributes_changed(node.ino)
         return node
 
@@ -456,7 +456,10 @@ class Superblock:
 
     def _told(self, node: Inode, etag: str | None, before: Attr) -> None:
         """S3 told us of file ``node``, which was version ``etag`` with attributes ``before``: if another
-        version is there now, or other attributes, the kernel forgets what it cached of the old."""
+        version is there now, or other attributes, the kernel forgets what it cached of the old (if it
+        holds the inode at all)."""
+        if node.lookups <= 0:
+            return
         if etag is not None and node.etag != etag:
             self.kernel.data_changed(node.ino)
         elif node.attr() != before:

@@ -1,0 +1,184 @@
+"""The consistency modes through real mounts (docs/SEMANTICS.md, Consistency modes): two daemons on one
+bucket (each its own process, tests/daemons.py) and boto3 as an outside writer.
+
+What each mode promises to another mount or an SDK user, checked with short TTLs and bounded waits:
+- strict: stat, readdir and open see an outside overwrite, delete or new key at once;
+- close-to-open: open sees a new version at once (read whole, also when the kernel had cached a smaller
+  size); stat and readdir within the TTL, never later;
+- eventual: stat, readdir and open within the TTL, never later (and not necessarily before).
+Eventual's write side (close before the upload, ``s3files sync``) is tested with the write-back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import S3Server
+from daemons import Daemon, Daemons
+
+pytestmark = pytest.mark.fuse
+
+SLACK = 1.5  # seconds a busy machine may add to a TTL before a change must be seen
+TTL = 2.0  # --metadata-ttl of the modes that cache (short: the tests wait for it)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    started = Daemons(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def start(daemons: Daemons, server: S3Server, bucket: str, name: str, *flags: str) -> Daemon:
+    return daemons.mount(server.endpoint_url, bucket, name=name, cache=f"cache-{name}", extra=flags)
+
+
+def seen_within(check: Callable[[], bool], limit: float, what: str) -> float:
+    """Seconds until ``check()`` holds, asking every 50 ms; fails if that takes longer than ``limit``."""
+    started = time.monotonic()
+    for _ in range(int(limit / 0.05) + 2):
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not seen within {limit} s")
+
+
+def raises_enoent(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    return False
+
+
+# -- a file closed in one mount, opened in another ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("--consistency", "strict"), ("--consistency", "close-to-open", "--metadata-ttl", "30")],
+    ids=["strict", "close-to-open"],
+)
+def test_a_file_closed_in_one_mount_is_read_whole_at_the_next_open_in_the_other(
+    flags: tuple[str, ...], s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons
+) -> None:
+    """Close-to-open with a long TTL too: the kernel of mount B has cached the old size for 30 s, and the
+    open must still read every byte of the new version (the mount drops the kernel's attributes when its
+    open finds another version), whether the file grew or shrank."""
+    s3_client.put_object(Bucket=s3_bucket, Key="shared.txt", Body=b"v0")
+    a, b = start(daemons, s3_server, s3_bucket, "a", *flags), start(daemons, s3_server, s3_bucket, "b", *flags)
+    assert (b.mountpoint / "shared.txt").read_bytes() == b"v0"
+    for round_, size in enumerate((300_000, 10, 2_000_000, 0, 5)):
+        body = bytes([65 + round_]) * size
+        (a.mountpoint / "shared.txt").write_bytes(body)  # closed: in S3 (close-to-open and strict)
+        assert (b.mountpoint / "shared.txt").read_bytes() == body, f"round {round_}: size {size}"
+        assert os.stat(b.mountpoint / "shared.txt").st_size == size  # the kernel forgot the old size
+    if "strict" in flags:  # a new name too, at once (close-to-open: within the TTL, the next test)
+        (a.mountpoint / "new.txt").write_bytes(b"fresh")
+        assert (b.mountpoint / "new.txt").read_bytes() == b"fresh"
+        assert "new.txt" in os.listdir(b.mountpoint)
+    assert a.unmount() == 0 and b.unmount() == 0
+
+
+# -- an outside writer ----------------------------------------------------------------------------------
+
+OLD, NEW = b"old", b"the new version, longer than the old"
+
+
+def warm(root: Path) -> None:
+    """What a program did before the outside changes: the kernel and the mount now cache all of it."""
+    assert sorted(os.listdir(root / "d")) == ["gone.txt", "over.txt"]
+    assert os.stat(root / "d/over.txt").st_size == len(OLD)
+    assert os.stat(root / "d/gone.txt").st_size == len(OLD)
+    assert (root / "d/over.txt").read_bytes() == OLD
+
+
+def change_outside(client: Any, bucket: str) -> float:
+    client.put_object(Bucket=bucket, Key="d/over.txt", Body=NEW)
+    client.delete_object(Bucket=bucket, Key="d/gone.txt")
+    client.put_object(Bucket=bucket, Key="d/new.txt", Body=b"new key")
+    return time.monotonic()
+
+
+def seed(client: Any, bucket: str) -> None:
+    client.put_object(Bucket=bucket, Key="d/over.txt", Body=OLD)
+    client.put_object(Bucket=bucket, Key="d/gone.txt", Body=OLD)
+
+
+def test_strict_sees_outside_changes_at_once(
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons
+) -> None:
+    seed(s3_client, s3_bucket)
+    m = start(daemons, s3_server, s3_bucket, "m", "--consistency", "strict")
+    root = m.mountpoint
+    warm(root)
+    change_outside(s3_client, s3_bucket)
+    assert os.stat(root / "d/over.txt").st_size == len(NEW)
+    assert raises_enoent(root / "d/gone.txt")
+    assert sorted(os.listdir(root / "d")) == ["new.txt", "over.txt"]
+    assert (root / "d/over.txt").read_bytes() == NEW
+    assert (root / "d/new.txt").read_bytes() == b"new key"
+    with pytest.raises(FileNotFoundError):
+        (root / "d/gone.txt").read_bytes()
+    # and the other way: a key that comes back is found at once (no negative answer was kept)
+    s3_client.put_object(Bucket=s3_bucket, Key="d/gone.txt", Body=b"back")
+    assert (root / "d/gone.txt").read_bytes() == b"back"
+    before = m.requests()["head"]
+    for _ in range(5):
+        os.stat(root / "d/over.txt")
+    assert m.requests()["head"] >= before + 5  # every stat asked S3
+    assert m.unmount() == 0
+
+
+def test_close_to_open_sees_a_new_version_at_open_and_the_rest_within_the_ttl(
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons
+) -> None:
+    seed(s3_client, s3_bucket)
+    m = start(daemons, s3_server, s3_bucket, "m", "--consistency", "close-to-open", "--metadata-ttl", str(TTL))
+    root = m.mountpoint
+    warm(root)
+    changed = change_outside(s3_client, s3_bucket)
+    # open: at once, whole (the kernel had the old size cached), and stat follows what the open learnt
+    assert (root / "d/over.txt").read_bytes() == NEW
+    assert os.stat(root / "d/over.txt").st_size == len(NEW)
+    with pytest.raises(FileNotFoundError):
+        (root / "d/gone.txt").read_bytes()
+    # the open's 404 makes the kernel forget the name (pyfuse3 sends that from its own thread, once the
+    # open's request is done: at once, but not before the next line runs)
+    seen_within(lambda: raises_enoent(root / "d/gone.txt"), TTL / 4, "stat of the name an open found gone")
+    # stat, readdir and lookups of new names: within the TTL of what was cached before the change
+    limit = TTL - (time.monotonic() - changed) + SLACK
+    seen_within(lambda: sorted(os.listdir(root / "d")) == ["new.txt", "over.txt"], limit, "readdir")
+    seen_within(lambda: (root / "d/new.txt").exists(), limit, "the new key")
+    assert (root / "d/new.txt").read_bytes() == b"new key"
+    assert m.unmount() == 0
+
+
+def test_eventual_sees_outside_changes_within_the_ttl(
+    s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons
+) -> None:
+    seed(s3_client, s3_bucket)
+    m = start(daemons, s3_server, s3_bucket, "m", "--consistency", "eventual", "--metadata-ttl", str(TTL))
+    root = m.mountpoint
+    warm(root)
+    warmed = time.monotonic()
+    requests = m.requests()
+    changed = change_outside(s3_client, s3_bucket)
+    if time.monotonic() - warmed < TTL / 2:  # (a busy machine may have taken longer: then nothing to say)
+        # within the TTL the cached view is allowed, and costs nothing: no HEAD at open, the kernel's pages
+        assert (root / "d/over.txt").read_bytes() == OLD
+        assert m.requests() == requests
+    limit = TTL - (time.monotonic() - changed) + SLACK
+    seen_within(lambda: os.stat(root / "d/over.txt").st_size == len(NEW), limit, "stat of the overwrite")
+    assert (root / "d/over.txt").read_bytes() == NEW
+    seen_within(lambda: raises_enoent(root / "d/gone.txt"), limit, "stat of the deleted")
+    seen_within(lambda: sorted(os.listdir(root / "d")) == ["new.txt", "over.txt"], limit, "readdir")
+    assert (root / "d/new.txt").read_bytes() == b"new key"
+    assert m.unmount() == 0
