@@ -348,6 +348,9 @@ def _why_live(entry: Mapping[str, Any], retrying: int) -> str:
     if state == "acked":
         again = "retried in the background" if retrying else "waiting for its upload"
         return f"closed or fsynced, upload failed, {again}{opened}"
+    if state == "rewritten":
+        again = "retried in the background" if retrying else "waiting for its upload"
+        return f"closed or fsynced, upload failed, {again}; written again since (the closed version is uploaded){opened}"
     if entry.get("acknowledged"):
         return f"changed again after its last close or fsync{opened}"
     return f"not closed or fsynced yet{opened}"
@@ -356,6 +359,8 @@ def _why_live(entry: Mapping[str, Any], retrying: int) -> str:
 def _why_kept(entry: Mapping[str, Any]) -> str:
     if entry.get("state") == "conflicted":
         return "a conflict whose copy could not be written, kept for you"
+    if entry.get("state") == "rewritten":
+        return "closed or fsynced, then written again: the next mount uploads the closed version, keeps the rest"
     if entry.get("acknowledged"):
         return "closed or fsynced, not uploaded: the next mount uploads it"
     return "never closed: the next mount keeps it, does not upload it"

@@ -81,6 +81,8 @@ def die(fs: FileSystem) -> None:
     """What kill -9 leaves: descriptors closed by the OS, the lock released; files and records stay."""
     for copy in fs.cache.live():
         os.close(copy.fd)
+        if copy.acked is not None and copy.acked.side_fd is not None:
+            os.close(copy.acked.side_fd)
     fs.folder.close()
 
 
@@ -563,12 +565,12 @@ def test_every_write_state_transition_happens_in_the_scenarios(tmp_path: Path, m
         fh = await write_file(fs, "d", b"x", close=False)
         await fs.unlink(ROOT_INO, "d")
         await fs.release(fh)
-        # UPLOADING -> ACKED -> UPLOADING -> DIRTY (written during the upload) ; ACKED -> DIRTY
+        # UPLOADING -> ACKED -> REWRITTEN -> UPLOADING -> DIRTY (written during the upload)
         store.fail("put", EndpointUnreachable("down"), times=1)
         fh = await write_file(fs, "a", b"1", close=False)
         with pytest.raises(S3FilesError):
             await fs.flush(fh)
-        await fs.write(fh, 1, b"2")  # ACKED -> DIRTY
+        await fs.write(fh, 1, b"2")  # ACKED -> REWRITTEN
         real_put = store.put
 
         async def put_and_write(*args: Any, **kw: Any) -> Any:
@@ -598,8 +600,32 @@ def test_every_write_state_transition_happens_in_the_scenarios(tmp_path: Path, m
             await fs.flush(fh)
         with pytest.raises(S3FilesError):
             await fs.flush(fh)  # ACKED -> UPLOADING -> ACKED
-        await fs.unlink(ROOT_INO, "r")
+        await fs.write(fh, 0, b"R")  # ACKED -> REWRITTEN
+        await fs.unlink(ROOT_INO, "r")  # REWRITTEN -> ORPHANED
         await fs.release(fh)
+        # ACKED -> ORPHANED ; REWRITTEN -> DIRTY (the kept version published) ; REWRITTEN -> BROKEN
+        store.fail("put", EndpointUnreachable("down"), times=1)
+        fh = await write_file(fs, "o", b"o", close=False)
+        with pytest.raises(S3FilesError):
+            await fs.flush(fh)
+        await fs.unlink(ROOT_INO, "o")
+        await fs.release(fh)
+        for name in ("k", "b"):
+            store.fail("put", EndpointUnreachable("down"), times=1)
+            fh = await write_file(fs, name, b"kept", close=False)
+            with pytest.raises(S3FilesError):
+                await fs.flush(fh)
+            await fs.write(fh, 0, b"newer")
+            copy = fs.cache.get((await fs.lookup(ROOT_INO, name)).ino)
+            assert copy is not None and copy.state is WriteState.REWRITTEN
+            if name == "k":
+                await fs.files.publish_waiting(copy)  # what a stop or the retry does
+                assert copy.state is WriteState.DIRTY and store.data("k") == b"kept"
+                await fs.flush(fh)
+                assert store.data("k") == b"newer"
+            else:
+                fs.cache.break_copy(copy, "test")
+            await fs.release(fh)
         # DIRTY -> ACKED (the upload was cancelled) ; DIRTY -> BROKEN -> ORPHANED ; ACKED/UPLOADING -> BROKEN
         fh = await write_file(fs, "c", b"c", close=False)
         with trio.move_on_after(0.05) as scope:
@@ -682,9 +708,9 @@ class CrashMachine(RuleBasedStateMachine):
     end by dying (kill -9) or stopping (SIGTERM). After each end, the next life recovers with S3 reachable
     again, and the bucket must hold for every name exactly what the last close or fsync acknowledged (or
     nothing after an unlink), and no multipart upload. During a life, S3 only ever holds acknowledged
-    bytes. Documented gap (SEMANTICS): an acknowledged state whose upload failed and that was written
-    again before a retry published it is superseded by the later, unacknowledged state (kept, not
-    published), so the key then keeps the version published before it."""
+    bytes. An acknowledged state whose upload failed stays expected after later writes, truncations
+    and open(O_TRUNC) (the core keeps it aside: REWRITTEN), until a newer close or fsync acknowledges
+    a newer state."""
 
     handles = Bundle("handles")
 
@@ -747,10 +773,7 @@ class CrashMachine(RuleBasedStateMachine):
             return multiple()
         handle = WHandle(name, fh, self.lives)
         if self.content[name] is None or mode == "w":
-            # O_TRUNC changes the file even when it was empty (its mtime moves): superseded, see the
-            # class docstring
-            self.content[name] = b""
-            self.pending[name] = None
+            self.content[name] = b""  # an acknowledged state waiting for its upload stays expected
         if mode == "a":
             handle.pos = len(self.content[name] or b"")
         self.open.append(handle)
@@ -765,7 +788,6 @@ class CrashMachine(RuleBasedStateMachine):
             old = self.content[handle.name] or b""
             old = old.ljust(handle.pos, b"\0")
             self.content[handle.name] = old[: handle.pos] + data + old[handle.pos + len(data) :]
-            self.pending[handle.name] = None  # superseded (see the class docstring)
         handle.pos += len(data)
 
     def _acknowledge(self, handle: WHandle, afn: Callable[[], Awaitable[Any]]) -> None:

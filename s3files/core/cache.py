@@ -30,6 +30,7 @@ import os
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -37,8 +38,10 @@ from s3files.core.copies import (
     DEFAULT_CLEAN_BYTES,
     MEMORY_BYTES,
     SPILL_BYTES,
+    AckedView,
     CacheFull,
     LocalCopy,
+    Multipart,
     record_of,
 )
 from s3files.core.copyio import CopyIO
@@ -90,6 +93,12 @@ class LocalCache:
     def get(self, ino: int) -> LocalCopy | None:
         return self._live.get(ino)
 
+    def key_of(self, copy: LocalCopy) -> str:
+        return self._describe(copy)[0]
+
+    def metadata_of(self, copy: LocalCopy) -> dict[str, str]:
+        return self._describe(copy)[1]
+
     def live(self) -> list[LocalCopy]:
         return list(self._live.values())
 
@@ -134,9 +143,44 @@ class LocalCache:
             generation=1,
             length=record.size,
         )
+        if copy.acknowledged:
+            copy.ack_metadata = dict(record.metadata)
+        if record.acked is not None:
+            copy.acked = self._view_of(record.acked, copy.id)
         self.account(copy)
         self.adopt(copy)
         return copy
+
+    def _view_of(self, acked: dict[str, Any], copy_id: str) -> AckedView:
+        """The acknowledged version a record kept aside. Its parts count as changed since (generation 0
+        against the copy's 1): which were written after it is not recorded, and resending is safe."""
+        extents = [(int(off), int(length), int(side)) for off, length, side in acked["extents"]]
+        side_fd = None
+        if extents:
+            side_fd = os.open(self.folder.side_path(copy_id), os.O_RDWR | os.O_CLOEXEC)
+        upload = None
+        if acked.get("upload_id") and acked.get("upload_key"):
+            upload = Multipart(str(acked["upload_key"]), str(acked["upload_id"]), {})
+        return AckedView(
+            size=int(acked["size"]),
+            metadata=dict(acked["metadata"]),
+            base_size=int(acked["base_size"]),
+            changed=dict.fromkeys((int(i) for i in acked["changed"]), 0),
+            low=int(acked["low"]),
+            extents=extents,
+            side_fd=side_fd,
+            side_size=max((side + length for _, length, side in extents), default=0),
+            upload=upload,
+        )
+
+    def save_strictly(self, copy: LocalCopy) -> None:
+        """Write ``copy``'s record durably (not its data file) or raise CacheFull: for a change that must
+        not happen unless the record says so first (copyio.py, saving an acknowledged version aside)."""
+        try:
+            self.folder.save(record_of(copy, *self._describe(copy)), durable=True, data=False)
+            copy.recorded_ack = copy.acknowledged
+        except OSError as exc:
+            raise CacheFull(f"the cache folder {self.folder.root} cannot take a record ({exc.strerror})") from None
 
     def save(self, copy: LocalCopy, durable: bool = False) -> None:
         """Write ``copy``'s record (only copies in the cache folder have one; see the module docstring)."""
@@ -211,6 +255,9 @@ class LocalCache:
     def check_usable(self, copy: LocalCopy) -> None:
         if copy.broken is not None:
             raise CacheFull(f"an earlier write failed ({copy.broken}); close and write the file again")
+
+    def disk_room(self, nbytes: int) -> bool:
+        return self._disk_room(nbytes)
 
     def _disk_room(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more fit under ``--cache-size``, evicting clean copies if need be."""
@@ -325,6 +372,10 @@ class LocalCache:
         copy.closed = True
         with contextlib.suppress(OSError):
             os.close(copy.fd)
+        if copy.acked is not None and copy.acked.side_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(copy.acked.side_fd)
+            copy.acked.side_fd = None
         if copy.path is None:
             self.memory -= copy.allocated
         else:

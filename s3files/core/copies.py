@@ -1,7 +1,8 @@
 """A local copy of one file and what the cache keeps about it: the data classes the rooms share.
 
 Owns: ``LocalCopy`` (bytes in memory or in the cache folder, which parts are local or changed, the write
-state, the handles using it), the uploader's per-copy state (``Sending``, ``Multipart``), the cache's
+state, the handles using it), the acknowledged version kept aside when an unpublished acknowledged copy
+is written again (``AckedView``), the uploader's per-copy state (``Sending``, ``Multipart``), the cache's
 sizes and limits, and turning a copy into its record (records.py). Behaviour lives in cache.py (the
 table, budgets, clean copies), copyio.py (reading and writing a copy) and uploader.py (publishing).
 """
@@ -64,6 +65,48 @@ class Sending:
 
 
 @dataclass(eq=False)
+class AckedView:
+    """The acknowledged version of a REWRITTEN copy (writestate.py): what a close or fsync acknowledged,
+    still unpublished, after the program changed the file again.
+
+    Cheap for the common case, a program that appends and closes again and again: nothing is copied
+    when a write lands at or past ``size``. Only bytes below ``size`` that a later write overwrites or a
+    truncate cuts are first saved to a side file (``files/<id>.acked``, records.py), each at most once,
+    as ``extents``. So the acknowledged bytes are: the data file overlaid with the saved extents, cut at
+    ``size`` (copyio.py ``read_acked``). The parts not in ``changed`` and below ``base_size`` still equal
+    the base version (``LocalCopy.base_etag``, which cannot move while the view exists: only a publish
+    moves it) and are copied inside S3 as for any publish. ``low``: the smallest length the copy had
+    since (bytes past it were cut, so they differ from the base even where not changed)."""
+
+    size: int
+    metadata: dict[str, str]  # the POSIX metadata the acknowledgement published with
+    base_size: int
+    changed: dict[int, int]  # part index -> generation, as at the acknowledgement
+    low: int
+    extents: list[tuple[int, int, int]] = field(default_factory=list)  # (offset, length, side offset)
+    side_fd: int | None = None  # the side file, opened at the first saved extent
+    side_size: int = 0
+    upload: Multipart | None = None  # the multipart upload of this version under way (or left by a failure)
+    lock: trio.Lock = field(default_factory=trio.Lock)  # a read of the view and a save never interleave
+
+    def saved(self, off: int, end: int) -> list[tuple[int, int]]:
+        """The ranges within ``[off, end)`` (cut at ``size``) not saved yet."""
+        end = min(end, self.size)
+        todo, pos = [], off
+        for start, length, _ in self.extents:
+            if start + length <= pos:
+                continue
+            if start >= end:
+                break
+            if start > pos:
+                todo.append((pos, start))
+            pos = max(pos, start + length)
+        if pos < end:
+            todo.append((pos, end))
+        return todo
+
+
+@dataclass(eq=False)
 class LocalCopy:
     """The local copy of one file. ``base_etag`` None means: the key did not exist."""
 
@@ -80,6 +123,8 @@ class LocalCopy:
     closed: bool = False  # dropped: queued writes and background sends must not touch it
     kept: bool = False  # holds changes that could not be published anywhere: file and record stay
     recorded_ack: bool = False  # its record on disk says "acknowledged"
+    ack_metadata: dict[str, str] | None = None  # the metadata the last acknowledgement published with
+    acked: AckedView | None = None  # REWRITTEN: the acknowledged version kept aside
     changed: dict[int, int] = field(default_factory=dict)  # part index -> generation of its last change
     present: set[int] = field(default_factory=set)  # parts below base_size whose bytes are local
     fetching: dict[int, trio.Event] = field(default_factory=dict)
@@ -114,6 +159,19 @@ def record_of(copy: LocalCopy, key: str, metadata: dict[str, str]) -> Record:
             for i, (gen, length, part) in upload.sent.items()
             if copy.changed.get(i, 0) == gen  # still the bytes that were sent
         }
+    view = copy.acked
+    acked = None
+    if view is not None:
+        acked = {
+            "size": view.size,
+            "metadata": view.metadata,
+            "base_size": view.base_size,
+            "changed": sorted(view.changed),
+            "low": view.low,
+            "extents": [list(extent) for extent in view.extents],
+            "upload_id": view.upload.upload_id if view.upload else None,
+            "upload_key": view.upload.key if view.upload else None,
+        }
     return Record(
         id=copy.id,
         key=key,
@@ -129,5 +187,6 @@ def record_of(copy: LocalCopy, key: str, metadata: dict[str, str]) -> Record:
         upload_key=upload.key if upload else None,
         upload_metadata=upload.metadata if upload else None,
         sent=sent,
+        acked=acked,
         updated=time.time(),
     )

@@ -3,8 +3,18 @@
 Owns: how bytes get into and out of a copy's file: a read or a partial write fetches the base parts it
 needs (ranged GETs ``If-Match`` the base version, each part once, ``slots`` at a time), writes of more
 than ``SMALL_IO`` are queued for a worker thread (write-behind, at most ``WRITE_BEHIND_BYTES`` per file)
-and land in order, and every change marks its parts with a new generation. Must not decide budgets or
-which copies exist (it asks the cache: cache.py) nor publish (uploader.py).
+and land in order, and every change marks its parts with a new generation; and the acknowledged version
+of a copy written again before its upload (copies.py ``AckedView``): saving what a change would destroy
+of it, reading it back for the uploader, and making the copy's base that version once it is published.
+Must not decide budgets or which copies exist (it asks the cache: cache.py) nor publish (uploader.py).
+
+Why saving aside is crash-safe: the bytes a write overwrites (or a truncate cuts) below the acknowledged
+length are written to the side file and fsynced, then the record naming them as an extent is replaced
+(fsynced, atomically), and only then does the write reach the data file. A daemon (or machine) that dies
+at any point leaves either the old record, which does not name the extent and whose data file still holds
+those bytes, or the new record, whose side file holds them: either way the acknowledged version can be
+rebuilt. The newer write itself is not acknowledged (no close or fsync yet), so it needs no fsync; a write
+at or past the acknowledged length destroys nothing and costs nothing more.
 """
 
 from __future__ import annotations
@@ -18,10 +28,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from s3files.core.copies import SMALL_IO, SPILL_BYTES, WRITE_BEHIND_BYTES, CacheFull, LocalCopy
+from s3files.core.copies import SMALL_IO, SPILL_BYTES, WRITE_BEHIND_BYTES, AckedView, CacheFull, LocalCopy
 from s3files.core.parts import PartLayout
 from s3files.core.tasks import run_all
-from s3files.core.writestate import WriteState
+from s3files.core.writestate import WAITING, WriteState
 from s3files.errors import TooLarge
 from s3files.store.base import ObjectStore
 
@@ -53,6 +63,8 @@ class CopyIO:
         """Write ``data`` at ``off``; returns the parts it touched (for the uploader to stream)."""
         self.cache.check_usable(copy)
         end = off + len(data)
+        if copy.state in WAITING:
+            await self.keep_acked(copy, key, off, end)
         parts = self.layout.overlapping(off, end)
         partial_parts = [i for i in parts if not self._covers(copy, i, off, end)]
         await self.ensure(copy, key, partial_parts)
@@ -87,7 +99,10 @@ class CopyIO:
         self.changed(copy)
 
     def changed(self, copy: LocalCopy) -> None:
-        """Data, size or metadata of ``copy`` differ from S3 now; an acknowledgement no longer covers it."""
+        """Data, size or metadata of ``copy`` differ from S3 now; an acknowledgement no longer covers it
+        (an unpublished acknowledged version is kept aside: ``keep_acked``)."""
+        if copy.state is WriteState.ACKED:
+            self._begin_acked(copy)
         copy.acknowledged = False
         copy.generation += 1  # an upload in flight sees it and leaves the copy DIRTY when it is done
         if copy.state in (WriteState.CLEAN, WriteState.ACKED, WriteState.CONFLICTED):
@@ -147,6 +162,8 @@ class CopyIO:
                 self.cache.break_copy(copy, "the cache was full")
                 raise
         old = copy.size()
+        if copy.state in WAITING:
+            await self.keep_acked(copy, self.cache.key_of(copy), size, old)
         try:
             os.ftruncate(copy.fd, size)
         except OSError as exc:
@@ -155,6 +172,8 @@ class CopyIO:
                 raise TooLarge(f"{copy.node.path}: the cache folder cannot hold {size} bytes") from None
             self.cache.fail(copy, exc)
         copy.length = size
+        if copy.acked is not None:
+            copy.acked.low = min(copy.acked.low, size)
         self.cache.account(copy)
         if size < copy.base_size:
             copy.base_size = size  # bytes past it are gone: growing again must show zeros, not the base
@@ -199,3 +218,112 @@ class CopyIO:
         finally:
             del copy.fetching[index]
             done.set()
+
+    # -- the acknowledged version kept aside (copies.py AckedView) -------------------------------------
+
+    def _begin_acked(self, copy: LocalCopy) -> None:
+        """``copy`` is ACKED and about to change: keep its acknowledged version (REWRITTEN). Nothing is
+        copied now; ``keep_acked`` saves bytes as changes reach them. A copy held in memory moves to
+        the cache folder first (CacheFull: the change is refused, the copy stays ACKED)."""
+        self.cache.spill(copy)
+        copy.acked = AckedView(
+            size=copy.length,
+            metadata=dict(copy.ack_metadata if copy.ack_metadata is not None else self.cache.metadata_of(copy)),
+            base_size=copy.base_size,
+            changed=dict(copy.changed),
+            low=copy.length,
+        )
+        copy.acknowledged = False
+        copy.move(WriteState.REWRITTEN)
+        self.cache.save(copy)  # recovery must see two versions now; no fsync: see save_acked
+
+    async def keep_acked(self, copy: LocalCopy, key: str, off: int, end: int) -> None:
+        """Bytes ``[off, end)`` of ``copy`` are about to be overwritten or cut: the part of them that
+        belongs to its acknowledged, unpublished version and is not saved yet goes to the side file
+        first (see the module docstring for the order). Base bytes not fetched yet are fetched first:
+        the side file must hold the version's bytes, not holes."""
+        if copy.state is WriteState.ACKED:
+            self._begin_acked(copy)
+        view = copy.acked
+        if view is None or copy.state is not WriteState.REWRITTEN or not view.saved(off, end):
+            return
+        async with view.lock:
+            todo = view.saved(off, end)
+            await self.ensure(copy, key, sorted({i for a, b in todo for i in self.layout.overlapping(a, b)}))
+            self.cache.check_usable(copy)
+            self._save_acked(copy, view, view.saved(off, end))
+
+    def _save_acked(self, copy: LocalCopy, view: AckedView, todo: list[tuple[int, int]]) -> None:
+        if not todo:
+            return
+        if not self.cache.disk_room(sum(b - a for a, b in todo)):
+            raise CacheFull("the cache is full: the closed version of this file cannot be kept aside")
+        extents = list(view.extents)
+        size = view.side_size
+        try:
+            if view.side_fd is None:
+                path = self.cache.folder.side_path(copy.id)
+                view.side_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            for a, b in todo:
+                data = os.pread(copy.fd, b - a, a).ljust(b - a, b"\0")
+                os.pwrite(view.side_fd, data, size)
+                extents.append((a, b - a, size))
+                size += b - a
+            os.fsync(view.side_fd)
+        except OSError as exc:
+            raise CacheFull(f"the closed version of this file cannot be kept aside ({exc.strerror})") from None
+        view.extents, view.side_size = sorted(extents), size
+        self.cache.save_strictly(copy)  # the record names the extents before the data file changes
+
+    async def read_acked(self, copy: LocalCopy, view: AckedView, key: str, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of the acknowledged version: the data file overlaid with the saved
+        extents, cut at its length."""
+        stop = min(stop, view.size)
+        await self.ensure(copy, key, self.layout.overlapping(start, stop))
+        self.cache.check_usable(copy)
+
+        def read() -> bytes:
+            data = bytearray(os.pread(copy.fd, stop - start, start).ljust(stop - start, b"\0"))
+            for off, length, side in view.extents:
+                a, b = max(off, start), min(off + length, stop)
+                if a < b:
+                    assert view.side_fd is not None
+                    data[a - start : b - start] = os.pread(view.side_fd, b - a, side + a - off)
+            return bytes(data)
+
+        async with view.lock:  # no save (and so no overwrite of an unsaved byte) while we read
+            return await trio.to_thread.run_sync(read) if stop - start > SMALL_IO else read()
+
+    def changed_since(self, copy: LocalCopy, view: AckedView) -> set[int]:
+        """The parts of ``copy`` that differ from its acknowledged version ``view``: those with saved
+        extents, those written since, and those holding bytes past the version's end."""
+        parts: set[int] = set()
+        for off, length, _ in view.extents:
+            parts.update(self.layout.overlapping(off, off + length))
+        parts.update(i for i, gen in copy.changed.items() if view.changed.get(i) != gen)
+        if copy.length > view.size:
+            parts.update(self.layout.overlapping(view.size, copy.length))
+        return {i for i in parts if i < self.layout.count(copy.length)}
+
+    def rebase(self, copy: LocalCopy, view: AckedView, etag: str) -> None:
+        """The acknowledged version ``view`` is in S3 as ``etag``: it becomes the copy's base (the
+        parts that differ from it are ``changed_since``; the rest may be copied inside S3 from it),
+        what was kept aside goes, and the copy is DIRTY (its newer bytes are not acknowledged)."""
+        parts = self.changed_since(copy, view)
+        copy.generation += 1
+        copy.present = {
+            i for i in range(self.layout.count(copy.length)) if i in copy.present or self.layout.span(i)[0] >= copy.base_size
+        }
+        copy.changed = dict.fromkeys(parts, copy.generation)
+        copy.base_etag, copy.base_size = etag, min(view.size, view.low, copy.length)
+        self.drop_acked(copy)
+        copy.move(WriteState.DIRTY)
+        self.cache.save(copy, durable=True)  # the record stops naming the version before its side file goes
+        self.cache.folder.side_path(copy.id).unlink(missing_ok=True)
+
+    def drop_acked(self, copy: LocalCopy) -> None:
+        """Forget the kept version (published, or superseded by a newer acknowledgement). The side file
+        is deleted by the caller once the record no longer names it (or by ``remove``)."""
+        view, copy.acked = copy.acked, None
+        if view is not None and view.side_fd is not None:
+            os.close(view.side_fd)

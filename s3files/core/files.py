@@ -268,6 +268,31 @@ class Files:
         if self.sb.linked(node):
             self.sb.listed_file(node, info)
 
+    async def publish_acked(self, copy: LocalCopy) -> None:
+        """Publish the acknowledged version a REWRITTEN copy keeps aside (uploader.py); the copy's newer
+        bytes stay local and unacknowledged."""
+        try:
+            info = await self.uploader.publish_acked(copy)
+        except WriteConflict:
+            self.sb.stale(copy.node)
+            raise
+        if info is not None:
+            self._published_aside(copy)
+
+    def _published_aside(self, copy: LocalCopy) -> None:
+        """The version kept aside is the object now; the node keeps showing the newer local bytes while
+        the copy is live, and asks S3 at its next use once it is not."""
+        copy.node.etag = copy.base_etag
+        self.sb.stale(copy.node)
+
+    async def publish_waiting(self, copy: LocalCopy) -> None:
+        """Publish what a close or fsync acknowledged and is still waiting (a stop): the copy's bytes if
+        ACKED, the version kept aside if REWRITTEN."""
+        if copy.state is WriteState.REWRITTEN:
+            await self.publish_acked(copy)
+        else:
+            await self.publish(copy)
+
     async def release(self, fh: int) -> None:
         handle = self.handles.close_file(fh)
         if handle is None:
@@ -287,6 +312,15 @@ class Files:
     async def after_last_close(self, copy: LocalCopy) -> None:
         """Nobody has ``copy`` open any more: keep it as the clean cache of its version, drop it, or
         (an acknowledged upload that failed) leave it live for the background retry."""
+        if copy.state is WriteState.DIRTY and copy.handles == 0:
+            # Bytes no close or fsync acknowledged, and nobody left to: kept, never published (the
+            # version kept aside before them was). Recovery reports them as never closed.
+            where = self.cache.keep_on_disk(copy)
+            log.error("op=release path=%r: changes never closed, not uploaded; kept at %s", copy.node.path, where)
+            self.cache.drop(copy, keep_data=True)
+            self.sb.stale(copy.node)
+            self.sb.inodes.drop_if_forgotten(copy.node.ino)
+            return
         if copy.unsent:
             log.error(
                 "op=release path=%r: not uploaded yet; kept at %s and retried in the background",
@@ -309,6 +343,9 @@ class Files:
             node.etag = node.meta_etag = copy.base_etag
             node.fresh_until = 0.0  # the next stat asks S3 for the rest
             log.info("op=upload path=%r uploaded after an earlier failure", node.path)
+        elif copy.state is WriteState.DIRTY:
+            self._published_aside(copy)
+            log.info("op=upload path=%r: its closed version uploaded after an earlier failure", copy.node.path)
         if copy.handles == 0:
             self._spawn(self.after_last_close, copy)
 

@@ -34,7 +34,7 @@ from s3files.core.recovery import OnRecovery, RecoveryReport, recover
 from s3files.core.superblock import Superblock
 from s3files.core.treeops import RENAME_EXCHANGE, RENAME_NOREPLACE, TreeOps
 from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
-from s3files.core.writestate import WriteState
+from s3files.core.writestate import WAITING, WriteState
 from s3files.core.xattrs import ExtendedAttributes
 from s3files.errors import NotADirectory, NotFound, S3FilesError
 from s3files.options import MountOptions
@@ -242,7 +242,7 @@ class FileSystem:
     async def publish_recovered(self, copy: LocalCopy) -> None:
         """Publish a copy rebuilt from a record; it stays live (shown, retried) if that fails."""
         try:
-            await self.files.publish(copy)
+            await self.files.publish_waiting(copy)
         except WriteConflict:
             await self.files.after_last_close(copy)
             raise
@@ -254,9 +254,9 @@ class FileSystem:
         published by a stop: the key keeps its last complete version."""
         with trio.move_on_after(UNMOUNT_UPLOAD_TIMEOUT) as scope:
             for copy in self.cache.live():
-                if copy.state is WriteState.ACKED:
+                if copy.state in WAITING:
                     try:
-                        await self.files.publish(copy)
+                        await self.files.publish_waiting(copy)
                     except S3FilesError as exc:
                         log.error("op=unmount path=%r: upload failed (%s)", copy.node.path, exc)
         if scope.cancelled_caught:
@@ -266,7 +266,12 @@ class FileSystem:
                 await self.cache.io.settled(copy)  # queued writes land before the descriptor is closed
             if copy.unsent:
                 where = self.cache.keep_on_disk(copy)
-                why = "acknowledged, upload failed" if copy.acknowledged else "still open for writing, never closed"
+                if copy.state is WriteState.REWRITTEN:
+                    why = "its closed version's upload failed, and it was written again since"
+                elif copy.acknowledged:
+                    why = "acknowledged, upload failed"
+                else:
+                    why = "still open for writing, never closed"
                 log.error("op=unmount path=%r not uploaded (%s): kept at %s for the next mount", copy.node.path, why, where)
                 self.cache.drop(copy, keep_data=True)
             else:

@@ -12,6 +12,9 @@ What a record holds is enough to publish the copy without the daemon's memory: t
 was based on (ETag and size), which parts differ from it and which are local, the write state and
 whether a close/fsync acknowledged the bytes, the POSIX metadata to publish with, and the multipart
 upload in flight (id and the parts sent, with their ETags) so that a recovery can resume or abort it.
+A REWRITTEN copy's record also holds its acknowledged version (``acked``: length, metadata, the base's
+size and changed parts then, and the extents of ``files/<id>.acked``, the side file that holds the bytes
+later writes overwrote; copies.py ``AckedView``), so that recovery can publish exactly that version.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Record:
     upload_key: str | None = None
     upload_metadata: dict[str, str] | None = None
     sent: dict[str, list[object]] = field(default_factory=dict)  # index -> [length, part number, etag]
+    acked: dict[str, object] | None = None  # REWRITTEN: the acknowledged version kept aside (see above)
     updated: float = 0.0
     version: int = RECORD_VERSION
 
@@ -117,6 +121,10 @@ class CacheFolder:
             raise
         return fd, path
 
+    def side_path(self, copy_id: str) -> Path:
+        """Where the bytes of an acknowledged version that later writes overwrote are kept (copies.py)."""
+        return self.files / f"{copy_id}.acked"
+
     def data_size(self, copy_id: str) -> int:
         """The bytes a data file holds (its record's size lags for a file never closed: records are not
         rewritten on every write)."""
@@ -128,10 +136,10 @@ class CacheFolder:
     def _record_path(self, copy_id: str) -> Path:
         return self.files / f"{copy_id}.json"
 
-    def save(self, record: Record, durable: bool = False) -> None:
-        """Replace the record atomically. ``durable``: fsync the data file, the record and the folder
-        first, so the record and the bytes it describes survive a crash of the machine too (a dead
-        daemon alone loses nothing the kernel was given)."""
+    def save(self, record: Record, durable: bool = False, data: bool = True) -> None:
+        """Replace the record atomically. ``durable``: fsync the data file (unless not ``data``), the
+        record and the folder first, so the record and the bytes it describes survive a crash of the
+        machine too (a dead daemon alone loses nothing the kernel was given)."""
         path = self._record_path(record.id)
         tmp = path.with_suffix(".tmp")
         body = json.dumps(asdict(record), sort_keys=True).encode()
@@ -142,7 +150,7 @@ class CacheFolder:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        if durable:
+        if durable and data:
             with contextlib.suppress(FileNotFoundError):
                 data = os.open(self.data_path(record.id), os.O_RDONLY | os.O_CLOEXEC)
                 try:
@@ -163,6 +171,7 @@ class CacheFolder:
         self._record_path(copy_id).unlink(missing_ok=True)
         if not keep_data:
             self.data_path(copy_id).unlink(missing_ok=True)
+            self.side_path(copy_id).unlink(missing_ok=True)
 
     def records(self) -> list[Record]:
         """Every record left in the folder (unreadable ones are logged and skipped, never deleted)."""
@@ -181,7 +190,7 @@ class CacheFolder:
         named = {p.stem for p in self.files.glob("*.json")}
         removed = 0
         for path in self.files.iterdir():
-            if path.suffix == ".tmp" or (path.suffix == ".data" and path.stem not in named):
+            if path.suffix == ".tmp" or (path.suffix in (".data", ".acked") and path.stem not in named):
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed

@@ -10,6 +10,9 @@ What is done with each record:
   died): ``upload`` publishes it (the default); ``keep`` keeps it; ``discard`` deletes it.
 - never acknowledged (a program still had it open for writing): kept, not published (``discard``
   deletes it). Such a file is reported at every mount until it is discarded.
+- acknowledged, then written again before its upload (REWRITTEN: the acknowledged version is kept
+  aside, copies.py ``AckedView``): ``upload`` publishes that version, never the newer bytes, which are
+  then kept and reported as never closed (``keep`` keeps both; ``discard`` deletes both).
 - a conflict whose changes could not be merged: kept for the user.
 - anything else (a clean copy, a copy of a removed file): deleted.
 An upload id a record names that is not resumed is aborted, so no parts are left in S3.
@@ -68,7 +71,9 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
     records = sorted(fs.folder.records(), key=lambda r: r.updated)
     for record in records:
         state = WriteState(record.state)
-        acknowledged = record.acknowledged and state in (WriteState.ACKED, WriteState.UPLOADING)
+        acknowledged = (record.acknowledged and state in (WriteState.ACKED, WriteState.UPLOADING)) or (
+            state is WriteState.REWRITTEN and record.acked is not None
+        )
         prefix = fs.sb.ns.file_key("")
         if mode is OnRecovery.DISCARD or state in (WriteState.CLEAN, WriteState.ORPHANED, WriteState.BROKEN):
             await _abort(fs, record, report)
@@ -88,6 +93,8 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
             await _abort(fs, record, report)
             record.upload_id = record.upload_key = record.upload_metadata = None
             record.sent = {}
+            if record.acked is not None:
+                record.acked["upload_id"] = record.acked["upload_key"] = None
             fs.folder.save(record, durable=True)
             report.kept.append(
                 {
@@ -126,7 +133,14 @@ async def _publish(fs: FileSystem, record: Record, path: str, report: RecoveryRe
     node.atime_ns = times.get("atime")
     node.size = record.size
     node.xattr = meta.get("xattr")  # extended attributes set here travel with the publish
-    record.state = WriteState.ACKED.value
+    if record.state == WriteState.REWRITTEN.value:
+        # Only the version kept aside is published; the copy's own upload (of bytes no close
+        # acknowledged) is never completed.
+        await _abort(fs, record, report, acked=False)
+        record.upload_id = record.upload_key = record.upload_metadata = None
+        record.sent = {}
+    else:
+        record.state = WriteState.ACKED.value
     copy = fs.cache.open_recorded(record, node)
     if record.upload_id and record.upload_key and record.upload_metadata:
         upload = Multipart(record.upload_key, record.upload_id, dict(record.upload_metadata))
@@ -146,17 +160,36 @@ async def _publish(fs: FileSystem, record: Record, path: str, report: RecoveryRe
         return
     report.uploaded.append(record.key)
     log.info("recovery: uploaded key=%r (%s)", record.key, _why(record))
+    if copy.state is WriteState.DIRTY and fs.cache.get(node.ino) is None:
+        # REWRITTEN: its closed version is in S3 now; the newer bytes were set aside (files.py).
+        report.kept.append(
+            {
+                "key": record.key,
+                "why": "written again after its last close, never closed since",
+                "state": copy.state.value,
+                "acknowledged": False,
+                "bytes": fs.folder.data_size(record.id),
+                "data": str(fs.folder.data_path(record.id)),
+            }
+        )
 
 
-async def _abort(fs: FileSystem, record: Record, report: RecoveryReport) -> None:
-    if record.upload_id and record.upload_key:
-        await abort_quietly(fs.store, record.upload_key, record.upload_id)
-        report.aborted_uploads += 1
+async def _abort(fs: FileSystem, record: Record, report: RecoveryReport, acked: bool = True) -> None:
+    """Abort the uploads ``record`` names (also that of the version it keeps aside, if ``acked``)."""
+    uploads = [(record.upload_key, record.upload_id)]
+    if acked and record.acked is not None:
+        uploads.append((record.acked.get("upload_key"), record.acked.get("upload_id")))  # type: ignore[arg-type]
+    for key, upload_id in uploads:
+        if upload_id and key:
+            await abort_quietly(fs.store, str(key), str(upload_id))
+            report.aborted_uploads += 1
 
 
 def _why(record: Record) -> str:
     if record.state == WriteState.CONFLICTED.value:
         return "a conflict whose changes could not be merged"
+    if record.state == WriteState.REWRITTEN.value:
+        return "closed or fsynced, not uploaded yet, and written again since (that newer state never closed)"
     if record.acknowledged:
         return "closed or fsynced, not uploaded yet"
     return "still open for writing when the daemon stopped, never closed"

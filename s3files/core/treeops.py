@@ -310,7 +310,9 @@ class TreeOps:
             if etag is not None and copy.base_etag is not None:
                 copy.base_etag = etag
             await self.uploader.parts.drop_upload(copy)  # its parts went to the old key
-            self.cache.save(copy, durable=copy.acknowledged)  # a recovery publishes it at its new key
+            await self.uploader.drop_acked_upload(copy)  # so did those of a version kept aside
+            # a recovery publishes it (or the version it keeps aside) at its new key
+            self.cache.save(copy, durable=copy.acknowledged or copy.acked is not None)
         key = self.sb.ns.file_key(node.path)
         for handle in self.handles.of(node):
             handle.reader.moved(key)

@@ -2,7 +2,8 @@
 recognising our own earlier attempt, and retries.
 
 Owns: a copy's multipart upload (``LocalCopy.sending``), the write-state moves of a publish (writestate.py:
-DIRTY/ACKED -> UPLOADING -> CLEAN, DIRTY, ACKED or CONFLICTED), conflict copies, and the background
+DIRTY/ACKED/REWRITTEN -> UPLOADING -> CLEAN, DIRTY, ACKED or CONFLICTED; REWRITTEN -> DIRTY when the
+acknowledged version kept aside is published: ``publish_acked``), conflict copies, and the background
 retry of acknowledged copies whose upload failed. Must not decide *when* to publish (fs.py does: close,
 fsync, unmount, recovery) nor change a copy's bytes (the cache does).
 
@@ -29,13 +30,13 @@ from typing import NoReturn
 import trio
 
 from s3files.core.cache import LocalCache
-from s3files.core.copies import SMALL_IO, CacheFull, LocalCopy, Multipart
+from s3files.core.copies import SMALL_IO, AckedView, CacheFull, LocalCopy, Multipart
 from s3files.core.links import MAX_COPY_OBJECT, copy_object
 from s3files.core.streaming import TOKEN, PartSender, posix_metadata
 from s3files.core.tasks import run_all
-from s3files.core.writestate import PUBLISHABLE, WriteState
+from s3files.core.writestate import PUBLISHABLE, WAITING, WriteState
 from s3files.errors import ObjectNotFound, PreconditionFailed, S3FilesError, StoreError, UploadNotFound
-from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore
+from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore, abort_quietly
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class Uploader:
             key = self._key_of(copy)
             metadata = self.metadata(copy)
             copy.acknowledged = True
+            copy.ack_metadata = metadata
             copy.move(WriteState.UPLOADING)
             generation = copy.generation
             try:
@@ -131,6 +133,125 @@ class Uploader:
                 self.cache.unrecord(copy)
             return info
 
+    async def publish_acked(self, copy: LocalCopy, retry_in: float = RETRY_FIRST) -> ObjectInfo | None:
+        """Publish the acknowledged version a REWRITTEN copy keeps aside (the background retry, a stop,
+        recovery), never its newer bytes. With the usual conditional rules: If-Match the base (the
+        version kept aside was based on it), a conflict copy if the key changed meanwhile. Afterwards
+        the copy is DIRTY: its newer bytes wait for a close or fsync. On a failure to reach S3 it stays
+        REWRITTEN, kept durably and retried in the background, and the error is raised."""
+        async with copy.lock:
+            view = copy.acked
+            if copy.state is not WriteState.REWRITTEN or view is None or copy.closed:
+                return None
+            key = self._key_of(copy)
+            try:
+                # Parts that will differ from the new base must be local before the old base goes.
+                await self.cache.io.ensure(copy, key, sorted(self.cache.io.changed_since(copy, view)))
+                try:
+                    info = await self._write_acked(copy, view, key, key, standalone=False)
+                except ObjectNotFound:
+                    log.warning("op=upload key=%r was deleted outside this mount; writing it again", key)
+                    info = await self._write_acked(copy, view, key, key, standalone=True)
+            except PreconditionFailed:
+                await self._acked_beside(copy, view, key)
+            except BaseException as exc:
+                if isinstance(exc, S3FilesError) and not isinstance(exc, CacheFull):
+                    where = self.cache.keep_on_disk(copy)
+                    log.warning("op=upload key=%r (closed version) failed (%s); kept at %s, retried in the background", key, exc, where)
+                    self._retry_later(copy, retry_in)
+                raise
+            self.cache.io.rebase(copy, view, info.etag)
+            return info
+
+    async def _acked_beside(self, copy: LocalCopy, view: AckedView, key: str) -> NoReturn:
+        """Someone else's version won the key: the acknowledged version kept aside goes beside it, whole
+        (its unchanged parts fetched from its base first; if that is gone too, it stays in the cache
+        folder for the user). The newer bytes stay in the copy, DIRTY."""
+        await self._drop_acked_upload(view)
+        try:
+            await self.cache.io.ensure(copy, key, range(self.layout.count(view.size)))
+        except (PreconditionFailed, ObjectNotFound):
+            where = self.cache.keep_on_disk(copy)
+            copy.kept = True
+            raise WriteConflict(
+                f"{key} was changed by someone else; your closed version could not be merged and stays at {where}"
+            ) from None
+        for _ in range(CONFLICT_NAMES):
+            beside = conflict_name(key, self._wall() / 1e9)
+            try:
+                await self._write_acked(copy, view, key, beside, standalone=True)
+            except PreconditionFailed:
+                continue
+            break
+        else:
+            raise WriteConflict(f"{key} was changed by someone else; no free conflict name was found")
+        self.conflicts = [*self.conflicts[-99:], beside]
+        log.warning("op=upload key=%r changed outside this mount; kept theirs, ours is at key=%r", key, beside)
+        self.cache.io.drop_acked(copy)
+        copy.move(WriteState.DIRTY)  # the newer bytes: their next publish conflicts too (the base is gone)
+        self.cache.save(copy, durable=True)
+        self.cache.folder.side_path(copy.id).unlink(missing_ok=True)
+        raise WriteConflict(f"{key} was changed by someone else; your closed version was saved as {beside}")
+
+    async def _write_acked(self, copy: LocalCopy, view: AckedView, key: str, to: str, standalone: bool) -> ObjectInfo:
+        """One conditional write of the acknowledged version ``view`` to ``to`` (If-Match the base, or
+        If-None-Match when ``standalone``: every part from the local bytes, none copied from the base).
+        Its parts are read through the view (copyio.py ``read_acked``). A multipart upload left by an
+        earlier attempt is aborted and a new one recorded, so a crash never orphans one."""
+        size, metadata = view.size, {**view.metadata, TOKEN: secrets.token_hex(8)}
+        if_match = None if standalone else copy.base_etag
+        if_none_match = standalone or copy.base_etag is None
+        if size <= self.layout.span(0)[1]:
+            data = await self.cache.io.read_acked(copy, view, key, 0, size)
+            try:
+                return await self.store.put(to, data, metadata, if_match=if_match, if_none_match=if_none_match)
+            except PreconditionFailed:
+                return await self._ours_or_raise(to, metadata[TOKEN])
+        await self._drop_acked_upload(view)
+        upload_id = await self.store.create_multipart(to, metadata)
+        upload = view.upload = Multipart(to, upload_id, metadata)
+        self.cache.save(copy)  # a crash must not orphan it
+        count = self.layout.count(size)
+        done: list[CompletedPart | None] = [None] * count
+
+        async def one(index: int) -> None:
+            start, stop = self.layout.span(index)
+            stop = min(stop, size)
+            if not standalone and index not in view.changed and stop <= view.base_size and copy.base_etag:
+                async with self.slots:
+                    done[index] = await self.store.upload_part_copy(
+                        to, upload_id, index + 1, key, start, stop, if_match=copy.base_etag
+                    )
+                return
+            data = await self.cache.io.read_acked(copy, view, key, start, stop)
+            async with self.slots:
+                done[index] = await self.store.upload_part(to, upload_id, index + 1, data)
+
+        await run_all(partial(one, index) for index in range(count))
+        parts = [part for part in done if part is not None]
+        try:
+            info = await self.store.complete_multipart(
+                to, upload_id, parts, if_match=if_match, if_none_match=if_none_match
+            )
+        except PreconditionFailed:
+            info = await self._ours_or_raise(to, metadata[TOKEN])
+        except UploadNotFound as exc:
+            view.upload = None
+            info = await self._ours_or_raise(to, metadata[TOKEN], exc)
+        if view.upload is upload:
+            view.upload = None
+        return info
+
+    async def drop_acked_upload(self, copy: LocalCopy) -> None:
+        """Abort the multipart upload of the version ``copy`` keeps aside, if any (its key moved)."""
+        if copy.acked is not None:
+            await self._drop_acked_upload(copy.acked)
+
+    async def _drop_acked_upload(self, view: AckedView) -> None:
+        upload, view.upload = view.upload, None
+        if upload is not None:
+            await abort_quietly(self.store, upload.key, upload.upload_id)
+
     def _retry_later(self, copy: LocalCopy, delay: float) -> None:
         if copy.sending.retry_pending:
             return  # one retry per copy (a flush and the release after it both fail)
@@ -147,10 +268,11 @@ class Uploader:
         finally:
             self.retrying -= 1
             copy.sending.retry_pending = False
-        if copy.closed or copy.state is not WriteState.ACKED:
+        if copy.closed or copy.state not in WAITING:
             return
+        publish = self.publish if copy.state is WriteState.ACKED else self.publish_acked
         try:
-            await self.publish(copy, retry_in=min(delay * 2, RETRY_MOST))
+            await publish(copy, retry_in=min(delay * 2, RETRY_MOST))
         except WriteConflict as exc:
             log.warning("op=upload (retry) %s", exc)
         except S3FilesError:
@@ -162,7 +284,12 @@ class Uploader:
         if copy.broken is not None:  # a queued write failed to land: the copy is not what was written
             raise CacheFull(f"not uploaded: a write to this file failed ({copy.broken})")
         await self.parts.wait_for_sends(copy)
+        superseded = copy.acked  # the version kept aside: this acknowledgement replaces it
+        self.cache.io.drop_acked(copy)
         self.cache.save(copy)  # UPLOADING, acknowledged, the parts sent: a crash from here is resumed
+        if superseded is not None:
+            self.cache.folder.side_path(copy.id).unlink(missing_ok=True)  # the record no longer names it
+            await self._drop_acked_upload(superseded)
         snapshot = dict(copy.changed)
         size = copy.size()
         base_size = copy.base_size

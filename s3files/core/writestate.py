@@ -10,6 +10,13 @@ through the file system (a move no scenario can make does not belong in the tabl
                a stop; kept (not uploaded) by recovery.
     ACKED      a close or fsync acknowledged the current bytes: they must reach S3. Waiting for an upload
                (the first failed, or the daemon stopped); retried in the background and by recovery.
+    REWRITTEN  an ACKED copy written again (or truncated, chmod-ed) before its upload: the acknowledged
+               version is kept aside (copies.py ``AckedView``: its length, metadata, and the bytes the
+               later writes overwrote or cut, in a side file), and it is that version the background
+               retry, a stop and recovery publish; the newer bytes are not acknowledged (DIRTY once the
+               kept version is published). A later close/fsync acknowledges the newer bytes and drops
+               what was kept. Its own state rather than a flag on ACKED or DIRTY: it is published
+               (the kept version) yet holds bytes that must never be, and every room must tell it apart.
     UPLOADING  being published (PUT or multipart); the bytes are acknowledged.
     CONFLICTED someone else's version won the key; ours is in a conflict copy. Dropped at last close.
     ORPHANED   the file lost its name (unlink, rename over it): never published, dropped at last close.
@@ -25,6 +32,7 @@ class WriteState(enum.Enum):
     CLEAN = "clean"
     DIRTY = "dirty"
     ACKED = "acked"
+    REWRITTEN = "rewritten"
     UPLOADING = "uploading"
     CONFLICTED = "conflicted"
     ORPHANED = "orphaned"
@@ -37,8 +45,13 @@ TRANSITIONS: dict[WriteState, frozenset[WriteState]] = {
     S.CLEAN: frozenset({S.DIRTY, S.ORPHANED}),
     # close/fsync: publish (acknowledged from here on) / lost its name / a local write failed
     S.DIRTY: frozenset({S.UPLOADING, S.ORPHANED, S.BROKEN}),
-    # retry / written again / lost its name / a write failed
-    S.ACKED: frozenset({S.UPLOADING, S.DIRTY, S.ORPHANED, S.BROKEN}),
+    # retry / written again (the acknowledged version is kept aside: never DIRTY, which would lose it) /
+    # lost its name / a write failed
+    S.ACKED: frozenset({S.UPLOADING, S.REWRITTEN, S.ORPHANED, S.BROKEN}),
+    # a close/fsync acknowledges the newer bytes (the kept version is dropped) / the kept version was
+    # published, or written beside on a conflict (the newer bytes stay unacknowledged) / lost its name /
+    # a write failed
+    S.REWRITTEN: frozenset({S.UPLOADING, S.DIRTY, S.ORPHANED, S.BROKEN}),
     # published (CLEAN, or DIRTY when written meanwhile) / failed or cancelled: retry later / someone
     # else won / a later write failed (what the flush acknowledged was read before it)
     S.UPLOADING: frozenset({S.CLEAN, S.DIRTY, S.ACKED, S.CONFLICTED, S.BROKEN}),
@@ -48,8 +61,9 @@ TRANSITIONS: dict[WriteState, frozenset[WriteState]] = {
     S.BROKEN: frozenset({S.ORPHANED}),
 }
 
-PUBLISHABLE = frozenset({S.DIRTY, S.ACKED})  # states a flush may publish
-UNSENT = frozenset({S.DIRTY, S.ACKED, S.UPLOADING})  # the copy holds bytes S3 does not have
+PUBLISHABLE = frozenset({S.DIRTY, S.ACKED, S.REWRITTEN})  # states a flush may publish
+UNSENT = frozenset({S.DIRTY, S.ACKED, S.REWRITTEN, S.UPLOADING})  # the copy holds bytes S3 does not have
+WAITING = frozenset({S.ACKED, S.REWRITTEN})  # an acknowledged version waits for a retry, a stop or recovery
 
 
 def advance(current: WriteState, new: WriteState) -> WriteState:
