@@ -525,6 +525,166 @@ def test_a_file_unlinked_while_being_opened_never_publishes(tmp_path: Path) -> N
     assert store.keys() == ["x"] and store.data("x") == b"new one"
 
 
+# -- an acknowledged version written again before its upload (REWRITTEN) ---------------------------------
+
+
+def side_files(folder: Path) -> list[Path]:
+    return sorted((folder / "files").glob("*.acked"))
+
+
+def test_a_closed_version_written_again_and_cut_is_what_recovery_publishes(tmp_path: Path) -> None:
+    """Outage -> close (acknowledged, upload failed) -> the program overwrites the middle, truncates and
+    chmods -> kill -9 -> the next mount publishes exactly the closed bytes and metadata, and keeps the
+    newer bytes (reported as never closed), never publishing them."""
+    store = MemoryStore()
+    base = random.Random(5).randbytes(12 * MIB + 7)
+    store.seed("f", base)
+    lives = Lives(store, tmp_path, upload_part_size=5 * MIB)
+    acked = bytearray(base)
+    acked[6 * MIB : 6 * MIB + 4] = b"ACK1"
+    acked += b"tail"
+    newer = bytearray(acked)
+    newer[4 * MIB : 7 * MIB] = b"n" * (3 * MIB)  # across parts 0 and 1, over the acknowledged change
+    newer = newer[: 9 * MIB]
+    seen: dict[str, Any] = {}
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "f")
+        opened = await fs.open(ino, os.O_RDWR)
+        await fs.write(opened.fh, 6 * MIB, b"ACK1")
+        await fs.write(opened.fh, len(base), b"tail")
+        store.fail("complete_multipart", EndpointUnreachable("S3 is down"), times=1)
+        with pytest.raises(S3FilesError):
+            await fs.flush(opened.fh)
+        seen["metadata"] = fs.sb.node(ino).stored_metadata()
+        await fs.write(opened.fh, 4 * MIB, b"n" * (3 * MIB))
+        await fs.setattr(ino, size=9 * MIB)
+        await fs.setattr(ino, mode=0o600)
+        copy = fs.cache.get(ino)
+        assert copy is not None and copy.state is WriteState.REWRITTEN
+        # only the acknowledged bytes the write and the truncate destroyed were saved aside
+        assert sum(length for _, length, _ in copy.acked.extents) == (3 * MIB) + (len(acked) - 9 * MIB)
+        assert [p.stat().st_size for p in side_files(tmp_path)] == [copy.acked.side_size]
+        assert store.data("f") == base
+
+    async def main() -> None:
+        await lives.life(body, "die")
+        assert store.data("f") == base
+        store.requests.reset()
+        fs = await lives.life(nothing, "stop")
+        assert store.data("f") == bytes(acked)
+        info = await store.head("f")
+        assert {k: v for k, v in info.metadata.items() if k != TOKEN} == seen["metadata"]
+        assert fs.recovery.uploaded == ["f"]
+        # the unchanged base parts were copied inside S3, not sent again
+        assert store.requests["upload_part_copy"] == 1 and store.requests["upload_part"] == 2
+        [kept] = fs.recovery.kept
+        assert kept["key"] == "f" and kept["acknowledged"] is False and "never closed" in str(kept["why"])
+        assert Path(str(kept["data"])).read_bytes() == bytes(newer)
+        assert side_files(tmp_path) == []
+        assert await store.list_multipart_uploads("") == []
+        fs = await lives.life(nothing, "stop")  # kept, reported again, never published
+        assert store.data("f") == bytes(acked) and [k["key"] for k in fs.recovery.kept] == ["f"]
+
+    run(main)
+
+
+def test_appending_after_a_failed_close_saves_no_bytes_aside(tmp_path: Path) -> None:
+    """The eventual-mode pattern (``exec 3>>log; echo $i >&3``) while uploads fail: each append lands past
+    the acknowledged length, so nothing is copied aside; the stop publishes the last closed state."""
+    store = MemoryStore()
+    lives = Lives(store, tmp_path)
+
+    async def body(fs: FileSystem) -> None:
+        fh = await write_file(fs, "log", b"", close=False)
+        ino = await resolve(fs, "log")
+        text = b""
+        for i in range(20):
+            line = f"line {i}\n".encode()
+            await fs.write(fh, len(text), line)
+            text += line
+            copy = fs.cache.get(ino)
+            assert copy is not None
+            if i:
+                assert copy.state is WriteState.REWRITTEN and copy.acked is not None
+                assert copy.acked.extents == [] and copy.acked.size == len(text) - len(line)
+            assert side_files(tmp_path) == []
+            if i < 19:
+                store.fail("put", EndpointUnreachable("S3 is down"), times=1)
+                with pytest.raises(S3FilesError):
+                    await fs.flush(fh)
+        assert store.keys() == []
+
+    async def main() -> None:
+        await lives.life(body, "stop")
+        closed = b"".join(f"line {i}\n".encode() for i in range(19))
+        assert store.data("log") == closed
+        fs = await lives.life(nothing, "stop")
+        [kept] = fs.recovery.kept
+        assert Path(str(kept["data"])).read_bytes() == closed + b"line 19\n"
+        assert store.data("log") == closed
+
+    run(main)
+
+
+def test_the_retry_publishes_the_closed_version_and_a_later_close_the_newer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3files.core.uploader, "RETRY_FIRST", 0.05)
+    store = MemoryStore()
+
+    async def body(fs: FileSystem) -> None:
+        store.fail("put", EndpointUnreachable("S3 is down"), times=1)
+        fh = await write_file(fs, "x", b"closed", close=False)
+        with pytest.raises(S3FilesError):
+            await fs.flush(fh)
+        await fs.write(fh, 0, b"NEW")
+        await fs.setattr(await resolve(fs, "x"), size=4)
+        for _ in range(100):
+            if "x" in store.keys():
+                break
+            await trio.sleep(0.05)
+        assert store.data("x") == b"closed"
+        copy = fs.cache.get(await resolve(fs, "x"))
+        assert copy is not None and copy.state is WriteState.DIRTY and copy.acked is None
+        assert side_files(tmp_path) == []
+        opened = await fs.open(await resolve(fs, "x"), os.O_RDONLY)
+        assert await fs.read(opened.fh, 0, 100) == b"NEWs"  # the program's view: its newer bytes
+        await fs.release(opened.fh)
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert store.data("x") == b"NEWs"
+
+    run(lambda: Lives(store, tmp_path).life(body))  # type: ignore[arg-type,return-value]
+    assert cache_files(tmp_path) == []
+
+
+def test_a_newer_close_replaces_the_version_kept_aside(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.seed("y", b"0123456789")
+    lives = Lives(store, tmp_path)
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.open(await resolve(fs, "y"), os.O_RDWR)
+        await fs.write(opened.fh, 0, b"a")
+        store.fail("put", EndpointUnreachable("S3 is down"), times=2)
+        with pytest.raises(S3FilesError):
+            await fs.flush(opened.fh)  # "a123456789" acknowledged
+        await fs.write(opened.fh, 1, b"b")
+        assert len(side_files(tmp_path)) == 1
+        with pytest.raises(S3FilesError):
+            await fs.flush(opened.fh)  # "ab23456789" acknowledged: the kept version goes
+        assert side_files(tmp_path) == []
+        await fs.write(opened.fh, 2, b"c")  # never closed
+
+    async def main() -> None:
+        await lives.life(body, "die")
+        fs = await lives.life(nothing, "stop")
+        assert store.data("y") == b"ab23456789" and fs.recovery.uploaded == ["y"]
+
+    run(main)
+
+
 # -- write states ----------------------------------------------------------------------------------------
 
 
@@ -790,6 +950,19 @@ class CrashMachine(RuleBasedStateMachine):
             self.content[handle.name] = old[: handle.pos] + data + old[handle.pos + len(data) :]
         handle.pos += len(data)
 
+    @rule(handle=handles, where=st.integers(0, 7 * MIB))
+    def seek(self, handle: WHandle, where: int) -> None:
+        """Move the handle's offset into what the file holds: the next write overwrites."""
+        handle.pos = where % (len(self.content[handle.name] or b"") + 1)
+
+    @rule(handle=handles, size=st.sampled_from([0, 3, 17, 5 * MIB + 1]))
+    def truncate(self, handle: WHandle, size: int) -> None:
+        """ftruncate through an open handle (the copy stays open: nothing is published)."""
+        if handle.life != self.lives or handle.orphan:
+            return
+        self.call(lambda: self.fs.setattr(self.fs.handles.file(handle.fh).ino, size=size))
+        self.content[handle.name] = (self.content[handle.name] or b"")[:size].ljust(size, b"\0")
+
     def _acknowledge(self, handle: WHandle, afn: Callable[[], Awaitable[Any]]) -> None:
         try:
             self.call(afn)
@@ -807,17 +980,29 @@ class CrashMachine(RuleBasedStateMachine):
         else:
             self.published[handle.name], self.pending[handle.name] = data, None
 
-    @rule(handle=handles)
-    def fsync(self, handle: WHandle) -> None:
+    @rule(handle=handles, down=st.booleans())
+    def fsync(self, handle: WHandle, down: bool) -> None:
         if handle.life != self.lives:
             return
+        if down:
+            self.outage(1)  # (a rule of its own too; here it meets an acknowledgement more often)
         self._acknowledge(handle, lambda: self.fs.flush(handle.fh))
 
-    @rule(handle=consumes(handles))
-    def close(self, handle: WHandle) -> None:
+    @rule(handle=handles, where=st.integers(0, 7 * MIB), data=SMALL)
+    def overwrite_after_failed_fsync(self, handle: WHandle, where: int, data: bytes) -> None:
+        """The sequence the rules above rarely meet by chance: an fsync whose upload fails, then a write
+        over what it acknowledged (that state must still be what a stop or recovery publishes)."""
+        self.fsync(handle, True)
+        self.seek(handle, where)
+        self.write(handle, data)
+
+    @rule(handle=consumes(handles), down=st.booleans())
+    def close(self, handle: WHandle, down: bool) -> None:
         if handle.life != self.lives:
             return
         self.open.remove(handle)
+        if down:
+            self.outage(1)
 
         async def go() -> None:
             try:
