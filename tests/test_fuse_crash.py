@@ -621,6 +621,77 @@ def test_a_failed_close_is_retried_in_the_background_and_stays_listed(
     assert s3_uploads(s3_client, s3_bucket) == []
 
 
+# A program that writes a file again: ``rewriter.py PATH OFFSET LENGTH SIZE`` opens PATH O_RDWR, writes
+# LENGTH bytes b"N" at OFFSET, truncates it to SIZE, says "rewritten" and waits for a line before closing.
+REWRITER = textwrap.dedent(
+    """\
+    import os, sys
+    path, off, length, size = sys.argv[1], *map(int, sys.argv[2:5])
+    fd = os.open(path, os.O_RDWR)
+    os.pwrite(fd, b"N" * length, off)
+    os.ftruncate(fd, size)
+    print("rewritten", flush=True)
+    sys.stdin.readline()
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    """
+)
+
+
+def test_kill_9_after_a_failed_close_and_a_rewrite_publishes_the_closed_version(
+    s3_client: Any, s3_bucket: str, proxy: FaultProxy, daemons: Daemons
+) -> None:
+    """A close whose upload failed (S3 refused every write: EIO), then a program opens the file again,
+    overwrites its middle and truncates it, and holds it open; kill -9 of the daemon; S3 takes writes
+    again; a remount with the same cache folder publishes exactly the closed bytes (sha256), never the
+    newer ones, which stay in the cache folder in a record that is not acknowledged (reported as never
+    closed, at every mount). The closed version kept aside (the bytes the rewrite destroyed) is in the
+    record and the side file ``files/<id>.acked`` until then."""
+    daemon = daemons.mount(proxy.endpoint_url, s3_bucket)
+    path = daemon.mountpoint / "notes.bin"
+    closed = written(61, 3 * MIB + 5)
+    proxy.set_faults(fail_every=1, fail_when=WRITES, **FAST_FAILURE)  # type: ignore[arg-type]
+    with pytest.raises(OSError) as failed:
+        path.write_bytes(closed)
+    assert failed.value.errno == errno.EIO
+    off, length, size = MIB, MIB, 2 * MIB + 7
+    newer = (closed[:off] + b"N" * length + closed[off + length :])[:size]
+    rewriter = daemons.popen(
+        [sys.executable, "-c", REWRITER, str(path), str(off), str(length), str(size)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert rewriter.stdout is not None and rewriter.stdout.readline().strip() == "rewritten"
+    daemon.kill9()
+    record = record_of(daemon, "notes.bin")
+    assert (record["state"], record["acknowledged"]) == ("rewritten", False), record
+    assert record["acked"]["size"] == len(closed)
+    saved = sum(length for _, length, _ in record["acked"]["extents"])
+    assert saved == length + (len(closed) - size)  # what the write overwrote and the truncate cut
+    assert "notes.bin" not in s3_keys(s3_client, s3_bucket)
+
+    proxy.clear_faults()
+    daemon.start()
+    assert "recovery: uploaded key='notes.bin'" in daemon.log()
+    assert sha(s3_body(s3_client, s3_bucket, "notes.bin")) == sha(closed)
+    assert sha(path.read_bytes()) == sha(closed)
+    assert daemon.unmount() == 0
+    record = record_of(daemon, "notes.bin")
+    assert (record["state"], record["acknowledged"], record["acked"]) == ("dirty", False, None)
+    assert sha(record["data"]) == sha(newer)
+    assert not any(name.endswith(".acked") for name in daemon.leftovers())
+    assert s3_uploads(s3_client, s3_bucket) == []
+    daemon.start()  # kept and reported again, never published
+    assert "recovery: kept key='notes.bin' (still open for writing when the daemon stopped" in daemon.log()
+    assert sha(s3_body(s3_client, s3_bucket, "notes.bin")) == sha(closed)
+    assert daemon.unmount() == 0
+    discard_and_check_empty(daemon)
+    assert sha(s3_body(s3_client, s3_bucket, "notes.bin")) == sha(closed)
+
+
 # -- 5. two mounts and an SDK writer on one key ----------------------------------------------------------
 
 CONFLICT_NAME = re.compile(r"^three\.txt\.s3files-conflict-\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}$")
