@@ -319,6 +319,7 @@ class Files:
             log.error("op=release path=%r: changes never closed, not uploaded; kept at %s", copy.node.path, where)
             self.cache.drop(copy, keep_data=True)
             self.sb.stale(copy.node)
+            self.sb.kernel.data_changed(copy.node.ino)  # its pages and size were of the newer bytes
             self.sb.inodes.drop_if_forgotten(copy.node.ino)
             return
         if copy.unsent:
