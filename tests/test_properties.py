@@ -90,7 +90,7 @@ from hypothesis.stateful import (
 from s3files.core.fs import FileSystem
 from s3files.core.inodes import ROOT_INO, Attr
 from s3files.errors import S3FilesError
-from s3files.options import MountOptions, ReadOptions, Source, StoreOptions
+from s3files.options import Consistency, MountOptions, ReadOptions, Source, StoreOptions
 from s3files.store import MemoryStore
 
 T = TypeVar("T")
@@ -457,7 +457,7 @@ class CoreDriver:
     mtime_slack = 0.0
     handle_reads_pinned = True
 
-    def __init__(self, prefix: str, read: ReadOptions) -> None:
+    def __init__(self, prefix: str, read: ReadOptions, consistency: Consistency = Consistency.CLOSE_TO_OPEN) -> None:
         self.defaults = Defaults(uid=1234, gid=5678, file_mode=0o640, dir_mode=0o750)
         self._clock = itertools.count(1_000_000_000)  # LastModified of outside puts: known to the model
         self.store = MemoryStore(now=lambda: float(next(self._clock)) + 0.25)
@@ -471,6 +471,7 @@ class CoreDriver:
             gid=self.defaults.gid,
             file_mode=self.defaults.file_mode,
             dir_mode=self.defaults.dir_mode,
+            consistency=consistency,
             metadata_ttl=0.0,
         )
         assert self.portal.nursery is not None
@@ -1034,9 +1035,11 @@ READ_OPTIONS = st.one_of(
 class CoreMachine(ReadSemantics):
     """FileSystem over MemoryStore; also checks what only the core shows (inode numbers, forget)."""
 
+    CONSISTENCY = Consistency.CLOSE_TO_OPEN  # with metadata_ttl 0: only a folder's getattr differs from strict
+
     @initialize(read=READ_OPTIONS, data=st.data())
     def start(self, read: ReadOptions, data: st.DataObject) -> None:
-        self.driver = CoreDriver(self.PREFIX, read)
+        self.driver = CoreDriver(self.PREFIX, read, self.CONSISTENCY)
         self.core.on_keep_cache = self.check_page_cache
         self.populate(data)
 
@@ -1071,14 +1074,16 @@ class CoreMachine(ReadSemantics):
     def getattr_inode(self, data: st.DataObject) -> None:
         """getattr of an inode the kernel still holds (an open fd, a cwd), however its path changed."""
         path, kind, ino = data.draw(st.sampled_from(self.known_inodes()), label="inode")
+        strict = self.CONSISTENCY is Consistency.STRICT
         try:
             seen = self.core.getattr(ino)
         except OSError as exc:
-            assert kind == FILE and self.model.key(path) not in self.model.objects, (
-                f"getattr of held {kind} inode {ino} ({path}) failed: {exc!r}"
-            )
+            gone = self.model.key(path) not in self.model.objects if kind == FILE else strict and self.model.kind(path) != DIR
+            assert gone, f"getattr of held {kind} inode {ino} ({path}) failed: {exc!r}"
             assert exc.errno == errno.ENOENT
             return
+        if kind == DIR and strict:  # strict trusts nothing: a folder gone from S3 is gone at once
+            assert self.model.kind(path) == DIR, f"getattr of folder {path} succeeded after it was deleted"
         assert seen.ino == ino, f"getattr({ino}) of {path} answered for inode {seen.ino}"
         assert seen.kind == kind
         if kind == FILE:
@@ -1094,6 +1099,12 @@ class CoreMachine(ReadSemantics):
         counts = self.core.store.requests.snapshot()
         # outside deletes go through the store's own delete; everything else the mount did is reads
         assert not (writes - {"delete"}) & set(counts), counts
+
+
+class CoreStrictMachine(CoreMachine):
+    """Strict mode: also a folder's getattr asks S3, so a held folder inode is ENOENT once its keys are gone."""
+
+    CONSISTENCY = Consistency.STRICT
 
 
 class CorePrefixMachine(CoreMachine):
@@ -1115,6 +1126,10 @@ CORE_SETTINGS = settings(
 
 def test_core_read_semantics_match_the_model() -> None:
     run_state_machine_as_test(CoreMachine, settings=CORE_SETTINGS)
+
+
+def test_core_strict_read_semantics_match_the_model() -> None:
+    run_state_machine_as_test(CoreStrictMachine, settings=settings(CORE_SETTINGS, max_examples=80 if FULL_COUNTS else 50))
 
 
 def test_core_prefix_mount_read_semantics_match_the_model() -> None:
