@@ -32,10 +32,12 @@ def run_fs(
     prefix: str = "",
     now: Callable[[], float] | None = None,
     staging: CacheFolder | None = None,
+    clock: trio.abc.Clock | None = None,
     **kw: object,
 ) -> None:
     """Run ``body`` on a FileSystem over ``store``; ``staging``: a cache folder the caller opened (one
-    that outlives the mount, for what a remount finds), else a temporary one."""
+    that outlives the mount, for what a remount finds), else a temporary one; ``clock``: trio's clock (a
+    MockClock makes background sleeps follow it)."""
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -48,7 +50,7 @@ def run_fs(
                 await fs.aclose()
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    trio.run(main, clock=clock)
 
 
 def spy_gets(store: ObjectStore, seen: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:

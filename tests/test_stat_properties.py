@@ -10,7 +10,9 @@ afterwards: a written file's own mtime is the time of the write, which two file 
 mount is unmounted and mounted again, and every entry must stat the same on both: type, permission bits, uid,
 gid, size (files and symlinks), nlink, rdev, mtime to the nanosecond (atime of files too), and symlink
 targets. Before the remount the same is compared once, so a failure says whether the mount lost something at
-the remount or never had it right.
+the remount or never had it right. Then one file is created in every folder, which moves the folder's mtime at
+each file system's own time: after the remount a folder's mtime must be the one the mount showed before it
+(written to the folder's marker, markers.py), not the local folder's.
 
 Not compared: ctime (set by the kernel locally, and by the mount when it changes an entry), st_ino, st_dev,
 st_blocks, the size of folders (S3 has no folder size), atime of folders and symlinks (a listing of a local
@@ -200,12 +202,26 @@ class StatMachine(RuleBasedStateMachine):
             t = 1_600_000_000 * 10**9 + i * 1_000_000_007
             self.both(f"utime {rel} at the end", lambda root, t=t, rel=rel: os.utime(root / rel, ns=(t + 5, t)))
 
-    def compare(self, when: str) -> None:
+    def move_folder_times(self) -> dict[str, int]:
+        """Create a file in every folder (its times then set explicitly, which moves no folder's mtime);
+        the mount's folder mtimes this gives, by folder."""
+        folders = sorted(rel for rel, st_ in tree(self.ref).items() if stat.S_ISDIR(st_.st_mode))
+        for rel in folders:
+            self.both(f"create {rel}/new", lambda root, rel=rel: (root / rel / "new").write_bytes(b"new"))
+            t = 1_500_000_000 * 10**9 + 7
+            self.both(f"utime {rel}/new", lambda root, rel=rel, t=t: os.utime(root / rel / "new", ns=(t, t)))
+        return {rel: os.stat(self.mnt / rel).st_mtime_ns for rel in folders}
+
+    def compare(self, when: str, folder_mtimes: dict[str, int] | None = None) -> None:
+        """The mount against the local folder; ``folder_mtimes``: the mount's own folder mtimes instead."""
         ref, mnt = tree(self.ref), tree(self.mnt)
         assert sorted(mnt) == sorted(ref), f"{when}: names differ"
         for rel in ref:
             want, got = shown(ref[rel], with_atime=True), shown(mnt[rel], with_atime=True)
-            assert got == want, f"{when}: {rel}: local folder {want}, mount {got}"
+            source = "local folder"
+            if folder_mtimes is not None and rel in folder_mtimes:
+                want["mtime_ns"], source = folder_mtimes[rel], "local folder (mtime: the mount's before)"
+            assert got == want, f"{when}: {rel}: {source} {want}, mount {got}"
             if stat.S_ISLNK(ref[rel].st_mode):
                 assert os.readlink(self.mnt / rel) == os.readlink(self.ref / rel)
 
@@ -213,9 +229,10 @@ class StatMachine(RuleBasedStateMachine):
         try:
             self.settle_times()
             self.compare("before the remount")
+            folder_mtimes = self.move_folder_times()
             self.stack.close()
             with mount(self.SERVER, self.BUCKET, self.mnt, prefix=self.prefix):
-                self.compare("after the remount")
+                self.compare("after the remount", folder_mtimes)
         finally:
             self.stack.close()
             shutil.rmtree(self.ref, ignore_errors=True)

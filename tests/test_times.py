@@ -224,8 +224,8 @@ def test_ctime_moves_on_chmod_chown_write_and_rename(moto_server: Any, bucket: s
 def test_a_folders_mtime_moves_when_an_entry_is_created_removed_or_renamed(
     moto_server: Any, bucket: str, tmp_path: Path
 ) -> None:
-    """In memory, for as long as the mount knows the folder: no request is added (creating a file is
-    still one PUT, not a rewrite of the folder's marker too)."""
+    """At once in memory; creating a file is one PUT, and a folder's marker follows a second later at
+    most (tests/test_folder_markers.py), so at most one PUT more per folder and second."""
     server = S3Server("moto", moto_server.endpoint_url)
     root = tmp_path / "m"
     with mount(server, bucket, root) as fs:
@@ -240,7 +240,7 @@ def test_a_folders_mtime_moves_when_an_entry_is_created_removed_or_renamed(
 
         fs.store.requests.reset()
         (root / "d/f").write_bytes(b"x")
-        assert writes(fs) == {"put": 1}
+        assert writes(fs) in ({"put": 1}, {"put": 2})  # the file's (and on a slow machine d/'s already)
         moved()
         os.rename(root / "d/f", root / "d/g")
         moved()

@@ -189,7 +189,8 @@ class Descriptions:
     def folder_changed(self, node: Inode) -> ObjectInfo:
         """Folder ``node``'s marker was written here with its attributes: what a HEAD would now say."""
         metadata = node.stored_metadata()
-        marker = ObjectInfo(self.ns.dir_prefix(node.path), 0, "", seconds_of_ns(node.mtime_ns), metadata)
+        key = self.ns.dir_prefix(node.path)
+        marker = ObjectInfo(key, 0, node.marker_etag or "", seconds_of_ns(node.mtime_ns), metadata)
         if self.ttl > 0:
             self.markers[node.path] = marker
         return marker

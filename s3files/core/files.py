@@ -24,8 +24,9 @@ import trio
 from s3files.core.cache import LocalCache
 from s3files.core.copies import LocalCopy
 from s3files.core.handles import FileHandle, Handles
-from s3files.core.inodes import ROOT_INO, Attr, Inode
+from s3files.core.inodes import ROOT_INO, Attr, Inode, marker_etag
 from s3files.core.links import copy_object_version
+from s3files.core.markers import FolderMarkers
 from s3files.core.namespace import check_length, join, valid_name
 from s3files.core.parts import MAX_OBJECT
 from s3files.core.reader import PartBuffers, Reader, Spawn
@@ -81,10 +82,12 @@ class Files:
         handles: Handles,
         spawn: Spawn,
         wall: Callable[[], int],
+        markers: FolderMarkers,
     ) -> None:
         self.store = store
         self.opts = opts
         self.sb = sb
+        self.markers = markers
         self.cache = cache
         self.uploader = uploader
         self.handles = handles
@@ -204,7 +207,7 @@ class Files:
             return opened
         now = self._wall()
         node = self.sb.inodes.put_local_file(path, mode, uid, gid, now)
-        parent.entries_changed(now)
+        self.markers.entries_changed(parent, now)
         copy = self.cache.create(node, None, 0, truncate=True)
         copy.handles = 1
         self.sb.inodes.acquire(node.ino)
@@ -417,6 +420,7 @@ class Files:
                 self.sb.inodes.describe_dir(node, marker)
             else:
                 node.xattr = None  # no marker, or one without metadata
+                node.marker_etag = marker_etag(marker)
         elif node.meta_etag is None or node.meta_etag != node.etag or (fresh and not self.sb.is_fresh(node)):
             await self.sb.head(node)
 
@@ -439,7 +443,12 @@ class Files:
             self.sb.listed_file(node, ObjectInfo(key, node.size, node.etag, modified, metadata))
         elif node.ino != ROOT_INO:
             # A folder's attributes live in its marker object (as mkdir writes it; the root has none).
-            self.sb.learn(await self.store.put(self.sb.ns.dir_prefix(node.path), b"", posix_metadata(node)))
+            # Not while a write of its times is in flight (markers.py): that one must not land after ours.
+            async with self.markers.quiet():
+                info = await self.store.put(self.sb.ns.dir_prefix(node.path), b"", posix_metadata(node))
+                node.marker_etag = info.etag
+                self.markers.written(node)
+            self.sb.learn(info)
             self.sb.listed_folder(node)
 
     async def _publish_unopened(self, node: Inode) -> None:

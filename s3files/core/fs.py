@@ -25,6 +25,7 @@ from s3files.core.files import Files, OpenFile
 from s3files.core.handles import DirHandle, Handles
 from s3files.core.inodes import ROOT_INO, Attr, Inode
 from s3files.core.kernel import KernelCache
+from s3files.core.markers import FolderMarkers
 from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, check_length, join, valid_name
 from s3files.core.parts import PartLayout
@@ -82,7 +83,8 @@ class FileSystem:
             store, self.cache, spawn, lambda copy: self.files.key_of(copy), lambda copy: self.files.published_later(copy), wall
         )
         self.handles = Handles()
-        self.files = Files(store, opts, self.sb, self.cache, self.uploader, self.handles, spawn, wall)
+        self.markers = FolderMarkers(store, self.sb, spawn, now, enabled=not opts.read_only)
+        self.files = Files(store, opts, self.sb, self.cache, self.uploader, self.handles, spawn, wall, self.markers)
         self.tree = TreeOps(store, self.sb, self.cache, self.handles, self.files, self.uploader, wall)
         self.xattrs = ExtendedAttributes(self.sb, self.files, opts.xattrs, wall)
         self.recovery = RecoveryReport()
@@ -123,7 +125,8 @@ class FileSystem:
         self.sb.kernel = kernel
 
     def forget(self, ino: int, n: int) -> None:
-        self.sb.inodes.forget(ino, n, pinned=self.cache.get(ino) is not None)
+        # pinned: a local copy needs the inode, or a folder's times are not in its marker yet
+        self.sb.inodes.forget(ino, n, pinned=self.cache.get(ino) is not None or self.markers.pending(ino))
 
     def acquire(self, ino: int) -> None:
         self.sb.inodes.acquire(ino)
@@ -252,6 +255,7 @@ class FileSystem:
         """At a stop: publish what a close or fsync acknowledged (bounded in time), keep everything else
         in the cache folder with its record, and say so per file. A file still open for writing is never
         published by a stop: the key keeps its last complete version."""
+        await self.markers.aclose()  # folder times not written yet (markers.py)
         with trio.move_on_after(UNMOUNT_UPLOAD_TIMEOUT) as scope:
             for copy in self.cache.live():
                 if copy.state in WAITING:
@@ -310,6 +314,7 @@ class FileSystem:
             **self.sb.statistics(),
             **self.handles.statistics(),
             **self.cache.statistics(),
+            **self.markers.statistics(),
             "spare_read_bytes": self.files.spare_read_bytes,
             "retrying_uploads": self.uploader.retrying,
             "requests": self.store.requests.snapshot(),

@@ -89,7 +89,8 @@ class Inode:
     subdirs: int | None = None  # a folder's subfolders as far as the mount knows them (None: never listed)
     ctime_ns: int = 0  # the last change of data or attributes (0: not known, the mtime is shown)
     atime_ns: int | None = None  # set explicitly (utimensat, touch -a): stored; None: the mtime is shown
-    dir_changed_ns: int = 0  # a folder's last entry change here (kept in memory only: see entries_changed)
+    dir_changed_ns: int = 0  # a folder's last entry change here (see entries_changed)
+    marker_etag: str | None = None  # a folder's marker ``dir/`` as last seen or written (None: none known)
 
     @property
     def kind(self) -> int:
@@ -150,8 +151,10 @@ class Inode:
 
     def entries_changed(self, now_ns: int) -> None:
         """An entry of this folder was created, removed or renamed here at ``now_ns``: its mtime and ctime
-        move, for as long as this inode lives. Not written to the folder's marker: that would be one more
-        PUT per file created (docs/SEMANTICS.md); ``describe_dir`` keeps the newer time."""
+        move. Where the folder has a marker, markers.py writes them to it within a second (one PUT per
+        folder however many entries change, not one per file created); until then, and for a folder
+        without a marker for as long as this inode lives, ``describe_dir`` keeps the newer time over what
+        a marker read meanwhile says."""
         self.mtime_ns = self.ctime_ns = self.dir_changed_ns = now_ns
 
     def extra_metadata(self) -> dict[str, str]:
@@ -163,6 +166,13 @@ class Inode:
         if self.xattr is not None:
             extra["xattr"] = self.xattr
         return extra
+
+
+def marker_etag(marker: ObjectInfo) -> str | None:
+    """The ETag a marker write may be conditional on: an empty marker's (what mkdir and chmod write). None
+    for "no marker" (no ETag) and for a marker object with a body, which a PUT of the empty marker
+    would replace: its folder's times are not written (markers.py)."""
+    return marker.etag or None if marker.size == 0 else None
 
 
 class InodeTable:
@@ -283,6 +293,7 @@ class InodeTable:
         node.uid = int(meta.get("uid", d.uid))
         node.gid = int(meta.get("gid", d.gid))
         node.set_times(meta, marker.last_modified)
+        node.marker_etag = marker_etag(marker)
         if node.dir_changed_ns:  # entries changed here since the marker was written
             node.mtime_ns = max(node.mtime_ns, node.dir_changed_ns)
             node.ctime_ns = max(node.ctime_ns, node.dir_changed_ns)

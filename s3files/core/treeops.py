@@ -7,7 +7,8 @@ Must not read or write file data.
 
 Request budget (asserted by tests): ``mknod`` one PUT; ``symlink`` 3 requests (one-part multipart upload, If-None-Match);
 ``readlink`` one GET per version; ``rename`` of a file one copy and one delete; of a folder of N keys
-ceil(N/1000) LIST, N copies, N deletes.
+ceil(N/1000) LIST, N copies, N deletes. Each of these (and a file's create) moves its folder's times, which
+reach the folder's marker, where it has one, with at most one PUT per folder per second (markers.py).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class TreeOps:
         self.sb.learn(info)
         node = self.sb.inodes.put_file(path, info, self.sb.fresh_until())
         node.target, node.target_etag = target, info.etag
-        parent.entries_changed(now)
+        self.files.markers.entries_changed(parent, now)
         self.sb.forget_listings(parent.path)
         self.sb.inodes.acquire(node.ino)
         return node.attr()
@@ -113,7 +114,7 @@ class TreeOps:
             info = replace(info, metadata=metadata)
         node = self.sb.inodes.put_file(path, info, self.sb.fresh_until())
         self.sb.listed_file(node, info)
-        parent.entries_changed(now)
+        self.files.markers.entries_changed(parent, now)
         self.sb.inodes.acquire(node.ino)
         return node.attr()
 
@@ -162,7 +163,7 @@ class TreeOps:
             await self.files.orphan(node)
         self.sb.inodes.unlink_path(path)
         self.sb.listed(path, None)
-        parent.entries_changed(now)
+        self.files.markers.entries_changed(parent, now)
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Attr:
         parent = self.sb.node(parent_ino)
@@ -178,13 +179,15 @@ class TreeOps:
         node.mode, node.uid, node.gid = stat.S_IFDIR | stat.S_IMODE(mode), uid, gid
         node.mtime_ns = node.ctime_ns = now
         try:
-            self.sb.learn(await self.store.put(self.sb.ns.dir_prefix(path), b"", posix_metadata(node), if_none_match=True))
+            info = await self.store.put(self.sb.ns.dir_prefix(path), b"", posix_metadata(node), if_none_match=True)
         except PreconditionFailed:
             raise FileExists(f"{path} exists") from None
+        self.sb.learn(info)
+        node.marker_etag = info.etag
         node.subdirs = 0
         self.sb.new_folder(path)
         self.sb.inodes.subfolders_changed(parent.path, +1)
-        parent.entries_changed(now)
+        self.files.markers.entries_changed(parent, now)
         self.sb.inodes.acquire(node.ino)
         return node.attr()
 
@@ -199,13 +202,14 @@ class TreeOps:
         local = any(self.sb.is_local(c.node.ino) and c.node.path.startswith(path + "/") for c in self.cache.live())
         if local or page.prefixes or any(o.key != marker for o in page.objects):
             raise NotEmpty(f"{path} is not empty")
-        await self.store.delete(marker)
-        self.sb.deleted(marker)
-        self.sb.inodes.unlink_path(path)
+        async with self.files.markers.quiet():  # no write of its times lands after the delete
+            await self.store.delete(marker)
+            self.sb.deleted(marker)
+            self.sb.inodes.unlink_path(path)
         self.sb.inodes.subfolders_changed(parent.path, -1)
         self.sb.listed(path, None)
         self.sb.forget_listings(path)
-        parent.entries_changed(self._wall())
+        self.files.markers.entries_changed(parent, self._wall())
 
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:
         """Rename a file, symlink or folder: server-side copies, then deletes (S3 has no rename; neither
@@ -233,7 +237,8 @@ class TreeOps:
         if src_path == dst_path:
             return  # rename(2) of a name onto itself does nothing
         if source.is_dir:
-            await self._rename_folder(src_path, dst_path, target is not None)
+            async with self.files.markers.quiet():  # no folder's times are written while its keys move
+                await self._rename_folder(src_path, dst_path, target is not None)
             self.sb.inodes.subfolders_changed(src_parent.path, -1)
             if target is None:
                 self.sb.inodes.subfolders_changed(dst_parent.path, +1)
@@ -244,8 +249,8 @@ class TreeOps:
         # kept in memory (inodes.py): the server-side copy keeps the object's metadata as it was, which a
         # rewrite could not without a HEAD (other tools' x-amz-meta-* are not all known here).
         now = self._wall()
-        src_parent.entries_changed(now)
-        dst_parent.entries_changed(now)
+        self.files.markers.entries_changed(src_parent, now)
+        self.files.markers.entries_changed(dst_parent, now)
         moved = self.sb.inodes.by_path(dst_path)
         if moved is not None:
             moved.changed(now)
