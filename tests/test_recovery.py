@@ -659,6 +659,75 @@ def test_the_retry_publishes_the_closed_version_and_a_later_close_the_newer(
     assert cache_files(tmp_path) == []
 
 
+@pytest.mark.parametrize("size", [2 * MIB, 11 * MIB], ids=["put", "multipart"])
+def test_a_write_during_a_failing_upload_keeps_what_the_close_acknowledged(tmp_path: Path, size: int) -> None:
+    """A write (another thread of the program, or eventual mode's background upload) while a close's own
+    upload is under way: the upload publishes the closed bytes, not the newer ones; if it fails, the
+    closed state is kept aside (REWRITTEN), and after kill -9 the next mount publishes exactly it."""
+    store = MemoryStore()
+    lives = Lives(store, tmp_path, upload_part_size=5 * MIB)
+    closed = random.Random(7).randbytes(size)
+    failing = "put" if size <= 5 * MIB else "complete_multipart"
+
+    async def body(fs: FileSystem) -> None:
+        fh = await write_file(fs, "t", closed, close=False)
+        real = getattr(store, failing)
+
+        async def write_and_fail(*args: Any, **kw: Any) -> Any:
+            await fs.write(fh, 3, b"NEWER")
+            await fs.setattr(await resolve(fs, "t"), size=size - 10)
+            raise EndpointUnreachable("S3 is down")
+
+        setattr(store, failing, write_and_fail)
+        with pytest.raises(S3FilesError):
+            await fs.flush(fh)
+        setattr(store, failing, real)
+        copy = fs.cache.get(await resolve(fs, "t"))
+        assert copy is not None and copy.state is WriteState.REWRITTEN and copy.acked is not None
+        assert copy.acked.size == size and len(side_files(tmp_path)) == 1
+
+    async def main() -> None:
+        await lives.life(body, "die")
+        assert store.keys() == []
+        fs = await lives.life(nothing, "stop")
+        assert store.data("t") == closed and fs.recovery.uploaded == ["t"]
+        [kept] = fs.recovery.kept
+        assert Path(str(kept["data"])).read_bytes() == (closed[:3] + b"NEWER" + closed[8:])[: size - 10]
+        assert await store.list_multipart_uploads("") == []
+
+    run(main)
+
+
+def test_a_write_during_a_successful_upload_is_not_published_with_it(tmp_path: Path) -> None:
+    """The close's upload reads through what was kept aside: a write that lands while it is under way
+    is not in the published object; the next close publishes it."""
+    store = MemoryStore()
+    closed = random.Random(8).randbytes(11 * MIB)
+
+    async def body(fs: FileSystem) -> None:
+        fh = await write_file(fs, "u", closed, close=False)
+        real = store.upload_part
+
+        async def write_first(*args: Any, **kw: Any) -> Any:
+            if fs.cache.get(await resolve(fs, "u")).acked is None:  # type: ignore[union-attr]
+                await fs.write(fh, 6 * MIB, b"LATER")  # into a part not sent yet
+            return await real(*args, **kw)
+
+        store.upload_part = write_first  # type: ignore[method-assign]
+        await fs.flush(fh)
+        store.upload_part = real  # type: ignore[method-assign]
+        assert store.data("u") == closed
+        copy = fs.cache.get(await resolve(fs, "u"))
+        assert copy is not None and copy.state is WriteState.DIRTY and copy.acked is None
+        assert side_files(tmp_path) == []
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert store.data("u") == closed[: 6 * MIB] + b"LATER" + closed[6 * MIB + 5 :]
+
+    run(lambda: Lives(store, tmp_path, upload_part_size=5 * MIB).life(body))  # type: ignore[arg-type,return-value]
+    assert cache_files(tmp_path) == []
+
+
 def test_a_newer_close_replaces_the_version_kept_aside(tmp_path: Path) -> None:
     store = MemoryStore()
     store.seed("y", b"0123456789")
@@ -762,6 +831,22 @@ def test_every_write_state_transition_happens_in_the_scenarios(tmp_path: Path, m
             await fs.flush(fh)  # ACKED -> UPLOADING -> ACKED
         await fs.write(fh, 0, b"R")  # ACKED -> REWRITTEN
         await fs.unlink(ROOT_INO, "r")  # REWRITTEN -> ORPHANED
+        await fs.release(fh)
+        # UPLOADING -> REWRITTEN (written during an upload that fails; on disk: over SPILL_BYTES)
+        fh = await write_file(fs, "w", b"w" * (2 * MIB), close=False)
+        real_put = store.put
+
+        async def write_and_fail(*args: Any, **kw: Any) -> Any:
+            await fs.write(fh, 0, b"W")
+            raise EndpointUnreachable("down")
+
+        store.put = write_and_fail  # type: ignore[method-assign]
+        with pytest.raises(S3FilesError):
+            await fs.flush(fh)
+        store.put = real_put  # type: ignore[method-assign]
+        copy = fs.cache.get((await fs.lookup(ROOT_INO, "w")).ino)
+        assert copy is not None and copy.state is WriteState.REWRITTEN
+        await fs.flush(fh)
         await fs.release(fh)
         # ACKED -> ORPHANED ; REWRITTEN -> DIRTY (the kept version published) ; REWRITTEN -> BROKEN
         store.fail("put", EndpointUnreachable("down"), times=1)

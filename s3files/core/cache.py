@@ -157,12 +157,13 @@ class LocalCache:
         extents = [(int(off), int(length), int(side)) for off, length, side in acked["extents"]]
         side_fd = None
         if extents:
-            side_fd = os.open(self.folder.side_path(copy_id), os.O_RDWR | os.O_CLOEXEC)
+            side_fd = os.open(self.folder.side_path(str(acked["side"])), os.O_RDWR | os.O_CLOEXEC)
         upload = None
         if acked.get("upload_id") and acked.get("upload_key"):
             upload = Multipart(str(acked["upload_key"]), str(acked["upload_id"]), {})
         return AckedView(
             size=int(acked["size"]),
+            side=str(acked["side"]),
             metadata=dict(acked["metadata"]),
             base_size=int(acked["base_size"]),
             changed=dict.fromkeys((int(i) for i in acked["changed"]), 0),

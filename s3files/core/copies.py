@@ -71,7 +71,7 @@ class AckedView:
 
     Cheap for the common case, a program that appends and closes again and again: nothing is copied
     when a write lands at or past ``size``. Only bytes below ``size`` that a later write overwrites or a
-    truncate cuts are first saved to a side file (``files/<id>.acked``, records.py), each at most once,
+    truncate cuts are first saved to a side file (``files/<id>-<random>.acked``, records.py), each at most once,
     as ``extents``. So the acknowledged bytes are: the data file overlaid with the saved extents, cut at
     ``size`` (copyio.py ``read_acked``). The parts not in ``changed`` and below ``base_size`` still equal
     the base version (``LocalCopy.base_etag``, which cannot move while the view exists: only a publish
@@ -79,6 +79,7 @@ class AckedView:
     since (bytes past it were cut, so they differ from the base even where not changed)."""
 
     size: int
+    side: str  # the side file's name in the cache folder's files/ (records.py side_name)
     metadata: dict[str, str]  # the POSIX metadata the acknowledgement published with
     base_size: int
     changed: dict[int, int]  # part index -> generation, as at the acknowledgement
@@ -87,7 +88,6 @@ class AckedView:
     side_fd: int | None = None  # the side file, opened at the first saved extent
     side_size: int = 0
     upload: Multipart | None = None  # the multipart upload of this version under way (or left by a failure)
-    lock: trio.Lock = field(default_factory=trio.Lock)  # a read of the view and a save never interleave
 
     def saved(self, off: int, end: int) -> list[tuple[int, int]]:
         """The ranges within ``[off, end)`` (cut at ``size``) not saved yet."""
@@ -130,6 +130,7 @@ class LocalCopy:
     fetching: dict[int, trio.Event] = field(default_factory=dict)
     sending: Sending = field(default_factory=Sending)
     lock: trio.Lock = field(default_factory=trio.Lock)  # one publish (or unlink, rename) at a time
+    ack_lock: trio.Lock = field(default_factory=trio.Lock)  # reads of acknowledged bytes vs saving them aside
     generation: int = 0
     allocated: int = 0  # bytes of the cache disk (or memory) this copy holds
     length: int = 0  # the file's size: the local file catches up once pending writes are done
@@ -164,6 +165,7 @@ def record_of(copy: LocalCopy, key: str, metadata: dict[str, str]) -> Record:
     if view is not None:
         acked = {
             "size": view.size,
+            "side": view.side,
             "metadata": view.metadata,
             "base_size": view.base_size,
             "changed": sorted(view.changed),

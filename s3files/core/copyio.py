@@ -63,7 +63,7 @@ class CopyIO:
         """Write ``data`` at ``off``; returns the parts it touched (for the uploader to stream)."""
         self.cache.check_usable(copy)
         end = off + len(data)
-        if copy.state in WAITING:
+        if self.keeps_acked(copy):
             await self.keep_acked(copy, key, off, end)
         parts = self.layout.overlapping(off, end)
         partial_parts = [i for i in parts if not self._covers(copy, i, off, end)]
@@ -101,8 +101,7 @@ class CopyIO:
     def changed(self, copy: LocalCopy) -> None:
         """Data, size or metadata of ``copy`` differ from S3 now; an acknowledgement no longer covers it
         (an unpublished acknowledged version is kept aside: ``keep_acked``)."""
-        if copy.state is WriteState.ACKED:
-            self._begin_acked(copy)
+        self._begin_acked(copy)  # (if it holds an acknowledged version not published yet)
         copy.acknowledged = False
         copy.generation += 1  # an upload in flight sees it and leaves the copy DIRTY when it is done
         if copy.state in (WriteState.CLEAN, WriteState.ACKED, WriteState.CONFLICTED):
@@ -162,7 +161,7 @@ class CopyIO:
                 self.cache.break_copy(copy, "the cache was full")
                 raise
         old = copy.size()
-        if copy.state in WAITING:
+        if self.keeps_acked(copy):
             await self.keep_acked(copy, self.cache.key_of(copy), size, old)
         try:
             os.ftruncate(copy.fd, size)
@@ -221,37 +220,54 @@ class CopyIO:
 
     # -- the acknowledged version kept aside (copies.py AckedView) -------------------------------------
 
+    def keeps_acked(self, copy: LocalCopy) -> bool:
+        """Whether a change to ``copy`` now must first keep an acknowledged version aside: it waits for
+        its upload (ACKED, REWRITTEN), or its close's upload is under way and may yet fail (UPLOADING,
+        still acknowledged, on disk: a copy held in memory has no record to keep anything in)."""
+        if copy.state in WAITING:
+            return True
+        uploading = copy.state is WriteState.UPLOADING and copy.path is not None
+        return uploading and (copy.acknowledged or copy.acked is not None)
+
     def _begin_acked(self, copy: LocalCopy) -> None:
-        """``copy`` is ACKED and about to change: keep its acknowledged version (REWRITTEN). Nothing is
-        copied now; ``keep_acked`` saves bytes as changes reach them. A copy held in memory moves to
-        the cache folder first (CacheFull: the change is refused, the copy stays ACKED)."""
+        """``copy``'s acknowledged state is about to change: keep it (ACKED becomes REWRITTEN; an UPLOADING
+        copy keeps its state, and becomes REWRITTEN if the upload fails). Nothing is copied now;
+        ``keep_acked`` saves bytes as changes reach them. A copy held in memory moves to the cache
+        folder first (CacheFull: the change is refused, the copy stays as it was)."""
+        if copy.acked is not None or not self.keeps_acked(copy):
+            return
         self.cache.spill(copy)
         copy.acked = AckedView(
             size=copy.length,
+            side=self.cache.folder.side_name(copy.id),
             metadata=dict(copy.ack_metadata if copy.ack_metadata is not None else self.cache.metadata_of(copy)),
             base_size=copy.base_size,
             changed=dict(copy.changed),
             low=copy.length,
         )
         copy.acknowledged = False
-        copy.move(WriteState.REWRITTEN)
-        self.cache.save(copy)  # recovery must see two versions now; no fsync: see save_acked
+        if copy.state is WriteState.ACKED:
+            copy.move(WriteState.REWRITTEN)
+        self.cache.save(copy)  # recovery must see two versions now; no fsync: see _save_acked
 
     async def keep_acked(self, copy: LocalCopy, key: str, off: int, end: int) -> None:
         """Bytes ``[off, end)`` of ``copy`` are about to be overwritten or cut: the part of them that
         belongs to its acknowledged, unpublished version and is not saved yet goes to the side file
-        first (see the module docstring for the order). Base bytes not fetched yet are fetched first:
-        the side file must hold the version's bytes, not holes."""
-        if copy.state is WriteState.ACKED:
-            self._begin_acked(copy)
-        view = copy.acked
-        if view is None or copy.state is not WriteState.REWRITTEN or not view.saved(off, end):
+        first (see the module docstring for the order). Writes queued before land first, and base bytes
+        not fetched yet are fetched: the side file must hold the version's bytes, not older ones or
+        holes."""
+        if not self.keeps_acked(copy):
             return
-        async with view.lock:
-            todo = view.saved(off, end)
-            await self.ensure(copy, key, sorted({i for a, b in todo for i in self.layout.overlapping(a, b)}))
+        async with copy.ack_lock:
+            self._begin_acked(copy)
+            view = copy.acked
+            if view is None or not view.saved(off, end):
+                return
+            await self.settled(copy)
+            await self.ensure(copy, key, sorted({i for a, b in view.saved(off, end) for i in self.layout.overlapping(a, b)}))
             self.cache.check_usable(copy)
-            self._save_acked(copy, view, view.saved(off, end))
+            if copy.acked is view:  # (not published meanwhile)
+                self._save_acked(copy, view, view.saved(off, end))
 
     def _save_acked(self, copy: LocalCopy, view: AckedView, todo: list[tuple[int, int]]) -> None:
         if not todo:
@@ -262,7 +278,7 @@ class CopyIO:
         size = view.side_size
         try:
             if view.side_fd is None:
-                path = self.cache.folder.side_path(copy.id)
+                path = self.cache.folder.side_path(view.side)
                 view.side_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             for a, b in todo:
                 data = os.pread(copy.fd, b - a, a).ljust(b - a, b"\0")
@@ -275,24 +291,31 @@ class CopyIO:
         view.extents, view.side_size = sorted(extents), size
         self.cache.save_strictly(copy)  # the record names the extents before the data file changes
 
-    async def read_acked(self, copy: LocalCopy, view: AckedView, key: str, start: int, stop: int) -> bytes:
+    async def read_acked(self, copy: LocalCopy, view: AckedView | None, key: str, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of the acknowledged version: the data file overlaid with the saved
-        extents, cut at its length."""
-        stop = min(stop, view.size)
+        extents of ``view`` (None: none kept yet, the data file as it is), cut at its length."""
+        if view is not None:
+            stop = min(stop, view.size)
         await self.ensure(copy, key, self.layout.overlapping(start, stop))
+        await self.settled(copy)
         self.cache.check_usable(copy)
 
         def read() -> bytes:
             data = bytearray(os.pread(copy.fd, stop - start, start).ljust(stop - start, b"\0"))
-            for off, length, side in view.extents:
+            for off, length, side in view.extents if view is not None else ():
                 a, b = max(off, start), min(off + length, stop)
                 if a < b:
-                    assert view.side_fd is not None
+                    assert view is not None and view.side_fd is not None
                     data[a - start : b - start] = os.pread(view.side_fd, b - a, side + a - off)
             return bytes(data)
 
-        async with view.lock:  # no save (and so no overwrite of an unsaved byte) while we read
-            return await trio.to_thread.run_sync(read) if stop - start > SMALL_IO else read()
+        async with copy.ack_lock:  # no save (and so no overwrite of an unsaved byte) while we read
+            if view is None and copy.acked is not None:
+                view = copy.acked  # kept aside while we waited: read through it
+                stop = min(stop, view.size)
+            if stop - start <= SMALL_IO or copy.path is None:  # inline in memory: a spill may swap fd
+                return read()
+            return await trio.to_thread.run_sync(read)
 
     def changed_since(self, copy: LocalCopy, view: AckedView) -> set[int]:
         """The parts of ``copy`` that differ from its acknowledged version ``view``: those with saved
@@ -319,11 +342,13 @@ class CopyIO:
         self.drop_acked(copy)
         copy.move(WriteState.DIRTY)
         self.cache.save(copy, durable=True)  # the record stops naming the version before its side file goes
-        self.cache.folder.side_path(copy.id).unlink(missing_ok=True)
+        self.cache.folder.side_path(view.side).unlink(missing_ok=True)
 
-    def drop_acked(self, copy: LocalCopy) -> None:
-        """Forget the kept version (published, or superseded by a newer acknowledgement). The side file
-        is deleted by the caller once the record no longer names it (or by ``remove``)."""
+    def drop_acked(self, copy: LocalCopy) -> AckedView | None:
+        """Forget the kept version (published, or superseded by a newer acknowledgement); returns it.
+        Its side file is deleted by the caller once the record no longer names it (or by ``remove``)."""
         view, copy.acked = copy.acked, None
         if view is not None and view.side_fd is not None:
             os.close(view.side_fd)
+            view.side_fd = None
+        return view

@@ -13,7 +13,7 @@ was based on (ETag and size), which parts differ from it and which are local, th
 whether a close/fsync acknowledged the bytes, the POSIX metadata to publish with, and the multipart
 upload in flight (id and the parts sent, with their ETags) so that a recovery can resume or abort it.
 A REWRITTEN copy's record also holds its acknowledged version (``acked``: length, metadata, the base's
-size and changed parts then, and the extents of ``files/<id>.acked``, the side file that holds the bytes
+size and changed parts then, and the extents of ``files/<id>-<random>.acked``, the side file that holds the bytes
 later writes overwrote; copies.py ``AckedView``), so that recovery can publish exactly that version.
 """
 
@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -121,9 +122,14 @@ class CacheFolder:
             raise
         return fd, path
 
-    def side_path(self, copy_id: str) -> Path:
-        """Where the bytes of an acknowledged version that later writes overwrote are kept (copies.py)."""
-        return self.files / f"{copy_id}.acked"
+    def side_name(self, copy_id: str) -> str:
+        """A new side file's name: where the bytes of an acknowledged version that later writes overwrote
+        are kept (copies.py). One per kept version, so that a newer one never reuses a file that a
+        record on disk may still name."""
+        return f"{copy_id}-{secrets.token_hex(4)}.acked"
+
+    def side_path(self, name: str) -> Path:
+        return self.files / name
 
     def data_size(self, copy_id: str) -> int:
         """The bytes a data file holds (its record's size lags for a file never closed: records are not
@@ -171,7 +177,8 @@ class CacheFolder:
         self._record_path(copy_id).unlink(missing_ok=True)
         if not keep_data:
             self.data_path(copy_id).unlink(missing_ok=True)
-            self.side_path(copy_id).unlink(missing_ok=True)
+            for side in self.files.glob(f"{copy_id}-*.acked"):
+                side.unlink(missing_ok=True)
 
     def records(self) -> list[Record]:
         """Every record left in the folder (unreadable ones are logged and skipped, never deleted)."""
@@ -190,7 +197,8 @@ class CacheFolder:
         named = {p.stem for p in self.files.glob("*.json")}
         removed = 0
         for path in self.files.iterdir():
-            if path.suffix == ".tmp" or (path.suffix in (".data", ".acked") and path.stem not in named):
+            owner = path.stem.split("-")[0]  # a side file is <id>-<random>.acked
+            if path.suffix == ".tmp" or (path.suffix in (".data", ".acked") and owner not in named):
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed

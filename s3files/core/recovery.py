@@ -72,7 +72,7 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
     for record in records:
         state = WriteState(record.state)
         acknowledged = (record.acknowledged and state in (WriteState.ACKED, WriteState.UPLOADING)) or (
-            state is WriteState.REWRITTEN and record.acked is not None
+            state in (WriteState.REWRITTEN, WriteState.UPLOADING) and record.acked is not None
         )
         prefix = fs.sb.ns.file_key("")
         if mode is OnRecovery.DISCARD or state in (WriteState.CLEAN, WriteState.ORPHANED, WriteState.BROKEN):
@@ -133,7 +133,8 @@ async def _publish(fs: FileSystem, record: Record, path: str, report: RecoveryRe
     node.atime_ns = times.get("atime")
     node.size = record.size
     node.xattr = meta.get("xattr")  # extended attributes set here travel with the publish
-    if record.state == WriteState.REWRITTEN.value:
+    if record.acked is not None:  # REWRITTEN, or UPLOADING and written during its upload
+        record.state = WriteState.REWRITTEN.value
         # Only the version kept aside is published; the copy's own upload (of bytes no close
         # acknowledged) is never completed.
         await _abort(fs, record, report, acked=False)
@@ -188,7 +189,8 @@ async def _abort(fs: FileSystem, record: Record, report: RecoveryReport, acked: 
 def _why(record: Record) -> str:
     if record.state == WriteState.CONFLICTED.value:
         return "a conflict whose changes could not be merged"
-    if record.state == WriteState.REWRITTEN.value:
+    if record.acked is not None:  # REWRITTEN, or UPLOADING and written during its upload
+        record.state = WriteState.REWRITTEN.value
         return "closed or fsynced, not uploaded yet, and written again since (that newer state never closed)"
     if record.acknowledged:
         return "closed or fsynced, not uploaded yet"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ from typing import NoReturn
 import trio
 
 from s3files.core.cache import LocalCache
-from s3files.core.copies import SMALL_IO, AckedView, CacheFull, LocalCopy, Multipart
+from s3files.core.copies import AckedView, CacheFull, LocalCopy, Multipart
 from s3files.core.links import MAX_COPY_OBJECT, copy_object
 from s3files.core.streaming import TOKEN, PartSender, posix_metadata
 from s3files.core.tasks import run_all
@@ -108,26 +107,33 @@ class Uploader:
             copy.acknowledged = True
             copy.ack_metadata = metadata
             copy.move(WriteState.UPLOADING)
+            superseded = self.cache.io.drop_acked(copy)  # a version kept aside: this acknowledgement replaces it
             generation = copy.generation
             try:
-                info = await self._publish(copy, key, metadata)
+                info = await self._publish(copy, key, metadata, superseded)
             except WriteConflict:
+                dropped = self.cache.io.drop_acked(copy)  # kept aside while we tried: written beside now
                 copy.move(WriteState.CONFLICTED)
                 if copy.kept:
                     self.cache.save(copy, durable=True)  # kept for the user, not to publish
                 else:
                     self.cache.unrecord(copy)
+                await self._forget(copy, dropped)
                 raise
             except BaseException as exc:
-                if copy.state is WriteState.UPLOADING:
+                if copy.state is WriteState.UPLOADING and copy.acked is not None:
+                    copy.move(WriteState.REWRITTEN)  # written during the upload: what it acknowledged is kept
+                elif copy.state is WriteState.UPLOADING:
                     copy.move(WriteState.ACKED if copy.generation == generation else WriteState.DIRTY)
-                if copy.state is WriteState.ACKED and not isinstance(exc, CacheFull):
+                if copy.state in WAITING and not isinstance(exc, CacheFull):
                     where = self.cache.keep_on_disk(copy)
                     if isinstance(exc, S3FilesError):
                         log.warning("op=upload key=%r failed (%s); kept at %s, retried in the background", key, exc, where)
                         self._retry_later(copy, retry_in)
                 raise
-            if copy.state is WriteState.UPLOADING:  # (BROKEN: a later write failed; it stays unfit)
+            if copy.state is WriteState.UPLOADING and copy.acked is not None:
+                self.cache.io.rebase(copy, copy.acked, info.etag)  # written during the upload: DIRTY
+            elif copy.state is WriteState.UPLOADING:  # (BROKEN: a later write failed; it stays unfit)
                 copy.move(WriteState.CLEAN if copy.generation == generation else WriteState.DIRTY)
             if copy.state is WriteState.CLEAN:
                 self.cache.unrecord(copy)
@@ -190,7 +196,7 @@ class Uploader:
         self.cache.io.drop_acked(copy)
         copy.move(WriteState.DIRTY)  # the newer bytes: their next publish conflicts too (the base is gone)
         self.cache.save(copy, durable=True)
-        self.cache.folder.side_path(copy.id).unlink(missing_ok=True)
+        self.cache.folder.side_path(view.side).unlink(missing_ok=True)
         raise WriteConflict(f"{key} was changed by someone else; your closed version was saved as {beside}")
 
     async def _write_acked(self, copy: LocalCopy, view: AckedView, key: str, to: str, standalone: bool) -> ObjectInfo:
@@ -279,17 +285,21 @@ class Uploader:
             return
         self._on_published(copy)
 
-    async def _publish(self, copy: LocalCopy, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+    async def _forget(self, copy: LocalCopy, view: AckedView | None) -> None:
+        """A version kept aside that no record names any more: its side file and its upload go."""
+        if view is not None:
+            self.cache.folder.side_path(view.side).unlink(missing_ok=True)
+            await self._drop_acked_upload(view)
+
+    async def _publish(
+        self, copy: LocalCopy, key: str, metadata: Mapping[str, str], superseded: AckedView | None
+    ) -> ObjectInfo:
         await self.cache.io.settled(copy)
         if copy.broken is not None:  # a queued write failed to land: the copy is not what was written
             raise CacheFull(f"not uploaded: a write to this file failed ({copy.broken})")
         await self.parts.wait_for_sends(copy)
-        superseded = copy.acked  # the version kept aside: this acknowledgement replaces it
-        self.cache.io.drop_acked(copy)
         self.cache.save(copy)  # UPLOADING, acknowledged, the parts sent: a crash from here is resumed
-        if superseded is not None:
-            self.cache.folder.side_path(copy.id).unlink(missing_ok=True)  # the record no longer names it
-            await self._drop_acked_upload(superseded)
+        await self._forget(copy, superseded)  # (the record above no longer names it)
         snapshot = dict(copy.changed)
         size = copy.size()
         base_size = copy.base_size
@@ -306,6 +316,8 @@ class Uploader:
                 info = await self._write(copy, key, metadata, size)
             except PreconditionFailed:
                 await self._keep_ours_beside(copy, key, metadata, size)
+        if copy.acked is not None:
+            return info  # written during the upload: the caller rebases the copy on what it published
         # Parts now local: fetched, written, or past the old end. Parts copied inside S3 stay holes.
         copy.present = {
             i
@@ -364,12 +376,7 @@ class Uploader:
         if_none_match = copy.base_etag is None
         if size <= self.layout.span(0)[1]:
             await self.parts.drop_upload(copy)  # streamed, then truncated small again
-            await self.cache.io.ensure(copy, key, range(1))
-            await self.cache.io.settled(copy)
-            if size <= SMALL_IO or copy.path is None:  # inline in memory: a spill may swap fd meanwhile
-                data = os.pread(copy.fd, size, 0)
-            else:
-                data = await trio.to_thread.run_sync(os.pread, copy.fd, size, 0)
+            data = await self.cache.io.read_acked(copy, copy.acked, key, 0, size)  # what was acknowledged
             token = secrets.token_hex(8)
             try:
                 return await self.store.put(
@@ -439,18 +446,26 @@ class Uploader:
         async def one(index: int) -> None:
             start, stop = self.layout.span(index)
             stop = min(stop, size)
+            view = copy.acked  # written since the acknowledgement: its parts are read through what was kept
+            changed, base_size = (view.changed, view.base_size) if view is not None else (copy.changed, copy.base_size)
             sent = upload.sent.get(index)
-            if sent is not None and sent[:2] == (copy.changed.get(index, 0), stop - start):
+            if sent is not None and sent[:2] == (changed.get(index, 0), stop - start):
                 done[index] = sent[2]
                 return
-            if index not in copy.changed and stop <= copy.base_size and copy.base_etag is not None:
+            if index not in changed and stop <= base_size and copy.base_etag is not None:
                 async with self.slots:
                     done[index] = await self.store.upload_part_copy(
                         key, upload.upload_id, index + 1, key, start, stop, if_match=copy.base_etag
                     )
                 return
             await self.cache.io.ensure(copy, key, [index])
-            await self.parts.send(copy, upload, index)
+            if view is None:
+                await self.parts.send(copy, upload, index)
+            else:
+                data = await self.cache.io.read_acked(copy, view, key, start, stop)
+                async with self.slots:
+                    part = await self.store.upload_part(key, upload.upload_id, index + 1, data)
+                upload.sent[index] = (changed.get(index, 0), stop - start, part)
             done[index] = upload.sent[index][2]
 
         await run_all(partial(one, index) for index in range(count))

@@ -10,14 +10,17 @@ through the file system (a move no scenario can make does not belong in the tabl
                a stop; kept (not uploaded) by recovery.
     ACKED      a close or fsync acknowledged the current bytes: they must reach S3. Waiting for an upload
                (the first failed, or the daemon stopped); retried in the background and by recovery.
-    REWRITTEN  an ACKED copy written again (or truncated, chmod-ed) before its upload: the acknowledged
+    REWRITTEN  an ACKED copy written again (or truncated, chmod-ed) before its upload (or an UPLOADING
+               copy written during its upload, which then failed): the acknowledged
                version is kept aside (copies.py ``AckedView``: its length, metadata, and the bytes the
                later writes overwrote or cut, in a side file), and it is that version the background
                retry, a stop and recovery publish; the newer bytes are not acknowledged (DIRTY once the
                kept version is published). A later close/fsync acknowledges the newer bytes and drops
                what was kept. Its own state rather than a flag on ACKED or DIRTY: it is published
                (the kept version) yet holds bytes that must never be, and every room must tell it apart.
-    UPLOADING  being published (PUT or multipart); the bytes are acknowledged.
+    UPLOADING  being published (PUT or multipart); the bytes are acknowledged. A copy on disk written
+               during its upload keeps the acknowledged version aside already (as REWRITTEN does), and
+               the upload reads through it, so that it publishes what was acknowledged.
     CONFLICTED someone else's version won the key; ours is in a conflict copy. Dropped at last close.
     ORPHANED   the file lost its name (unlink, rename over it): never published, dropped at last close.
     BROKEN     a local write into it failed: it is not what the program wrote, so never published.
@@ -52,9 +55,10 @@ TRANSITIONS: dict[WriteState, frozenset[WriteState]] = {
     # published, or written beside on a conflict (the newer bytes stay unacknowledged) / lost its name /
     # a write failed
     S.REWRITTEN: frozenset({S.UPLOADING, S.DIRTY, S.ORPHANED, S.BROKEN}),
-    # published (CLEAN, or DIRTY when written meanwhile) / failed or cancelled: retry later / someone
-    # else won / a later write failed (what the flush acknowledged was read before it)
-    S.UPLOADING: frozenset({S.CLEAN, S.DIRTY, S.ACKED, S.CONFLICTED, S.BROKEN}),
+    # published (CLEAN, or DIRTY when written meanwhile) / failed or cancelled: retry later (REWRITTEN
+    # when written meanwhile: the acknowledged version was kept aside) / someone else won / a later
+    # write failed (what the flush acknowledged was read before it)
+    S.UPLOADING: frozenset({S.CLEAN, S.DIRTY, S.ACKED, S.REWRITTEN, S.CONFLICTED, S.BROKEN}),
     # written again (its next publish conflicts again: the base is gone) / lost its name
     S.CONFLICTED: frozenset({S.DIRTY, S.ORPHANED}),
     S.ORPHANED: frozenset(),
