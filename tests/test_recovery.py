@@ -728,6 +728,36 @@ def test_a_write_during_a_successful_upload_is_not_published_with_it(tmp_path: P
     assert cache_files(tmp_path) == []
 
 
+def test_a_write_into_a_part_being_read_for_the_upload_is_sent_again_as_closed(tmp_path: Path) -> None:
+    """A write lands in a part while the close's upload reads that part from the data file: the part
+    is sent again, read through the closed version kept aside, so the object is what the close
+    acknowledged."""
+    store = MemoryStore()
+    closed = random.Random(9).randbytes(11 * MIB)
+    raced: list[int] = []
+
+    async def body(fs: FileSystem) -> None:
+        fh = await write_file(fs, "v", closed, close=False)
+        real = store.upload_part_from
+
+        async def write_then_read(key: str, upload_id: str, number: int, fd: int, off: int, length: int) -> Any:
+            if number == 3 and not raced:  # the tail part, read at close (parts 1 and 2 were streamed)
+                raced.append(number)
+                await fs.write(fh, 10 * MIB + 1, b"RACE")
+            return await real(key, upload_id, number, fd, off, length)
+
+        store.upload_part_from = write_then_read  # type: ignore[method-assign]
+        await fs.flush(fh)
+        store.upload_part_from = real  # type: ignore[method-assign]
+        assert raced == [3] and store.data("v") == closed
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert store.data("v") == closed[: 10 * MIB + 1] + b"RACE" + closed[10 * MIB + 5 :]
+
+    run(lambda: Lives(store, tmp_path, upload_part_size=5 * MIB).life(body))  # type: ignore[arg-type,return-value]
+    assert cache_files(tmp_path) == []
+
+
 def test_a_newer_close_replaces_the_version_kept_aside(tmp_path: Path) -> None:
     store = MemoryStore()
     store.seed("y", b"0123456789")

@@ -258,11 +258,11 @@ class CopyIO:
         holes."""
         if not self.keeps_acked(copy):
             return
+        self._begin_acked(copy)
+        view = copy.acked
+        if view is None or not view.saved(off, end):
+            return  # at or past its end (an append): nothing to keep, no lock taken
         async with copy.ack_lock:
-            self._begin_acked(copy)
-            view = copy.acked
-            if view is None or not view.saved(off, end):
-                return
             await self.settled(copy)
             await self.ensure(copy, key, sorted({i for a, b in view.saved(off, end) for i in self.layout.overlapping(a, b)}))
             self.cache.check_usable(copy)

@@ -443,13 +443,19 @@ class Uploader:
         count = self.layout.count(size)
         done: list[CompletedPart | None] = [None] * count
 
+        def untouched(index: int, view: AckedView) -> bool:
+            """Part ``index`` was not written since ``view`` was kept aside (bytes read from the data file
+            while such a write landed may be the newer ones: never reused then)."""
+            return copy.changed.get(index, 0) == view.changed.get(index, 0)
+
         async def one(index: int) -> None:
             start, stop = self.layout.span(index)
             stop = min(stop, size)
             view = copy.acked  # written since the acknowledgement: its parts are read through what was kept
             changed, base_size = (view.changed, view.base_size) if view is not None else (copy.changed, copy.base_size)
             sent = upload.sent.get(index)
-            if sent is not None and sent[:2] == (changed.get(index, 0), stop - start):
+            fits = sent is not None and sent[:2] == (changed.get(index, 0), stop - start)
+            if sent is not None and fits and (view is None or untouched(index, view)):
                 done[index] = sent[2]
                 return
             if index not in changed and stop <= base_size and copy.base_etag is not None:
@@ -461,12 +467,16 @@ class Uploader:
             await self.cache.io.ensure(copy, key, [index])
             if view is None:
                 await self.parts.send(copy, upload, index)
-            else:
-                data = await self.cache.io.read_acked(copy, view, key, start, stop)
-                async with self.slots:
-                    part = await self.store.upload_part(key, upload.upload_id, index + 1, data)
-                upload.sent[index] = (changed.get(index, 0), stop - start, part)
-            done[index] = upload.sent[index][2]
+                view = copy.acked
+                if view is None or untouched(index, view):
+                    done[index] = upload.sent[index][2]
+                    return
+                # written while it was read: sent again, through what was kept aside
+            data = await self.cache.io.read_acked(copy, view, key, start, stop)
+            async with self.slots:
+                part = await self.store.upload_part(key, upload.upload_id, index + 1, data)
+            upload.sent[index] = (view.changed.get(index, 0), stop - start, part)
+            done[index] = part
 
         await run_all(partial(one, index) for index in range(count))
         return [part for part in done if part is not None]
