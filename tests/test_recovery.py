@@ -769,17 +769,45 @@ def test_a_newer_close_replaces_the_version_kept_aside(tmp_path: Path) -> None:
         store.fail("put", EndpointUnreachable("S3 is down"), times=2)
         with pytest.raises(S3FilesError):
             await fs.flush(opened.fh)  # "a123456789" acknowledged
+        used = fs.cache.used
         await fs.write(opened.fh, 1, b"b")
         assert len(side_files(tmp_path)) == 1
+        assert fs.cache.used == used + 1  # the byte kept aside counts against --cache-size
         with pytest.raises(S3FilesError):
             await fs.flush(opened.fh)  # "ab23456789" acknowledged: the kept version goes
-        assert side_files(tmp_path) == []
+        assert side_files(tmp_path) == [] and fs.cache.used == used
         await fs.write(opened.fh, 2, b"c")  # never closed
 
     async def main() -> None:
         await lives.life(body, "die")
         fs = await lives.life(nothing, "stop")
         assert store.data("y") == b"ab23456789" and fs.recovery.uploaded == ["y"]
+
+    run(main)
+
+
+def test_a_kept_version_whose_side_file_is_gone_is_kept_not_published(tmp_path: Path) -> None:
+    """Recovery never publishes a version it cannot rebuild: with its side file deleted (by hand, say),
+    the record is kept and reported, and S3 keeps what it had."""
+    store = MemoryStore()
+    store.seed("z", b"old bytes")
+    lives = Lives(store, tmp_path)
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.open(await resolve(fs, "z"), os.O_RDWR)
+        await fs.write(opened.fh, 0, b"NEW")
+        store.fail("put", EndpointUnreachable("S3 is down"), times=1)
+        with pytest.raises(S3FilesError):
+            await fs.flush(opened.fh)
+        await fs.write(opened.fh, 0, b"x")
+
+    async def main() -> None:
+        await lives.life(body, "die")
+        [side] = side_files(tmp_path)
+        side.unlink()
+        fs = await lives.life(nothing, "stop")
+        assert store.data("z") == b"old bytes" and fs.recovery.uploaded == []
+        assert [k["key"] for k in fs.recovery.kept] == ["z"]
 
     run(main)
 

@@ -147,6 +147,7 @@ class LocalCache:
             copy.ack_metadata = dict(record.metadata)
         if record.acked is not None:
             copy.acked = self._view_of(record.acked, copy.id)
+            self.used += copy.acked.side_size
         self.account(copy)
         self.adopt(copy)
         return copy
@@ -373,10 +374,13 @@ class LocalCache:
         copy.closed = True
         with contextlib.suppress(OSError):
             os.close(copy.fd)
-        if copy.acked is not None and copy.acked.side_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(copy.acked.side_fd)
-            copy.acked.side_fd = None
+        if copy.acked is not None:
+            self.used -= copy.acked.side_size
+            copy.acked.side_size = 0
+            if copy.acked.side_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(copy.acked.side_fd)
+                copy.acked.side_fd = None
         if copy.path is None:
             self.memory -= copy.allocated
         else:

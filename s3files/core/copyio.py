@@ -288,6 +288,7 @@ class CopyIO:
             os.fsync(view.side_fd)
         except OSError as exc:
             raise CacheFull(f"the closed version of this file cannot be kept aside ({exc.strerror})") from None
+        self.cache.used += size - view.side_size  # the side file counts against --cache-size too
         view.extents, view.side_size = sorted(extents), size
         self.cache.save_strictly(copy)  # the record names the extents before the data file changes
 
@@ -348,7 +349,10 @@ class CopyIO:
         """Forget the kept version (published, or superseded by a newer acknowledgement); returns it.
         Its side file is deleted by the caller once the record no longer names it (or by ``remove``)."""
         view, copy.acked = copy.acked, None
-        if view is not None and view.side_fd is not None:
-            os.close(view.side_fd)
-            view.side_fd = None
+        if view is not None:
+            self.cache.used -= view.side_size
+            view.side_size = 0
+            if view.side_fd is not None:
+                os.close(view.side_fd)
+                view.side_fd = None
         return view

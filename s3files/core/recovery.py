@@ -86,6 +86,7 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
         node = fs.sb.inodes.by_path(path)
         if (
             not acknowledged
+            or not _side_file_found(fs, record)
             or mode is OnRecovery.KEEP
             or not record.key.startswith(prefix)
             or (node is not None and fs.cache.get(node.ino) is not None)
@@ -173,6 +174,17 @@ async def _publish(fs: FileSystem, record: Record, path: str, report: RecoveryRe
                 "data": str(fs.folder.data_path(record.id)),
             }
         )
+
+
+def _side_file_found(fs: FileSystem, record: Record) -> bool:
+    """The side file a record's kept version needs is there (else the record is kept, not published:
+    its acknowledged bytes cannot be rebuilt)."""
+    if record.acked is None or not record.acked.get("extents"):
+        return True
+    if fs.folder.side_path(str(record.acked.get("side"))).exists():
+        return True
+    log.error("recovery: key=%r: the side file of its closed version is missing; kept, not uploaded", record.key)
+    return False
 
 
 async def _abort(fs: FileSystem, record: Record, report: RecoveryReport, acked: bool = True) -> None:
