@@ -960,6 +960,12 @@ def test_every_write_state_transition_happens_in_the_scenarios(tmp_path: Path, m
         with pytest.raises(S3FilesError) as broken:
             await fs.flush(fh2)  # but nothing after it is, ever
         assert broken.value.errno == errno.ENOSPC
+        # DIRTY -> ACKED: eventual mode's close (acknowledged in the cache folder, uploaded later)
+        fh = await write_file(fs, "w", b"w", close=False)
+        copy = fs.cache.get((await fs.lookup(ROOT_INO, "w")).ino)
+        assert copy is not None
+        await fs.files.acknowledge(copy)
+        await fs.release(fh)
 
     run(lambda: Lives(store, tmp_path).life(body))  # type: ignore[arg-type,return-value]
     allowed = {(old, new) for old, news in TRANSITIONS.items() for new in news}

@@ -1,8 +1,10 @@
 """Open files and the life of their local copies: open, read, write, close, truncate, chmod.
 
 Owns: what opening, reading, writing, closing and setattr ask of the superblock (names, attributes),
-the handles, the local cache and the uploader, and when a local copy is published: at close and fsync
-(close-to-open), and at the last close of a path-based change (truncate(2), chmod). Also what happens to
+the handles, the local cache and the uploader, and what a close commits (``commit``): strict and
+close-to-open publish at close and fsync, and after a path-based change (truncate(2), chmod) of a file
+nobody has open; eventual mode acknowledges instead (``acknowledge``: durable in the cache folder, uploaded
+later by the write-back, writeback.py), and only fsync uploads before it returns. Also what happens to
 a copy whose file loses its name (``orphan``) or moves (``follow``). Must not change the tree (treeops.py)
 nor decide about stops and recovery (fs.py).
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import trio
 
 from s3files.core.cache import LocalCache
-from s3files.core.copies import LocalCopy
+from s3files.core.copies import CacheFull, LocalCopy
 from s3files.core.handles import FileHandle, Handles
 from s3files.core.inodes import ROOT_INO, Attr, Inode, marker_etag
 from s3files.core.links import copy_object_version
@@ -32,6 +34,7 @@ from s3files.core.parts import MAX_OBJECT
 from s3files.core.reader import PartBuffers, Reader, Spawn
 from s3files.core.superblock import Superblock
 from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
+from s3files.core.writeback import WriteBack
 from s3files.core.writestate import WriteState
 from s3files.errors import (
     BadHandle,
@@ -44,7 +47,7 @@ from s3files.errors import (
     ReadOnly,
     TooLarge,
 )
-from s3files.options import MountOptions
+from s3files.options import Consistency, MountOptions
 from s3files.store.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,8 @@ class Files:
         self._spawn = spawn
         self._wall = wall
         self._part_buffers = PartBuffers(opts.read.part_size, opts.read.max_window + opts.read.part_size, spawn)
+        self.write_back = opts.consistency is Consistency.EVENTUAL  # a close acknowledges, uploads later
+        self.writeback = WriteBack(opts.writeback_delay, self.publish_due, self.after_last_close, spawn)
 
     def key_of(self, copy: LocalCopy) -> str:
         return self.sb.ns.file_key(copy.node.path)
@@ -251,16 +256,74 @@ class Files:
         return len(data)
 
     async def flush(self, fh: int) -> None:
-        """close() of one descriptor (and fsync): publish what was written, so others see it after."""
+        """close() of one descriptor: commit what was written (``commit``)."""
         handle = self.handles.file(fh)
         copy = self.cache.get(handle.ino)
         if handle.writable and copy is not None:
+            await self.commit(copy)
+
+    async def fsync(self, fh: int) -> None:
+        """fsync(): upload the file before returning, in every mode; also through a descriptor open for
+        reading, when the file waits for its upload (eventual mode's write-back, or a failed upload)."""
+        handle = self.handles.file(fh)
+        copy = self.cache.get(handle.ino)
+        if copy is not None and (handle.writable or copy.state is WriteState.ACKED):
             await self.publish(copy)
 
-    async def publish(self, copy: LocalCopy) -> None:
+    async def commit(self, copy: LocalCopy) -> None:
+        """What a close promises: published (strict, close-to-open), or acknowledged (eventual)."""
+        if self.write_back:
+            await self.acknowledge(copy)
+        else:
+            await self.publish(copy)
+
+    async def acknowledge(self, copy: LocalCopy) -> None:
+        """Eventual mode's close: make ``copy``'s bytes durable in the cache folder (data file and record
+        fsynced, the record saying "acknowledged", state ACKED) and let the write-back upload them after
+        ``--writeback-delay``; no S3 request. A copy the cache folder cannot take (full) is uploaded now
+        instead, as close-to-open does. Waits for an upload of the copy in flight (its lock), so that a
+        change made during it is acknowledged after it, never lost between the two. A REWRITTEN copy's
+        kept version is dropped: the newer bytes are what this close acknowledges."""
+        async with copy.lock:
+            if copy.state is WriteState.BROKEN:
+                self.cache.check_usable(copy)
+            if copy.state not in (WriteState.DIRTY, WriteState.REWRITTEN) or copy.closed:
+                return  # nothing new since the last acknowledgement (or upload)
+            await self.cache.io.settled(copy)
+            self.cache.check_usable(copy)
+            superseded = None
+            try:
+                self.cache.spill(copy)
+            except CacheFull:
+                on_disk = False
+            else:
+                on_disk = True
+                # REWRITTEN: this acknowledgement replaces the version kept aside
+                superseded = self.cache.io.drop_acked(copy)
+                copy.acknowledged = True
+                copy.ack_metadata = self.cache.metadata_of(copy)
+                copy.move(WriteState.ACKED)
+                self.cache.save(copy, durable=True)
+            if on_disk:
+                await self.uploader.forget_acked(copy, superseded)  # the record no longer names it
+        if not on_disk:
+            log.warning("op=close path=%r: the cache folder cannot keep it; uploading now", copy.node.path)
+            await self.publish(copy)
+            return
+        self.writeback.arm(copy)
+
+    async def publish_due(self, copy: LocalCopy, background: bool) -> None:
+        """The write-back's (and ``sync``'s) upload of a waiting copy: its bytes if ACKED, the version
+        kept aside if it was written again since (REWRITTEN)."""
+        if copy.state is WriteState.REWRITTEN:
+            await self.publish_acked(copy)
+        else:
+            await self.publish(copy, background=background)
+
+    async def publish(self, copy: LocalCopy, background: bool = False) -> None:
         node = copy.node
         try:
-            info = await self.uploader.publish(copy)
+            info = await self.uploader.publish(copy, background=background)
         except WriteConflict:
             self.sb.stale(node)  # the key holds theirs, which the next open will see
             raise
@@ -308,7 +371,7 @@ class Files:
             return
         try:
             if not copy.sending.retry_pending:  # the flush before failed: its retry is scheduled
-                await self.publish(copy)
+                await self.commit(copy)
         finally:
             await self.after_last_close(copy)
 
@@ -326,6 +389,8 @@ class Files:
             self.sb.inodes.drop_if_forgotten(copy.node.ino)
             return
         if copy.unsent:
+            if self.writeback.waiting(copy):
+                return  # acknowledged, uploaded by the write-back (it settles the copy after)
             log.error(
                 "op=release path=%r: not uploaded yet; kept at %s and retried in the background",
                 copy.node.path,
@@ -428,8 +493,9 @@ class Files:
         """``node``'s metadata (mode, owner, times, extended attributes) changed here, which moves its
         ctime: a local copy publishes it with its bytes (now, if no handle has it open), a closed file's
         object is rewritten by a server-side copy in place, a folder's marker is written."""
-        node.changed(self._wall())
         copy = self.cache.get(node.ino)
+        if copy is not None:
+            node.changed(self._wall())
         if copy is not None:
             self.cache.io.changed(copy)
             await self._publish_unopened(node)
@@ -452,12 +518,13 @@ class Files:
             self.sb.listed_folder(node)
 
     async def _publish_unopened(self, node: Inode) -> None:
-        """A change through a path (truncate(2), chmod), not an open file: a local copy nobody has open
-        is published now."""
+        """A change through a path (truncate(2), chmod, utime), not an open file: a local copy nobody has
+        open is committed now (eventual mode: folded into its pending upload, rsync's chmod and utime
+        after the close and before the rename)."""
         copy = self.cache.get(node.ino)
         if copy is not None and copy.handles == 0:
             try:
-                await self.publish(copy)
+                await self.commit(copy)
             finally:
                 await self.after_last_close(copy)
 

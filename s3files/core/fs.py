@@ -37,7 +37,7 @@ from s3files.core.treeops import RENAME_EXCHANGE, RENAME_NOREPLACE, TreeOps
 from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
 from s3files.core.writestate import WAITING, WriteState
 from s3files.core.xattrs import ExtendedAttributes
-from s3files.errors import NotADirectory, NotFound, S3FilesError
+from s3files.errors import NotADirectory, NotFound
 from s3files.options import MountOptions
 from s3files.store.base import ObjectStore
 
@@ -193,6 +193,9 @@ class FileSystem:
     async def flush(self, fh: int) -> None:
         await self.files.flush(fh)
 
+    async def fsync(self, fh: int) -> None:
+        await self.files.fsync(fh)
+
     async def release(self, fh: int) -> None:
         await self.files.release(fh)
 
@@ -251,18 +254,29 @@ class FileSystem:
             raise
         await self.files.after_last_close(copy)
 
+    async def sync(self, path: str | None = None) -> dict[str, str]:
+        """``s3files sync``: upload now every file waiting for its upload (eventual mode's write-back, or
+        a failed upload's retry), or those at or below ``path`` (relative to the mount's root); returns
+        once every upload is done: path -> why, for each file that is not in S3 after (its upload failed
+        or conflicted, or it is open for writing with changes no close acknowledged yet)."""
+        below = (path or "").strip("/")
+        return await self.files.writeback.sync(
+            copy
+            for copy in self.cache.live()
+            if not below or copy.node.path == below or copy.node.path.startswith(below + "/")
+        )
+
     async def aclose(self) -> None:
-        """At a stop: publish what a close or fsync acknowledged (bounded in time), keep everything else
-        in the cache folder with its record, and say so per file. A file still open for writing is never
-        published by a stop: the key keeps its last complete version."""
+        """At a stop: publish what a close or fsync acknowledged (bounded in time; eventual mode's files
+        waiting for the write-back too), keep everything else in the cache folder with its record, and
+        say so per file. A file still open for writing is never published by a stop: the key keeps its
+        last complete version."""
         await self.markers.aclose()  # folder times not written yet (markers.py)
         with trio.move_on_after(UNMOUNT_UPLOAD_TIMEOUT) as scope:
-            for copy in self.cache.live():
-                if copy.state in WAITING:
-                    try:
-                        await self.files.publish_waiting(copy)
-                    except S3FilesError as exc:
-                        log.error("op=unmount path=%r: upload failed (%s)", copy.node.path, exc)
+            waiting = [copy for copy in self.cache.live() if copy.state in WAITING]
+            failed = await self.files.writeback.sync(waiting)
+            for path, why in failed.items():
+                log.error("op=unmount path=%r: upload failed (%s)", path, why)
         if scope.cancelled_caught:
             log.error("uploads at unmount took over %d s", UNMOUNT_UPLOAD_TIMEOUT)
         for copy in self.cache.live():
@@ -296,6 +310,7 @@ class FileSystem:
                     "bytes": copy.size(),
                     "open_handles": copy.handles,
                     "data": str(copy.path) if copy.path is not None else None,
+                    "writeback": self.files.writeback.waiting(copy),
                 }
                 for copy in self.cache.live()
                 if copy.unsent
@@ -317,6 +332,8 @@ class FileSystem:
             **self.markers.statistics(),
             "spare_read_bytes": self.files.spare_read_bytes,
             "retrying_uploads": self.uploader.retrying,
+            "writeback_waiting": self.files.writeback.pending(),
+            "writeback_uploads": self.files.writeback.uploaded,
             "requests": self.store.requests.snapshot(),
         }
 

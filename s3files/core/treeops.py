@@ -274,8 +274,15 @@ class TreeOps:
             await self.store.delete(src_key)
             self.sb.deleted(src_key)
         elif target is not None and not target.is_dir:
-            await self.store.delete(dst_key)  # the new file replaces it now; it is published at close
-            self.sb.deleted(dst_key)
+            replaced_etag = target.info.etag if target.info is not None and target.info.key == dst_key else None
+            if self.files.write_back and copy.state is WriteState.ACKED and replaced_etag:
+                # Eventual mode, a closed file waiting for its upload (rsync's temporary name): no request
+                # now; its upload replaces the version it was renamed over (If-Match that version), so
+                # others see the old file until the new one, never no file.
+                copy.base_etag = replaced_etag  # base_size stays 0: nothing is copied from that version
+            else:
+                await self.store.delete(dst_key)  # the new file replaces it now; it is published at close
+                self.sb.deleted(dst_key)
         replaced = self.sb.inodes.by_path(dst_path)
         if replaced is not None and replaced is not node:
             await self.files.orphan(replaced)

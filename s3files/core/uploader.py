@@ -91,13 +91,18 @@ class Uploader:
 
     # -- publishing -------------------------------------------------------------------------------------
 
-    async def publish(self, copy: LocalCopy, retry_in: float = RETRY_FIRST) -> ObjectInfo | None:
+    async def publish(
+        self, copy: LocalCopy, retry_in: float = RETRY_FIRST, background: bool = False
+    ) -> ObjectInfo | None:
         """Publish ``copy``'s current bytes if they differ from S3 (close, fsync, unmount, recovery).
 
         None when there was nothing to publish. On a failure to reach S3 the copy is ACKED: kept in the
         cache folder with its record, durably, retried in the background after ``retry_in`` seconds, and
-        the error is raised."""
+        the error is raised. ``background`` (the write-back): only an ACKED copy is published (one written
+        again since it was chosen is REWRITTEN: ``publish_acked`` sends its closed version)."""
         async with copy.lock:
+            if background and copy.state is not WriteState.ACKED:
+                return None
             if copy.state is WriteState.BROKEN:
                 raise CacheFull(f"not uploaded: a write to this file failed earlier ({copy.broken})")
             if copy.state not in PUBLISHABLE or copy.closed:
@@ -284,6 +289,11 @@ class Uploader:
         except S3FilesError:
             return
         self._on_published(copy)
+
+    async def forget_acked(self, copy: LocalCopy, view: AckedView | None) -> None:
+        """A kept version a newer acknowledgement replaced (eventual mode's close, files.py): its side
+        file and upload go, once the record no longer names it."""
+        await self._forget(copy, view)
 
     async def _forget(self, copy: LocalCopy, view: AckedView | None) -> None:
         """A version kept aside that no record names any more: its side file and its upload go."""

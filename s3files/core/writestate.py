@@ -9,7 +9,9 @@ through the file system (a move no scenario can make does not belong in the tabl
     DIRTY      it differs from S3 and no close/fsync acknowledged the difference yet. Never published by
                a stop; kept (not uploaded) by recovery.
     ACKED      a close or fsync acknowledged the current bytes: they must reach S3. Waiting for an upload
-               (the first failed, or the daemon stopped); retried in the background and by recovery.
+               (the first failed, or the daemon stopped; in eventual mode, a close acknowledges without
+               uploading and the write-back uploads it later, writeback.py); retried in the background
+               and by recovery.
     REWRITTEN  an ACKED copy written again (or truncated, chmod-ed) before its upload (or an UPLOADING
                copy written during its upload, which then failed): the acknowledged
                version is kept aside (copies.py ``AckedView``: its length, metadata, and the bytes the
@@ -46,15 +48,17 @@ S = WriteState
 TRANSITIONS: dict[WriteState, frozenset[WriteState]] = {
     # written, truncated or chmod-ed / a flush of an unchanged copy needs no upload / lost its name
     S.CLEAN: frozenset({S.DIRTY, S.ORPHANED}),
-    # close/fsync: publish (acknowledged from here on) / lost its name / a local write failed
-    S.DIRTY: frozenset({S.UPLOADING, S.ORPHANED, S.BROKEN}),
+    # close/fsync: publish (acknowledged from here on) / eventual mode's close: acknowledged, kept durably
+    # in the cache folder, uploaded by the write-back later / lost its name / a local write failed
+    S.DIRTY: frozenset({S.UPLOADING, S.ACKED, S.ORPHANED, S.BROKEN}),
     # retry / written again (the acknowledged version is kept aside: never DIRTY, which would lose it) /
     # lost its name / a write failed
     S.ACKED: frozenset({S.UPLOADING, S.REWRITTEN, S.ORPHANED, S.BROKEN}),
     # a close/fsync acknowledges the newer bytes (the kept version is dropped) / the kept version was
     # published, or written beside on a conflict (the newer bytes stay unacknowledged) / lost its name /
-    # a write failed
-    S.REWRITTEN: frozenset({S.UPLOADING, S.DIRTY, S.ORPHANED, S.BROKEN}),
+    # a write failed / eventual mode's close acknowledges the newer bytes (the kept version is dropped)
+    # without uploading them
+    S.REWRITTEN: frozenset({S.UPLOADING, S.DIRTY, S.ACKED, S.ORPHANED, S.BROKEN}),
     # published (CLEAN, or DIRTY when written meanwhile) / failed or cancelled: retry later (REWRITTEN
     # when written meanwhile: the acknowledged version was kept aside) / someone else won / a later
     # write failed (what the flush acknowledged was read before it)

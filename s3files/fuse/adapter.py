@@ -203,7 +203,7 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.fs.flush(fh)
+        await self.fs.fsync(fh)
 
     @guarded
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> Any:

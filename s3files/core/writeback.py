@@ -1,0 +1,155 @@
+"""Write-back (``--consistency eventual``): when an acknowledged local copy is uploaded, and ``sync``.
+
+Owns: the schedule of the copies a close acknowledged without uploading them (files.py ``acknowledge``):
+each is due ``--writeback-delay`` seconds after its LAST acknowledgement (every close re-arms it, so a file
+rewritten or appended ten times within the delay is uploaded once), and at the latest ``MAX_HOLD`` delays
+after the first acknowledgement that is still waiting (a file closed again and again without a pause is
+still uploaded regularly). One background task on the mount's nursery uploads what is due, a bounded
+number at a time; ``sync`` uploads now what a path holds and reports per file what is not in S3 after.
+
+Must not decide what an acknowledgement is (files.py) nor how a copy is published: every upload goes
+through ``publish`` (files.py -> uploader.py: conditional writes, conflict copies, retries), as a
+background publish, which is abandoned if the program changes the file before it commits (the next close
+schedules it again), so no other mount ever sees bytes no close acknowledged.
+
+Time: trio's clock (``trio.current_time``, ``trio.sleep_until``), the one the task sleeps on, so tests
+drive the schedule with ``trio.testing.MockClock`` instead of sleeping through delays.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from s3files.core.copies import LocalCopy
+from s3files.core.tasks import CONCURRENCY
+from s3files.core.writestate import WAITING, WriteState
+from s3files.errors import S3FilesError
+
+log = logging.getLogger(__name__)
+
+MAX_HOLD = 10  # a copy waits at most this many delays after its first acknowledgement still waiting
+
+
+@dataclass
+class _Due:
+    first: float  # trio time of the first acknowledgement not uploaded yet
+    at: float  # when the upload is due (inf: written again since, due at its next acknowledgement)
+
+
+class WriteBack:
+    """The write-back schedule of one mount (see the module docstring).
+
+    ``publish(copy, background)`` uploads a waiting copy (files.py ``publish_due``: its bytes, or the
+    version kept aside if it was written again since its close); ``settle(copy)`` is called after an upload
+    the scheduler made, for a copy nobody has open any more; ``spawn`` starts background work on the
+    mount's nursery."""
+
+    def __init__(
+        self,
+        delay: float,
+        publish: Callable[[LocalCopy, bool], Awaitable[object]],
+        settle: Callable[[LocalCopy], Awaitable[None]],
+        spawn: Callable[..., object],
+    ) -> None:
+        self.delay = max(0.0, delay)
+        self._publish = publish
+        self._settle = settle
+        self._spawn = spawn
+        self._due: dict[LocalCopy, _Due] = {}
+        self._wake = trio.Event()
+        self._running = False
+        self._limit = trio.CapacityLimiter(CONCURRENCY)
+        self.uploaded = 0  # copies the schedule uploaded (statistics)
+
+    def arm(self, copy: LocalCopy) -> None:
+        """``copy`` was acknowledged (again): due ``delay`` from now, but not past its longest hold."""
+        now = trio.current_time()
+        waiting = self._due.get(copy)
+        first = now if waiting is None else waiting.first
+        self._due[copy] = _Due(first, min(now + self.delay, first + MAX_HOLD * self.delay))
+        if not self._running:
+            self._running = True
+            self._spawn(self._run)
+        self._wake.set()
+
+    def waiting(self, copy: LocalCopy) -> bool:
+        """Whether ``copy`` waits for its upload here (it stays live meanwhile; no error to log)."""
+        return copy in self._due
+
+    def pending(self) -> int:
+        return len(self._due)
+
+    async def _run(self) -> None:
+        """Upload what is due, then sleep until the next copy is due or one is armed. Ends with the mount
+        (its nursery is cancelled)."""
+        while True:
+            self._wake = trio.Event()
+            now = trio.current_time()
+            for copy in [c for c, due in self._due.items() if due.at <= now]:
+                self._spawn(self._upload, copy)
+            soonest = min((due.at for due in self._due.values()), default=math.inf)
+            with trio.move_on_at(soonest):
+                await self._wake.wait()
+
+    async def _upload(self, copy: LocalCopy) -> None:
+        due = self._due.get(copy)
+        if due is None or due.at > trio.current_time():
+            return  # re-armed, or uploaded by fsync or sync, since it was found due
+        if copy.state is WriteState.DIRTY and not copy.closed:
+            due.at = math.inf  # written since its acknowledgement: due again at the next one
+            return
+        del self._due[copy]
+        if copy.state not in WAITING or copy.closed or copy.sending.retry_pending:
+            return  # uploaded meanwhile, lost its name, or failed and waits for the uploader's retry
+        async with self._limit:
+            try:
+                await self._publish(copy, True)
+            except S3FilesError as exc:
+                # A conflict (ours is kept beside theirs), a failure (the uploader retries it), or changed
+                # again while uploading: the uploader has logged what it did; the copy's state says the rest.
+                log.debug("op=writeback path=%r not uploaded now: %s", copy.node.path, exc)
+            else:
+                self.uploaded += 1
+        if copy.state is WriteState.DIRTY and not copy.closed and copy not in self._due:
+            # Changed while it was uploading: waits for the close that acknowledges the change.
+            self._due[copy] = _Due(due.first, math.inf)
+        if copy.handles == 0 and copy not in self._due:
+            await self._settle(copy)
+
+    async def sync(self, copies: Iterable[LocalCopy]) -> dict[str, str]:
+        """Upload ``copies`` now (those acknowledged; the others are reported): path -> why it is not in
+        S3 after, for each that is not. Returns once every upload is done."""
+        failed: dict[str, str] = {}
+
+        async def one(copy: LocalCopy) -> None:
+            path = copy.node.path
+            if copy.state is WriteState.BROKEN:
+                failed[path] = f"not uploaded: a write to it failed ({copy.broken})"
+                return
+            if copy.state is WriteState.DIRTY:
+                failed[path] = "not uploaded: open for writing, changed since its last close or fsync"
+                return
+            self._due.pop(copy, None)
+            try:
+                async with self._limit:
+                    await self._publish(copy, False)
+            except S3FilesError as exc:
+                failed[path] = str(exc)
+            else:
+                if copy.state is WriteState.DIRTY:  # its closed version was published, not what came after
+                    failed[path] = "not uploaded: open for writing, changed since its last close or fsync"
+                elif copy.unsent:
+                    failed[path] = f"not uploaded ({copy.state.value})"
+            if copy.handles == 0 and not copy.closed:
+                await self._settle(copy)
+
+        async with trio.open_nursery() as nursery:
+            for copy in copies:
+                if copy.unsent or copy.state is WriteState.BROKEN:
+                    nursery.start_soon(one, copy)
+        return failed

@@ -1,0 +1,374 @@
+"""Eventual mode's write side in the core: close acknowledges durably without uploading, the write-back
+uploads after ``writeback_delay`` (re-armed by every close, bounded by MAX_HOLD delays), fsync and
+``sync`` upload at once, stops and crashes lose nothing acknowledged, and metadata changes and renames
+of a waiting file fold into its one upload. Time is trio's MockClock (the write-back sleeps on trio's
+clock): the tests jump it instead of sleeping through delays. Request counts from the MemoryStore."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from s3files.core.fs import FileSystem
+from s3files.core.inodes import ROOT_INO
+from s3files.core.writeback import MAX_HOLD
+from s3files.core.writestate import WriteState
+from s3files.errors import EndpointUnreachable
+from s3files.options import Consistency, MountOptions, Source
+from s3files.store import MemoryStore
+
+DELAY = 5.0
+
+
+def options(**kw: Any) -> MountOptions:
+    kw.setdefault("consistency", Consistency.EVENTUAL)
+    kw.setdefault("writeback_delay", DELAY)
+    return MountOptions(source=Source("bucket", ""), mountpoint=Path("/unused"), **kw)
+
+
+def run_eventual(
+    store: MemoryStore,
+    body: Callable[[FileSystem, trio.testing.MockClock], Awaitable[None]],
+    folder: Path | None = None,
+    stop: bool = True,
+    **kw: Any,
+) -> None:
+    """Run ``body`` on an eventual-mode FileSystem under a MockClock (``clock.jump`` moves time);
+    ``folder``: a cache folder that outlives the mount; ``stop``: end with ``aclose`` (else as kill -9
+    leaves it: nothing more runs, the folder's files stay)."""
+    clock = trio.testing.MockClock()
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with trio.open_nursery() as nursery:
+                fs = FileSystem(store, options(**kw), spawn=nursery.start_soon, staging=folder or Path(tmp))
+                await fs.recover()
+                await body(fs, clock)
+                if stop:
+                    await fs.aclose()
+                else:
+                    for copy in fs.cache.live():
+                        os.close(copy.fd)
+                    fs.folder.close()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=clock)
+
+
+async def settle(clock: trio.testing.MockClock, seconds: float) -> None:
+    """Move time on by ``seconds`` and let every task run that is due by then."""
+    await trio.testing.wait_all_tasks_blocked()
+    clock.jump(seconds)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def write_file(fs: FileSystem, name: str, data: bytes, flags: int = os.O_WRONLY | os.O_TRUNC) -> None:
+    """``open(name, "w").write(data)`` then close: create, or open an existing file with ``flags``."""
+    try:
+        ino = (await fs.lookup(ROOT_INO, name)).ino
+    except Exception:
+        opened = await fs.create(ROOT_INO, name, 0o644, 0, 0)
+    else:
+        opened = await fs.open(ino, flags)
+    off = (await fs.getattr(opened.attr.ino)).size if flags & os.O_APPEND else 0
+    await fs.write(opened.fh, off, data)
+    await fs.flush(opened.fh)
+    await fs.release(opened.fh)
+
+
+def puts(store: MemoryStore) -> int:
+    counts = store.requests.snapshot()
+    return counts.get("put", 0) + counts.get("complete_multipart", 0)
+
+
+def test_close_returns_with_no_request_and_the_file_is_uploaded_after_the_delay() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        opened = await fs.create(ROOT_INO, "a.txt", 0o644, 0, 0)
+        store.requests.reset()
+        await fs.write(opened.fh, 0, b"hello")
+        await fs.flush(opened.fh)
+        await fs.release(opened.fh)
+        assert store.requests.snapshot() == {}  # no PUT, no HEAD: close asked nothing of S3
+        copy = fs.cache.get((await fs.lookup(ROOT_INO, "a.txt")).ino)
+        assert copy is not None and copy.state is WriteState.ACKED and copy.path is not None
+        record = json.loads((fs.folder.files / f"{copy.id}.json").read_text())
+        assert (record["state"], record["acknowledged"], record["key"]) == ("acked", True, "a.txt")
+        assert Path(copy.path).read_bytes() == b"hello"  # durable in the cache folder, not in memory
+        assert fs.status()["files"][0]["writeback"] is True  # type: ignore[index]
+        await settle(clock, DELAY - 0.5)
+        assert store.keys() == []
+        await settle(clock, 1.0)
+        assert store.keys() == ["a.txt"] and store.data("a.txt") == b"hello"
+        assert puts(store) == 1
+        assert fs.cache.get(copy.node.ino) is None  # settled: a clean cached copy, nothing waits
+        assert fs.status()["files"] == []
+
+    run_eventual(store, body)
+
+
+def test_ten_rewrites_within_the_delay_are_uploaded_once() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        for i in range(10):
+            await write_file(fs, "log", f"version {i}\n".encode())
+            await settle(clock, DELAY / 2)  # each close re-arms: never DELAY since the last one
+        assert store.keys() == []
+        await settle(clock, DELAY)
+        assert store.data("log") == b"version 9\n"
+        assert puts(store) == 1
+
+    run_eventual(store, body)
+
+
+def test_appends_through_a_descriptor_kept_open_are_uploaded_once() -> None:
+    """``exec 3>>log; echo $i >&3``: each echo closes a duplicate (a FUSE flush), the file stays open."""
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        opened = await fs.create(ROOT_INO, "log", 0o644, 0, 0)
+        for i in range(100):
+            await fs.write(opened.fh, i * 4, f"{i:03d}\n".encode())
+            await fs.flush(opened.fh)
+        assert store.requests.snapshot().get("put", 0) == 0
+        await settle(clock, DELAY)
+        assert store.data("log") == b"".join(f"{i:03d}\n".encode() for i in range(100))
+        assert puts(store) == 1
+        await fs.release(opened.fh)
+        await settle(clock, DELAY)
+        assert puts(store) == 1  # the last close changed nothing: no second upload
+
+    run_eventual(store, body)
+
+
+def test_a_file_closed_again_and_again_is_uploaded_within_max_hold_delays() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        step = DELAY / 2
+        for i in range(2 * MAX_HOLD + 1):  # closed every half delay for MAX_HOLD delays
+            await write_file(fs, "busy", f"{i}".encode())
+            if i == 2 * MAX_HOLD - 1:
+                assert store.keys() == []  # just under MAX_HOLD delays since the first close
+            await settle(clock, step)
+        assert puts(store) == 1  # the longest hold passed once
+        assert store.data("busy") == str(2 * MAX_HOLD - 1).encode()
+
+    run_eventual(store, body)
+
+
+def test_fsync_uploads_that_file_only() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await write_file(fs, "other", b"waits")
+        opened = await fs.create(ROOT_INO, "now", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"synced")
+        await fs.fsync(opened.fh)
+        assert store.keys() == ["now"] and store.data("now") == b"synced"
+        await fs.release(opened.fh)
+        assert puts(store) == 1
+        # fsync through a descriptor opened for reading uploads a file waiting for the write-back
+        reader = await fs.open((await fs.lookup(ROOT_INO, "other")).ino, os.O_RDONLY)
+        await fs.fsync(reader.fh)
+        await fs.release(reader.fh)
+        assert store.data("other") == b"waits"
+        await settle(clock, 2 * DELAY)
+        assert puts(store) == 2  # nothing left for the write-back
+
+    run_eventual(store, body)
+
+
+def test_sync_uploads_everything_or_a_folder_and_reports_each_failure() -> None:
+    store = MemoryStore()
+    store.seed("d/", b"")
+    store.seed("e/", b"")
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        d = (await fs.lookup(ROOT_INO, "d")).ino
+        for name in ("x", "y"):
+            opened = await fs.create(d, name, 0o644, 0, 0)
+            await fs.write(opened.fh, 0, name.encode())
+            await fs.release(opened.fh)
+        await write_file(fs, "top", b"top")
+        assert await fs.sync("d") == {}
+        assert store.keys() == ["d/", "d/x", "d/y", "e/"]  # only the folder asked for
+        # one file fails (S3 down for one PUT), one is open with changes no close acknowledged
+        await write_file(fs, "f1", b"1")
+        opened = await fs.create(ROOT_INO, "open", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"half")
+        store.fail("put", EndpointUnreachable("S3 is down"), times=1)
+        failed = await fs.sync()
+        assert set(failed) == {"open", "top"} or set(failed) == {"open", "f1"}
+        assert "open for writing" in failed["open"]
+        assert "S3 is down" in next(why for path, why in failed.items() if path != "open")
+        assert len([k for k in store.keys() if k in ("top", "f1")]) == 1
+        assert await fs.sync() == {"open": failed["open"]}  # the failed one went this time
+        assert {"top", "f1"} <= set(store.keys()) and "open" not in store.keys()
+        await fs.release(opened.fh)
+        assert await fs.sync() == {}
+        assert store.data("open") == b"half"
+
+    run_eventual(store, body)
+
+
+def test_a_stop_uploads_every_waiting_file_first() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        for i in range(20):
+            await write_file(fs, f"f{i:02d}", bytes([i]) * 10)
+        assert store.keys() == []
+
+    run_eventual(store, body)  # aclose at the end
+    assert store.keys() == [f"f{i:02d}" for i in range(20)]
+    assert all(store.data(f"f{i:02d}") == bytes([i]) * 10 for i in range(20))
+
+
+def test_a_crash_before_the_upload_is_recovered_at_the_next_mount(tmp_path: Path) -> None:
+    store = MemoryStore()
+
+    async def first(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await write_file(fs, "precious", b"acknowledged at close")
+        await write_file(fs, "also", b"x" * (3 * 1024 * 1024))  # past the memory stage: on disk at once
+
+    run_eventual(store, first, folder=tmp_path, stop=False)  # kill -9 before the delay
+    assert store.keys() == []
+
+    async def second(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        assert sorted(fs.recovery.uploaded) == ["also", "precious"]
+
+    run_eventual(store, second, folder=tmp_path)
+    assert store.data("precious") == b"acknowledged at close"
+    assert store.data("also") == b"x" * (3 * 1024 * 1024)
+
+
+def test_chmod_utime_and_rename_of_a_waiting_file_fold_into_one_put() -> None:
+    """rsync: write a temporary name, close, chmod, utime, rename: one PUT at the new name, with the
+    mode and mtime; no COPY, no DELETE, nothing at the temporary name."""
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await fs.readdir(await fs.opendir(ROOT_INO), 0)  # rsync lists the target first
+        store.requests.reset()
+        await write_file(fs, ".file.XXXX", b"payload")
+        ino = (await fs.lookup(ROOT_INO, ".file.XXXX")).ino
+        await fs.setattr(ino, mode=0o600)
+        await fs.setattr(ino, mtime_ns=1_000_000_000_123, atime_ns=1_000_000_000_000)
+        await fs.rename(ROOT_INO, ".file.XXXX", ROOT_INO, "file", 0)
+        assert puts(store) == 0
+        await settle(clock, DELAY)
+        counts = store.requests.snapshot()
+        assert counts.get("put") == 1 and not {"copy", "delete"} & set(counts), counts
+        assert store.keys() == ["file"] and store.data("file") == b"payload"
+        head = await store.head("file")
+        assert head.metadata is not None
+        assert int(head.metadata["mode"]) == stat.S_IFREG | 0o600
+        assert head.metadata["mtime"].startswith("1000.000000123")
+
+    run_eventual(store, body)
+
+
+def test_rename_of_a_waiting_file_over_an_existing_one_replaces_it_at_upload() -> None:
+    """No DELETE at rename: the other mounts see the old version until the new one replaces it (a
+    conditional write on the version it replaced)."""
+    store = MemoryStore()
+    store.seed("file", b"old version")
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await fs.lookup(ROOT_INO, "file")
+        await write_file(fs, ".file.tmp", b"new version")
+        store.requests.reset()
+        await fs.rename(ROOT_INO, ".file.tmp", ROOT_INO, "file", 0)
+        assert store.requests.snapshot().get("delete", 0) == 0
+        assert store.data("file") == b"old version"
+        await settle(clock, DELAY)
+        assert store.keys() == ["file"] and store.data("file") == b"new version"
+        assert puts(store) == 1
+
+    run_eventual(store, body)
+
+
+def test_unlink_of_a_waiting_file_costs_nothing_and_uploads_nothing() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await write_file(fs, "scratch", b"temporary")
+        store.requests.reset()
+        await fs.unlink(ROOT_INO, "scratch")
+        await settle(clock, 2 * DELAY)
+        assert store.requests.snapshot() == {} and store.keys() == []
+
+    run_eventual(store, body)
+
+
+def test_a_waiting_file_is_read_and_listed_from_its_local_bytes() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await write_file(fs, "w", b"local bytes")
+        store.requests.reset()
+        handle = await fs.opendir(ROOT_INO)
+        assert [name for name, _, _ in await fs.readdir(handle, 0)] == ["w"]
+        fs.releasedir(handle)
+        opened = await fs.open((await fs.lookup(ROOT_INO, "w")).ino, os.O_RDONLY)
+        assert await fs.read(opened.fh, 0, 100) == b"local bytes"
+        await fs.release(opened.fh)
+        assert store.keys() == [] and puts(store) == 0
+
+    run_eventual(store, body)
+
+
+def test_a_change_while_the_upload_is_prepared_is_never_published_half() -> None:
+    """A file rewritten (truncated, then written) while its write-back upload waits for S3: that upload
+    is abandoned before it commits, so S3 never holds bytes no close acknowledged; the next close is
+    uploaded. (The upload is held just before its PUT: as when the file's first part is fetched.)"""
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await write_file(fs, "f", b"first version")
+        ino = (await fs.lookup(ROOT_INO, "f")).ino
+        held, go = trio.Event(), trio.Event()
+        real_settled = fs.cache.io.settled
+
+        async def settled(copy: Any) -> None:  # the upload's wait for queued writes, before its read
+            if not held.is_set():  # the first call only
+                held.set()
+                await go.wait()
+            await real_settled(copy)
+
+        fs.cache.io.settled = settled  # type: ignore[method-assign]
+        await settle(clock, DELAY)
+        assert held.is_set()  # the write-back's upload has begun
+        opened = await fs.open(ino, os.O_WRONLY | os.O_TRUNC)
+        await fs.write(opened.fh, 0, b"sec")  # not closed yet: no close acknowledged these bytes
+        go.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert puts(store) == 0 and store.keys() == []
+        await fs.write(opened.fh, 3, b"ond")
+        await fs.flush(opened.fh)
+        await fs.release(opened.fh)
+        await settle(clock, DELAY)
+        assert store.data("f") == b"second" and puts(store) == 1
+
+    run_eventual(store, body)
+
+
+def test_close_to_open_still_uploads_at_close() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await write_file(fs, "c", b"at close")
+        assert store.data("c") == b"at close"
+
+    run_eventual(store, body, consistency=Consistency.CLOSE_TO_OPEN)
