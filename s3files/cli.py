@@ -1,4 +1,4 @@
-"""The ``s3files`` command: argparse front end for mount, unmount and status. No business logic here.
+"""The ``s3files`` command: argparse front end for mount, unmount, status and sync. No business logic here.
 
 Errors a user can cause or fix (bad mount point, missing bucket, rejected credentials, unreachable
 endpoint) are printed as one line ``s3files: error: ...`` with exit status 1, never a traceback.
@@ -195,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to look for a mount point's cache folder (default: the mount's default cache dir)",
     )
     status.add_argument("--json", action="store_true", help="print JSON for programs")
+
+    sync = sub.add_parser(
+        "sync",
+        help="upload now what a mount has not uploaded yet (eventual mode's write-back), and wait",
+        description="Ask the running daemon of MOUNTPOINT to upload every file waiting for its upload (or"
+        " those at or below PATH) and return when they are in S3: exit 0, or 1 with one line per file that"
+        " is not (its upload failed or conflicted, or it is open for writing with changes no close"
+        " acknowledged yet).",
+    )
+    sync.add_argument("mountpoint", type=Path)
+    sync.add_argument("path", type=Path, nargs="?", help="a file or folder inside the mount (default: all)")
+    sync.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="the mount's --cache-dir, if it used another than the default (its control socket is there)",
+    )
+    sync.add_argument("--timeout", type=float, help="give up after this many seconds (default: wait)")
     return parser
 
 
@@ -373,6 +390,29 @@ def status(target: Path, cache_dir: Path | None, as_json: bool) -> int:
     return 0
 
 
+def sync(mountpoint: Path, path: Path | None, cache_dir: Path | None, timeout: float | None) -> int:
+    """``s3files sync``: one line per file not in S3 after (stderr), exit 1 if any."""
+    from s3files.control import ControlError, request
+    from s3files.status import StatusError, canonical, folder_of_mountpoint
+
+    where = canonical(mountpoint)
+    inside = None
+    if path is not None:
+        relative = os.path.relpath(canonical(path), where)
+        if relative == ".." or relative.startswith("../"):
+            return _fail(f"{path} is not inside the mount at {where}")
+        inside = None if relative == "." else relative
+    try:
+        root = folder_of_mountpoint(where, cache_dir.absolute() if cache_dir else default_cache_dir())
+        answer = request(root, {"op": "sync", "path": inside}, timeout)
+    except (StatusError, ControlError) as exc:
+        return _fail(str(exc))
+    failed = answer.get("failed") or {}
+    for name, why in sorted(failed.items()):
+        print(f"s3files: not in S3: {where}/{name}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
@@ -386,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return unmount(args.mountpoint, args.lazy)
     if args.command == "status":
         return status(args.target, args.cache_dir, args.json)
+    if args.command == "sync":
+        return sync(args.mountpoint, args.path, args.cache_dir, args.timeout)
     try:
         opts = options_from(args)
     except MountError as exc:

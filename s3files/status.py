@@ -6,7 +6,8 @@ Owns: the status file (``<cache folder>/status.json``: its content, and ``Status
 atomically and only when it changed; the mount's task in fuse/mount.py calls it about once a second and
 removes the file when the mount ends), telling whether a cache folder's daemon runs (the flock on its
 ``lock``), finding the cache folder of a mount point (the status file that names it), and the human and
-JSON output. Must not import pyfuse3 nor talk to the daemon or to S3: everything here is read from files,
+JSON output; ``folder_of_mountpoint`` also tells ``s3files sync`` where the daemon's control socket is
+(s3files/control.py). Must not import pyfuse3 nor talk to the daemon or to S3: everything here is read from files,
 so a dead daemon is reported as well as a live one.
 
 Which source tells what:
@@ -282,19 +283,27 @@ def folder_of_mount(mountpoint: str, cache_dir: Path) -> Path | None:
     return best[2] if best is not None else None
 
 
+def folder_of_mountpoint(where: str, cache_dir: Path) -> Path:
+    """The cache folder of the s3files mount at ``where`` (canonical); StatusError with the one line to
+    print if nothing s3files is mounted there or no cache folder in ``cache_dir`` names it."""
+    if not _mount_at(where):
+        raise StatusError(f"{where} is not an s3files mount point")
+    root = folder_of_mount(where, cache_dir)
+    if root is None:
+        raise StatusError(
+            f"{where} is an s3files mount, but no cache folder in {cache_dir} names it;"
+            " give the mount's --cache-dir (or its cache folder)"
+        )
+    return root
+
+
 def status_of(target: Path, cache_dir: Path) -> Status:
     """The status ``target`` names: of the mount at a mount point, of a cache folder, or of every cache
     folder in a cache dir (``--cache-dir``: ``{"cache_dir": ..., "cache_folders": [status, ...]}``).
     StatusError if it names none."""
     where = canonical(target)
     if _mount_at(where):  # first: looking into a mount point would ask its daemon (or fail: ENOTCONN)
-        root = folder_of_mount(where, cache_dir)
-        if root is None:
-            raise StatusError(
-                f"{where} is an s3files mount, but no cache folder in {cache_dir} names it;"
-                " give the mount's --cache-dir (or its cache folder)"
-            )
-        status = read_status(root)
+        status = read_status(folder_of_mountpoint(where, cache_dir))
         if not status["running"]:
             status["note"] = (
                 f"the daemon of the mount at {where} is not running (it was stopped or died); the mount"
@@ -345,6 +354,8 @@ def _why_live(entry: Mapping[str, Any], retrying: int) -> str:
     opened = f", {_plural(handles, 'open handle')}" if handles else ""
     if state == "uploading":
         return f"closed or fsynced, uploading now{opened}"
+    if state == "acked" and entry.get("writeback"):
+        return f"closed, uploaded by the write-back after --writeback-delay (s3files sync: now){opened}"
     if state == "acked":
         again = "retried in the background" if retrying else "waiting for its upload"
         return f"closed or fsynced, upload failed, {again}{opened}"

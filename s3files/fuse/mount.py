@@ -1,6 +1,7 @@
 """Running one mount: checks, pyfuse3 init/main/close, the nursery for background work, clean stops.
 
-Owns: the mount's lifetime. ``serve()`` runs in a trio run and returns when the file system is unmounted
+Owns: the mount's lifetime (its background tasks: the status file, the control socket of ``s3files
+sync`` (s3files/control.py), signals). ``serve()`` runs in a trio run and returns when the file system is unmounted
 (by ``stop``, SIGTERM/SIGINT, or ``umount``); ``mounted_in_thread()`` runs ``serve()`` on a thread of this
 process for the library API and tests. pyfuse3 allows one mount per process (its own global state); the
 library runs further mounts in child processes.
@@ -29,6 +30,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from s3files import control
 from s3files.core.fs import FileSystem
 from s3files.core.kernel import NoKernelCache
 from s3files.core.records import CacheFolder, folder_name
@@ -140,6 +142,7 @@ async def _serve(
             nursery.start_soon(kernel.run)
             nursery.start_soon(_after_init, opts, fs, ready)
             nursery.start_soon(_write_status, opts, fs, folder)
+            nursery.start_soon(control.serve, folder.root, fs.sync)
             if handle_signals:
                 nursery.start_soon(_stop_on_signals, stop)
                 if opts.stats_file is not None:

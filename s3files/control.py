@@ -1,0 +1,159 @@
+"""The control channel of a running mount: ``s3files sync`` asks the daemon to upload now.
+
+Owns: where the channel is (``control.sock`` in the mount's cache folder: only the mount's user can
+reach it, the folder being 0700, and ``s3files status`` already finds that folder from a mount point),
+the protocol (one JSON object per line each way: a request ``{"op": "sync", "path": "sub/dir" | null}``,
+an answer ``{"ok": true, "failed": {"path": "why", ...}}`` or ``{"ok": false, "error": "..."}``), the
+daemon's side (``serve``, a task on the mount's nursery, fuse/mount.py) and the client's (``request``).
+Must not import pyfuse3 (the CLI imports this) nor decide what a sync does (core/fs.py ``sync``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "control.sock"
+MAX_LINE = 64 * 1024  # bytes of one request; anything longer is refused
+SUN_PATH_MAX = 107  # bytes of a Unix socket's path the kernel takes (108 with the final NUL)
+
+Sync = Callable[[str | None], Awaitable[dict[str, str]]]
+
+
+class ControlError(Exception):
+    """The daemon cannot be asked, or answered with an error; ``str()`` is the one line to print."""
+
+
+def socket_path(root: Path) -> Path:
+    """The control socket of the mount whose cache folder is ``root``."""
+    return root / SOCKET_NAME
+
+
+@contextlib.contextmanager
+def _address(path: Path) -> Iterator[str]:
+    """An address for ``path`` the kernel accepts: the path itself, or, when it is too long for a Unix
+    socket (a long --cache-dir and bucket name), the same file through ``/proc/self/fd/<folder fd>``."""
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+# -- the daemon's side ------------------------------------------------------------------------------------
+
+
+async def serve(root: Path, sync: Sync) -> None:
+    """Answer requests on ``root``'s control socket until cancelled (the mount ends); removes it then."""
+    path = socket_path(root)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # left by a daemon that died: the folder's lock says it is ours now
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with _address(path) as address:
+            await listener.bind(address)
+            os.chmod(address, 0o600)  # the mount's user only, whatever the umask
+        listener.listen(16)
+        async with trio.open_nursery() as nursery:
+            while True:
+                conn, _ = await listener.accept()
+                nursery.start_soon(_answer, conn, sync)
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+async def _answer(conn: trio.socket.SocketType, sync: Sync) -> None:
+    """One request. Whatever goes wrong is answered and logged, never raised: the mount goes on."""
+    stream = trio.SocketStream(conn)
+    async with stream:
+        try:
+            line = await _read_line(stream)
+            reply = await _handle(json.loads(line), sync)
+        except (ValueError, OSError, trio.BrokenResourceError) as exc:
+            reply = {"ok": False, "error": f"bad request: {exc}"}
+        except Exception as exc:
+            log.exception("op=control request failed")
+            reply = {"ok": False, "error": f"the daemon failed: {exc!r}"}
+        try:
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
+        except (OSError, trio.BrokenResourceError) as exc:  # the client gave up (its timeout, or ^C)
+            log.info("op=control the client left before the answer: %s", exc)
+
+
+async def _read_line(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while b"\n" not in data:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_LINE:
+            raise ValueError("request too long")
+    return data.split(b"\n", 1)[0]
+
+
+async def _handle(request: Any, sync: Sync) -> dict[str, Any]:
+    if not isinstance(request, dict) or request.get("op") != "sync":
+        return {"ok": False, "error": "unknown request (this daemon knows: sync)"}
+    path = request.get("path")
+    if path is not None and not isinstance(path, str):
+        return {"ok": False, "error": "path must be a string or null"}
+    log.info("op=sync path=%r requested", path or "")
+    failed = await sync(path)
+    for name, why in failed.items():
+        log.warning("op=sync path=%r not in S3: %s", name, why)
+    return {"ok": True, "failed": failed}
+
+
+# -- the client's side -------------------------------------------------------------------------------------
+
+
+def request(root: Path, message: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """Send ``message`` to the daemon of cache folder ``root`` and return its answer (blocking)."""
+    path = socket_path(root)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        try:
+            with _address(path) as address:
+                conn.connect(address)
+        except FileNotFoundError:
+            raise ControlError(f"no control socket at {path}: is the mount's daemon running?") from None
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                raise ControlError(f"the daemon does not answer at {path} (it stopped or died)") from None
+            raise ControlError(f"cannot reach the daemon at {path}: {exc.strerror}") from None
+        try:
+            conn.sendall(json.dumps(message).encode() + b"\n")
+            data = b""
+            while b"\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            raise ControlError(f"the daemon did not answer within {timeout:g} s") from None
+    try:
+        answer = json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        raise ControlError("the daemon closed the connection without an answer (did it stop?)") from None
+    if not isinstance(answer, dict):
+        raise ControlError("the daemon's answer is not understood")
+    if not answer.get("ok"):
+        raise ControlError(str(answer.get("error") or "the daemon refused the request"))
+    return answer
