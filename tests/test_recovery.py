@@ -961,10 +961,15 @@ def test_every_write_state_transition_happens_in_the_scenarios(tmp_path: Path, m
             await fs.flush(fh2)  # but nothing after it is, ever
         assert broken.value.errno == errno.ENOSPC
         # DIRTY -> ACKED: eventual mode's close (acknowledged in the cache folder, uploaded later)
-        fh = await write_file(fs, "w", b"w", close=False)
-        copy = fs.cache.get((await fs.lookup(ROOT_INO, "w")).ino)
+        fh = await write_file(fs, "wb", b"w", close=False)
+        copy = fs.cache.get((await fs.lookup(ROOT_INO, "wb")).ino)
         assert copy is not None
         await fs.files.acknowledge(copy)
+        # REWRITTEN -> ACKED: written again, then eventual mode's close acknowledges the newer bytes
+        await fs.write(fh, 0, b"W")  # ACKED -> REWRITTEN (the closed version is kept aside)
+        assert copy.state is WriteState.REWRITTEN
+        await fs.files.acknowledge(copy)
+        assert copy.state is WriteState.ACKED and copy.acked is None
         await fs.release(fh)
 
     run(lambda: Lives(store, tmp_path).life(body))  # type: ignore[arg-type,return-value]

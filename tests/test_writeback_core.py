@@ -253,6 +253,45 @@ def test_a_crash_before_the_upload_is_recovered_at_the_next_mount(tmp_path: Path
     assert store.data("also") == b"x" * (3 * 1024 * 1024)
 
 
+def test_a_waiting_file_written_again_then_a_crash_recovers_its_closed_version(tmp_path: Path) -> None:
+    """Closed (waiting for the write-back), then opened with O_TRUNC and half rewritten when the daemon
+    dies: the next mount uploads the closed version, not the half-written one."""
+    store = MemoryStore()
+
+    async def first(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await write_file(fs, "doc", b"the closed version")
+        opened = await fs.open((await fs.lookup(ROOT_INO, "doc")).ino, os.O_WRONLY | os.O_TRUNC)
+        await fs.write(opened.fh, 0, b"half")
+        copy = fs.cache.get(opened.attr.ino)
+        assert copy is not None and copy.state is WriteState.REWRITTEN
+
+    run_eventual(store, first, folder=tmp_path, stop=False)
+    assert store.keys() == []
+
+    async def second(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        assert fs.recovery.uploaded == ["doc"]
+
+    run_eventual(store, second, folder=tmp_path, on_recovery="upload")
+    assert store.data("doc") == b"the closed version"
+
+
+def test_a_waiting_file_written_again_is_uploaded_as_its_next_close() -> None:
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await write_file(fs, "doc", b"one")
+        opened = await fs.open((await fs.lookup(ROOT_INO, "doc")).ino, os.O_WRONLY | os.O_TRUNC)
+        await fs.write(opened.fh, 0, b"two")
+        await fs.release(opened.fh)  # the last close acknowledges the newer bytes: ACKED again
+        copy = fs.cache.get(opened.attr.ino)
+        assert copy is not None and copy.state is WriteState.ACKED and copy.acked is None
+        assert not list(fs.folder.files.glob("*.acked"))  # nothing kept aside any more
+        await settle(clock, DELAY)
+        assert store.data("doc") == b"two" and puts(store) == 1
+
+    run_eventual(store, body)
+
+
 def test_chmod_utime_and_rename_of_a_waiting_file_fold_into_one_put() -> None:
     """rsync: write a temporary name, close, chmod, utime, rename: one PUT at the new name, with the
     mode and mtime; no COPY, no DELETE, nothing at the temporary name."""
@@ -330,9 +369,9 @@ def test_a_waiting_file_is_read_and_listed_from_its_local_bytes() -> None:
 
 
 def test_a_change_while_the_upload_is_prepared_is_never_published_half() -> None:
-    """A file rewritten (truncated, then written) while its write-back upload waits for S3: that upload
-    is abandoned before it commits, so S3 never holds bytes no close acknowledged; the next close is
-    uploaded. (The upload is held just before its PUT: as when the file's first part is fetched.)"""
+    """A file rewritten (open O_TRUNC, write) while its write-back upload waits for S3: that upload sends
+    the closed version whole (read through the version kept aside), the rewrite's close is uploaded next.
+    S3 never holds bytes no close acknowledged. (The upload is held just before it reads the file.)"""
     store = MemoryStore()
 
     async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
@@ -340,6 +379,8 @@ def test_a_change_while_the_upload_is_prepared_is_never_published_half() -> None
         ino = (await fs.lookup(ROOT_INO, "f")).ino
         held, go = trio.Event(), trio.Event()
         real_settled = fs.cache.io.settled
+        seen: list[bytes] = []
+        real_put = store.put
 
         async def settled(copy: Any) -> None:  # the upload's wait for queued writes, before its read
             if not held.is_set():  # the first call only
@@ -347,19 +388,33 @@ def test_a_change_while_the_upload_is_prepared_is_never_published_half() -> None
                 await go.wait()
             await real_settled(copy)
 
+        async def put(key: str, data: bytes, *args: Any, **kw: Any) -> Any:
+            seen.append(bytes(data))
+            return await real_put(key, data, *args, **kw)
+
+        async def rewrite() -> None:
+            opened = await fs.open(ino, os.O_WRONLY | os.O_TRUNC)  # O_TRUNC: empty for a moment
+            await fs.write(opened.fh, 0, b"sec")
+            rewriting.append("written")
+            await fs.write(opened.fh, 3, b"ond")
+            await fs.flush(opened.fh)
+            await fs.release(opened.fh)
+            rewriting.append("closed")
+
         fs.cache.io.settled = settled  # type: ignore[method-assign]
+        store.put = put  # type: ignore[method-assign]
+        rewriting: list[str] = []
         await settle(clock, DELAY)
         assert held.is_set()  # the write-back's upload has begun
-        opened = await fs.open(ino, os.O_WRONLY | os.O_TRUNC)
-        await fs.write(opened.fh, 0, b"sec")  # not closed yet: no close acknowledged these bytes
-        go.set()
-        await trio.testing.wait_all_tasks_blocked()
-        assert puts(store) == 0 and store.keys() == []
-        await fs.write(opened.fh, 3, b"ond")
-        await fs.flush(opened.fh)
-        await fs.release(opened.fh)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rewrite)
+            await trio.testing.wait_all_tasks_blocked()
+            assert rewriting[:1] == ["written"]  # truncated and half written while the upload waits
+            go.set()
+        assert rewriting == ["written", "closed"]
+        assert seen == [b"first version"]
         await settle(clock, DELAY)
-        assert store.data("f") == b"second" and puts(store) == 1
+        assert seen == [b"first version", b"second"] and store.data("f") == b"second"
 
     run_eventual(store, body)
 

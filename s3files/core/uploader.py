@@ -311,7 +311,9 @@ class Uploader:
         self.cache.save(copy)  # UPLOADING, acknowledged, the parts sent: a crash from here is resumed
         await self._forget(copy, superseded)  # (the record above no longer names it)
         snapshot = dict(copy.changed)
-        size = copy.size()
+        # Written since the acknowledgement (during the waits above): the acknowledged version is the one
+        # kept aside, and its length is the one to publish, not the newer bytes' length.
+        size = copy.acked.size if copy.acked is not None else copy.size()
         base_size = copy.base_size
         try:
             info = await self._write(copy, key, metadata, size)
