@@ -659,7 +659,7 @@ def test_the_retry_publishes_the_closed_version_and_a_later_close_the_newer(
     assert cache_files(tmp_path) == []
 
 
-@pytest.mark.parametrize("size", [2 * MIB, 11 * MIB], ids=["put", "multipart"])
+@pytest.mark.parametrize("size", [100, 2 * MIB, 11 * MIB], ids=["memory", "put", "multipart"])
 def test_a_write_during_a_failing_upload_keeps_what_the_close_acknowledged(tmp_path: Path, size: int) -> None:
     """A write (another thread of the program, or eventual mode's background upload) while a close's own
     upload is under way: the upload publishes the closed bytes, not the newer ones; if it fails, the

@@ -222,12 +222,10 @@ class CopyIO:
 
     def keeps_acked(self, copy: LocalCopy) -> bool:
         """Whether a change to ``copy`` now must first keep an acknowledged version aside: it waits for
-        its upload (ACKED, REWRITTEN), or its close's upload is under way and may yet fail (UPLOADING,
-        still acknowledged, on disk: a copy held in memory has no record to keep anything in)."""
+        its upload (ACKED, REWRITTEN), or its close's upload is under way and may yet fail (UPLOADING)."""
         if copy.state in WAITING:
             return True
-        uploading = copy.state is WriteState.UPLOADING and copy.path is not None
-        return uploading and (copy.acknowledged or copy.acked is not None)
+        return copy.state is WriteState.UPLOADING and (copy.acknowledged or copy.acked is not None)
 
     def _begin_acked(self, copy: LocalCopy) -> None:
         """``copy``'s acknowledged state is about to change: keep it (ACKED becomes REWRITTEN; an UPLOADING
