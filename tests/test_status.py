@@ -317,3 +317,17 @@ def test_a_stopped_folder_counts_data_files_no_record_names(tmp_path: Path) -> N
     assert status["unrecorded_bytes"] == status["cache_bytes"] >= 8192
     shown = s3files("status", str(tmp_path)).stdout
     assert "data files no record names: 1 file" in shown and "the next mount deletes them" in shown
+
+
+def test_a_rewritten_file_says_which_version_is_uploaded() -> None:
+    """A file whose closed version waits for its upload and that was written since (REWRITTEN)."""
+    from s3files.status import _why_kept, _why_live
+
+    live = _why_live({"state": "rewritten", "open_handles": 1}, retrying=1)
+    assert live == (
+        "closed or fsynced, upload failed, retried in the background; written again since (the closed"
+        " version is uploaded), 1 open handle"
+    )
+    assert _why_kept({"state": "rewritten", "acknowledged": False}) == (
+        "closed or fsynced, then written again: the next mount uploads the closed version, keeps the rest"
+    )
