@@ -4,9 +4,9 @@
         text = (root / "notes.txt").read_text()
 """
 
-from s3files.api import mount
+from s3files.api import mount, sync
 from s3files.errors import MountError, S3FilesError
 from s3files.options import Consistency
 
 __version__ = "0.1.0"
-__all__ = ["Consistency", "MountError", "S3FilesError", "mount"]
+__all__ = ["Consistency", "MountError", "S3FilesError", "mount", "sync"]

@@ -1,6 +1,7 @@
 """The library API: ``with s3files.mount("s3://bucket/prefix", "/mnt/data") as root: ...``.
 
-Owns: starting a mount daemon as a child process for the block and unmounting it afterwards. Runs the
+Owns: starting a mount daemon as a child process for the block and unmounting it afterwards, and
+``sync`` (upload now what a mount's write-back holds: control.py). Runs the
 same ``s3files mount`` command users run (pyfuse3 allows one mount per process, and a child process keeps
 the caller's process free of FUSE state and signal handlers), so the library and the CLI cannot drift.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from s3files.errors import MountError
 from s3files.mountinfo import mount_entry
-from s3files.options import Consistency
+from s3files.options import Consistency, default_cache_dir
 
 UNMOUNT_TIMEOUT = 30.0
 
@@ -79,6 +80,32 @@ def mount(
         if stopped.returncode != 0:
             raise MountError(_reason(stopped))
         _wait_unmounted(root)
+
+
+def sync(
+    mountpoint: str | Path,
+    path: str | Path | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    timeout: float | None = None,
+) -> dict[str, str]:
+    """Upload now what the mount at ``mountpoint`` has not uploaded yet (eventual mode's write-back), or
+    what is at or below ``path``, and return once it is in S3: ``{}``, or the path in the mount and why
+    of each file that is not (its upload failed or conflicted, or it is open with changes no close
+    acknowledged). ``cache_dir``: the mount's, if not the default. MountError if the daemon cannot be
+    asked (``s3files sync`` does the same from a shell)."""
+    from s3files.control import ControlError, sync_mount
+
+    try:
+        _, failed = sync_mount(
+            Path(mountpoint),
+            Path(path) if path is not None else None,
+            Path(cache_dir).absolute() if cache_dir is not None else default_cache_dir(),
+            timeout,
+        )
+    except ControlError as exc:
+        raise MountError(str(exc)) from None
+    return failed
 
 
 def _s3files(*args: str) -> subprocess.CompletedProcess[str]:

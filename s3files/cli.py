@@ -392,22 +392,12 @@ def status(target: Path, cache_dir: Path | None, as_json: bool) -> int:
 
 def sync(mountpoint: Path, path: Path | None, cache_dir: Path | None, timeout: float | None) -> int:
     """``s3files sync``: one line per file not in S3 after (stderr), exit 1 if any."""
-    from s3files.control import ControlError, request
-    from s3files.status import StatusError, canonical, folder_of_mountpoint
+    from s3files.control import ControlError, sync_mount
 
-    where = canonical(mountpoint)
-    inside = None
-    if path is not None:
-        relative = os.path.relpath(canonical(path), where)
-        if relative == ".." or relative.startswith("../"):
-            return _fail(f"{path} is not inside the mount at {where}")
-        inside = None if relative == "." else relative
     try:
-        root = folder_of_mountpoint(where, cache_dir.absolute() if cache_dir else default_cache_dir())
-        answer = request(root, {"op": "sync", "path": inside}, timeout)
-    except (StatusError, ControlError) as exc:
+        where, failed = sync_mount(mountpoint, path, cache_dir.absolute() if cache_dir else default_cache_dir(), timeout)
+    except ControlError as exc:
         return _fail(str(exc))
-    failed = answer.get("failed") or {}
     for name, why in sorted(failed.items()):
         print(f"s3files: not in S3: {where}/{name}: {why}", file=sys.stderr)
     return 1 if failed else 0

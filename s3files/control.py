@@ -124,6 +124,31 @@ async def _handle(request: Any, sync: Sync) -> dict[str, Any]:
 # -- the client's side -------------------------------------------------------------------------------------
 
 
+def sync_mount(
+    mountpoint: Path, path: Path | None, cache_dir: Path, timeout: float | None = None
+) -> tuple[str, dict[str, str]]:
+    """Ask the daemon of the mount at ``mountpoint`` (its cache folder in ``cache_dir``) to upload what
+    waits, or what is at or below ``path`` (a path in the mount), and wait: the mount point (canonical)
+    and, per file not in S3 after, its path in the mount and why. ControlError with one line if the
+    daemon cannot be asked or ``path`` is not in the mount."""
+    from s3files.status import StatusError, canonical, folder_of_mountpoint
+
+    where = canonical(mountpoint)
+    inside = None
+    if path is not None:
+        relative = os.path.relpath(canonical(path), where)
+        if relative == ".." or relative.startswith("../"):
+            raise ControlError(f"{path} is not inside the mount at {where}")
+        inside = None if relative == "." else relative
+    try:
+        root = folder_of_mountpoint(where, cache_dir)
+    except StatusError as exc:
+        raise ControlError(str(exc)) from None
+    answer = request(root, {"op": "sync", "path": inside}, timeout)
+    failed = answer.get("failed") or {}
+    return where, {str(name): str(why) for name, why in failed.items()}
+
+
 def request(root: Path, message: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     """Send ``message`` to the daemon of cache folder ``root`` and return its answer (blocking)."""
     path = socket_path(root)

@@ -52,3 +52,22 @@ def test_library_mount_with_direct_io_reaches_the_daemon_flag(
                 else:
                     with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as view:
                         assert view[:3] == b"xxx"
+
+
+def test_library_sync_uploads_what_the_write_back_holds(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """Eventual mode: a closed file is not in S3 until ``s3files.sync`` (or the delay); sync returns {}
+    once it is; a mount point that is not a mount is a MountError."""
+    cache = tmp_path / "cache"
+    with s3files.mount(
+        f"s3://{bucket}", tmp_path / "m", endpoint_url=moto_server.endpoint_url, consistency="eventual",
+        writeback_delay=600, cache_dir=cache,
+    ) as root:  # fmt: skip
+        (root / "later.txt").write_text("closed\n")
+        assert "Contents" not in boto3_client.list_objects_v2(Bucket=bucket)
+        assert s3files.sync(root, cache_dir=cache) == {}
+        assert boto3_client.get_object(Bucket=bucket, Key="later.txt")["Body"].read() == b"closed\n"
+    with pytest.raises(s3files.MountError) as refused:
+        s3files.sync(tmp_path, cache_dir=cache)
+    assert "not an s3files mount point" in str(refused.value)
