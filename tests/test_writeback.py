@@ -201,3 +201,45 @@ def test_a_conflict_after_close_keeps_both_and_is_reported(s3_client: Any, s3_bu
     wait_for("status to list the conflict copy", lambda: copies[0] in status(daemon))
     assert "changed outside this mount" in daemon.log()
     assert daemon.unmount() == 0
+
+
+def test_rsync_and_a_shell_appender_cost_one_put_per_file(
+    s3_client: Any, s3_bucket: str, daemons: Daemons, tmp_path: Path
+) -> None:
+    """``rsync -a`` (a temporary name, close, chmod, utime, rename per file) and ``exec 3>>log; echo $i
+    >&3`` (a close of a duplicate descriptor per line) through a write-back mount: one PUT per file, no
+    CopyObject, no DELETE; the mode and mtime rsync set arrive with the upload."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(20):
+        (source / f"f{i:02d}.txt").write_text(f"file {i}\n" * (i + 1))
+        os.chmod(source / f"f{i:02d}.txt", 0o640)
+        os.utime(source / f"f{i:02d}.txt", ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000 + i))
+    daemon = daemons.mount(s3_client.meta.endpoint_url, s3_bucket, extra=LONG)
+    before = daemon.requests()
+    done = subprocess.run(
+        ["rsync", "-a", f"{source}/", f"{daemon.mountpoint}/dst/"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    shell = subprocess.run(
+        ["bash", "-c", f"exec 3>>{daemon.mountpoint}/log; for i in $(seq 1 200); do echo $i >&3; done"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shell.returncode == 0, shell.stderr
+    assert sync(daemon).returncode == 0
+    sent = daemon.requests() - before
+    # One PUT per file and the log; the rest are dst/'s marker (mkdir, then its times: markers.py writes
+    # them at most once per second, and rsync sets the folder's mtime at the end).
+    assert 20 + 1 + 1 <= sent["put"] <= 20 + 1 + 4, sent
+    assert sent["copy"] == 0 and sent["delete"] == 0, sent
+    keys = s3_keys(s3_client, s3_bucket)
+    assert keys == ["dst/", *(f"dst/f{i:02d}.txt" for i in range(20)), "log"]
+    assert s3_body(s3_client, s3_bucket, "log") == "".join(f"{i}\n" for i in range(1, 201)).encode()
+    for i in range(20):
+        head = s3_client.head_object(Bucket=s3_bucket, Key=f"dst/f{i:02d}.txt")
+        assert int(head["Metadata"]["mode"]) & 0o7777 == 0o640
+        assert head["Metadata"]["mtime"] == (f"1600000000.{i:09d}" if i else "1600000000")  # to the ns
+        assert s3_body(s3_client, s3_bucket, f"dst/f{i:02d}.txt") == (f"file {i}\n" * (i + 1)).encode()
+    assert daemon.unmount() == 0
