@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from conftest import FULL_COUNTS
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -1027,6 +1028,7 @@ class CrashMachine(RuleBasedStateMachine):
     a newer state."""
 
     handles = Bundle("handles")
+    MODE: dict[str, Any] = {}  # options of the consistency mode the machine runs in (see the subclass)
 
     def __init__(self) -> None:
         super().__init__()
@@ -1035,7 +1037,8 @@ class CrashMachine(RuleBasedStateMachine):
         self.tmp = tempfile.TemporaryDirectory(prefix="s3files-crash-")
         self.folder = Path(self.tmp.name)
         self.store = MemoryStore()
-        self.opts = options(upload_part_size=5 * MIB)
+        self.opts = options(upload_part_size=5 * MIB, **self.MODE)
+        self.write_back = self.opts.consistency.value == "eventual"  # close acknowledges, does not upload
         self.portal = TrioPortal(timeout=60.0)
         self.published: dict[str, bytes | None] = dict.fromkeys(NAMES)
         self.pending: dict[str, bytes | None] = dict.fromkeys(NAMES)
@@ -1117,7 +1120,9 @@ class CrashMachine(RuleBasedStateMachine):
         self.call(lambda: self.fs.setattr(self.fs.handles.file(handle.fh).ino, size=size))
         self.content[handle.name] = (self.content[handle.name] or b"")[:size].ljust(size, b"\0")
 
-    def _acknowledge(self, handle: WHandle, afn: Callable[[], Awaitable[Any]]) -> None:
+    def _acknowledge(self, handle: WHandle, afn: Callable[[], Awaitable[Any]], uploads: bool = True) -> None:
+        """``uploads``: the call uploads what it acknowledges (fsync; close except in eventual mode, where
+        it only acknowledges: the bytes are pending until the write-back, a stop or recovery)."""
         try:
             self.call(afn)
             failed = False
@@ -1129,7 +1134,7 @@ class CrashMachine(RuleBasedStateMachine):
         data = self.content[handle.name]
         assert data is not None
         self.acked[handle.name].add(data)
-        if failed:
+        if failed or not uploads:
             self.pending[handle.name] = data
         else:
             self.published[handle.name], self.pending[handle.name] = data, None
@@ -1140,7 +1145,7 @@ class CrashMachine(RuleBasedStateMachine):
             return
         if down:
             self.outage(1)  # (a rule of its own too; here it meets an acknowledgement more often)
-        self._acknowledge(handle, lambda: self.fs.flush(handle.fh))
+        self._acknowledge(handle, lambda: self.fs.fsync(handle.fh))
 
     @rule(handle=handles, where=st.integers(0, 7 * MIB), data=SMALL)
     def overwrite_after_failed_fsync(self, handle: WHandle, where: int, data: bytes) -> None:
@@ -1164,7 +1169,7 @@ class CrashMachine(RuleBasedStateMachine):
             finally:
                 await self.fs.release(handle.fh)
 
-        self._acknowledge(handle, go)
+        self._acknowledge(handle, go, uploads=not self.write_back)
 
     @rule(name=st.sampled_from(NAMES))
     def unlink(self, name: str) -> None:
@@ -1236,6 +1241,27 @@ def test_acknowledged_writes_survive_deaths_and_stops(monkeypatch: pytest.Monkey
         CrashMachine,
         settings=settings(
             max_examples=200,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        ),
+    )
+
+
+class EventualCrashMachine(CrashMachine):
+    """The same machine in eventual mode (write-back): close acknowledges without uploading (the delay
+    is longer than any run, so only fsync, a stop and recovery upload), and the same promises hold: S3
+    only ever holds acknowledged bytes, and after a death or a stop the bucket holds the last one."""
+
+    MODE = {"consistency": "eventual", "writeback_delay": 10_000.0}
+
+
+def test_acknowledged_writes_survive_deaths_and_stops_in_eventual_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(s3files.core.uploader, "RETRY_FIRST", 10_000.0)
+    run_state_machine_as_test(
+        EventualCrashMachine,
+        settings=settings(
+            max_examples=100 if FULL_COUNTS else 40,
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
