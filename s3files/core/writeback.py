@@ -61,6 +61,7 @@ class WriteBack:
         self._settle = settle
         self._spawn = spawn
         self._due: dict[LocalCopy, _Due] = {}
+        self._busy: set[LocalCopy] = set()  # found due, their upload not done yet
         self._wake = trio.Event()
         self._running = False
         self._limit = trio.CapacityLimiter(CONCURRENCY)
@@ -79,7 +80,7 @@ class WriteBack:
 
     def waiting(self, copy: LocalCopy) -> bool:
         """Whether ``copy`` waits for its upload here (it stays live meanwhile; no error to log)."""
-        return copy in self._due
+        return copy in self._due or copy in self._busy
 
     def pending(self) -> int:
         return len(self._due)
@@ -91,21 +92,30 @@ class WriteBack:
             self._wake = trio.Event()
             now = trio.current_time()
             for copy in [c for c, due in self._due.items() if due.at <= now]:
-                self._spawn(self._upload, copy)
+                self._busy.add(copy)
+                self._spawn(self._upload, copy, self._due.pop(copy))
             soonest = min((due.at for due in self._due.values()), default=math.inf)
             with trio.move_on_at(soonest):
                 await self._wake.wait()
 
-    async def _upload(self, copy: LocalCopy) -> None:
-        due = self._due.get(copy)
-        if due is None or due.at > trio.current_time():
-            return  # re-armed, or uploaded by fsync or sync, since it was found due
+    async def _upload(self, copy: LocalCopy, due: _Due) -> None:
+        try:
+            tried = await self._upload_due(copy, due)
+        finally:
+            self._busy.discard(copy)
+        if tried and copy.handles == 0 and not self.waiting(copy) and not copy.closed:
+            await self._settle(copy)
+
+    async def _upload_due(self, copy: LocalCopy, due: _Due) -> bool:
+        """Upload ``copy`` if it still waits; whether an upload was tried (the copy is then settled
+        here if nobody has it open: no close will)."""
+        if copy in self._due:
+            return False  # acknowledged again since it was found due: re-armed
         if copy.state is WriteState.DIRTY and not copy.closed:
-            due.at = math.inf  # written since its acknowledgement: due again at the next one
-            return
-        del self._due[copy]
+            self._due[copy] = _Due(due.first, math.inf)  # written since its acknowledgement: due at the next
+            return False
         if copy.state not in WAITING or copy.closed or copy.sending.retry_pending:
-            return  # uploaded meanwhile, lost its name, or failed and waits for the uploader's retry
+            return False  # uploaded meanwhile, lost its name, or failed and waits for the uploader's retry
         async with self._limit:
             try:
                 await self._publish(copy, True)
@@ -118,8 +128,7 @@ class WriteBack:
         if copy.state is WriteState.DIRTY and not copy.closed and copy not in self._due:
             # Changed while it was uploading: waits for the close that acknowledges the change.
             self._due[copy] = _Due(due.first, math.inf)
-        if copy.handles == 0 and copy not in self._due:
-            await self._settle(copy)
+        return True
 
     async def sync(self, copies: Iterable[LocalCopy]) -> dict[str, str]:
         """Upload ``copies`` now (those acknowledged; the others are reported): path -> why it is not in
