@@ -787,6 +787,44 @@ def test_a_newer_close_replaces_the_version_kept_aside(tmp_path: Path) -> None:
     run(main)
 
 
+def test_a_local_write_that_fails_after_a_failed_close_loses_nothing_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache folder refuses a write (ENOSPC) into a file whose closed version waits for its upload:
+    the program gets the error, later closes are refused, and the closed version is still what a crash
+    and the next mount publish (the newer bytes are unfit: never published)."""
+    store = MemoryStore()
+    store.seed("q", b"0123456789")
+    lives = Lives(store, tmp_path)
+
+    async def body(fs: FileSystem) -> None:
+        opened = await fs.open(await resolve(fs, "q"), os.O_RDWR)
+        await fs.write(opened.fh, 0, b"closed")
+        store.fail("put", EndpointUnreachable("S3 is down"), times=1)
+        with pytest.raises(S3FilesError):
+            await fs.flush(opened.fh)
+        real = fs.cache.pwrite
+
+        def full(fd: int, data: bytes, off: int) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(fs.cache, "pwrite", full)
+        with pytest.raises(S3FilesError) as refused:
+            await fs.write(opened.fh, 2, b"XY")
+        assert refused.value.errno == errno.ENOSPC
+        monkeypatch.setattr(fs.cache, "pwrite", real)
+        with pytest.raises(S3FilesError) as again:
+            await fs.flush(opened.fh)
+        assert again.value.errno == errno.ENOSPC and store.data("q") == b"0123456789"
+
+    async def main() -> None:
+        await lives.life(body, "die")
+        fs = await lives.life(nothing, "stop")
+        assert store.data("q") == b"closed6789" and fs.recovery.uploaded == ["q"]
+
+    run(main)
+
+
 def test_a_kept_version_whose_side_file_is_gone_is_kept_not_published(tmp_path: Path) -> None:
     """Recovery never publishes a version it cannot rebuild: with its side file deleted (by hand, say),
     the record is kept and reported, and S3 keeps what it had."""
@@ -928,7 +966,10 @@ def test_every_write_state_transition_happens_in_the_scenarios(tmp_path: Path, m
                 await fs.flush(fh)
                 assert store.data("k") == b"newer"
             else:
-                fs.cache.break_copy(copy, "test")
+                fs.cache.break_copy(copy, "test")  # a later local write failed: the kept version is whole
+                assert copy.state is WriteState.REWRITTEN
+                await fs.files.publish_waiting(copy)  # REWRITTEN -> BROKEN
+                assert copy.state is WriteState.BROKEN and store.data("b") == b"kept"
             await fs.release(fh)
         # DIRTY -> ACKED (the upload was cancelled) ; DIRTY -> BROKEN -> ORPHANED ; ACKED/UPLOADING -> BROKEN
         fh = await write_file(fs, "c", b"c", close=False)

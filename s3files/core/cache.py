@@ -241,9 +241,14 @@ class LocalCache:
         return CacheFull(f"the cache folder {self.folder.root} is full or unwritable ({exc.strerror})")
 
     def break_copy(self, copy: LocalCopy, why: str) -> None:
-        """A change the program made did not land: the copy is not what it wrote, so never publish it."""
+        """A change the program made did not land: the copy is not what it wrote, so never publish it.
+        A REWRITTEN copy stays REWRITTEN: the version it keeps aside is intact (every byte of it a change
+        reaches is saved before the change), so it is still published, and the copy is BROKEN after
+        that (copyio.py ``rebase``)."""
         copy.broken = why
-        if copy.state is not WriteState.ORPHANED:
+        if copy.state is WriteState.REWRITTEN and copy.acked is not None:
+            pass
+        elif copy.state is not WriteState.ORPHANED:
             copy.move(WriteState.BROKEN)
         self.save(copy)  # recovery must not publish it, and aborts its upload if it dies with one
 

@@ -297,7 +297,8 @@ class CopyIO:
             stop = min(stop, view.size)
         await self.ensure(copy, key, self.layout.overlapping(start, stop))
         await self.settled(copy)
-        self.cache.check_usable(copy)
+        if view is None:
+            self.cache.check_usable(copy)  # (a failed write after the version kept aside leaves it whole)
 
         def read() -> bytes:
             data = bytearray(os.pread(copy.fd, stop - start, start).ljust(stop - start, b"\0"))
@@ -339,7 +340,7 @@ class CopyIO:
         copy.changed = dict.fromkeys(parts, copy.generation)
         copy.base_etag, copy.base_size = etag, min(view.size, view.low, copy.length)
         self.drop_acked(copy)
-        copy.move(WriteState.DIRTY)
+        copy.move(WriteState.DIRTY if copy.broken is None else WriteState.BROKEN)
         self.cache.save(copy, durable=True)  # the record stops naming the version before its side file goes
         self.cache.folder.side_path(view.side).unlink(missing_ok=True)
 

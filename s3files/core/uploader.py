@@ -103,7 +103,7 @@ class Uploader:
         async with copy.lock:
             if background and copy.state is not WriteState.ACKED:
                 return None
-            if copy.state is WriteState.BROKEN:
+            if copy.state is WriteState.BROKEN or (copy.broken is not None and copy.state in PUBLISHABLE):
                 raise CacheFull(f"not uploaded: a write to this file failed earlier ({copy.broken})")
             if copy.state not in PUBLISHABLE or copy.closed:
                 return None

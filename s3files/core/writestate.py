@@ -55,9 +55,10 @@ TRANSITIONS: dict[WriteState, frozenset[WriteState]] = {
     # lost its name / a write failed
     S.ACKED: frozenset({S.UPLOADING, S.REWRITTEN, S.ORPHANED, S.BROKEN}),
     # a close/fsync acknowledges the newer bytes (the kept version is dropped) / the kept version was
-    # published, or written beside on a conflict (the newer bytes stay unacknowledged) / lost its name /
-    # a write failed / eventual mode's close acknowledges the newer bytes (the kept version is dropped)
-    # without uploading them
+    # published, or written beside on a conflict (the newer bytes stay unacknowledged) / eventual mode's
+    # close acknowledges the newer bytes without uploading them (the kept version is dropped) / lost its
+    # name / the kept version was published after a later local write failed (the newer bytes are unfit;
+    # the copy stays REWRITTEN until then: a failed write never reaches the version kept aside)
     S.REWRITTEN: frozenset({S.UPLOADING, S.DIRTY, S.ACKED, S.ORPHANED, S.BROKEN}),
     # published (CLEAN, or DIRTY when written meanwhile) / failed or cancelled: retry later (REWRITTEN
     # when written meanwhile: the acknowledged version was kept aside) / someone else won / a later
