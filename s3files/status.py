@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -69,6 +70,7 @@ class StatusWriter:
         self._about = {"mountpoint": mountpoint, "source": source, "pid": os.getpid() if pid is None else pid}
         self._last: str | None = None
         self._failing: str | None = None
+        self._registered = register_mount(mountpoint, root)
 
     def update(self, status: Callable[[], Mapping[str, object]], now: float | None = None) -> bool:
         """Write the status if it changed since the last write; True if written. A failure (the disk,
@@ -105,6 +107,72 @@ class StatusWriter:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("cannot remove %s: %s", self.path, exc.strerror)
+        if self._registered is not None:
+            with contextlib.suppress(OSError):
+                if os.readlink(self._registered) == str(self.path.parent):
+                    self._registered.unlink()
+
+
+# -- the registry of running mounts: mount point -> cache folder ----------------------------------------
+#
+# Why: `s3files status MOUNTPOINT` and `s3files sync MOUNTPOINT` must find the mount's cache folder (its
+# status file and control socket) also when the mount was given a --cache-dir the caller does not
+# remember. The daemon leaves a symlink named by the mount point's hash in a folder only its user can
+# write; a reader trusts it only if the status file it leads to names that mount point (a link left by a
+# daemon that died is a hint, never an answer).
+
+
+def registry_dir() -> Path:
+    """/run/s3files/mounts for root, else $XDG_RUNTIME_DIR/s3files/mounts, else /tmp/s3files-UID/mounts."""
+    if os.geteuid() == 0:
+        return Path("/run/s3files/mounts")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "s3files" if runtime else Path(tempfile.gettempdir()) / f"s3files-{os.geteuid()}"
+    return base / "mounts"
+
+
+def _registry_entry(mountpoint: str) -> Path:
+    return registry_dir() / hashlib.sha256(mountpoint.encode()).hexdigest()[:24]
+
+
+def _private_dir(path: Path) -> bool:
+    """Whether ``path`` and its parent are folders of this user that nobody else may write."""
+    for folder in (path, path.parent):
+        info = os.lstat(folder)
+        if not os.path.isdir(folder) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            return False
+    return True
+
+
+def register_mount(mountpoint: str, root: Path) -> Path | None:
+    """Point the registry's entry for ``mountpoint`` at cache folder ``root``; the entry, or None if the
+    registry cannot be written (then --cache-dir finds the folder, as before)."""
+    entry = _registry_entry(mountpoint)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not _private_dir(entry.parent):
+            return None
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        os.symlink(root, tmp)
+        os.replace(tmp, entry)
+    except OSError as exc:
+        log.debug("cannot register the mount at %s in %s: %s", mountpoint, entry.parent, exc)
+        return None
+    return entry
+
+
+def registered_folder(mountpoint: str) -> Path | None:
+    """The cache folder the registry names for ``mountpoint``, if its status file names that mount point."""
+    entry = _registry_entry(mountpoint)
+    try:
+        if not _private_dir(entry.parent):
+            return None
+        root = Path(os.readlink(entry))
+    except OSError:
+        return None
+    last = _read_json(root / STATUS_FILE)
+    return root if last is not None and last.get("mountpoint") == mountpoint else None
 
 
 # -- reading --------------------------------------------------------------------------------------------
@@ -288,7 +356,7 @@ def folder_of_mountpoint(where: str, cache_dir: Path) -> Path:
     print if nothing s3files is mounted there or no cache folder in ``cache_dir`` names it."""
     if not _mount_at(where):
         raise StatusError(f"{where} is not an s3files mount point")
-    root = folder_of_mount(where, cache_dir)
+    root = registered_folder(where) or folder_of_mount(where, cache_dir)
     if root is None:
         raise StatusError(
             f"{where} is an s3files mount, but no cache folder in {cache_dir} names it;"

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from daemons import S3FILES, Daemon, Daemons, s3_body, s3_keys
 
+from s3files.status import canonical, registered_folder
+
 pytestmark = pytest.mark.fuse
 
 LONG = ("--consistency", "eventual", "--writeback-delay", "600")  # nothing uploads by itself in a test
@@ -34,7 +36,7 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
 
 def sync(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [S3FILES, "sync", str(daemon.mountpoint), *args, "--cache-dir", str(daemon.cache_dir), "--timeout", "60"],
+        [S3FILES, "sync", str(daemon.mountpoint), *args, "--timeout", "60"],  # the registry finds the cache
         capture_output=True,
         text=True,
         timeout=90,
@@ -43,7 +45,7 @@ def sync(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
 
 def status(daemon: Daemon) -> str:
     done = subprocess.run(
-        [S3FILES, "status", str(daemon.mountpoint), "--cache-dir", str(daemon.cache_dir)],
+        [S3FILES, "status", str(daemon.mountpoint)],  # no --cache-dir: the registry of mounts finds it
         capture_output=True,
         text=True,
         timeout=30,
@@ -78,7 +80,10 @@ def test_close_returns_before_the_upload_and_sync_uploads_it(s3_client: Any, s3_
     assert s3_body(s3_client, s3_bucket, "top.txt") == b"at the top"
     assert s3_body(s3_client, s3_bucket, "sub/a.txt") == b"in a folder"
     wait_for("status to say nothing waits", lambda: "nothing, every closed file is in S3" in status(daemon))
+    where = canonical(daemon.mountpoint)
+    assert registered_folder(where) == daemon.folder  # the daemons' --cache-dir is not the default
     assert daemon.unmount() == 0
+    assert registered_folder(where) is None  # the mount's entry goes with it
 
 
 HOLDER = """
