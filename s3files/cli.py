@@ -247,11 +247,43 @@ def options_from(args: argparse.Namespace) -> MountOptions:
     )
 
 
+class OneLineFormatter(logging.Formatter):
+    """Every log record is one line: control characters in its message (a key or a file name may hold a
+    newline, and anyone who can write to the bucket chooses keys) are written as escapes, so nobody can
+    forge a log line. A traceback after the message keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+def escape_controls(text: str) -> str:
+    r"""``text`` with C0/C1 controls, DEL and Unicode line separators as ``\xNN`` / ``\uNNNN``."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
+_CONTROL_ESCAPES = {
+    c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
+    for c in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+}
+
+
+def check_log_file(log_file: Path | None) -> None:
+    """MountError (one line) unless the daemon can append to ``log_file``: checked before it starts."""
+    if log_file is None:
+        return
+    try:
+        with open(log_file, "a"):
+            pass
+    except OSError as exc:
+        raise MountError(f"--log-file {log_file}: cannot write there: {exc.strerror}") from None
+
+
 def _setup_logging(level: str, log_file: Path | None) -> None:
     handler: logging.Handler = (
         logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
@@ -420,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sync(args.mountpoint, args.path, args.cache_dir, args.timeout)
     try:
         opts = options_from(args)
+        check_log_file(args.log_file)
     except MountError as exc:
         return _fail(str(exc))
     if args.foreground:

@@ -16,6 +16,8 @@ from typing import Any
 from s3files.errors import MountError
 
 MIB = 1024 * 1024
+MAX_CONNECTIONS = 1024  # concurrent S3 connections; each is a socket and a slot in the pools
+MAX_ID = 2**32 - 2  # the largest uid/gid: (uid_t)-1 means "no change" to chown(2)
 ON_RECOVERY = ("upload", "keep", "discard")
 LISTING_ATTRIBUTES = ("true", "fast")
 
@@ -75,6 +77,12 @@ class StoreOptions:
     region: str | None = None
     profile: str | None = None
     max_connections: int = 32
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_connections <= MAX_CONNECTIONS:
+            raise MountError(
+                f"--max-connections must be a whole number from 1 to {MAX_CONNECTIONS}, got {self.max_connections}"
+            )
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,10 @@ class MountOptions:
     on_recovery: str = "upload"
 
     def __post_init__(self) -> None:
+        for name in ("uid", "gid"):
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_ID:
+                raise MountError(f"--{name} must be a whole number from 0 to {MAX_ID}, got {value}")
         for name in ("file_mode", "dir_mode"):
             value = getattr(self, name)
             if not 0 <= value <= 0o7777:

@@ -241,3 +241,58 @@ def test_library_mount_passes_the_mode_flags_to_the_command(tmp_path: Path) -> N
     refused = pytest.raises(MountError, match=r"^--writeback-delay must be a finite number of seconds >= 0, got -1.0$")
     with refused, s3files.mount("s3://b", tmp_path / "m", consistency=Consistency.EVENTUAL, writeback_delay=-1):
         pass  # pragma: no cover
+
+
+# -- issue 21: every option validated once, one line naming the option, the value and what is allowed ------
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--max-connections", "0"], "--max-connections must be a whole number from 1 to 1024, got 0"),
+        (["--max-connections", "-1"], "--max-connections must be a whole number from 1 to 1024, got -1"),
+        (["--max-connections", "5000"], "--max-connections must be a whole number from 1 to 1024, got 5000"),
+        (["--uid", "-1"], "--uid must be a whole number from 0 to 4294967294, got -1"),
+        (["--gid", "4294967295"], "--gid must be a whole number from 0 to 4294967294, got 4294967295"),
+        (["--log-file", "/no/such/folder/x.log"], "--log-file /no/such/folder/x.log: cannot write there: No such file or directory"),
+    ],
+)
+def test_bad_values_are_one_line_from_the_command_and_the_library(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Before any daemon starts: `--max-connections 0` used to mount and then hang the first close,
+    `--uid -1` to mount and answer EIO to every stat, a missing log folder to print a traceback."""
+    import s3files
+    from s3files.cli import main
+
+    assert main(["mount", "s3://b", str(tmp_path / "m"), *argv]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"s3files: error: {line}"]
+    with pytest.raises(MountError, match=re.escape(line)), s3files.mount("s3://b", tmp_path / "m", extra_args=argv):
+        pass  # pragma: no cover
+    assert not (tmp_path / "m").is_mount()
+
+
+def test_a_log_record_is_one_line_whatever_the_key_holds(tmp_path: Path) -> None:
+    """Anyone who can write to the bucket chooses keys: a newline in one must not start a forged line."""
+    import logging
+
+    from s3files.cli import OneLineFormatter
+
+    log_file = tmp_path / "log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("s3files.test_one_line")
+    logger.addHandler(handler)
+    try:
+        logger.warning("op=get key=%s failed", "a\nERROR forged line\r\x1b[2J\u2028b")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("op=x key=%s", "c\nd")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    lines = log_file.read_text().splitlines()
+    assert lines[0] == r"WARNING op=get key=a\x0aERROR forged line\x0d\x1b[2J\u2028b failed"
+    assert lines[1] == r"ERROR op=x key=c\x0ad"
+    assert lines[2] == "Traceback (most recent call last):"  # a traceback keeps its lines
