@@ -157,6 +157,43 @@ def test_missing_bucket_is_named(moto_server: MotoServer, tmp_path: Path) -> Non
     assert mount_entry(mp) is None
 
 
+def test_an_http_server_that_is_not_s3_is_not_a_missing_bucket(tmp_path: Path) -> None:
+    """A wrong --endpoint-url that reaches some web server: its 404 is not S3's NoSuchBucket."""
+    import http.server
+    import threading
+
+    class NotS3(http.server.BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<html><body>Not Found</body></html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = do_PUT = _page
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotS3)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    mp = tmp_path / "m"
+    mp.mkdir()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = s3files("mount", "s3://some-bucket", str(mp), "--endpoint-url", url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert_one_line_error(result, url, "does not look like an S3 endpoint", "--endpoint-url")
+    assert "does not exist" not in result.stderr
+    assert mount_entry(mp) is None
+
+
 def test_bad_credentials(tmp_path: Path) -> None:
     mp = tmp_path / "m"
     mp.mkdir()

@@ -36,6 +36,7 @@ from s3files.store.translate import (
     TRANSLATED,
     bucket_already_owned,
     head_bucket_error,
+    list_probe_error,
     translate,
 )
 from s3files.store.wire import parse_timestamp
@@ -230,7 +231,9 @@ class S3Session:
         try:
             await self.probe.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
         except TRANSLATED as exc:
-            self.reraise(exc, "head_bucket")
+            raise list_probe_error(
+                exc, bucket=self.bucket, endpoint=self.endpoint, profile=self.settings.profile
+            ) from exc
         # Listing works although HeadBucket was refused: usable enough (some policies allow only List).
 
 

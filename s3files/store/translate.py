@@ -129,12 +129,15 @@ def translate(
 def head_bucket_error(
     exc: Exception, *, bucket: str, endpoint: str, profile: str | None
 ) -> StoreError | None:
-    """The StoreError for a failed HeadBucket, or None for a bare 403: HeadBucket's 403 has no body, so
-    the caller lists one key to learn the real reason (or that listing is allowed)."""
+    """The StoreError for a failed HeadBucket, or None for a bare 403 or 404: HeadBucket's answers have no
+    body, so the caller lists one key to learn the real reason (or that listing is allowed), and whether
+    the endpoint is S3 at all (``list_probe_error``)."""
     if isinstance(exc, ClientError):
         code, status, _ = error_code(exc)
-        if status == 404 or code in ("404", "NoSuchBucket", "NotFound"):
+        if code == "NoSuchBucket":
             return BucketNotFound(f"bucket {bucket!r} does not exist at {endpoint}")
+        if status == 404 or code in ("404", "NotFound"):
+            return None
         if status == 301 or code == "301":
             region = (
                 exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
@@ -144,6 +147,21 @@ def head_bucket_error(
             )
         if status == 403:
             return None
+    return translate(exc, "head_bucket", None, bucket=bucket, endpoint=endpoint, profile=profile)
+
+
+def list_probe_error(exc: Exception, *, bucket: str, endpoint: str, profile: str | None) -> StoreError:
+    """The StoreError for the 1-key listing that follows a HeadBucket refused without a body. S3 (AWS,
+    RGW, MinIO, moto) answers a listing of a missing bucket with the error code NoSuchBucket; a 404
+    without any S3 error code comes from an HTTP server that is not S3 (a wrong --endpoint-url, a web
+    server or a proxy's page), which must not be reported as a missing bucket."""
+    if isinstance(exc, ClientError):
+        code, status, _ = error_code(exc)
+        if status == 404 and code in ("404", "NotFound", ""):
+            return StoreError(
+                f"{endpoint} answered HTTP 404 without an S3 error: it does not look like an S3 endpoint"
+                " (check --endpoint-url)"
+            )
     return translate(exc, "head_bucket", None, bucket=bucket, endpoint=endpoint, profile=profile)
 
 
