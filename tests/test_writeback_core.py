@@ -427,3 +427,83 @@ def test_close_to_open_still_uploads_at_close() -> None:
         assert store.data("c") == b"at close"
 
     run_eventual(store, body, consistency=Consistency.CLOSE_TO_OPEN)
+
+
+class SyncSpy:
+    """Counts the syncs of the cache folder's files by kind (data file, record, folder) and the records
+    written, durable or not: the cost of eventual mode's close and of a change of a waiting file."""
+
+    def __init__(self, monkeypatch: Any, fs: FileSystem) -> None:
+        self.counts: dict[str, int] = {}
+        real_fdatasync, real_fsync, real_save = os.fdatasync, os.fsync, fs.folder.save
+
+        def kind(fd: int) -> str:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            return {".data": "data sync", ".tmp": "record sync"}.get(Path(target).suffix, "folder sync")
+
+        def fdatasync(fd: int) -> None:
+            self.bump(kind(fd))
+            real_fdatasync(fd)
+
+        def fsync(fd: int) -> None:
+            self.bump(kind(fd) + " (fsync)" if kind(fd) != "folder sync" else "folder sync")
+            real_fsync(fd)
+
+        def save(record: Any, durable: bool = False, data: bool = True) -> None:
+            self.bump("durable record" if durable else "record")
+            real_save(record, durable=durable, data=data)
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(fs.folder, "save", save)
+
+    def bump(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    def take(self) -> dict[str, int]:
+        counts, self.counts = self.counts, {}
+        return counts
+
+
+def test_the_cost_of_a_close_and_of_changes_to_a_waiting_file_in_syncs_and_records(monkeypatch: Any) -> None:
+    """One durable record per operation; the data file synced only when bytes landed in it since its
+    last sync (fdatasync, not fsync); a flush with nothing written since the last one costs nothing;
+    chmod and utime of a waiting file rsync makes are one record each, with no version kept aside."""
+    store = MemoryStore()
+    durable_close = {"durable record": 1, "record sync": 1, "data sync": 1, "folder sync": 1}
+    record_only = {"durable record": 1, "record sync": 1, "folder sync": 1}
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        spy = SyncSpy(monkeypatch, fs)
+        opened = await fs.create(ROOT_INO, "log", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"0\n")
+        await fs.flush(opened.fh)
+        assert spy.take() == {**durable_close, "record": 1}  # (spilled to the cache folder: its first record)
+        # exec 3>>log; echo $i >&3: a write, then the flush of a duplicate descriptor
+        await fs.write(opened.fh, 2, b"1\n")
+        spy.take()  # (the write keeps the closed version aside: a record, not synced)
+        await fs.flush(opened.fh)
+        assert spy.take() == durable_close
+        await fs.flush(opened.fh)  # nothing written since: nothing to acknowledge
+        await fs.release(opened.fh)
+        assert spy.take() == {}
+        # rsync: a temporary name written and closed, then chmod, utime, rename
+        await write_file(fs, ".f.XXXX", b"payload")
+        spy.take()
+        ino = (await fs.lookup(ROOT_INO, ".f.XXXX")).ino
+        await fs.setattr(ino, mode=0o600)
+        assert spy.take() == record_only
+        await fs.setattr(ino, mtime_ns=1_000_000_000_123, atime_ns=1_000_000_000_000)
+        assert spy.take() == record_only
+        copy = fs.cache.get(ino)
+        assert copy is not None and copy.state is WriteState.ACKED and copy.acked is None
+        await fs.rename(ROOT_INO, ".f.XXXX", ROOT_INO, "f", 0)
+        assert spy.take() == record_only
+        assert puts(store) == 0
+        await settle(clock, DELAY)
+        assert store.data("f") == b"payload" and store.data("log") == b"0\n1\n"
+        head = await store.head("f")
+        assert head.metadata is not None and int(head.metadata["mode"]) == stat.S_IFREG | 0o600
+        assert head.metadata["mtime"].startswith("1000.000000123")
+
+    run_eventual(store, body)

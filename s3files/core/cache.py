@@ -185,13 +185,20 @@ class LocalCache:
             raise CacheFull(f"the cache folder {self.folder.root} cannot take a record ({exc.strerror})") from None
 
     def save(self, copy: LocalCopy, durable: bool = False) -> None:
-        """Write ``copy``'s record (only copies in the cache folder have one; see the module docstring)."""
+        """Write ``copy``'s record (only copies in the cache folder have one; see the module docstring).
+        ``durable``: the data file is synced too, unless nothing landed in it since its last sync (a
+        chmod, utime or rename of a closed file changes only the record). The mark is cleared before
+        the sync: a queued write that lands during it marks the file again, for the next durable save."""
         if copy.path is None or copy.closed:
             return
+        sync_data = durable and copy.unsynced
+        if durable:
+            copy.unsynced = False
         try:
-            self.folder.save(record_of(copy, *self._describe(copy)), durable=durable)
+            self.folder.save(record_of(copy, *self._describe(copy)), durable=durable, data=sync_data)
             copy.recorded_ack = copy.acknowledged
         except OSError as exc:
+            copy.unsynced = copy.unsynced or sync_data
             log.error("op=record path=%s cannot be written: %s", copy.path, exc)
 
     def memory_room(self, nbytes: int) -> bool:
@@ -280,6 +287,9 @@ class LocalCache:
         )
 
     def account(self, copy: LocalCopy) -> None:
+        """``copy``'s file changed (a write landed, a part was fetched, a truncate, a spill): count its
+        blocks, and mark it for a sync at the next durable record (``save``)."""
+        copy.unsynced = True
         allocated = os.fstat(copy.fd).st_blocks * 512
         if copy.path is None:
             self.memory += allocated - copy.allocated

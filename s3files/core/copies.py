@@ -136,6 +136,7 @@ class LocalCopy:
     length: int = 0  # the file's size: the local file catches up once pending writes are done
     last_write: trio.Event | None = None  # set when every write queued so far is on the local disk
     pending: int = 0  # bytes queued for the local disk, not written yet
+    unsynced: bool = True  # its data file changed since it was last synced (cache.py ``save``)
 
     def size(self) -> int:
         return self.length

@@ -497,6 +497,8 @@ class Files:
         if copy is not None:
             node.changed(self._wall())
         if copy is not None:
+            if await self._reacknowledge_metadata(copy):
+                return
             self.cache.io.changed(copy)
             await self._publish_unopened(node)
         elif not node.is_dir:
@@ -516,6 +518,26 @@ class Files:
                 self.markers.written(node)
             self.sb.learn(info)
             self.sb.listed_folder(node)
+
+    async def _reacknowledge_metadata(self, copy: LocalCopy) -> bool:
+        """Eventual mode, a metadata change (chmod, utime, setxattr) of a file nobody has open whose
+        acknowledged bytes wait for their upload (rsync's temporary file between its close and its
+        rename): the change is acknowledged as the close after it would be, in one durable record
+        (its data file is not synced again: nothing landed in it since the close), without keeping a
+        version aside first (REWRITTEN) only to drop it at once. The copy stays ACKED, re-armed; the
+        upload carries the new metadata. Safe as the longer way is: the record on disk is the old one
+        (old metadata, same bytes) or the new one, both acknowledged and publishable. False (nothing
+        done) for any other copy."""
+        if not self.write_back or copy.handles or copy.state is not WriteState.ACKED:
+            return False
+        async with copy.lock:
+            if copy.handles or copy.state is not WriteState.ACKED or copy.acked is not None or copy.closed:
+                return False  # an upload began meanwhile, or an open: the longer way
+            copy.generation += 1
+            copy.ack_metadata = self.cache.metadata_of(copy)
+            self.cache.save(copy, durable=True)
+        self.writeback.arm(copy)
+        return True
 
     async def _publish_unopened(self, node: Inode) -> None:
         """A change through a path (truncate(2), chmod, utime), not an open file: a local copy nobody has

@@ -143,9 +143,14 @@ class CacheFolder:
         return self.files / f"{copy_id}.json"
 
     def save(self, record: Record, durable: bool = False, data: bool = True) -> None:
-        """Replace the record atomically. ``durable``: fsync the data file (unless not ``data``), the
-        record and the folder first, so the record and the bytes it describes survive a crash of the
-        machine too (a dead daemon alone loses nothing the kernel was given)."""
+        """Replace the record atomically. ``durable``: sync the data file (only if ``data``: the caller
+        knows whether it changed since its last sync), the record and the folder first, so the record and
+        the bytes it describes survive a crash of the machine too (a dead daemon alone loses nothing the
+        kernel was given).
+
+        fdatasync, not fsync, for the two files: it writes what reading them back needs (their bytes,
+        size and blocks) and skips only times and other inode fields, which nothing here reads. The
+        folder itself is fsynced after the rename: that makes the new name (and a new data file's) last."""
         path = self._record_path(record.id)
         tmp = path.with_suffix(".tmp")
         body = json.dumps(asdict(record), sort_keys=True).encode()
@@ -153,16 +158,16 @@ class CacheFolder:
         try:
             os.write(fd, body)
             if durable:
-                os.fsync(fd)
+                os.fdatasync(fd)
         finally:
             os.close(fd)
         if durable and data:
             with contextlib.suppress(FileNotFoundError):
-                data = os.open(self.data_path(record.id), os.O_RDONLY | os.O_CLOEXEC)
+                data_fd = os.open(self.data_path(record.id), os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    os.fsync(data)
+                    os.fdatasync(data_fd)
                 finally:
-                    os.close(data)
+                    os.close(data_fd)
         os.replace(tmp, path)
         if durable:
             dirfd = os.open(self.files, os.O_RDONLY | os.O_DIRECTORY)
