@@ -275,6 +275,34 @@ def test_a_waiting_file_written_again_then_a_crash_recovers_its_closed_version(t
     assert store.data("doc") == b"the closed version"
 
 
+def test_appends_after_a_close_then_a_crash_recover_the_closed_version_and_keep_the_rest(tmp_path: Path) -> None:
+    """An append leaves the record of the last close as it is (no record written per append): a crash
+    then finds a data file longer than its acknowledged record, uploads the closed bytes and keeps the
+    appended ones, reported as never closed, as for any file written again after its close."""
+    store = MemoryStore()
+
+    async def first(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        opened = await fs.create(ROOT_INO, "log", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"line 0\n")
+        await fs.flush(opened.fh)
+        copy = fs.cache.get(opened.attr.ino)
+        assert copy is not None
+        before = (fs.folder.files / f"{copy.id}.json").read_bytes()
+        await fs.write(opened.fh, 7, b"line 1, never closed\n")
+        assert copy.state is WriteState.REWRITTEN
+        assert (fs.folder.files / f"{copy.id}.json").read_bytes() == before  # the record is untouched
+
+    run_eventual(store, first, folder=tmp_path, stop=False)
+    assert store.keys() == []
+
+    async def second(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        assert fs.recovery.uploaded == ["log"]
+        assert [(k["key"], k["bytes"], k["acknowledged"]) for k in fs.recovery.kept] == [("log", 28, False)]
+
+    run_eventual(store, second, folder=tmp_path, on_recovery="upload")
+    assert store.data("log") == b"line 0\n"
+
+
 def test_a_waiting_file_written_again_is_uploaded_as_its_next_close() -> None:
     store = MemoryStore()
 
@@ -481,7 +509,7 @@ def test_the_cost_of_a_close_and_of_changes_to_a_waiting_file_in_syncs_and_recor
         assert spy.take() == {**durable_close, "record": 1}  # (spilled to the cache folder: its first record)
         # exec 3>>log; echo $i >&3: a write, then the flush of a duplicate descriptor
         await fs.write(opened.fh, 2, b"1\n")
-        spy.take()  # (the write keeps the closed version aside: a record, not synced)
+        assert spy.take() == {}  # an append leaves the acknowledgement's record true as it is
         await fs.flush(opened.fh)
         assert spy.take() == durable_close
         await fs.flush(opened.fh)  # nothing written since: nothing to acknowledge

@@ -63,8 +63,9 @@ class CopyIO:
         """Write ``data`` at ``off``; returns the parts it touched (for the uploader to stream)."""
         self.cache.check_usable(copy)
         end = off + len(data)
+        append = self.appends_only(copy, off)
         if self.keeps_acked(copy):
-            await self.keep_acked(copy, key, off, end)
+            await self.keep_acked(copy, key, off, end, record=not append)
         parts = self.layout.overlapping(off, end)
         partial_parts = [i for i in parts if not self._covers(copy, i, off, end)]
         await self.ensure(copy, key, partial_parts)
@@ -86,27 +87,43 @@ class CopyIO:
             self.cache.account(copy)
         copy.length = max(copy.length, end)
         copy.present.update(i for i in parts if self.layout.span(i)[0] < copy.base_size)
-        self.touch(copy, parts)
+        self.touch(copy, parts, record=not append)
         if copy.pending > WRITE_BEHIND_BYTES:
             await self.settled(copy)  # backpressure: the disk is the slower side
         return parts
 
-    def touch(self, copy: LocalCopy, parts: range) -> None:
-        """Mark ``parts`` changed (a new generation: a part sent before must be sent again)."""
+    def appends_only(self, copy: LocalCopy, off: int) -> bool:
+        """A write at ``off`` leaves the record on disk true as it is: the record is that of the last
+        acknowledgement (ACKED, or REWRITTEN by appends only since) and the write starts at or past the
+        acknowledged length. Every byte of the acknowledged version stays where the record says, and
+        recovery reads an acknowledged record whose data file is longer as that version followed by
+        bytes never closed (recovery.py), exactly what a rewritten record would have said. So
+        ``exec 3>>log; echo $i >&3`` costs no record between its flushes."""
+        if not copy.recorded_ack or copy.state not in WAITING or copy.path is None:
+            return False
+        acked = copy.acked
+        if acked is None:
+            return copy.state is WriteState.ACKED and off >= copy.length
+        return not acked.extents and acked.low >= acked.size and off >= acked.size
+
+    def touch(self, copy: LocalCopy, parts: range, record: bool = True) -> None:
+        """Mark ``parts`` changed (a new generation: a part sent before must be sent again). ``record``
+        False: an append the record on disk already tells apart (``appends_only``)."""
         copy.generation += 1
         for index in parts:
             copy.changed[index] = copy.generation
-        self.changed(copy)
+        self.changed(copy, record)
 
-    def changed(self, copy: LocalCopy) -> None:
+    def changed(self, copy: LocalCopy, record: bool = True) -> None:
         """Data, size or metadata of ``copy`` differ from S3 now; an acknowledgement no longer covers it
-        (an unpublished acknowledged version is kept aside: ``keep_acked``)."""
-        self._begin_acked(copy)  # (if it holds an acknowledged version not published yet)
+        (an unpublished acknowledged version is kept aside: ``keep_acked``). ``record`` False: the
+        record on disk stays (``appends_only``)."""
+        self._begin_acked(copy, record)  # (if it holds an acknowledged version not published yet)
         copy.acknowledged = False
         copy.generation += 1  # an upload in flight sees it and leaves the copy DIRTY when it is done
         if copy.state in (WriteState.CLEAN, WriteState.ACKED, WriteState.CONFLICTED):
             copy.move(WriteState.DIRTY)
-        if copy.recorded_ack:
+        if copy.recorded_ack and record:
             self.cache.save(copy)  # the record must stop saying "acknowledged": recovery would publish this
 
     def _write_behind(self, copy: LocalCopy, data: bytes, off: int) -> None:
@@ -227,7 +244,7 @@ class CopyIO:
             return True
         return copy.state is WriteState.UPLOADING and (copy.acknowledged or copy.acked is not None)
 
-    def _begin_acked(self, copy: LocalCopy) -> None:
+    def _begin_acked(self, copy: LocalCopy, record: bool = True) -> None:
         """``copy``'s acknowledged state is about to change: keep it (ACKED becomes REWRITTEN; an UPLOADING
         copy keeps its state, and becomes REWRITTEN if the upload fails). Nothing is copied now;
         ``keep_acked`` saves bytes as changes reach them. A copy held in memory moves to the cache
@@ -246,9 +263,10 @@ class CopyIO:
         copy.acknowledged = False
         if copy.state is WriteState.ACKED:
             copy.move(WriteState.REWRITTEN)
-        self.cache.save(copy)  # recovery must see two versions now; no fsync: see _save_acked
+        if record:  # (an append leaves the record as it is: appends_only)
+            self.cache.save(copy)  # recovery must see two versions now; no fsync: see _save_acked
 
-    async def keep_acked(self, copy: LocalCopy, key: str, off: int, end: int) -> None:
+    async def keep_acked(self, copy: LocalCopy, key: str, off: int, end: int, record: bool = True) -> None:
         """Bytes ``[off, end)`` of ``copy`` are about to be overwritten or cut: the part of them that
         belongs to its acknowledged, unpublished version and is not saved yet goes to the side file
         first (see the module docstring for the order). Writes queued before land first, and base bytes
@@ -256,7 +274,7 @@ class CopyIO:
         holes."""
         if not self.keeps_acked(copy):
             return
-        self._begin_acked(copy)
+        self._begin_acked(copy, record)
         view = copy.acked
         if view is None or not view.saved(off, end):
             return  # at or past its end (an append): nothing to keep, no lock taken

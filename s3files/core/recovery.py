@@ -12,7 +12,9 @@ What is done with each record:
   deletes it). Such a file is reported at every mount until it is discarded.
 - acknowledged, then written again before its upload (REWRITTEN: the acknowledged version is kept
   aside, copies.py ``AckedView``): ``upload`` publishes that version, never the newer bytes, which are
-  then kept and reported as never closed (``keep`` keeps both; ``discard`` deletes both).
+  then kept and reported as never closed (``keep`` keeps both; ``discard`` deletes both). An
+  acknowledged record whose data file is longer than it says is such a copy too: appended to since
+  (``_appended_since_ack``).
 - a conflict whose changes could not be merged: kept for the user.
 - anything else (a clean copy, a copy of a removed file): deleted.
 An upload id a record names that is not resumed is aborted, so no parts are left in S3.
@@ -70,6 +72,7 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
     fs.folder.sweep()
     records = sorted(fs.folder.records(), key=lambda r: r.updated)
     for record in records:
+        _appended_since_ack(fs, record)
         state = WriteState(record.state)
         acknowledged = (record.acknowledged and state in (WriteState.ACKED, WriteState.UPLOADING)) or (
             state in (WriteState.REWRITTEN, WriteState.UPLOADING) and record.acked is not None
@@ -174,6 +177,29 @@ async def _publish(fs: FileSystem, record: Record, path: str, report: RecoveryRe
                 "data": str(fs.folder.data_path(record.id)),
             }
         )
+
+
+def _appended_since_ack(fs: FileSystem, record: Record) -> None:
+    """An acknowledged record whose data file is longer than it says: the file was appended to after
+    that acknowledgement and not closed since (an append leaves the record as it is, copyio.py
+    ``appends_only``). Read it as the record of such a copy would say: REWRITTEN, the acknowledged
+    version kept aside (its bytes are the data file's first ``size``, nothing overwritten), the newer
+    bytes after it never closed."""
+    if record.acked is not None or not record.acknowledged or record.state != WriteState.ACKED.value:
+        return
+    size = fs.folder.data_size(record.id)
+    if size <= record.size:
+        return
+    record.acked = {
+        "size": record.size,
+        "side": fs.folder.side_name(record.id),
+        "metadata": dict(record.metadata),
+        "base_size": record.base_size,
+        "changed": list(record.changed),
+        "low": record.size,
+        "extents": [],
+    }
+    record.state, record.acknowledged, record.size = WriteState.REWRITTEN.value, False, size
 
 
 def _side_file_found(fs: FileSystem, record: Record) -> bool:

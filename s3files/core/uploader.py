@@ -298,7 +298,8 @@ class Uploader:
     async def _forget(self, copy: LocalCopy, view: AckedView | None) -> None:
         """A version kept aside that no record names any more: its side file and its upload go."""
         if view is not None:
-            self.cache.folder.side_path(view.side).unlink(missing_ok=True)
+            if view.extents:  # (an append-only kept version never made its side file)
+                self.cache.folder.side_path(view.side).unlink(missing_ok=True)
             await self._drop_acked_upload(view)
 
     async def _publish(
