@@ -21,7 +21,7 @@ from s3files.core.fs import FileSystem
 from s3files.core.inodes import ROOT_INO
 from s3files.core.writeback import MAX_HOLD
 from s3files.core.writestate import WriteState
-from s3files.errors import EndpointUnreachable
+from s3files.errors import EndpointUnreachable, NotFound
 from s3files.options import Consistency, MountOptions, Source
 from s3files.store import MemoryStore
 
@@ -533,5 +533,41 @@ def test_the_cost_of_a_close_and_of_changes_to_a_waiting_file_in_syncs_and_recor
         head = await store.head("f")
         assert head.metadata is not None and int(head.metadata["mode"]) == stat.S_IFREG | 0o600
         assert head.metadata["mtime"].startswith("1000.000000123")
+
+    run_eventual(store, body)
+
+
+def test_rsync_into_a_folder_made_here_asks_nothing_until_the_uploads() -> None:
+    """rsync -a into a folder it just made: per file a lookup of a temporary name, create, write, close,
+    chmod, utime, rename over no file. The folder's listing (empty at mkdir) stays true across the
+    renames, so no lookup asks S3; then one PUT per file."""
+    store = MemoryStore()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        folder = (await fs.mkdir(ROOT_INO, "d", 0o755, 0, 0)).ino
+        store.requests.reset()
+        for i in range(3):
+            temp = f".f{i}.XXXX"
+            try:
+                await fs.lookup(folder, temp)
+            except NotFound:
+                pass
+            else:
+                raise AssertionError(f"{temp} found")
+            opened = await fs.create(folder, temp, 0o600, 0, 0)
+            await fs.write(opened.fh, 0, f"file {i}".encode())
+            await fs.flush(opened.fh)
+            await fs.release(opened.fh)
+            await fs.setattr(opened.attr.ino, mode=0o644)
+            await fs.setattr(opened.attr.ino, mtime_ns=1_000_000_000_000, atime_ns=1_000_000_000_000)
+            try:
+                await fs.lookup(folder, f"f{i}")
+            except NotFound:
+                pass
+            await fs.rename(folder, temp, folder, f"f{i}", 0)
+        assert store.requests.snapshot() == {}
+        await settle(clock, DELAY)
+        assert store.requests.snapshot().get("put") == 3 and set(store.requests.snapshot()) <= {"put"}
+        assert [store.data(f"d/f{i}") for i in range(3)] == [f"file {i}".encode() for i in range(3)]
 
     run_eventual(store, body)

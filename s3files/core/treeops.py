@@ -242,9 +242,19 @@ class TreeOps:
             self.sb.inodes.subfolders_changed(src_parent.path, -1)
             if target is None:
                 self.sb.inodes.subfolders_changed(dst_parent.path, +1)
+            self.sb.forget_listings(src_parent.path, dst_parent.path)
         else:
+            moved_local = self._never_uploaded(src_path)
             await self._rename_file(src_path, dst_path, source.info, target)
-        self.sb.forget_listings(src_parent.path, dst_parent.path)
+            if moved_local:
+                # No key moved (the file exists only here): the two folders' listings stay true with the
+                # old name gone and the new one answered by the local copy (and listed at its upload),
+                # so rsync's next temporary name in the folder costs no HEAD or LIST.
+                self.sb.listed(src_path, None)
+                self.sb.listed(dst_path, None)
+                self.sb.forget_markers(src_parent.path, dst_parent.path)
+            else:
+                self.sb.forget_listings(src_parent.path, dst_parent.path)
         # ctimes move: the two folders' (with their mtimes) and the moved entry's. The entry's new ctime is
         # kept in memory (inodes.py): the server-side copy keeps the object's metadata as it was, which a
         # rewrite could not without a HEAD (other tools' x-amz-meta-* are not all known here).
@@ -254,6 +264,13 @@ class TreeOps:
         moved = self.sb.inodes.by_path(dst_path)
         if moved is not None:
             moved.changed(now)
+
+    def _never_uploaded(self, path: str) -> bool:
+        """The file at ``path`` has a local copy of a new file, never uploaded: no key is copied or
+        deleted when it moves."""
+        node = self.sb.inodes.by_path(path)
+        copy = self.cache.get(node.ino) if node is not None else None
+        return copy is not None and copy.base_etag is None
 
     async def _rename_file(self, src_path: str, dst_path: str, info: ObjectInfo | None, target: Entry | None) -> None:
         """``info``: what a listing or HEAD said of the source (None for a file with a local copy). A
