@@ -210,10 +210,11 @@ class LocalCache:
                     break
         return self.memory + nbytes <= self.memory_budget
 
-    def spill(self, copy: LocalCopy) -> None:
+    def spill(self, copy: LocalCopy, record: bool = True) -> None:
         """Move a copy held in memory into the cache folder (it grows past SPILL_BYTES, memory is short,
         or it must outlive the process). Synchronous, so nothing sees it half moved; on a full disk the
-        copy stays in memory, unchanged, and CacheFull is raised."""
+        copy stays in memory, unchanged, and CacheFull is raised. ``record`` False: the caller writes
+        its record next, with no await between (a close's durable record)."""
         if copy.path is not None:
             return
         data = os.pread(copy.fd, copy.length, 0)  # a copy in memory never has writes queued
@@ -233,7 +234,8 @@ class LocalCache:
         self.memory -= copy.allocated
         copy.fd, copy.path, copy.allocated = fd, path, 0
         self.account(copy)
-        self.save(copy)  # from now on a crash leaves it with its key, for recovery
+        if record:
+            self.save(copy)  # from now on a crash leaves it with its key, for recovery
 
     def keep_on_disk(self, copy: LocalCopy) -> str:
         """Make ``copy`` and its record outlive the process, durably; where its bytes are now."""

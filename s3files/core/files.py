@@ -293,7 +293,7 @@ class Files:
             self.cache.check_usable(copy)
             superseded = None
             try:
-                self.cache.spill(copy)
+                self.cache.spill(copy, record=False)  # (its first record is the durable one below)
             except CacheFull:
                 on_disk = False
             else:

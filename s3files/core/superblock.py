@@ -316,11 +316,6 @@ class Superblock:
             self._listed_at[path] = self._now()
             self._small_folders[path] = True
 
-    def forget_markers(self, *paths: str) -> None:
-        """Drop the cached folder markers of ``paths`` (their listings stay)."""
-        for path in paths:
-            self.described.markers.pop(path, None)
-
     def forget_listings(self, *paths: str, below: tuple[str, ...] = ()) -> None:
         """Drop the cached listings (and folder markers) of ``paths`` and of every folder below ``below``."""
         for cache in (self._listings, self.described.markers):

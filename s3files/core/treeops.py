@@ -249,10 +249,11 @@ class TreeOps:
             if moved_local:
                 # No key moved (the file exists only here): the two folders' listings stay true with the
                 # old name gone and the new one answered by the local copy (and listed at its upload),
-                # so rsync's next temporary name in the folder costs no HEAD or LIST.
+                # so rsync's next temporary name in the folder costs no HEAD or LIST; their markers
+                # are untouched too (their times move in memory, markers.py), so a utime of the folder
+                # after costs no HEAD.
                 self.sb.listed(src_path, None)
                 self.sb.listed(dst_path, None)
-                self.sb.forget_markers(src_parent.path, dst_parent.path)
             else:
                 self.sb.forget_listings(src_parent.path, dst_parent.path)
         # ctimes move: the two folders' (with their mtimes) and the moved entry's. The entry's new ctime is
