@@ -493,9 +493,8 @@ class Files:
         """``node``'s metadata (mode, owner, times, extended attributes) changed here, which moves its
         ctime: a local copy publishes it with its bytes (now, if no handle has it open), a closed file's
         object is rewritten by a server-side copy in place, a folder's marker is written."""
+        node.changed(self._wall())
         copy = self.cache.get(node.ino)
-        if copy is not None:
-            node.changed(self._wall())
         if copy is not None:
             if await self._reacknowledge_metadata(copy):
                 return
