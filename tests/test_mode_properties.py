@@ -118,6 +118,7 @@ class ModeMachine(RuleBasedStateMachine):
         self.theirs: dict[str, bytes | None] = {}  # the outside writer's change nobody here touched since
         self.pending: dict[str, float] = {}  # eventual: acknowledged, not known in S3; -> last close time
         self.maybe_conflict: set[str] = set()  # our last write of it may have started from a stale version
+        self.again: set[str] = set()  # see the KNOWN BUG in ``write``
         self.inos: dict[str, int] = {}  # the inode a name's last lookup found (the kernel keeps it)
 
     # -- plumbing ---------------------------------------------------------------------------------------
@@ -158,6 +159,7 @@ class ModeMachine(RuleBasedStateMachine):
 
     def own(self, name: str, content: bytes | None) -> None:
         self.inos.pop(name, None)  # the name may be another inode now (renamed, created)
+        self.again.discard(name)
         self.last[name] = OWN
         self.own_view[name] = content
         self.theirs.pop(name, None)
@@ -222,10 +224,12 @@ class ModeMachine(RuleBasedStateMachine):
         self.history[name].add(data)
         self.last[name] = OUTSIDE
         self.changed_at[name] = self.now()
-        if data is not None or name not in self.pending:
+        if data is not None or (name not in self.pending and name not in self.again):
             self.theirs[name] = data
         else:
             self.theirs.pop(name, None)  # our waiting upload may write the deleted key again
+            if name in self.pending:
+                self.again.add(name)  # and then (KNOWN BUG, see ``write``) stay waiting
 
     @rule(name=st.sampled_from(NAMES))
     def outside_put(self, name: str) -> None:
@@ -279,6 +283,7 @@ class ModeMachine(RuleBasedStateMachine):
             return await self._read(name), "done"
 
         result, stage = self.run(go)
+        again = self.eventual and stale and before is None
         if stage == "write":
             # appending fetched the start of a version that changed since the mount last asked
             assert result in (errno.ESTALE, errno.ENOENT) and stale, (result, stale)
@@ -301,7 +306,28 @@ class ModeMachine(RuleBasedStateMachine):
             self.written.update(self.store.data(k) for k in conflict)
             return
         data = result
-        assert isinstance(data, bytes) and data.endswith(suffix), (data, suffix)
+        self.record_write(name, data, suffix, append, fsync, interfere, stale, before, calls["puts"])
+        if again:
+            # KNOWN BUG (test_known_bug_an_upload_that_writes_a_deleted_key_again_leaves_it_waiting): the
+            # upload (fsync or write-back) that finds the key deleted outside writes it again but leaves the
+            # file waiting, so a later upload puts it once more (recreating the key if the outside writer
+            # deleted it again). Tolerated for this name until its next change; remove when fixed.
+            self.again.add(name)
+
+    def record_write(
+        self,
+        name: str,
+        data: bytes,
+        suffix: bytes,
+        append: bool,
+        fsync: bool,
+        interfere: bool,
+        stale: bool,
+        before: bytes | None,
+        puts: int,
+    ) -> None:
+        """Check and record a write of ``suffix`` after which the mount reads ``data``."""
+        assert data.endswith(suffix), (data, suffix)
         base = data[: -len(suffix)]
         if append:
             # strict and close-to-open: the open revalidated, so the base is S3's version (or nothing, when
@@ -325,7 +351,7 @@ class ModeMachine(RuleBasedStateMachine):
                 self.history[name].add(data)
             return
         if self.eventual and not fsync:
-            assert calls["puts"] == 0, "an eventual close sent a request"
+            assert puts == 0, "an eventual close sent a request"
             self.own(name, data)
             self.pending[name] = self.now()
             if stale:
@@ -335,12 +361,6 @@ class ModeMachine(RuleBasedStateMachine):
             self.own(name, data)
             self.pending.pop(name, None)
             self.maybe_conflict.discard(name)
-            if self.eventual and stale and before is None:
-                # KNOWN BUG (test_known_bug_an_fsync_that_writes_a_deleted_key_again_leaves_it_waiting):
-                # such an fsync leaves the file waiting, and the write-back uploads it once more later
-                # (recreating the key if the outside writer deleted it again). Tolerated here until fixed.
-                self.pending[name] = self.now()
-                self.maybe_conflict.add(name)
             if self.s3(name) != data:
                 assert stale and self.in_conflict_copy(name, data), (name, self.s3(name), data, stale)
                 self.last[name] = OUTSIDE
@@ -389,10 +409,20 @@ class ModeMachine(RuleBasedStateMachine):
         data = self.own_view[src]
         stale_dst = self.stale(dst)
 
-        async def go() -> None:
-            await self.fs.rename(ROOT_INO, src, ROOT_INO, dst, 0)
+        async def go() -> int:
+            try:
+                await self.fs.rename(ROOT_INO, src, ROOT_INO, dst, 0)
+            except S3FilesError as exc:
+                return exc.errno
+            return 0
 
-        self.run(go)
+        failed = self.run(go)
+        if failed:
+            # KNOWN BUG (test_known_bug_rename_of_a_waiting_file_whose_old_version_was_deleted_fails):
+            # a waiting file whose earlier version was deleted outside cannot be renamed (ENOENT: the
+            # copy of the gone version fails). Tolerated: nothing changed.
+            assert self.eventual and failed == errno.ENOENT and src in self.pending and self.s3(src) is None, failed
+            return
         waiting = src in self.pending
         self.pending.pop(src, None)
         conflict = src in self.maybe_conflict
@@ -544,14 +574,15 @@ class EventualModeMachine(ModeMachine):
     MODE = Consistency.EVENTUAL
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: an fsync that writes a deleted key again leaves the file waiting")
-def test_known_bug_an_fsync_that_writes_a_deleted_key_again_leaves_it_waiting() -> None:
+@pytest.mark.xfail(strict=True, reason="known bug: an upload that writes a deleted key again leaves the file waiting")
+def test_known_bug_an_upload_that_writes_a_deleted_key_again_leaves_it_waiting() -> None:
     """KNOWN BUG, found by the eventual machine, reported, not fixed here (the close/fsync path is being
     reworked elsewhere). Eventual mode: a file whose key was deleted outside while this mount still trusts
     its attributes is opened, written and fsynced: the fsync's upload finds the key gone and writes it
     again (one PUT more), and the file then stays waiting for the write-back after its close, so a later
     upload (sync, the delay) puts it once more, recreating the key if the outside writer deleted it again.
-    An fsync that uploaded must leave nothing waiting: sync must send nothing."""
+    The write-back's upload does the same (the machine found both). An fsync that uploaded must leave
+    nothing waiting: sync must send nothing."""
     m = EventualModeMachine()
     try:
         m.stat_and_readdir_show_what_the_mode_promises()  # a listing of the folder, kept for the TTL
@@ -572,6 +603,28 @@ def test_known_bug_an_fsync_that_writes_a_deleted_key_again_leaves_it_waiting() 
         m.run(m.fs.sync)
         waiting = m.run(lambda: _async(m.fs.status))
         assert (m.store.keys(), m.store.requests.snapshot(), waiting["files"]) == ([], {}, []), waiting
+    finally:
+        m.teardown()
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: rename of a waiting file whose old version was deleted fails")
+def test_known_bug_rename_of_a_waiting_file_whose_old_version_was_deleted_fails() -> None:
+    """KNOWN BUG, found by the eventual machine, reported, not fixed here. Eventual mode: a file uploaded,
+    then deleted outside, written again here (waiting) and renamed: the rename copies the gone version
+    and fails with ENOENT, although the file is here, closed, and must move (its upload at the new name)."""
+    m = EventualModeMachine()
+    try:
+        m.stat_and_readdir_show_what_the_mode_promises()  # a listing of the folder, kept for the TTL
+        m.write(name="b", append=False, fsync=False, interfere=False)
+        m.sync()
+        m.stat_and_readdir_show_what_the_mode_promises()
+        m.outside_delete("b")
+        m.stat_and_readdir_show_what_the_mode_promises()
+        m.write(name="b", append=False, fsync=False, interfere=False)
+        m.stat_and_readdir_show_what_the_mode_promises()
+        m.run(lambda: m.fs.rename(ROOT_INO, "b", ROOT_INO, "a", 0))
+        m.run(m.fs.sync)
+        assert m.store.keys() == ["a"]
     finally:
         m.teardown()
 
