@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
 import trio
 import trio.testing
 from conftest import FULL_COUNTS
@@ -118,7 +117,6 @@ class ModeMachine(RuleBasedStateMachine):
         self.theirs: dict[str, bytes | None] = {}  # the outside writer's change nobody here touched since
         self.pending: dict[str, float] = {}  # eventual: acknowledged, not known in S3; -> last close time
         self.maybe_conflict: set[str] = set()  # our last write of it may have started from a stale version
-        self.again: set[str] = set()  # see the KNOWN BUG in ``write``
         self.inos: dict[str, int] = {}  # the inode a name's last lookup found (the kernel keeps it)
 
     # -- plumbing ---------------------------------------------------------------------------------------
@@ -159,7 +157,6 @@ class ModeMachine(RuleBasedStateMachine):
 
     def own(self, name: str, content: bytes | None) -> None:
         self.inos.pop(name, None)  # the name may be another inode now (renamed, created)
-        self.again.discard(name)
         self.last[name] = OWN
         self.own_view[name] = content
         self.theirs.pop(name, None)
@@ -224,12 +221,10 @@ class ModeMachine(RuleBasedStateMachine):
         self.history[name].add(data)
         self.last[name] = OUTSIDE
         self.changed_at[name] = self.now()
-        if data is not None or (name not in self.pending and name not in self.again):
+        if data is not None or name not in self.pending:
             self.theirs[name] = data
         else:
             self.theirs.pop(name, None)  # our waiting upload may write the deleted key again
-            if name in self.pending:
-                self.again.add(name)  # and then (KNOWN BUG, see ``write``) stay waiting
 
     @rule(name=st.sampled_from(NAMES))
     def outside_put(self, name: str) -> None:
@@ -283,7 +278,6 @@ class ModeMachine(RuleBasedStateMachine):
             return await self._read(name), "done"
 
         result, stage = self.run(go)
-        again = self.eventual and stale and before is None
         if stage == "write":
             # appending fetched the start of a version that changed since the mount last asked
             assert result in (errno.ESTALE, errno.ENOENT) and stale, (result, stale)
@@ -307,12 +301,6 @@ class ModeMachine(RuleBasedStateMachine):
             return
         data = result
         self.record_write(name, data, suffix, append, fsync, interfere, stale, before, calls["puts"])
-        if again:
-            # KNOWN BUG (test_known_bug_an_upload_that_writes_a_deleted_key_again_leaves_it_waiting): the
-            # upload (fsync or write-back) that finds the key deleted outside writes it again but leaves the
-            # file waiting, so a later upload puts it once more (recreating the key if the outside writer
-            # deleted it again). Tolerated for this name until its next change; remove when fixed.
-            self.again.add(name)
 
     def record_write(
         self,
@@ -417,12 +405,7 @@ class ModeMachine(RuleBasedStateMachine):
             return 0
 
         failed = self.run(go)
-        if failed:
-            # KNOWN BUG (test_known_bug_rename_of_a_waiting_file_whose_old_version_was_deleted_fails):
-            # a waiting file whose earlier version was deleted outside cannot be renamed (ENOENT: the
-            # copy of the gone version fails). Tolerated: nothing changed.
-            assert self.eventual and failed == errno.ENOENT and src in self.pending and self.s3(src) is None, failed
-            return
+        assert not failed, failed  # (a waiting file whose uploaded version was deleted outside moves too)
         waiting = src in self.pending
         self.pending.pop(src, None)
         conflict = src in self.maybe_conflict
@@ -574,15 +557,13 @@ class EventualModeMachine(ModeMachine):
     MODE = Consistency.EVENTUAL
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: an upload that writes a deleted key again leaves the file waiting")
-def test_known_bug_an_upload_that_writes_a_deleted_key_again_leaves_it_waiting() -> None:
-    """KNOWN BUG, found by the eventual machine, reported, not fixed here (the close/fsync path is being
-    reworked elsewhere). Eventual mode: a file whose key was deleted outside while this mount still trusts
-    its attributes is opened, written and fsynced: the fsync's upload finds the key gone and writes it
-    again (one PUT more), and the file then stays waiting for the write-back after its close, so a later
-    upload (sync, the delay) puts it once more, recreating the key if the outside writer deleted it again.
-    The write-back's upload does the same (the machine found both). An fsync that uploaded must leave
-    nothing waiting: sync must send nothing."""
+def test_an_upload_that_writes_a_deleted_key_again_leaves_nothing_waiting() -> None:
+    """Found by the eventual machine (fixed): a file whose key was deleted outside while this mount still
+    trusts its attributes is opened, written and fsynced: the fsync's upload finds the key gone and writes
+    it again (one PUT more). It used to leave the file waiting for the write-back after its close (the
+    rewrite counted as a new write), so a later upload (sync, the delay) put it once more, recreating the
+    key after the outside writer deleted it again. An fsync that uploaded leaves nothing waiting: sync
+    sends nothing."""
     m = EventualModeMachine()
     try:
         m.stat_and_readdir_show_what_the_mode_promises()  # a listing of the folder, kept for the TTL
@@ -607,11 +588,10 @@ def test_known_bug_an_upload_that_writes_a_deleted_key_again_leaves_it_waiting()
         m.teardown()
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: rename of a waiting file whose old version was deleted fails")
-def test_known_bug_rename_of_a_waiting_file_whose_old_version_was_deleted_fails() -> None:
-    """KNOWN BUG, found by the eventual machine, reported, not fixed here. Eventual mode: a file uploaded,
-    then deleted outside, written again here (waiting) and renamed: the rename copies the gone version
-    and fails with ENOENT, although the file is here, closed, and must move (its upload at the new name)."""
+def test_a_waiting_file_whose_uploaded_version_was_deleted_outside_can_be_renamed() -> None:
+    """Found by the eventual machine (fixed): a file uploaded, then deleted outside, written again here
+    (waiting) and renamed: the rename used to copy the gone version and fail with ENOENT, although the
+    file is here, closed, and must move (its upload at the new name)."""
     m = EventualModeMachine()
     try:
         m.stat_and_readdir_show_what_the_mode_promises()  # a listing of the folder, kept for the TTL

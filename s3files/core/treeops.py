@@ -13,6 +13,7 @@ reach the folder's marker, where it has one, with at most one PUT per folder per
 
 from __future__ import annotations
 
+import logging
 import stat
 from collections.abc import Callable
 from dataclasses import replace
@@ -36,9 +37,12 @@ from s3files.errors import (
     NotEmpty,
     NotFound,
     NotSupported,
+    ObjectNotFound,
     PreconditionFailed,
 )
 from s3files.store.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
 
 RENAME_NOREPLACE = 1  # linux/fs.h renameat2 flags
 RENAME_EXCHANGE = 2
@@ -286,10 +290,20 @@ class TreeOps:
                 size = copy.base_size if copy else (node.size if node else 0)
                 base = (copy.base_etag if copy else None) or (node.etag if node else None) or ""
                 info = ObjectInfo(src_key, size, base, 0.0)
-            etag, modified = await copy_object_version(self.store, info, dst_key)
-            copied = ObjectInfo(dst_key, info.size, etag, modified)
-            self.sb.copied(info, copied)
-            await self.store.delete(src_key)
+            try:
+                etag, modified = await copy_object_version(self.store, info, dst_key)
+            except ObjectNotFound:
+                if copy is None:
+                    raise
+                # The version the local copy is based on was deleted outside: nothing to copy, nothing of
+                # ours to delete at the old key. The copy moves along and is published at its new name,
+                # whole, as an upload that finds its key deleted does (uploader._standalone; bytes it never
+                # had went with that version: then it is kept as a conflict, never half-published).
+                log.info("op=rename key=%r: its last uploaded version was deleted outside; moved here only", src_key)
+            else:
+                copied = ObjectInfo(dst_key, info.size, etag, modified)
+                self.sb.copied(info, copied)
+                await self.store.delete(src_key)
             self.sb.deleted(src_key)
         elif target is not None and not target.is_dir:
             replaced_etag = target.info.etag if target.info is not None and target.info.key == dst_key else None

@@ -325,6 +325,7 @@ class Uploader:
             # re-creates the file (what a local file system would show the writer).
             log.warning("op=upload key=%r was deleted outside this mount while open; writing it again", key)
             await self._standalone(copy, key)
+            snapshot = dict(copy.changed)  # every part, sent now
             try:
                 info = await self._write(copy, key, metadata, size)
             except PreconditionFailed:
@@ -377,8 +378,11 @@ class Uploader:
             raise WriteConflict(
                 f"{key} was changed by someone else; your changes could not be merged and stay at {where}"
             ) from None
-        copy.generation += 1
-        copy.changed.update(dict.fromkeys(range(count), copy.generation))
+        # Every part is sent now. No new generation: that would say the program wrote meanwhile, and the
+        # publish would leave the copy DIRTY (waiting for an upload it already had). The multipart upload
+        # whose sent parts a generation protects was dropped above.
+        for index in range(count):
+            copy.changed.setdefault(index, copy.generation)
         copy.base_etag, copy.base_size = None, 0  # nothing is copied from S3 any more
 
     async def _write(self, copy: LocalCopy, key: str, metadata: Mapping[str, str], size: int) -> ObjectInfo:
