@@ -111,7 +111,8 @@ def test_modes_add_a_mount_column_each_and_visibility_measures_another_mount(tmp
         assert figures["partial"]["variants"][name]["value"] == 0
     strict, default = figures["p50"]["variants"]["mount-strict"], figures["p50"]["variants"]["mount"]
     assert figures["p99"]["variants"]["mount-strict"]["value"] < figures["p99"]["variants"]["mount"]["value"]
-    assert strict["requests"]["put"] == 10 and default["requests"]["put"] == 10  # the producer's writes
+    for producer in (strict, default):  # its 10 files, and its folder's marker times (at most 2 writes)
+        assert 10 <= producer["requests"]["put"] <= 12, producer["requests"]
     assert "mount/mount-strict" in figures["p50"]["ratios"]
 
 

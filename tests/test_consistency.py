@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import S3Server
+from conftest import S3Server, rgw_in_full_runs
 from daemons import S3FILES, Daemon, Daemons, s3_body, s3_keys
 
 pytestmark = pytest.mark.fuse
@@ -113,6 +113,7 @@ def seed(client: Any, bucket: str) -> None:
     client.put_object(Bucket=bucket, Key="d/gone.txt", Body=OLD)
 
 
+@rgw_in_full_runs
 def test_strict_sees_outside_changes_at_once(
     s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons
 ) -> None:
@@ -138,6 +139,7 @@ def test_strict_sees_outside_changes_at_once(
     assert m.unmount() == 0
 
 
+@rgw_in_full_runs
 def test_close_to_open_sees_a_new_version_at_open_and_the_rest_within_the_ttl(
     s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons
 ) -> None:
@@ -162,6 +164,7 @@ def test_close_to_open_sees_a_new_version_at_open_and_the_rest_within_the_ttl(
     assert m.unmount() == 0
 
 
+@rgw_in_full_runs
 def test_eventual_sees_outside_changes_within_the_ttl(
     s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons
 ) -> None:
@@ -200,6 +203,7 @@ def whole_or_absent(path: Path, body: bytes) -> bool:
     return True
 
 
+@rgw_in_full_runs
 def test_eventual_a_file_closed_in_one_mount_reaches_the_other_after_sync_or_the_delay_and_the_ttl(
     s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons
 ) -> None:

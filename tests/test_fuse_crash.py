@@ -640,6 +640,7 @@ REWRITER = textwrap.dedent(
 )
 
 
+@rgw_in_full_runs
 def test_kill_9_after_a_failed_close_and_a_rewrite_publishes_the_closed_version(
     s3_client: Any, s3_bucket: str, proxy: FaultProxy, daemons: Daemons
 ) -> None:

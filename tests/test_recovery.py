@@ -1281,7 +1281,7 @@ def test_acknowledged_writes_survive_deaths_and_stops(monkeypatch: pytest.Monkey
     run_state_machine_as_test(
         CrashMachine,
         settings=settings(
-            max_examples=200,
+            max_examples=200 if FULL_COUNTS else 100,
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

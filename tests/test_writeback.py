@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import rgw_in_full_runs
 from daemons import S3FILES, Daemon, Daemons, s3_body, s3_keys
 
 from s3files.status import canonical, registered_folder
@@ -61,6 +62,7 @@ def wait_for(what: str, check: Any, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+@rgw_in_full_runs
 def test_close_returns_before_the_upload_and_sync_uploads_it(s3_client: Any, s3_bucket: str, daemons: Daemons) -> None:
     daemon = daemons.mount(s3_client.meta.endpoint_url, s3_bucket, extra=LONG)
     (daemon.mountpoint / "sub").mkdir()
@@ -99,6 +101,7 @@ os.close(fd)
 """
 
 
+@rgw_in_full_runs
 def test_sync_names_a_file_open_with_changes_no_close_acknowledged(
     s3_client: Any, s3_bucket: str, daemons: Daemons
 ) -> None:
@@ -138,6 +141,7 @@ def test_sync_names_a_file_open_with_changes_no_close_acknowledged(
     assert daemon.unmount() == 0
 
 
+@rgw_in_full_runs
 def test_ten_rewrites_within_the_delay_are_one_put(s3_client: Any, s3_bucket: str, daemons: Daemons) -> None:
     delay = 3.0
     daemon = daemons.mount(
@@ -161,6 +165,7 @@ def test_ten_rewrites_within_the_delay_are_one_put(s3_client: Any, s3_bucket: st
     assert daemon.unmount() == 0
 
 
+@rgw_in_full_runs
 def test_sigterm_uploads_every_waiting_file_first(s3_client: Any, s3_bucket: str, daemons: Daemons) -> None:
     daemon = daemons.mount(s3_client.meta.endpoint_url, s3_bucket, extra=LONG)
     for i in range(20):
@@ -172,6 +177,7 @@ def test_sigterm_uploads_every_waiting_file_first(s3_client: Any, s3_bucket: str
     assert daemon.records() == []
 
 
+@rgw_in_full_runs
 def test_kill_9_before_the_upload_and_a_remount_uploads_it(s3_client: Any, s3_bucket: str, daemons: Daemons) -> None:
     daemon = daemons.mount(s3_client.meta.endpoint_url, s3_bucket, extra=LONG)
     small, large = b"closed, then the daemon died", os.urandom(3 * 1024 * 1024)
@@ -191,6 +197,7 @@ def test_kill_9_before_the_upload_and_a_remount_uploads_it(s3_client: Any, s3_bu
     assert daemon.unmount() == 0
 
 
+@rgw_in_full_runs
 def test_a_conflict_after_close_keeps_both_and_is_reported(s3_client: Any, s3_bucket: str, daemons: Daemons) -> None:
     daemon = daemons.mount(s3_client.meta.endpoint_url, s3_bucket, extra=LONG)
     (daemon.mountpoint / "shared.txt").write_bytes(b"ours")  # close returned: no EIO can come any more
@@ -208,6 +215,7 @@ def test_a_conflict_after_close_keeps_both_and_is_reported(s3_client: Any, s3_bu
     assert daemon.unmount() == 0
 
 
+@rgw_in_full_runs
 def test_rsync_and_a_shell_appender_cost_one_put_per_file(
     s3_client: Any, s3_bucket: str, daemons: Daemons, tmp_path: Path
 ) -> None:
