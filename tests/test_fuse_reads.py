@@ -57,11 +57,11 @@ def in_threads(n: int, work: Callable[[int], bytes]) -> list[bytes]:
         return list(pool.map(work, range(n)))
 
 
-def check_fetches(spy: list[tuple[int, int]], streams: int) -> None:
+def check_fetches(spy: list[tuple[int, int]], streams: int, again: int = MIB) -> None:
     """Each stream had read-ahead (parts of 8 MiB, not one GET per kernel read of at most 1 MiB), and no
-    byte was fetched twice beyond a first part (1 MiB) per stream."""
+    byte was fetched twice beyond ``again`` per stream (a first part, 1 MiB)."""
     fetched = sum(e - s for s, e in spy)
-    assert SIZE <= fetched <= SIZE + streams * MIB, (fetched, sorted(spy))
+    assert SIZE <= fetched <= SIZE + streams * again, (fetched, sorted(spy))
     assert len(spy) <= 6 * streams + 2, sorted(spy)
 
 
@@ -135,7 +135,9 @@ def test_a_memory_map_read_from_two_threads(mounted: Mounted) -> None:
     mounted.spy.clear()
     got = run_child(MAPPED, str(path), str(DEADLINE)).split()
     assert got == [hashlib.sha256(data[:half]).hexdigest(), hashlib.sha256(data[half:]).hexdigest()]
-    check_fetches(mounted.spy, 2)
+    # The kernel's read-around of page faults may ask again, in 1 MiB reads, for a range whose part was
+    # already handed out and recycled (seen once in CI: 6 MiB more over 48): up to a part per stream.
+    check_fetches(mounted.spy, 2, again=8 * MIB)
 
 
 def test_pandas_read_csv_of_a_path_on_the_mount(mounted: Mounted, tmp_path: Path) -> None:
