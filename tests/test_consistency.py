@@ -67,6 +67,7 @@ def raises_enoent(path: Path) -> bool:
     [("--consistency", "strict"), ("--consistency", "close-to-open", "--metadata-ttl", "30")],
     ids=["strict", "close-to-open"],
 )
+@rgw_in_full_runs
 def test_a_file_closed_in_one_mount_is_read_whole_at_the_next_open_in_the_other(
     flags: tuple[str, ...], s3_server: S3Server, s3_client: Any, s3_bucket: str, daemons: Daemons
 ) -> None:
