@@ -11,10 +11,12 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import trio
+from daemons import Daemons
 
 from s3files.localserver import MotoServer, start_moto_server
 
@@ -171,3 +173,14 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 _hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 if os.environ.get("CI") == "true":
     _hypothesis_settings.load_profile("ci")
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """Daemons and helper processes of one test (tests/daemons.py): ended by pid and unmounted after it,
+    whatever happened."""
+    started = Daemons(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()

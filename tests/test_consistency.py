@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,6 @@ SLACK = 1.5  # seconds a busy machine may add to a TTL before a change must be s
 TTL = 2.0  # --metadata-ttl of the modes that cache (short: the tests wait for it)
 
 
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    started = Daemons(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def start(daemons: Daemons, server: S3Server, bucket: str, name: str, *flags: str) -> Daemon:

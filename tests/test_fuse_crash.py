@@ -151,14 +151,6 @@ class Holder:
         return " ".join(lines[-2:])
 
 
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    """Daemons and helper processes of one test: ended by pid and unmounted after it, whatever happened."""
-    started = Daemons(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def cache_is_empty(daemon: Daemon) -> None:

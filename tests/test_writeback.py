@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,6 @@ pytestmark = pytest.mark.fuse
 LONG = ("--consistency", "eventual", "--writeback-delay", "600")  # nothing uploads by itself in a test
 
 
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    started = Daemons(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def sync(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
