@@ -295,6 +295,34 @@ def test_symlink_written_with_plain_put_gets_a_new_inode_once_a_head_shows_it() 
     run_fs(store, body, metadata_ttl=0.0, listing_attributes="fast")  # true attributes: a symlink at once
 
 
+def test_a_symlink_shown_by_an_open_stays_a_symlink_after_the_kernel_forgets_the_new_inode() -> None:
+    """The kernel's retry after ESTALE: its revalidating lookup gets the new inode, discards that answer
+    (another node id than its dentry's) with a FORGET, and looks the name up again. By then the listing
+    is past its TTL and listed again (fast: no HEAD): the version a GET showed to be a symlink must stay
+    one (a CI run saw a file's inode again, and a second ESTALE reached the program)."""
+    store = MemoryStore()
+    store.seed("d/s3fs-link", b"target.txt", {"mode": LINK, "mtime": "1000"})
+    store.seed("d/target.txt", b"data")
+    t = [0.0]
+
+    async def body(fs: FileSystem) -> None:
+        d = await fs.lookup(ROOT_INO, "d")
+        old = {n: a for n, a, _ in await fs.readdir(await fs.opendir(d.ino), 0)}["s3fs-link"]
+        assert stat.S_ISREG(old.mode)
+        t[0] += 2.0  # past the TTL: the open asks S3, and the cached listing is gone
+        assert await errno_of(fs.open(old.ino, os.O_RDONLY)) == errno.ESTALE
+        new = await fs.lookup(d.ino, "s3fs-link")  # revalidation: another node id...
+        assert stat.S_ISLNK(new.mode) and new.ino != old.ino
+        fs.forget(new.ino, 1)  # ...so the kernel forgets it and looks the name up again
+        store.requests.reset()
+        again = await fs.lookup(d.ino, "s3fs-link")
+        assert stat.S_ISLNK(again.mode) and again.mtime_ns == 1000 * 10**9
+        assert "head" not in store.requests.snapshot()  # known: no request asks it again
+        assert await fs.readlink(again.ino) == b"target.txt"
+
+    run_fs(store, body, now=lambda: t[0], metadata_ttl=1.0, listing_attributes="fast")
+
+
 def test_symlink_rename_and_unlink() -> None:
     store = MemoryStore()
     store.seed("d/", b"")

@@ -92,12 +92,18 @@ class Descriptions:
             raise failed[0]
 
     async def listing(
-        self, path: str, entries: dict[str, Entry], heads: dict[str, ObjectInfo | None] | None = None
+        self,
+        path: str,
+        entries: dict[str, Entry],
+        heads: dict[str, ObjectInfo | None] | None = None,
+        known_too: bool = False,
     ) -> dict[str, Entry]:
         """The listing with the metadata that must be known at once: symlink candidates and, with
         ``true`` attributes, every file and folder. A version this mount knows (its inode's, or the
         metadata cache's) is not asked again, nor what ``prefetching`` asked already (``heads``), nor a
-        folder's marker within ``metadata_ttl``."""
+        folder's marker within ``metadata_ttl``. ``known_too`` (a lookup's one name): the other files
+        take what this mount knows too, without a request, so a version a GET showed to be a symlink is
+        never a file again once the kernel forgot its inode."""
         heads = heads or {}
         found = dict(entries)
         files: list[tuple[str, ObjectInfo]] = []
@@ -112,7 +118,7 @@ class Descriptions:
                     else:
                         found[name] = Entry(name, is_dir=True, info=marker)
                 continue
-            if info is None or not self._wanted(info):  # (None: a file being written here)
+            if info is None or not (known_too or self._wanted(info)):  # (None: a file being written here)
                 continue
             if info.key in heads:
                 head = heads[info.key]
@@ -133,7 +139,7 @@ class Descriptions:
         for name, info in files:
             if info.key in known:
                 found[name] = Entry(name, is_dir=False, info=replace(info, metadata=known[info.key]))
-            else:
+            elif self._wanted(info):
                 asked.append((name, info))
 
         async def head(item: tuple[str, ObjectInfo]) -> None:

@@ -340,7 +340,7 @@ class Superblock:
                 raise NotFound(f"no such file or folder: {path}")
             if _bare(entry):
                 # listed for lookups: describe this name alone (one HEAD at most), and keep the answer
-                described = (await self.described.listing(parent_path, {name: entry})).get(name)
+                described = (await self.described.listing(parent_path, {name: entry}, known_too=True)).get(name)
                 if listing.get(name) is entry:  # (not changed here meanwhile)
                     if described is None:
                         listing.pop(name, None)
