@@ -89,6 +89,27 @@ def test_threads_reading_parts_of_one_descriptor_each_get_read_ahead(mounted: Mo
     check_fetches(mounted.spy, threads)
 
 
+def test_four_descriptors_reading_one_file_fetch_it_once(mounted: Mounted) -> None:
+    """Four programs (here threads, each with its own descriptor) read one file whole at once: its parts
+    are shared (one reader per version, core/reader.py SharedReaders), so S3 sends the file about once,
+    not four times."""
+    data = random.Random(7).randbytes(SIZE)
+    path = mounted.seed("four-readers.bin", data)
+    mounted.spy.clear()
+    deadline = time.monotonic() + DEADLINE
+
+    def work(i: int) -> bytes:
+        digest = hashlib.sha256()
+        with open(path, "rb", buffering=0) as f:
+            for off in range(0, SIZE, CHUNK):
+                assert time.monotonic() < deadline, f"reader {i} still at {off} of {SIZE} bytes"
+                digest.update(f.read(CHUNK))
+        return digest.digest()
+
+    assert in_threads(4, work) == [hashlib.sha256(data).digest()] * 4
+    check_fetches(mounted.spy, 4)
+
+
 MAPPED = """
 import hashlib, mmap, sys, time
 from concurrent.futures import ThreadPoolExecutor

@@ -31,7 +31,7 @@ from s3files.core.links import copy_object_version
 from s3files.core.markers import FolderMarkers
 from s3files.core.namespace import check_length, join, valid_name
 from s3files.core.parts import MAX_OBJECT
-from s3files.core.reader import PartBuffers, Reader, Spawn
+from s3files.core.reader import PartBuffers, Reader, SharedReader, SharedReaders, Spawn
 from s3files.core.superblock import Superblock
 from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
 from s3files.core.writeback import WriteBack
@@ -97,6 +97,7 @@ class Files:
         self._spawn = spawn
         self._wall = wall
         self._part_buffers = PartBuffers(opts.read.part_size, opts.read.max_window + opts.read.part_size, spawn)
+        self._readers = SharedReaders()
         self.write_back = opts.consistency is Consistency.EVENTUAL  # a close acknowledges, uploads later
         self.writeback = WriteBack(opts.writeback_delay, self.publish_due, self.after_last_close, spawn)
 
@@ -168,16 +169,26 @@ class Files:
         and neither the kernel's page cache nor a clean local copy is likely to hold its bytes already.
         The price, for a program that opens a large file only to read elsewhere (a Parquet footer), is up
         to ``first_part`` bytes fetched in vain within the same round trip."""
-        return node.size > 0 and not self._kernel_caches(node) and not self.cache.holds_clean(node.ino)
+        return (
+            node.size > 0
+            and not self._kernel_caches(node)
+            and not self.cache.holds_clean(node.ino)
+            and not self._readers.reading(node.ino, node.etag)  # another handle reads it: its parts are shared
+        )
 
     def _kernel_caches(self, node: Inode) -> bool:
         """The kernel's page cache may hold this version's bytes: it cached them at an earlier open (never
         with --direct-io, where no open uses the page cache)."""
         return not self.opts.direct_io and node.page_cache_etag == node.etag
 
-    def _reader(self, node: Inode, first: bytes | bytearray | None = None) -> Reader:
+    def _reader(self, node: Inode, first: bytes | bytearray | None = None) -> SharedReader:
+        """A handle's reader of ``node``'s version: the one other handles of that version read with, if
+        any (``first`` is then not needed: ``_cold_to_read`` did not fetch it)."""
         key = self.sb.ns.file_key(node.path)
-        return Reader(self.store, key, node.size, node.etag, self.opts.read, self._spawn, first, self._part_buffers)
+        opts, buffers = self.opts.read, self._part_buffers
+        return self._readers.open(
+            node.ino, node.etag, lambda: Reader(self.store, key, node.size, node.etag, opts, self._spawn, first, buffers)
+        )
 
     async def _stage(self, node: Inode, truncate: bool) -> LocalCopy:
         """Make the local copy of ``node`` that writes go to (its parts are fetched when first needed)."""

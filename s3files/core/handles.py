@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from s3files.core.inodes import Inode
 from s3files.core.namespace import Entry
-from s3files.core.reader import Reader
+from s3files.core.reader import SharedReader
 from s3files.errors import BadHandle
 
 
@@ -27,7 +27,7 @@ class DirHandle:
 @dataclass
 class FileHandle:
     node: Inode
-    reader: Reader
+    reader: SharedReader  # shared with the other handles of its version
     writable: bool = False
     etag: str | None = None  # the version this handle reads
     counted: bool = False  # counted in its local copy's handles: the copy lives until this one closes
@@ -86,8 +86,9 @@ class Handles:
                 handle.path = new + handle.path[len(old) :]
 
     def statistics(self) -> dict[str, int]:
+        files = self._files.values()  # handles of one version share a reader: its bytes count once
         return {
             "open_files": len(self._files),
             "open_folders": len(self._dirs),
-            "held_read_bytes": sum(h.reader.held_bytes for h in self._files.values()),
+            "held_read_bytes": sum(r.held_bytes for r in {id(h.reader.reader): h.reader.reader for h in files}.values()),
         }

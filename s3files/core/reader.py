@@ -346,3 +346,62 @@ class Reader:
 
         self._spawn(fetch)
         return part
+
+
+class SharedReaders:
+    """The mount's readers, one per version being read: handles open on the same version (inode and
+    ETag) share one ``Reader``, so K programs reading one file fetch each part once, as one program
+    would, and its streams keep each handle's position. The reader ends when its last handle closes. A
+    file of no known version (``etag`` None: created here) is never shared; a new version gets a reader of
+    its own, so no handle ever reads another version's parts."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[int, str], tuple[Reader, list[int]]] = {}
+
+    def reading(self, ino: int, etag: str | None) -> bool:
+        """Whether a handle already reads version ``etag`` of inode ``ino`` (its first part is there or on
+        its way: an open need not fetch it again)."""
+        return etag is not None and (ino, etag) in self._open
+
+    def open(self, ino: int, etag: str | None, make: Callable[[], Reader]) -> SharedReader:
+        if etag is None:
+            return SharedReader(make(), lambda: True)
+        version = (ino, etag)
+        if version not in self._open:
+            self._open[version] = (make(), [0])
+        reader, users = self._open[version]
+        users[0] += 1
+
+        def release() -> bool:
+            users[0] -= 1
+            if users[0] > 0:
+                return False
+            if self._open.get(version, (None,))[0] is reader:
+                del self._open[version]
+            return True
+
+        return SharedReader(reader, release)
+
+
+class SharedReader:
+    """One handle's use of a ``Reader`` it may share (``SharedReaders``): closing it closes the reader
+    only when no other handle uses it (a reader's close cancels every fetch, also those others wait on)."""
+
+    def __init__(self, reader: Reader, release: Callable[[], bool]) -> None:
+        self.reader = reader
+        self._release = release
+        self._closed = False
+
+    async def read(self, off: int, size: int) -> bytes | memoryview:
+        if self._closed:
+            raise StoreError("read on a closed file")
+        return await self.reader.read(off, size)
+
+    def moved(self, key: str) -> None:
+        self.reader.moved(key)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._release():
+                self.reader.close()
