@@ -94,8 +94,16 @@ class PartSender:
         async with sending.lock:
             if copy.closed or copy.state in (WriteState.ORPHANED, WriteState.BROKEN):
                 raise S3FilesError("not to be published")
+            if key != self._key_of(copy):
+                raise S3FilesError("renamed since the send began")  # (sent at close, to the new name)
             upload = sending.upload
-            if upload is None or upload.key != key:
+            if upload is not None and upload.key != key:
+                # Created for a name the file had (a part was on its way when it was renamed): never to
+                # be completed there.
+                sending.upload = None
+                await abort_quietly(self.store, upload.key, upload.upload_id)
+                upload = None
+            if upload is None:
                 metadata = {**posix_metadata(copy.node), TOKEN: secrets.token_hex(8)}
                 upload_id = await self.store.create_multipart(key, metadata)
                 upload = sending.upload = Multipart(key, upload_id, metadata)

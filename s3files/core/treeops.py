@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from s3files.core.cache import LocalCache
+from s3files.core.copies import LocalCopy
 from s3files.core.files import Files
 from s3files.core.handles import Handles
 from s3files.core.inodes import DEVICE_KINDS, SPECIAL_KINDS, Attr, Inode
@@ -156,7 +157,7 @@ class TreeOps:
         if copy is None:
             await self.store.delete(key)
         else:
-            async with copy.lock:  # a publish in flight lands first: our delete must come after it
+            async with self.uploader.held([copy]):  # a publish in flight lands first: our delete after it
                 if copy.base_etag is not None or copy.state is WriteState.CLEAN:
                     await self.store.delete(key)
                 await self.files.orphan(copy.node)
@@ -240,6 +241,25 @@ class TreeOps:
                 raise IsADirectory(f"{dst_path} is a folder")
         if src_path == dst_path:
             return  # rename(2) of a name onto itself does nothing
+        # An upload of a file that moves (the file, or one below the folder) lands first, at the key it
+        # began with, and is moved with the rest; none begins until every key has moved (uploader.held).
+        moving = self._copies_at(src_path, source.is_dir)
+        async with self.uploader.held(moving):
+            if not source.is_dir and moving and moving[0].node.path != src_path:
+                raise NotFound(f"no such file or folder: {src_path} (renamed meanwhile)")
+            await self._rename(src_parent, dst_parent, src_path, dst_path, source, target)
+
+    def _copies_at(self, path: str, is_dir: bool) -> list[LocalCopy]:
+        """The local copies of the file at ``path``, or of the files below folder ``path``."""
+        if is_dir:
+            return [c for c in self.cache.live() if c.node.path.startswith(path + "/")]
+        node = self.sb.inodes.by_path(path)
+        copy = self.cache.get(node.ino) if node is not None else None
+        return [copy] if copy is not None else []
+
+    async def _rename(
+        self, src_parent: Inode, dst_parent: Inode, src_path: str, dst_path: str, source: Entry, target: Entry | None
+    ) -> None:
         if source.is_dir:
             async with self.files.markers.quiet():  # no folder's times are written while its keys move
                 await self._rename_folder(src_path, dst_path, target is not None)
@@ -286,7 +306,9 @@ class TreeOps:
         src_key, dst_key = self.sb.ns.file_key(src_path), self.sb.ns.file_key(dst_path)
         copied: ObjectInfo | None = None
         if copy is None or copy.base_etag is not None:
-            if info is None or info.key != src_key:
+            if copy is not None:  # (an upload since the lookup made a new version: the copy knows it)
+                info = ObjectInfo(src_key, copy.base_size, copy.base_etag or "", 0.0)
+            elif info is None or info.key != src_key:
                 size = copy.base_size if copy else (node.size if node else 0)
                 base = (copy.base_etag if copy else None) or (node.etag if node else None) or ""
                 info = ObjectInfo(src_key, size, base, 0.0)

@@ -7,6 +7,10 @@ acknowledged version kept aside is published: ``publish_acked``), conflict copie
 retry of acknowledged copies whose upload failed. Must not decide *when* to publish (fs.py does: close,
 fsync, unmount, recovery) nor change a copy's bytes (the cache does).
 
+A publish computes its key once, at its start (``key_of``), and holds the copy's lock until it is done;
+a change of the copy's name (treeops.py: rename, unlink) asks for ``held``, which waits for a publish in
+flight and keeps new ones out while the name moves, so no upload ever lands at a name the file had.
+
 Conditional writes: If-None-Match for a new key, If-Match with the ETag the copy is based on otherwise.
 Every publish carries an id of its own in user metadata (``x-amz-meta-s3files-upload``): when a
 conditional write is refused (412) or a completion finds its upload gone, one HEAD tells whether the key
@@ -22,7 +26,8 @@ import errno
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import NoReturn
 
@@ -88,6 +93,16 @@ class Uploader:
 
     def metadata(self, copy: LocalCopy) -> dict[str, str]:
         return posix_metadata(copy.node)
+
+    @asynccontextmanager
+    async def held(self, copies: Iterable[LocalCopy]) -> AsyncIterator[None]:
+        """No publish of ``copies`` is in flight or starts while the block runs (a rename or unlink moves
+        their keys): waits for uploads in flight to land first. Taken in one order (the copies' ids), so
+        two blocks holding overlapping sets cannot wait for each other."""
+        async with AsyncExitStack() as stack:
+            for copy in sorted(set(copies), key=lambda c: c.id):
+                await stack.enter_async_context(copy.lock)
+            yield
 
     # -- publishing -------------------------------------------------------------------------------------
 
