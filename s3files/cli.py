@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.add_argument("--log-file", type=Path, help="write the daemon's log here")
     run.add_argument("--stats-file", type=Path, help="on SIGUSR1, write request counts etc. here (JSON)")
+    run.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (off by default; 0: any free port)"
+    )
+    run.add_argument(
+        "--metrics-address", default="127.0.0.1", help="the address the metrics are served on (default %(default)s)"
+    )
     run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     # Listed for --help; main() hands `s3files bench ...` to the harness before parsing.
@@ -243,6 +249,8 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         upload_concurrency=args.upload_concurrency,
         upload_part_size=args.upload_part_size,
         stats_file=args.stats_file.absolute() if args.stats_file else None,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
         on_recovery=args.on_recovery,
     )
 

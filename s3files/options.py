@@ -145,6 +145,9 @@ class MountOptions:
     upload_part_size: int = 8 * MIB  # the first 1,000 parts; later parts double every 1,000 (5 TiB fits)
     upload_concurrency: int = 8  # parts uploaded, copied or fetched at once, over all files
     stats_file: Path | None = None  # on SIGUSR1 the daemon writes its statistics here as JSON
+    # Prometheus metrics (s3files/metrics.py) over HTTP at metrics_address:metrics_port; None: not served.
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
     # What the mount does with files a stopped or dead daemon left in the cache folder (core/recovery.py):
     # upload those a close or fsync acknowledged (the rest is kept), keep everything, or discard everything.
     on_recovery: str = "upload"
@@ -158,6 +161,8 @@ class MountOptions:
             value = getattr(self, name)
             if not 0 <= value <= 0o7777:
                 raise MountError(f"--{name.replace('_', '-')} must be an octal mode like 644, got {value:o}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise MountError(f"--metrics-port must be a port number from 0 to 65535, got {self.metrics_port}")
         if self.listing_attributes not in LISTING_ATTRIBUTES:
             raise MountError(f"--listing-attributes must be true or fast, got {self.listing_attributes!r}")
         if self.listing_attributes == "fast" and self.allow_other:

@@ -13,6 +13,7 @@ import errno
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -21,6 +22,7 @@ import pyfuse3
 from s3files.core.fs import Attr, FileSystem, OpenFile
 from s3files.core.namespace import check_length
 from s3files.errors import InvalidArgument, NotFound, NotPermitted, S3FilesError
+from s3files.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +38,32 @@ T = TypeVar("T")
 
 
 def guarded(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Wrap a handler so it raises only FUSEError; log by outcome (ENOENT is debug, EIO a warning)."""
+    """Wrap a handler so it raises only FUSEError; log by outcome (ENOENT is debug, EIO a warning); count
+    it with its outcome and latency in the mount's metrics (s3files/metrics.py)."""
+    op = handler.__name__
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        metrics: Metrics | None = getattr(args[0], "metrics", None)
+        started = time.perf_counter()
+        outcome = "ok"
         try:
             return await handler(*args, **kwargs)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as exc:
+            outcome = errno.errorcode.get(exc.errno, str(exc.errno))
             raise
         except S3FilesError as exc:
+            outcome = errno.errorcode.get(exc.errno, str(exc.errno))
             level = logging.DEBUG if exc.errno in QUIET or exc.quiet else logging.WARNING
-            log.log(level, "op=%s errno=%s: %s", handler.__name__, errno.errorcode.get(exc.errno), exc)
+            log.log(level, "op=%s errno=%s: %s", op, outcome, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
-            log.exception("op=%s failed unexpectedly; answering EIO", handler.__name__)
+            outcome = "EIO"
+            log.exception("op=%s failed unexpectedly; answering EIO", op)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if metrics is not None:
+                metrics.operation(op, outcome, time.perf_counter() - started)
 
     return wrapper
 
@@ -104,9 +117,10 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: FileSystem) -> None:
+    def __init__(self, fs: FileSystem, metrics: Metrics | None = None) -> None:
         super().__init__()
         self.fs = fs
+        self.metrics = metrics
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()

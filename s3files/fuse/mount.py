@@ -38,6 +38,7 @@ from s3files.core.recovery import OnRecovery
 from s3files.errors import MountError, S3FilesError
 from s3files.fuse.adapter import Operations
 from s3files.fuse.kernel import FuseKernelCache
+from s3files.metrics import Metrics, on_trio
 from s3files.mountinfo import check_mountpoint, mount_entry
 from s3files.options import MountOptions
 from s3files.status import StatusWriter, canonical
@@ -88,8 +89,26 @@ async def serve(
     with trio.fail_after(CHECK_TIMEOUT):
         await store.check_bucket()
     stop = stop if stop is not None else trio.Event()
-    with cache_folder(opts) as folder:
-        await _serve(opts, store, folder, ready, stop, handle_signals)
+    with cache_folder(opts) as folder, served_metrics(opts) as metrics:
+        await _serve(opts, store, folder, metrics, ready, stop, handle_signals)
+
+
+@contextlib.contextmanager
+def served_metrics(opts: MountOptions) -> Iterator[Metrics]:
+    """The mount's metrics (s3files/metrics.py), served over HTTP with ``--metrics-port`` until the mount
+    ends. A port that cannot be served is a MountError before anything is mounted."""
+    metrics = Metrics()
+    if opts.metrics_port is not None:
+        try:
+            port = metrics.serve(opts.metrics_address, opts.metrics_port)
+        except OSError as exc:
+            where = f"{opts.metrics_address}:{opts.metrics_port}"
+            raise MountError(f"--metrics-port: cannot serve metrics at {where}: {exc.strerror or exc}") from None
+        log.info("metrics at http://%s:%d/metrics", opts.metrics_address, port)
+    try:
+        yield metrics
+    finally:
+        metrics.stop()
 
 
 @contextlib.contextmanager
@@ -128,6 +147,7 @@ async def _serve(
     opts: MountOptions,
     store: ObjectStore,
     folder: CacheFolder,
+    metrics: Metrics,
     ready: Callable[[FileSystem], None] | None,
     stop: trio.Event,
     handle_signals: bool,
@@ -135,7 +155,8 @@ async def _serve(
     async with trio.open_nursery() as nursery:
         fs = FileSystem(store, opts, spawn=nursery.start_soon, staging=folder)
         await fs.recover(OnRecovery(opts.on_recovery))
-        pyfuse3.init(Operations(fs), str(opts.mountpoint), fuse_options(opts))
+        metrics.watch(on_trio(fs.statistics, trio.lowlevel.current_trio_token()))
+        pyfuse3.init(Operations(fs, metrics), str(opts.mountpoint), fuse_options(opts))
         kernel = FuseKernelCache()
         fs.use_kernel_cache(kernel)
         try:

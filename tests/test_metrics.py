@@ -1,0 +1,121 @@
+"""Metrics (s3files/metrics.py, issue 21): the Prometheus text a running mount serves with --metrics-port,
+checked against what really went over the wire (the fault proxy counts every request it forwards), and the
+metrics room on its own (families, FUSE outcomes, the HTTP server's start and stop)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemons import S3FILES, Daemons
+
+from s3files.metrics import Metrics
+from s3files.store.session import OPERATION_NAMES
+
+pytestmark = pytest.mark.fuse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        return str(reply.read().decode())
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """``name``'s samples in Prometheus text: {sorted label pairs: value}."""
+    found = {}
+    for line in text.splitlines():
+        m = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if m:
+            labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', m.group(1) or "")))
+            found[labels] = float(m.group(2))
+    return found
+
+
+def test_metrics_families_and_fuse_outcomes_and_the_server_stops() -> None:
+    stats = {"requests": {"get": 3, "put": 2}, "cache_bytes": 4096, "unsent_files": 1, "metadata_cache_hits": 5}
+    metrics = Metrics(lambda: stats)
+    metrics.operation("lookup", "ok", 0.0002)
+    metrics.operation("lookup", "ENOENT", 0.0001)
+    metrics.operation("read", "ok", 0.02)
+    text = metrics.text().decode()
+    assert samples(text, "s3files_s3_requests_total") == {(("operation", "get"),): 3.0, (("operation", "put"),): 2.0}
+    assert samples(text, "s3files_cache_bytes") == {(): 4096.0}
+    assert samples(text, "s3files_files_waiting_for_upload") == {(): 1.0}
+    assert samples(text, "s3files_metadata_cache_hits_total") == {(): 5.0}
+    ops = samples(text, "s3files_fuse_operations_total")
+    assert ops[(("op", "lookup"), ("outcome", "ENOENT"))] == 1.0 and ops[(("op", "lookup"), ("outcome", "ok"))] == 1.0
+    assert samples(text, "s3files_fuse_operation_seconds_count")[(("op", "read"),)] == 1.0
+    port = metrics.serve("127.0.0.1", 0)
+    assert samples(scrape(port), "s3files_cache_bytes") == {(): 4096.0}
+    metrics.stop()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+    # a statistics call that fails (the mount is stopping) leaves the FUSE metrics
+    broken = Metrics(lambda: 1 / 0)  # type: ignore[arg-type,return-value]
+    broken.operation("getattr", "ok", 0.001)
+    assert "s3files_fuse_operations_total" in broken.text().decode()
+
+
+def test_a_mounts_metrics_count_exactly_the_requests_sent(daemons: Daemons, fault_proxy: Any, bucket: str) -> None:
+    port = free_port()
+    daemon = daemons.mount(fault_proxy.endpoint_url, bucket, extra=("--metrics-port", str(port)))
+    root = daemon.mountpoint
+    for i in range(3):
+        (root / f"f{i}").write_bytes(b"x" * (1000 * (i + 1)))  # close uploads (close-to-open)
+    os.mkdir(root / "d")
+    os.rename(root / "f0", root / "d" / "f0")
+    assert (root / "d" / "f0").read_bytes() == b"x" * 1000
+    os.unlink(root / "f1")
+    with pytest.raises(FileNotFoundError):
+        os.stat(root / "missing")
+    assert sorted(os.listdir(root)) == ["d", "f2"]
+    # quiet: a folder's times reach its marker within a second; then the proxy and the metrics agree
+    deadline = time.monotonic() + 10
+    while True:
+        sent = Counter({OPERATION_NAMES.get(op, op): n for op, n in fault_proxy.stats.snapshot()["operations"].items()})
+        text = scrape(port)
+        counted = Counter({dict(k)["operation"]: int(v) for k, v in samples(text, "s3files_s3_requests_total").items()})
+        if sent == counted:
+            break
+        assert time.monotonic() < deadline, (sent, counted)
+        time.sleep(0.5)
+    assert counted["put"] >= 3 and counted["copy"] >= 1 and counted["delete"] >= 2
+    ops = samples(text, "s3files_fuse_operations_total")
+    assert ops[(("op", "create"), ("outcome", "ok"))] == 3.0
+    assert ops[(("op", "rename"), ("outcome", "ok"))] == 1.0
+    assert ops.get((("op", "lookup"), ("outcome", errno.errorcode[errno.ENOENT])), 0) >= 1
+    assert samples(text, "s3files_files_waiting_for_upload") == {(): 0.0}
+
+
+def test_bad_metrics_ports_are_one_line_and_mount_nothing(tmp_path: Path, moto_server: Any, bucket: str) -> None:
+    mountpoint = tmp_path / "m"
+    mountpoint.mkdir()
+    env = {**os.environ, "AWS_ENDPOINT_URL": moto_server.endpoint_url}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        taken = str(busy.getsockname()[1])
+        for port, words in (("70000", "--metrics-port must be a port number"), (taken, "cannot serve metrics at")):
+            done = subprocess.run(
+                [S3FILES, "mount", f"s3://{bucket}/", str(mountpoint), "--endpoint-url", moto_server.endpoint_url,
+                 "--cache-dir", str(tmp_path / "cache"), "--metrics-port", port],
+                capture_output=True, text=True, timeout=60, env=env,
+            )  # fmt: skip
+            assert done.returncode != 0 and words in done.stderr, done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+            assert not os.path.ismount(mountpoint)
