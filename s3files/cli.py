@@ -26,7 +26,9 @@ from typing import TypeVar
 
 import trio
 
+from s3files import logs
 from s3files.errors import MountError, S3FilesError
+from s3files.logs import LOG_FORMATS
 from s3files.mountinfo import check_mountpoint, mount_entry
 from s3files.options import (
     CONSISTENCY_MODES,
@@ -171,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.add_argument("--log-file", type=Path, help="write the daemon's log here")
+    run.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text", help="text lines, or one JSON object per line"
+    )
     run.add_argument("--stats-file", type=Path, help="on SIGUSR1, write request counts etc. here (JSON)")
     run.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (off by default; 0: any free port)"
@@ -255,27 +260,6 @@ def options_from(args: argparse.Namespace) -> MountOptions:
     )
 
 
-class OneLineFormatter(logging.Formatter):
-    """Every log record is one line: control characters in its message (a key or a file name may hold a
-    newline, and anyone who can write to the bucket chooses keys) are written as escapes, so nobody can
-    forge a log line. A traceback after the message keeps its lines."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_controls(record.message)
-        return super().formatMessage(record)
-
-
-def escape_controls(text: str) -> str:
-    r"""``text`` with C0/C1 controls, DEL and Unicode line separators as ``\xNN`` / ``\uNNNN``."""
-    return text.translate(_CONTROL_ESCAPES)
-
-
-_CONTROL_ESCAPES = {
-    c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
-    for c in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
-}
-
-
 def check_log_file(log_file: Path | None) -> None:
     """MountError (one line) unless the daemon can append to ``log_file``: checked before it starts."""
     if log_file is None:
@@ -285,19 +269,6 @@ def check_log_file(log_file: Path | None) -> None:
             pass
     except OSError as exc:
         raise MountError(f"--log-file {log_file}: cannot write there: {exc.strerror}") from None
-
-
-def _setup_logging(level: str, log_file: Path | None) -> None:
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level)
-    # botocore at DEBUG would log signed headers; keep it quiet whatever our level.
-    for noisy in ("botocore", "aiobotocore", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _fail(message: str) -> int:
@@ -464,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MountError as exc:
         return _fail(str(exc))
     if args.foreground:
-        _setup_logging(args.log_level, args.log_file)
+        logs.setup(args.log_level, args.log_file, args.log_format)
         return _run_foreground(opts, args.ready_fd)
     # The parent checks what it can at once, so the common mistakes answer without starting a daemon.
     try:

@@ -104,6 +104,7 @@ class Metrics:
             self.watch(statistics)
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self.answered = self.failed = 0  # FUSE operations, for the log's summary (fuse/mount.py)
 
     def watch(self, statistics: Statistics) -> None:
         """Show ``statistics()`` (the core's counters) at every scrape; called from the scraping thread,
@@ -112,6 +113,8 @@ class Metrics:
 
     def operation(self, op: str, outcome: str, seconds: float) -> None:
         """A FUSE operation ``op`` was answered (``outcome``: "ok" or an errno's name) in ``seconds``."""
+        self.answered += 1
+        self.failed += outcome != "ok"
         self._operations.labels(op, outcome).inc()
         self._latency.labels(op).observe(seconds)
 

@@ -119,3 +119,71 @@ def test_bad_metrics_ports_are_one_line_and_mount_nothing(tmp_path: Path, moto_s
             assert done.returncode != 0 and words in done.stderr, done.stderr
             assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
             assert not os.path.ismount(mountpoint)
+
+
+# -- the log a person (or a log shipper) follows ----------------------------------------------------------
+
+
+def test_json_log_lines_carry_the_message_fields_and_cannot_be_broken() -> None:
+    import json
+    import logging
+
+    from s3files.logs import JsonFormatter
+
+    record = logging.LogRecord(
+        "s3files.fuse.adapter", logging.WARNING, __file__, 1, "op=%s errno=%s path=%r: %s", None, None
+    )
+    record.args = ("open", "EIO", "a/evil\nINFO forged line", "S3 said 500")
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["level"] == "WARNING" and entry["logger"] == "s3files.fuse.adapter"
+    assert (entry["op"], entry["errno"], entry["path"]) == ("open", "EIO", "a/evil\nINFO forged line")
+    assert entry["message"].endswith("S3 said 500") and entry["time"].endswith("Z")
+
+
+def test_a_summary_line_per_interval_with_activity_only(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import trio
+    import trio.testing
+
+    from s3files.fuse.mount import summarize
+
+    requests: Counter[str] = Counter()
+    metrics = Metrics()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(summarize, lambda: {"requests": dict(requests)}, metrics, 60.0)
+            await trio.sleep(61)  # nothing happened: no line
+            requests.update(get=3, put=1)
+            metrics.operation("read", "ok", 0.01)
+            metrics.operation("open", "EACCES", 0.001)
+            await trio.sleep(60)
+            await trio.sleep(60)  # nothing again
+            nursery.cancel_scope.cancel()
+
+    with caplog.at_level(logging.INFO, logger="s3files.fuse.mount"):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    lines = [r.getMessage() for r in caplog.records if "op=summary" in r.getMessage()]
+    assert lines == ["op=summary seconds=60 requests=4 fuse_operations=2 errors=1 (get=3 put=1)"]
+
+
+def test_a_debug_log_holds_no_secret_and_no_signature(
+    daemons: Daemons, moto_server: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s3files-test-secret-" + os.urandom(8).hex()  # moto accepts any keys
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    daemon = daemons.mount(moto_server.endpoint_url, bucket, extra=("--log-level", "DEBUG"))
+    root = daemon.mountpoint
+    (root / "small").write_bytes(b"s" * 100)  # a PUT signed here (store/direct.py)
+    (root / "big").write_bytes(os.urandom(20 * 1024 * 1024))  # a multipart upload (botocore)
+    assert (root / "big").stat().st_size == 20 * 1024 * 1024
+    assert (root / "small").read_bytes() == b"s" * 100  # a presigned GET
+    os.rename(root / "small", root / "renamed")
+    assert daemon.requests()["put"] >= 1
+    log = daemon.all_logs()
+    assert "DEBUG" in log  # the level took
+    for forbidden in (secret, "Signature=", "X-Amz-Signature", "Authorization", "authorization"):
+        assert forbidden not in log, forbidden

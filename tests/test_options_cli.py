@@ -276,7 +276,7 @@ def test_a_log_record_is_one_line_whatever_the_key_holds(tmp_path: Path) -> None
     """Anyone who can write to the bucket chooses keys: a newline in one must not start a forged line."""
     import logging
 
-    from s3files.cli import OneLineFormatter
+    from s3files.logs import OneLineFormatter
 
     log_file = tmp_path / "log"
     handler = logging.FileHandler(log_file)

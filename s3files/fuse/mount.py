@@ -24,8 +24,10 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE = 5.0  # seconds running handlers get after a stop before they are cancelled
 CHECK_TIMEOUT = 15.0  # seconds the bucket check may take before the mount gives up
 STATUS_INTERVAL = 1.0  # seconds between looks at the status `s3files status` shows (written if changed)
+SUMMARY_SECONDS = 60.0  # a log line of the activity per this many seconds, when there was any
 
 OpenStore = Callable[[], contextlib.AbstractAsyncContextManager[ObjectStore]]
 
@@ -164,6 +167,7 @@ async def _serve(
             nursery.start_soon(_after_init, opts, fs, ready)
             nursery.start_soon(_write_status, opts, fs, folder)
             nursery.start_soon(control.serve, folder.root, fs.sync)
+            nursery.start_soon(summarize, fs.statistics, metrics, SUMMARY_SECONDS)
             if handle_signals:
                 nursery.start_soon(_stop_on_signals, stop)
                 if opts.stats_file is not None:
@@ -211,6 +215,28 @@ async def _write_status(opts: MountOptions, fs: FileSystem, folder: CacheFolder)
             await trio.sleep(STATUS_INTERVAL)
     finally:
         writer.remove()
+
+
+async def summarize(statistics: Callable[[], Mapping[str, Any]], metrics: Metrics, every: float) -> None:
+    """One INFO line per ``every`` seconds in which anything happened: S3 requests by operation, FUSE
+    operations answered and how many failed, so a log shows the mount's activity without DEBUG."""
+
+    def now() -> tuple[Counter[str], int, int]:
+        return Counter(statistics().get("requests") or {}), metrics.answered, metrics.failed
+
+    before = now()
+    while True:
+        await trio.sleep(every)
+        after = now()
+        requests = after[0] - before[0]
+        answered, failed = after[1] - before[1], after[2] - before[2]
+        if requests or answered:
+            by_op = " ".join(f"{op}={n}" for op, n in sorted(requests.items()))
+            log.info(
+                "op=summary seconds=%.0f requests=%d fuse_operations=%d errors=%d (%s)",
+                every, sum(requests.values()), answered, failed, by_op or "no requests",
+            )  # fmt: skip
+        before = after
 
 
 async def _terminate_on(stop: trio.Event, main_scope: trio.CancelScope) -> None:
