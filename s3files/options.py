@@ -18,7 +18,8 @@ from s3files.errors import MountError
 MIB = 1024 * 1024
 MAX_CONNECTIONS = 1024  # concurrent S3 connections; each is a socket and a slot in the pools
 MAX_ID = 2**32 - 2  # the largest uid/gid: (uid_t)-1 means "no change" to chown(2)
-ON_RECOVERY = ("upload", "keep", "discard")
+ON_RECOVERY = ("upload", "keep", "discard", "upload-held")
+HOLD = ("keep", "discard")
 LISTING_ATTRIBUTES = ("true", "fast")
 
 
@@ -151,6 +152,10 @@ class MountOptions:
     # What the mount does with files a stopped or dead daemon left in the cache folder (core/recovery.py):
     # upload those a close or fsync acknowledged (the rest is kept), keep everything, or discard everything.
     on_recovery: str = "upload"
+    # ``s3files exec --publish on-success`` (s3files/job.py): uploads are held back from the start (nothing
+    # uploaded, core/writeback.py ``Hold``) until the control socket releases them; a stop while still held
+    # keeps ("keep") or discards ("discard") what waits. None: no hold. Needs eventual mode's write-back.
+    hold: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("uid", "gid"):
@@ -189,6 +194,10 @@ class MountOptions:
             raise MountError("--upload-concurrency must be >= 1")
         if self.on_recovery not in ON_RECOVERY:
             raise MountError(f"--on-recovery must be one of {', '.join(ON_RECOVERY)}, got {self.on_recovery!r}")
+        if self.hold is not None and self.hold not in HOLD:
+            raise MountError(f"--hold must be one of {', '.join(HOLD)}, got {self.hold!r}")
+        if self.hold is not None and self.consistency is not Consistency.EVENTUAL:
+            raise MountError("holding uploads back (--publish on-success) needs --consistency eventual")
         if self.cache_size is not None and self.cache_size < MIB:
             raise MountError("--cache-size must be at least 1 MiB")
 

@@ -19,6 +19,7 @@ import trio.testing
 
 from s3files.core.fs import FileSystem
 from s3files.core.inodes import ROOT_INO
+from s3files.core.recovery import OnRecovery
 from s3files.core.writeback import MAX_HOLD
 from s3files.core.writestate import WriteState
 from s3files.errors import EndpointUnreachable, NotFound
@@ -50,7 +51,7 @@ def run_eventual(
         with tempfile.TemporaryDirectory() as tmp:
             async with trio.open_nursery() as nursery:
                 fs = FileSystem(store, options(**kw), spawn=nursery.start_soon, staging=folder or Path(tmp))
-                await fs.recover()
+                await fs.recover(OnRecovery(fs.opts.on_recovery))
                 await body(fs, clock)
                 if stop:
                     await fs.aclose()
@@ -571,3 +572,64 @@ def test_rsync_into_a_folder_made_here_asks_nothing_until_the_uploads() -> None:
         assert [store.data(f"d/f{i}") for i in range(3)] == [f"file {i}".encode() for i in range(3)]
 
     run_eventual(store, body)
+
+
+# -- held back (s3files exec --publish on-success): writeback.py Hold -----------------------------------
+
+
+def test_held_writes_are_published_by_nothing_not_even_after_a_crash(tmp_path: Path) -> None:
+    """While held: no upload when due, none by sync or fsync, and the records say held, so the mount
+    after a crash keeps them (default --on-recovery upload) until it is asked (upload-held)."""
+    store = MemoryStore()
+
+    async def held(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await write_file(fs, "a", b"alpha")
+        opened = await fs.create(ROOT_INO, "b", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"beta")
+        await fs.fsync(opened.fh)  # durable in the cache folder, not uploaded
+        await fs.release(opened.fh)
+        await settle(clock, DELAY * (MAX_HOLD + 2))
+        assert set(await fs.sync()) == {"a", "b"}  # each reported: held back
+        assert store.keys() == [] and puts(store) == 0
+        records = [json.loads(p.read_text()) for p in fs.folder.files.glob("*.json")]
+        assert sorted((r["key"], r["held"], r["acknowledged"]) for r in records) == [("a", True, True), ("b", True, True)]
+
+    run_eventual(store, held, folder=tmp_path, stop=False, hold="keep")
+
+    async def after_crash(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        assert fs.recovery.uploaded == []
+        assert sorted((k["key"], k["held"]) for k in fs.recovery.kept) == [("a", True), ("b", True)]
+        assert "held back" in str(fs.recovery.kept[0]["why"])
+
+    run_eventual(store, after_crash, folder=tmp_path)
+    assert store.keys() == []
+
+    async def asked(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        assert sorted(fs.recovery.uploaded) == ["a", "b"]
+
+    run_eventual(store, asked, folder=tmp_path, on_recovery="upload-held")
+    assert store.data("a") == b"alpha" and store.data("b") == b"beta"
+
+
+def test_a_stop_while_held_keeps_or_discards_and_a_release_publishes(tmp_path: Path) -> None:
+    store = MemoryStore()
+
+    async def write_two(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await write_file(fs, "a", b"alpha")
+        await write_file(fs, "b", b"beta")
+
+    run_eventual(store, write_two, folder=tmp_path / "keep", hold="keep")  # stopped while held
+    assert store.keys() == [] and puts(store) == 0
+    kept = [json.loads(p.read_text()) for p in (tmp_path / "keep" / "files").glob("*.json")]
+    assert sorted((r["key"], r["held"]) for r in kept) == [("a", True), ("b", True)]
+
+    run_eventual(store, write_two, folder=tmp_path / "discard", hold="discard")
+    assert store.keys() == [] and list((tmp_path / "discard" / "files").iterdir()) == []
+
+    async def released(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await write_two(fs, clock)
+        assert await fs.publish_held() == {}  # uploaded now, not after the delay
+        assert store.keys() == ["a", "b"]
+
+    run_eventual(store, released, folder=tmp_path / "release", hold="keep")
+    assert store.data("a") == b"alpha" and list((tmp_path / "release" / "files").glob("*.json")) == []

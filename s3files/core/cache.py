@@ -73,8 +73,10 @@ class LocalCache:
         limit: int | None = None,
         max_clean_files: int = 256,
         memory_budget: int = MEMORY_BYTES,
+        held: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
+        self._held = held  # whether uploads are held back now (writeback.py): every record says so
         self.folder = folder
         self._describe = describe  # a copy's key and POSIX metadata now (fs.py knows names)
         self.layout = layout
@@ -179,10 +181,15 @@ class LocalCache:
         """Write ``copy``'s record durably (not its data file) or raise CacheFull: for a change that must
         not happen unless the record says so first (copyio.py, saving an acknowledged version aside)."""
         try:
-            self.folder.save(record_of(copy, *self._describe(copy)), durable=True, data=False)
+            self.folder.save(self._record(copy), durable=True, data=False)
             copy.recorded_ack = copy.acknowledged
         except OSError as exc:
             raise CacheFull(f"the cache folder {self.folder.root} cannot take a record ({exc.strerror})") from None
+
+    def _record(self, copy: LocalCopy) -> Record:
+        record = record_of(copy, *self._describe(copy))
+        record.held = self._held()
+        return record
 
     def save(self, copy: LocalCopy, durable: bool = False) -> None:
         """Write ``copy``'s record (only copies in the cache folder have one; see the module docstring).
@@ -195,7 +202,7 @@ class LocalCache:
         if durable:
             copy.unsynced = False
         try:
-            self.folder.save(record_of(copy, *self._describe(copy)), durable=durable, data=sync_data)
+            self.folder.save(self._record(copy), durable=durable, data=sync_data)
             copy.recorded_ack = copy.acknowledged
         except OSError as exc:
             copy.unsynced = copy.unsynced or sync_data

@@ -4,7 +4,8 @@ Owns: what opening, reading, writing, closing and setattr ask of the superblock 
 the handles, the local cache and the uploader, and what a close commits (``commit``): strict and
 close-to-open publish at close and fsync, and after a path-based change (truncate(2), chmod) of a file
 nobody has open; eventual mode acknowledges instead (``acknowledge``: durable in the cache folder, uploaded
-later by the write-back, writeback.py), and only fsync uploads before it returns. Also what happens to
+later by the write-back, writeback.py), and only fsync uploads before it returns (not while the write-back
+holds uploads back: it acknowledges then). Also what happens to
 a copy whose file loses its name (``orphan``) or moves (``follow``). Must not change the tree (treeops.py)
 nor decide about stops and recovery (fs.py).
 
@@ -99,7 +100,9 @@ class Files:
         self._part_buffers = PartBuffers(opts.read.part_size, opts.read.max_window + opts.read.part_size, spawn)
         self._readers = SharedReaders()
         self.write_back = opts.consistency is Consistency.EVENTUAL  # a close acknowledges, uploads later
-        self.writeback = WriteBack(opts.writeback_delay, self.publish_due, self.after_last_close, spawn)
+        self.writeback = WriteBack(
+            opts.writeback_delay, self.publish_due, self.after_last_close, spawn, held=opts.hold is not None
+        )
 
     def key_of(self, copy: LocalCopy) -> str:
         return self.sb.ns.file_key(copy.node.path)
@@ -278,7 +281,9 @@ class Files:
         reading, when the file waits for its upload (eventual mode's write-back, or a failed upload)."""
         handle = self.handles.file(fh)
         copy = self.cache.get(handle.ino)
-        if copy is not None and (handle.writable or copy.state is WriteState.ACKED):
+        if copy is not None and handle.writable and self.writeback.held:
+            await self.acknowledge(copy)  # uploads held back (writeback.py): durable here, published later
+        elif copy is not None and (handle.writable or copy.state is WriteState.ACKED):
             await self.publish(copy)
 
     async def commit(self, copy: LocalCopy) -> None:
@@ -302,11 +307,11 @@ class Files:
                 return  # nothing new since the last acknowledgement (or upload)
             await self.cache.io.settled(copy)
             self.cache.check_usable(copy)
-            superseded = None
+            superseded, full = None, None
             try:
                 self.cache.spill(copy, record=False)  # (its first record is the durable one below)
-            except CacheFull:
-                on_disk = False
+            except CacheFull as exc:
+                on_disk, full = False, exc
             else:
                 on_disk = True
                 # REWRITTEN: this acknowledgement replaces the version kept aside
@@ -317,6 +322,8 @@ class Files:
                 self.cache.save(copy, durable=True)
             if on_disk:
                 await self.uploader.forget_acked(copy, superseded)  # the record no longer names it
+        if full is not None and self.writeback.held:
+            raise full  # uploads held back (writeback.py): never published instead; the close fails
         if not on_disk:
             log.warning("op=close path=%r: the cache folder cannot keep it; uploading now", copy.node.path)
             await self.publish(copy)

@@ -76,6 +76,7 @@ class FileSystem:
             trio.Semaphore(max(1, opts.upload_concurrency)),
             limit=opts.cache_size,
             max_clean_files=clean_files_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+            held=lambda: self.files.writeback.held,
         )
         self.meta = MetaCache(self.folder.metadata)
         self.sb = Superblock(store, opts, self._is_local, now, wall, self.meta)
@@ -266,23 +267,39 @@ class FileSystem:
             if not below or copy.node.path == below or copy.node.path.startswith(below + "/")
         )
 
+    async def publish_held(self) -> dict[str, str]:
+        """``s3files exec --publish on-success``, its command succeeded: end the write-back's hold
+        (writeback.py) and upload everything waiting now, as ``sync`` (its answer)."""
+        self.files.writeback.release()
+        for copy in self.cache.live():
+            if copy.unsent:
+                self.cache.save(copy)  # its record no longer says held (if its upload fails, it is not)
+        return await self.sync()
+
     async def aclose(self) -> None:
         """At a stop: publish what a close or fsync acknowledged (bounded in time; eventual mode's files
         waiting for the write-back too), keep everything else in the cache folder with its record, and
         say so per file. A file still open for writing is never published by a stop: the key keeps its
-        last complete version."""
+        last complete version. While the write-back holds uploads back (``s3files exec --publish
+        on-success`` whose command did not succeed), nothing is published: what waits is kept, its
+        record saying held, or discarded (``MountOptions.hold``); no multipart upload is left in S3."""
         await self.markers.aclose()  # folder times not written yet (markers.py)
-        with trio.move_on_after(UNMOUNT_UPLOAD_TIMEOUT) as scope:
-            waiting = [copy for copy in self.cache.live() if copy.state in WAITING]
-            failed = await self.files.writeback.sync(waiting)
-            for path, why in failed.items():
-                log.error("op=unmount path=%r: upload failed (%s)", path, why)
-        if scope.cancelled_caught:
-            log.error("uploads at unmount took over %d s", UNMOUNT_UPLOAD_TIMEOUT)
+        held = self.files.writeback.held
+        if not held:
+            with trio.move_on_after(UNMOUNT_UPLOAD_TIMEOUT) as scope:
+                waiting = [copy for copy in self.cache.live() if copy.state in WAITING]
+                failed = await self.files.writeback.sync(waiting)
+                for path, why in failed.items():
+                    log.error("op=unmount path=%r: upload failed (%s)", path, why)
+            if scope.cancelled_caught:
+                log.error("uploads at unmount took over %d s", UNMOUNT_UPLOAD_TIMEOUT)
         for copy in self.cache.live():
             with trio.CancelScope(shield=True):
                 await self.cache.io.settled(copy)  # queued writes land before the descriptor is closed
-            if copy.unsent:
+            if copy.unsent and held:
+                with trio.CancelScope(shield=True):
+                    await self._stop_held(copy)
+            elif copy.unsent:
                 where = self.cache.keep_on_disk(copy)
                 if copy.state is WriteState.REWRITTEN:
                     why = "its closed version's upload failed, and it was written again since"
@@ -297,6 +314,19 @@ class FileSystem:
         self.cache.close_all()
         self.meta.close()
         self.folder.close()
+
+    async def _stop_held(self, copy: LocalCopy) -> None:
+        """A stop while uploads are held back: ``copy`` is kept (its record says held) or discarded, and
+        its multipart upload, if parts were streamed, is aborted either way."""
+        if self.opts.hold == "discard":
+            log.warning("op=unmount path=%r held back, discarded (the command did not succeed)", copy.node.path)
+            await self.uploader.discard(copy)
+            return
+        await self.uploader.parts.wait_for_sends(copy)
+        await self.uploader.parts.drop_upload(copy)
+        where = self.cache.keep_on_disk(copy)
+        log.warning("op=unmount path=%r held back, not uploaded (the command did not succeed): kept at %s", copy.node.path, where)
+        self.cache.drop(copy, keep_data=True)
 
     def status(self) -> dict[str, object]:
         """What ``s3files status`` shows: files not in S3 yet (waiting, uploading, open for writing), files

@@ -15,6 +15,9 @@ What is done with each record:
   then kept and reported as never closed (``keep`` keeps both; ``discard`` deletes both). An
   acknowledged record whose data file is longer than it says is such a copy too: appended to since
   (``_appended_since_ack``).
+- held (written while ``s3files exec --publish on-success`` held uploads back, and its command did not
+  succeed: records.py ``held``): kept like ``keep``, unless ``upload-held`` (then as ``upload``) or
+  ``discard``. A crash while held therefore never publishes what the command wrote.
 - a conflict whose changes could not be merged: kept for the user.
 - anything else (a clean copy, a copy of a removed file): deleted.
 An upload id a record names that is not resumed is aborted, so no parts are left in S3.
@@ -47,6 +50,7 @@ class OnRecovery(enum.Enum):
     UPLOAD = "upload"
     KEEP = "keep"
     DISCARD = "discard"
+    UPLOAD_HELD = "upload-held"  # upload, also what a hold kept back (s3files exec --publish on-success)
 
 
 @dataclass
@@ -91,6 +95,7 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
             not acknowledged
             or not _side_file_found(fs, record)
             or mode is OnRecovery.KEEP
+            or (record.held and mode is not OnRecovery.UPLOAD_HELD)
             or not record.key.startswith(prefix)
             or (node is not None and fs.cache.get(node.ino) is not None)
         ):
@@ -106,6 +111,7 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
                     "why": _why(record),
                     "state": record.state,
                     "acknowledged": record.acknowledged,
+                    "held": record.held,
                     "bytes": fs.folder.data_size(record.id),
                     "data": str(fs.folder.data_path(record.id)),
                 }
@@ -225,6 +231,13 @@ async def _abort(fs: FileSystem, record: Record, report: RecoveryReport, acked: 
 
 
 def _why(record: Record) -> str:
+    why = _why_kept(record)
+    if record.held and (record.acknowledged or record.acked is not None):
+        return f"held back, written by a command that did not succeed (s3files exec --publish on-success): {why}"
+    return why
+
+
+def _why_kept(record: Record) -> str:
     if record.state == WriteState.CONFLICTED.value:
         return "a conflict whose changes could not be merged"
     if record.acked is not None:  # REWRITTEN, or UPLOADING and written during its upload

@@ -12,6 +12,13 @@ through ``publish`` (files.py -> uploader.py: conditional writes, conflict copie
 background publish, which is abandoned if the program changes the file before it commits (the next close
 schedules it again), so no other mount ever sees bytes no close acknowledged.
 
+Holding back (``s3files exec --publish on-success``, MountOptions.hold): while ``held``, nothing waiting
+is uploaded, neither when due nor by ``sync`` (nor by fsync, files.py), and every record the cache writes
+says ``held`` (records.py), so neither a stop (fs.py ``aclose``: kept or discarded, never published) nor
+the recovery after a crash (recovery.py) publishes it. ``release`` ends the hold for good (the command
+succeeded): what waits is uploaded at once. The hold is on from the mount's first moment, so no write
+of the command can slip out before it.
+
 Time: trio's clock (``trio.current_time``, ``trio.sleep_until``), the one the task sleeps on, so tests
 drive the schedule with ``trio.testing.MockClock`` instead of sleeping through delays.
 """
@@ -55,8 +62,10 @@ class WriteBack:
         publish: Callable[[LocalCopy, bool], Awaitable[object]],
         settle: Callable[[LocalCopy], Awaitable[None]],
         spawn: Callable[..., object],
+        held: bool = False,
     ) -> None:
         self.delay = max(0.0, delay)
+        self.held = held  # uploads held back until ``release`` (see the module docstring)
         self._publish = publish
         self._settle = settle
         self._spawn = spawn
@@ -85,11 +94,22 @@ class WriteBack:
     def pending(self) -> int:
         return len(self._due)
 
+    def release(self) -> None:
+        """End the hold (the command succeeded): from now on waiting copies are uploaded as usual. The
+        caller syncs what waits at once (fs.py ``publish_held``)."""
+        if self.held:
+            log.info("op=release uploads are no longer held back")
+        self.held = False
+        self._wake.set()
+
     async def _run(self) -> None:
         """Upload what is due, then sleep until the next copy is due or one is armed. Ends with the mount
-        (its nursery is cancelled)."""
+        (its nursery is cancelled). While held, nothing is due."""
         while True:
             self._wake = trio.Event()
+            if self.held:
+                await self._wake.wait()  # armed again, or released
+                continue
             now = trio.current_time()
             for copy in [c for c, due in self._due.items() if due.at <= now]:
                 self._busy.add(copy)
@@ -111,6 +131,9 @@ class WriteBack:
         here if nobody has it open: no close will)."""
         if copy in self._due:
             return False  # acknowledged again since it was found due: re-armed
+        if self.held:  # (never found due while held; kept for the release)
+            self._due[copy] = due
+            return False
         if copy.state is WriteState.DIRTY and not copy.closed:
             self._due[copy] = _Due(due.first, math.inf)  # written since its acknowledgement: due at the next
             return False
@@ -137,6 +160,9 @@ class WriteBack:
 
         async def one(copy: LocalCopy) -> None:
             path = copy.node.path
+            if self.held:
+                failed[path] = "held back: published only when the command succeeds (s3files exec --publish on-success)"
+                return
             if copy.state is WriteState.BROKEN:
                 failed[path] = f"not uploaded: a write to it failed ({copy.broken})"
                 return
