@@ -32,6 +32,7 @@ from s3files.logs import LOG_FORMATS
 from s3files.mountinfo import check_mountpoint, mount_entry
 from s3files.options import (
     CONSISTENCY_MODES,
+    HOLD,
     LISTING_ATTRIBUTES,
     MIB,
     ON_RECOVERY,
@@ -48,6 +49,7 @@ from s3files.options import (
 log = logging.getLogger("s3files")
 
 READY_TIMEOUT = 15.0
+PUBLISH = ("always", "on-success")
 
 T = TypeVar("T")
 
@@ -65,19 +67,12 @@ def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
     return parse_argument
 
 
-def build_parser() -> argparse.ArgumentParser:
-    # Every default comes from the options dataclasses (options.default_of): written once, there.
+def add_mount_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a mount (S3, file system, cache and uploads): ``s3files mount``'s, which ``s3files
+    exec`` takes too and passes on to its mounts."""
     store_default, mount_default = partial(default_of, StoreOptions), partial(default_of, MountOptions)
     size, mode = argument_type(parse_size), argument_type(parse_mode)
-    parser = argparse.ArgumentParser(
-        prog="s3files", description="Mount an S3 bucket as a file system; plain-file code runs unchanged."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    mount = sub.add_parser("mount", help="mount s3://bucket[/prefix] at a folder")
-    mount.add_argument("source", help="s3://bucket or s3://bucket/prefix/")
-    mount.add_argument("mountpoint", type=Path)
-    s3 = mount.add_argument_group("S3")
+    s3 = parser.add_argument_group("S3")
     s3.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS")
     s3.add_argument("--region", help="region (default: the AWS chain's, e.g. AWS_DEFAULT_REGION)")
     s3.add_argument("--profile", help="AWS profile (default: the standard AWS credential chain)")
@@ -87,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=store_default("max_connections"),
         help="concurrent S3 connections (default %(default)s)",
     )
-    fs = mount.add_argument_group("file system")
+    fs = parser.add_argument_group("file system")
     fs.add_argument("--read-only", action="store_true", help="refuse every change with EROFS")
     fs.add_argument(
         "--direct-io",
@@ -142,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="eventual mode: seconds a closed file waits in the cache before it is uploaded, so a file"
         " rewritten within the delay is uploaded once (default %(default)s)",
     )
-    cache = mount.add_argument_group("cache and uploads")
+    cache = parser.add_argument_group("cache and uploads")
     cache.add_argument(
         "--cache-dir",
         type=Path,
@@ -169,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="files a stopped or dead daemon left in the cache: upload those a close or fsync acknowledged"
         " (the rest is kept), keep all, or discard all (default %(default)s)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Every default comes from the options dataclasses (options.default_of): written once, there.
+    parser = argparse.ArgumentParser(
+        prog="s3files", description="Mount an S3 bucket as a file system; plain-file code runs unchanged."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    mount = sub.add_parser("mount", help="mount s3://bucket[/prefix] at a folder")
+    mount.add_argument("source", help="s3://bucket or s3://bucket/prefix/")
+    mount.add_argument("mountpoint", type=Path)
+    add_mount_options(mount)
     run = mount.add_argument_group("daemon")
     run.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -184,6 +192,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-address", default="127.0.0.1", help="the address the metrics are served on (default %(default)s)"
     )
     run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--hold", choices=HOLD, help=argparse.SUPPRESS)  # s3files exec --publish on-success
+
+    execute = sub.add_parser(
+        "exec",
+        help="mount, run a command, make sure its writes are in S3, unmount, exit with its status",
+        usage="s3files exec --mount s3://bucket/prefix/:/mnt/dir [--mount ...] [options] -- COMMAND [ARGS...]",
+        description="Mount each --mount source at its folder (created if missing), run COMMAND, make sure"
+        " every file it wrote is in S3 (or, with --publish on-success, held back unless it exits 0),"
+        " unmount, and exit with COMMAND's status (128+N if a signal N killed it). A file not in S3 is"
+        " named in one line, and makes the status 1 if COMMAND exited 0. SIGINT, SIGTERM and SIGHUP are"
+        " passed on to COMMAND. docs/SEMANTICS.md, s3files exec.",
+        allow_abbrev=False,  # its mount options are passed on as written (s3files/job.py)
+    )
+    execute.add_argument(
+        "--mount",
+        dest="mounts",
+        action="append",
+        required=True,
+        metavar="SOURCE:FOLDER",
+        help="s3://bucket[/prefix/] and the folder to mount it at (split at the last ':'); repeatable",
+    )
+    execute.add_argument(
+        "--publish",
+        choices=PUBLISH,
+        default="always",
+        help="always: what COMMAND wrote is uploaded whatever its status; on-success: held back (write-back,"
+        " --consistency eventual) and uploaded only if COMMAND exits 0 (default %(default)s)",
+    )
+    execute.add_argument(
+        "--on-failure",
+        choices=HOLD,
+        default="keep",
+        help="--publish on-success, COMMAND failed or was killed: keep what it wrote in the cache folder"
+        " (listed, and by s3files status) or discard it (default %(default)s)",
+    )
+    add_mount_options(execute)
+    execute.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    execute.add_argument("--log-file", type=Path, help="write the mount daemons' log here")
 
     # Listed for --help; main() hands `s3files bench ...` to the harness before parsing.
     sub.add_parser("bench", help="benchmark the mount against the SDK and download-process-upload")
@@ -257,6 +303,7 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
         on_recovery=args.on_recovery,
+        hold=getattr(args, "hold", None),
     )
 
 
@@ -328,48 +375,75 @@ def _run_foreground(opts: MountOptions, ready_fd: int | None) -> int:
 
 def _run_background(argv: Sequence[str], opts: MountOptions, log_file: Path | None) -> int:
     """Start the daemon and wait for its word: ready, or one line saying why not."""
+    error = spawn_daemon(argv, log_file).wait_ready(opts.mountpoint, log_file)
+    return 0 if error is None else _fail(error)
+
+
+class Starting:
+    """A mount daemon started in its own session, and the pipe on which it says "ready" or why not."""
+
+    def __init__(self, child: subprocess.Popen[bytes], read_end: int) -> None:
+        self.child = child
+        self._read_end = read_end
+
+    def wait_ready(self, mountpoint: Path, log_file: Path | None) -> str | None:
+        """None once the mount is usable, or the one line saying why not (the daemon has then exited or
+        been killed), within READY_TIMEOUT seconds of now."""
+        child, read_end = self.child, self._read_end
+        deadline = time.monotonic() + READY_TIMEOUT
+        buffer = b""
+        try:
+            while b"\n" not in buffer:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    child.kill()
+                    child.wait(5)
+                    return f"mount at {mountpoint} did not become ready within {READY_TIMEOUT:.0f} s" + (
+                        f"; see {log_file}" if log_file else "; run with --foreground to see why"
+                    )
+                readable, _, _ = select.select([read_end], [], [], left)
+                if readable:
+                    chunk = os.read(read_end, 4096)
+                    if not chunk:
+                        break  # the daemon closed the pipe without a word: it died
+                    buffer += chunk
+        finally:
+            os.close(read_end)
+        line = buffer.decode(errors="replace").strip()
+        if line == "ready":
+            return None
+        if line.startswith("error: "):
+            child.wait(10)
+            return line[len("error: ") :]
+        code = child.wait(10)
+        return f"the mount daemon exited (status {code}) before the mount was ready" + (
+            f"; see {log_file}" if log_file else "; run with --foreground to see why"
+        )
+
+
+def spawn_daemon(
+    argv: Sequence[str], log_file: Path | None, preexec_fn: Callable[[], object] | None = None
+) -> Starting:
+    """Start ``s3files <argv> --foreground`` as a daemon in its own session (its output to ``log_file``,
+    else nowhere); ``preexec_fn`` runs in the child before it starts (s3files exec: a signal when its
+    parent dies). Several can start at once; ``wait_ready`` on each."""
     read_end, write_end = os.pipe()
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
-    child = subprocess.Popen(
-        [sys.executable, "-m", "s3files", *argv, "--foreground", "--ready-fd", str(write_end)],
-        pass_fds=(write_end,),
-        stdin=subprocess.DEVNULL,
-        stdout=out,
-        stderr=out,
-        start_new_session=True,
-    )
-    os.close(write_end)
-    deadline = time.monotonic() + READY_TIMEOUT
-    buffer = b""
     try:
-        while b"\n" not in buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                child.kill()
-                child.wait(5)
-                return _fail(
-                    f"mount at {opts.mountpoint} did not become ready within {READY_TIMEOUT:.0f} s"
-                    + (f"; see {log_file}" if log_file else "; run with --foreground to see why")
-                )
-            readable, _, _ = select.select([read_end], [], [], left)
-            if readable:
-                chunk = os.read(read_end, 4096)
-                if not chunk:
-                    break  # the daemon closed the pipe without a word: it died
-                buffer += chunk
+        child = subprocess.Popen(
+            [sys.executable, "-m", "s3files", *argv, "--foreground", "--ready-fd", str(write_end)],
+            pass_fds=(write_end,),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
+        )
     finally:
-        os.close(read_end)
-    line = buffer.decode(errors="replace").strip()
-    if line == "ready":
-        return 0
-    if line.startswith("error: "):
-        child.wait(10)
-        return _fail(line[len("error: ") :])
-    code = child.wait(10)
-    return _fail(
-        f"the mount daemon exited (status {code}) before the mount was ready"
-        + (f"; see {log_file}" if log_file else "; run with --foreground to see why")
-    )
+        if not isinstance(out, int):
+            out.close()
+        os.close(write_end)
+    return Starting(child, read_end)
 
 
 def unmount(mountpoint: Path, lazy: bool) -> int:
@@ -414,6 +488,52 @@ def sync(mountpoint: Path, path: Path | None, cache_dir: Path | None, timeout: f
     return 1 if failed else 0
 
 
+EXEC_ONLY = ("--mount", "--publish", "--on-failure")
+
+
+def execute(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """``s3files exec [options] -- COMMAND ...``: checks here, the job in s3files/job.py. The mount options
+    are passed on to each mount daemon as written (the exec parser takes no abbreviations)."""
+    from s3files.job import JobError, JobMount, cache_folder_of, parse_mount, run
+
+    if "--" not in argv:
+        parser.parse_args(argv)  # --help, or argparse's own error for what is missing
+        return _fail("exec: give the command after --, e.g. s3files exec --mount s3://b/:/mnt/b -- ls /mnt/b")
+    split = argv.index("--")
+    args, command = parser.parse_args(argv[:split]), argv[split + 1 :]
+    if not command:
+        return _fail("exec: no command after --")
+    passed: list[str] = []
+    options = iter(argv[1:split])
+    for token in options:
+        if token in EXEC_ONLY:
+            next(options, None)
+        elif not token.startswith(tuple(f"{flag}=" for flag in EXEC_ONLY)):
+            passed.append(token)
+    if args.publish == "on-success":
+        if args.consistency != "eventual" and any(t.startswith("--consistency") for t in passed):
+            return _fail("exec: --publish on-success holds writes back in the write-back: it needs --consistency eventual")
+        passed += ["--consistency", "eventual", "--hold", args.on_failure]
+    cache_dir = args.cache_dir.absolute() if args.cache_dir else default_cache_dir()
+    try:
+        mounts = []
+        for spec in args.mounts:
+            source, folder = parse_mount(spec)
+            mounts.append(JobMount(source, folder, cache_folder_of(source, args.endpoint_url, cache_dir)))
+        if len({m.mountpoint for m in mounts}) < len(mounts):
+            raise JobError("two --mount options name the same folder")
+        if len({m.cache_folder for m in mounts}) < len(mounts):
+            raise JobError("two --mount options name the same source (one mount each)")
+        for mount in mounts:  # every option is checked before anything is mounted
+            given = {**vars(args), "source": mount.source, "mountpoint": mount.mountpoint, "stats_file": None}
+            options_from(argparse.Namespace(**given))
+        check_log_file(args.log_file)
+    except (JobError, MountError) as exc:
+        print(f"s3files: error: exec: {exc}", file=sys.stderr)
+        return 125
+    return run(mounts, passed, command, args.publish, args.on_failure, args.log_file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
@@ -422,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     parser = build_parser()
+    if argv[:1] == ["exec"]:
+        return execute(parser, argv)
     args = parser.parse_args(argv)
     if args.command == "unmount":
         return unmount(args.mountpoint, args.lazy)

@@ -1,11 +1,14 @@
-"""The control channel of a running mount: ``s3files sync`` asks the daemon to upload now.
+"""The control channel of a running mount: ``s3files sync`` asks the daemon to upload now, and ``s3files
+exec --publish on-success`` ends its hold once the command succeeded (``publish-held``).
 
 Owns: where the channel is (``control.sock`` in the mount's cache folder: only the mount's user can
 reach it, the folder being 0700, and ``s3files status`` already finds that folder from a mount point),
-the protocol (one JSON object per line each way: a request ``{"op": "sync", "path": "sub/dir" | null}``,
+the protocol (one JSON object per line each way: a request ``{"op": "sync", "path": "sub/dir" | null}``
+or ``{"op": "publish-held"}``,
 an answer ``{"ok": true, "failed": {"path": "why", ...}}`` or ``{"ok": false, "error": "..."}``), the
 daemon's side (``serve``, a task on the mount's nursery, fuse/mount.py) and the client's (``request``).
-Must not import pyfuse3 (the CLI imports this) nor decide what a sync does (core/fs.py ``sync``).
+Must not import pyfuse3 (the CLI imports this) nor decide what a sync does (core/fs.py ``sync``,
+``publish_held``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ MAX_LINE = 64 * 1024  # bytes of one request; anything longer is refused
 SUN_PATH_MAX = 107  # bytes of a Unix socket's path the kernel takes (108 with the final NUL)
 
 Sync = Callable[[str | None], Awaitable[dict[str, str]]]
+PublishHeld = Callable[[], Awaitable[dict[str, str]]]
 
 
 class ControlError(Exception):
@@ -57,7 +61,7 @@ def _address(path: Path) -> Iterator[str]:
 # -- the daemon's side ------------------------------------------------------------------------------------
 
 
-async def serve(root: Path, sync: Sync) -> None:
+async def serve(root: Path, sync: Sync, publish_held: PublishHeld) -> None:
     """Answer requests on ``root``'s control socket until cancelled (the mount ends); removes it then."""
     path = socket_path(root)
     with contextlib.suppress(FileNotFoundError):
@@ -71,20 +75,20 @@ async def serve(root: Path, sync: Sync) -> None:
         async with trio.open_nursery() as nursery:
             while True:
                 conn, _ = await listener.accept()
-                nursery.start_soon(_answer, conn, sync)
+                nursery.start_soon(_answer, conn, sync, publish_held)
     finally:
         listener.close()
         with contextlib.suppress(OSError):
             path.unlink()
 
 
-async def _answer(conn: trio.socket.SocketType, sync: Sync) -> None:
+async def _answer(conn: trio.socket.SocketType, sync: Sync, publish_held: PublishHeld) -> None:
     """One request. Whatever goes wrong is answered and logged, never raised: the mount goes on."""
     stream = trio.SocketStream(conn)
     async with stream:
         try:
             line = await _read_line(stream)
-            reply = await _handle(json.loads(line), sync)
+            reply = await _handle(json.loads(line), sync, publish_held)
         except (ValueError, OSError, trio.BrokenResourceError) as exc:
             reply = {"ok": False, "error": f"bad request: {exc}"}
         except Exception as exc:
@@ -108,9 +112,15 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
     return data.split(b"\n", 1)[0]
 
 
-async def _handle(request: Any, sync: Sync) -> dict[str, Any]:
+async def _handle(request: Any, sync: Sync, publish_held: PublishHeld) -> dict[str, Any]:
+    if isinstance(request, dict) and request.get("op") == "publish-held":
+        log.info("op=publish-held requested: uploads are held back no more")
+        failed = await publish_held()
+        for name, why in failed.items():
+            log.warning("op=publish-held path=%r not in S3: %s", name, why)
+        return {"ok": True, "failed": failed}
     if not isinstance(request, dict) or request.get("op") != "sync":
-        return {"ok": False, "error": "unknown request (this daemon knows: sync)"}
+        return {"ok": False, "error": "unknown request (this daemon knows: sync, publish-held)"}
     path = request.get("path")
     if path is not None and not isinstance(path, str):
         return {"ok": False, "error": "path must be a string or null"}
@@ -147,6 +157,14 @@ def sync_mount(
     answer = request(root, {"op": "sync", "path": inside}, timeout)
     failed = answer.get("failed") or {}
     return where, {str(name): str(why) for name, why in failed.items()}
+
+
+def publish_held(root: Path, timeout: float | None = None) -> dict[str, str]:
+    """Ask the daemon of cache folder ``root`` to end its hold and upload what it held back (``s3files
+    exec --publish on-success``, the command succeeded), and wait: per file not in S3 after, its path in
+    the mount and why. ControlError with one line if the daemon cannot be asked."""
+    failed = request(root, {"op": "publish-held"}, timeout).get("failed") or {}
+    return {str(name): str(why) for name, why in failed.items()}
 
 
 def request(root: Path, message: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:

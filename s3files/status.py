@@ -290,6 +290,7 @@ def read_status(root: Path) -> Status:
                 "key": r.key,
                 "state": r.state,
                 "acknowledged": r.acknowledged,
+                "held": r.held,
                 "bytes": folder.data_size(r.id),
                 "data": str(folder.data_path(r.id)),
             }
@@ -436,6 +437,11 @@ def _why_live(entry: Mapping[str, Any], retrying: int) -> str:
 
 
 def _why_kept(entry: Mapping[str, Any]) -> str:
+    if entry.get("held") and (entry.get("acknowledged") or entry.get("state") == "rewritten"):
+        return (
+            "held back: written by a command that did not succeed (s3files exec --publish on-success);"
+            " a mount with --on-recovery upload-held uploads it, --on-recovery discard deletes it"
+        )
     if entry.get("state") == "conflicted":
         return "a conflict whose copy could not be written, kept for you"
     if entry.get("state") == "rewritten":
@@ -486,7 +492,13 @@ def render(status: Mapping[str, Any]) -> list[str]:
         for f in files:
             lines.append(
                 _line(
-                    f["state"], f.get("bytes"), prefix + str(f["path"]), f.get("data"), _why_live(f, retrying)
+                    f["state"],
+                    f.get("bytes"),
+                    prefix + str(f["path"]),
+                    f.get("data"),
+                    "held back until the command succeeds (s3files exec --publish on-success)"
+                    if status.get("held") and f.get("acknowledged")
+                    else _why_live(f, retrying),
                 )
             )
     elif status.get("running"):

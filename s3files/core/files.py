@@ -281,8 +281,9 @@ class Files:
         reading, when the file waits for its upload (eventual mode's write-back, or a failed upload)."""
         handle = self.handles.file(fh)
         copy = self.cache.get(handle.ino)
-        if copy is not None and handle.writable and self.writeback.held:
-            await self.acknowledge(copy)  # uploads held back (writeback.py): durable here, published later
+        if copy is not None and self.writeback.held:
+            if handle.writable:  # uploads held back (writeback.py): durable here, published later or never
+                await self.acknowledge(copy)
         elif copy is not None and (handle.writable or copy.state is WriteState.ACKED):
             await self.publish(copy)
 

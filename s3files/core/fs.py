@@ -346,6 +346,7 @@ class FileSystem:
                 if copy.unsent
             ],
             "kept": self.recovery.kept,
+            "held": self.files.writeback.held,
             "conflicts": list(self.uploader.conflicts),
             "retrying_uploads": self.uploader.retrying,
             "cache_bytes": self.cache.used,

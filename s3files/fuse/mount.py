@@ -166,7 +166,7 @@ async def _serve(
             nursery.start_soon(kernel.run)
             nursery.start_soon(_after_init, opts, fs, ready)
             nursery.start_soon(_write_status, opts, fs, folder)
-            nursery.start_soon(control.serve, folder.root, fs.sync)
+            nursery.start_soon(control.serve, folder.root, fs.sync, fs.publish_held)
             nursery.start_soon(summarize, fs.statistics, metrics, SUMMARY_SECONDS)
             if handle_signals:
                 nursery.start_soon(_stop_on_signals, stop)

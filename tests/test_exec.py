@@ -1,0 +1,143 @@
+"""``s3files exec``: mounts, runs a command, publishes (or holds back), unmounts, exits with its status.
+
+Run as a user runs it: the ``s3files`` command against moto (the ``daemons`` fixture's root for mount
+points and cache dir; its process list ends anything left). Each test runs a few short jobs; what S3
+holds after each is read with boto3, what is mounted from /proc/self/mountinfo, what is kept with
+``s3files status --json``. The hold itself (nothing uploaded while held, also not after a crash) is
+tested in the core: tests/test_writeback_core.py, "held back".
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemons import S3FILES, Daemons, s3_keys, s3_uploads
+
+from s3files.core.records import folder_name
+from s3files.job import run_command
+from s3files.localserver import MotoServer
+from s3files.mountinfo import mounts
+
+JOB_TIMEOUT = 60
+
+
+def exec_job(
+    daemons: Daemons, moto: MotoServer, bucket: str, script: str, *options: str, both: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``s3files exec --mount s3://BUCKET/out/:ROOT/out [--mount s3://BUCKET/in/:ROOT/in] OPTIONS -- sh -c
+    SCRIPT job`` in ROOT (the folders need not exist: exec creates them)."""
+    root = daemons.root
+    mounts = ["--mount", f"s3://{bucket}/out/:{root}/out"]
+    if both:
+        mounts += ["--mount", f"s3://{bucket}/in/:{root}/in"]
+    proc = daemons.popen(
+        [
+            S3FILES, "exec", *mounts,
+            "--endpoint-url", moto.endpoint_url,
+            "--cache-dir", str(root / "cache"),
+            "--log-file", str(root / "exec.log"),
+            *options,
+            "--", "sh", "-c", script, "job",
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=JOB_TIMEOUT)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def mounted_below(root: Path) -> list[str]:
+    return [m.mountpoint for m in mounts() if m.mountpoint.startswith(str(root))]
+
+
+def out_folder(daemons: Daemons, moto: MotoServer, bucket: str) -> Path:
+    return daemons.root / "cache" / folder_name(moto.endpoint_url, bucket, "out/")
+
+
+def kept(folder: Path) -> list[dict[str, Any]]:
+    done = subprocess.run([S3FILES, "status", str(folder), "--json"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout)["kept"])
+
+
+WRITE = 'echo "$0" > out/name.txt && mkdir -p out/sub && echo x > out/sub/x'
+
+
+def test_run_command_gives_the_status_as_a_shell_does() -> None:
+    assert run_command(["sh", "-c", "exit 0"]) == (0, None)
+    assert run_command(["sh", "-c", "exit 3"]) == (3, None)
+    assert run_command(["sh", "-c", "kill -9 $$"]) == (137, None)
+    assert run_command(["/nonexistent/program"]) == (127, None)
+    assert run_command(["/dev/null"]) == (126, None)
+
+
+def test_exec_passes_the_status_through_and_leaves_nothing_mounted(
+    daemons: Daemons, moto_server: MotoServer, bucket: str, boto3_client: Any
+) -> None:
+    boto3_client.put_object(Bucket=bucket, Key="in/data.txt", Body=b"input\n")
+    ok = exec_job(daemons, moto_server, bucket, f"cat in/data.txt > out/copy.txt && {WRITE}", both=True)
+    assert ok.returncode == 0, ok.stderr
+    assert s3_keys(boto3_client, bucket) == ["in/data.txt", "out/copy.txt", "out/name.txt", "out/sub/", "out/sub/x"]
+    assert boto3_client.get_object(Bucket=bucket, Key="out/copy.txt")["Body"].read() == b"input\n"
+    assert mounted_below(daemons.root) == []
+    assert list(daemons.root.joinpath("in").iterdir()) == []  # created by exec, empty once unmounted
+
+    # --publish always (the default): what a failing command wrote is published all the same
+    failed = exec_job(daemons, moto_server, bucket, "echo partial > out/partial.txt; exit 3")
+    assert failed.returncode == 3, failed.stderr
+    assert "out/partial.txt" in s3_keys(boto3_client, bucket)
+    assert mounted_below(daemons.root) == []
+
+
+@pytest.mark.parametrize("ending", ["exit 3", "kill -9 $$"])
+def test_on_success_publishes_nothing_when_the_command_fails_and_keeps_it_listed(
+    daemons: Daemons, moto_server: MotoServer, bucket: str, boto3_client: Any, ending: str
+) -> None:
+    big = "head -c 12000000 /dev/zero > out/big.bin"  # over a part: its streamed parts are aborted
+    job = exec_job(daemons, moto_server, bucket, f"{WRITE} && {big} && sync out/name.txt; {ending}", "--publish", "on-success")
+    assert job.returncode == (3 if ending == "exit 3" else 137), job.stderr
+    # No file it wrote, not even one it fsynced; the folder it made is there (mkdir is not held back)
+    assert s3_keys(boto3_client, bucket) == ["out/sub/"]
+    assert s3_uploads(boto3_client, bucket) == []
+    assert mounted_below(daemons.root) == []
+    folder = out_folder(daemons, moto_server, bucket)
+    assert f"kept in {folder}" in job.stderr and "kept: out/name.txt at " in job.stderr
+    listed = kept(folder)
+    assert sorted((k["key"], k["held"], k["bytes"]) for k in listed) == [
+        ("out/big.bin", True, 12_000_000),
+        ("out/name.txt", True, 4),
+        ("out/sub/x", True, 2),
+    ]
+    if ending == "exit 3":
+        # The next job on that cache folder does not publish them either (and publishes its own)
+        again = exec_job(daemons, moto_server, bucket, "echo second > out/second.txt", "--publish", "on-success")
+        assert again.returncode == 0, again.stderr
+        assert s3_keys(boto3_client, bucket) == ["out/second.txt", "out/sub/"]
+        assert len(kept(folder)) == 3
+
+
+def test_on_success_publishes_everything_when_the_command_succeeds_and_discard_leaves_nothing(
+    daemons: Daemons, moto_server: MotoServer, bucket: str, boto3_client: Any
+) -> None:
+    done = exec_job(daemons, moto_server, bucket, WRITE, "--publish", "on-success", "--writeback-delay", "0")
+    assert done.returncode == 0, done.stderr
+    assert s3_keys(boto3_client, bucket) == ["out/name.txt", "out/sub/", "out/sub/x"]
+    assert boto3_client.get_object(Bucket=bucket, Key="out/name.txt")["Body"].read() == b"job\n"
+    folder = out_folder(daemons, moto_server, bucket)
+    assert kept(folder) == []
+
+    discarded = exec_job(
+        daemons, moto_server, bucket, "echo no > out/no.txt; exit 1", "--publish", "on-success", "--on-failure", "discard"
+    )
+    assert discarded.returncode == 1
+    assert "discarded" in discarded.stderr
+    assert "out/no.txt" not in s3_keys(boto3_client, bucket)
+    assert kept(folder) == []
+    assert list((folder / "files").glob("*")) == []
+    assert mounted_below(daemons.root) == []
