@@ -162,7 +162,8 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
         choices=ON_RECOVERY,
         default=mount_default("on_recovery"),
         help="files a stopped or dead daemon left in the cache: upload those a close or fsync acknowledged"
-        " (the rest is kept), keep all, or discard all (default %(default)s)",
+        " (the rest is kept, and what an s3files exec --publish on-success held back), upload-held: those"
+        " too, keep all, or discard all (default %(default)s)",
     )
 
 

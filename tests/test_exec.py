@@ -10,7 +10,10 @@ tested in the core: tests/test_writeback_core.py, "held back".
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,17 @@ JOB_TIMEOUT = 60
 
 
 def exec_job(
-    daemons: Daemons, moto: MotoServer, bucket: str, script: str, *options: str, both: bool = False
+    daemons: Daemons,
+    moto: MotoServer,
+    bucket: str,
+    script: str,
+    *options: str,
+    both: bool = False,
+    sigterm_when: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``s3files exec --mount s3://BUCKET/out/:ROOT/out [--mount s3://BUCKET/in/:ROOT/in] OPTIONS -- sh -c
-    SCRIPT job`` in ROOT (the folders need not exist: exec creates them)."""
+    SCRIPT job`` in ROOT (the folders need not exist: exec creates them); ``sigterm_when``: SIGTERM to
+    exec once that file exists."""
     root = daemons.root
     mounts = ["--mount", f"s3://{bucket}/out/:{root}/out"]
     if both:
@@ -48,6 +58,11 @@ def exec_job(
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+    if sigterm_when is not None:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while not sigterm_when.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=JOB_TIMEOUT)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
@@ -95,13 +110,20 @@ def test_exec_passes_the_status_through_and_leaves_nothing_mounted(
     assert mounted_below(daemons.root) == []
 
 
-@pytest.mark.parametrize("ending", ["exit 3", "kill -9 $$"])
+@pytest.mark.parametrize(
+    ("ending", "status"),
+    [("exit 3", 3), ("kill -9 $$", 137), ("touch out/ready; exec sleep 30", 128 + signal.SIGTERM)],
+    ids=["exit-3", "sigkill", "sigterm-to-exec"],
+)
 def test_on_success_publishes_nothing_when_the_command_fails_and_keeps_it_listed(
-    daemons: Daemons, moto_server: MotoServer, bucket: str, boto3_client: Any, ending: str
+    daemons: Daemons, moto_server: MotoServer, bucket: str, boto3_client: Any, ending: str, status: int
 ) -> None:
+    """Failed, killed, or interrupted (SIGTERM to exec, passed on to the command: a failure)."""
     big = "head -c 12000000 /dev/zero > out/big.bin"  # over a part: its streamed parts are aborted
-    job = exec_job(daemons, moto_server, bucket, f"{WRITE} && {big} && sync out/name.txt; {ending}", "--publish", "on-success")
-    assert job.returncode == (3 if ending == "exit 3" else 137), job.stderr
+    ready = daemons.root / "out" / "ready" if "ready" in ending else None
+    script = f"{WRITE} && {big} && sync out/name.txt; {ending}"
+    job = exec_job(daemons, moto_server, bucket, script, "--publish", "on-success", sigterm_when=ready)
+    assert job.returncode == status, job.stderr
     # No file it wrote, not even one it fsynced; the folder it made is there (mkdir is not held back)
     assert s3_keys(boto3_client, bucket) == ["out/sub/"]
     assert s3_uploads(boto3_client, bucket) == []
@@ -109,12 +131,14 @@ def test_on_success_publishes_nothing_when_the_command_fails_and_keeps_it_listed
     folder = out_folder(daemons, moto_server, bucket)
     assert f"kept in {folder}" in job.stderr and "kept: out/name.txt at " in job.stderr
     listed = kept(folder)
-    assert sorted((k["key"], k["held"], k["bytes"]) for k in listed) == [
+    assert sorted((k["key"], k["held"], k["bytes"]) for k in listed if k["key"] != "out/ready") == [
         ("out/big.bin", True, 12_000_000),
         ("out/name.txt", True, 4),
         ("out/sub/x", True, 2),
     ]
-    if ending == "exit 3":
+    if ready is not None:
+        assert "SIGTERM passed on to the command: a failure, nothing published" in job.stderr
+    if status == 3:
         # The next job on that cache folder does not publish them either (and publishes its own)
         again = exec_job(daemons, moto_server, bucket, "echo second > out/second.txt", "--publish", "on-success")
         assert again.returncode == 0, again.stderr
@@ -140,4 +164,34 @@ def test_on_success_publishes_everything_when_the_command_succeeds_and_discard_l
     assert "out/no.txt" not in s3_keys(boto3_client, bucket)
     assert kept(folder) == []
     assert list((folder / "files").glob("*")) == []
+    assert mounted_below(daemons.root) == []
+
+
+def test_the_container_entrypoint_runs_the_job_under_exec(
+    daemons: Daemons, moto_server: MotoServer, bucket: str, boto3_client: Any
+) -> None:
+    """deploy/entrypoint.sh outside Docker with the real s3files (as the image runs it, the mount point a
+    temporary folder): the job's file is in S3 when it exits."""
+    data = daemons.root / "data"
+    data.mkdir()
+    env = {
+        "PATH": f"{Path(S3FILES).parent}:/usr/bin:/bin",
+        **{name: value for name, value in os.environ.items() if name.startswith("AWS_")},
+        "S3FILES_SOURCE": f"s3://{bucket}/jobs/",
+        "S3FILES_MOUNTPOINT": str(data),
+        "S3FILES_ENDPOINT_URL": moto_server.endpoint_url,
+        "S3FILES_CACHE_DIR": str(daemons.root / "cache"),
+        "S3FILES_PUBLISH": "on-success",
+    }
+    entrypoint = Path(__file__).resolve().parent.parent / "deploy" / "entrypoint.sh"
+    proc = daemons.popen(
+        [str(entrypoint), "sh", "-c", 'echo hello > "$0/hello.txt"', str(data)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = proc.communicate(timeout=JOB_TIMEOUT)
+    assert proc.returncode == 0, err
+    assert s3_keys(boto3_client, bucket) == ["jobs/hello.txt"]  # held back while it ran, published at its exit 0
     assert mounted_below(daemons.root) == []
