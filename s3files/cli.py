@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_mount_options(execute)
     execute.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     execute.add_argument("--log-file", type=Path, help="write the mount daemons' log here")
+    execute.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text", help="text lines, or one JSON object per line"
+    )
 
     # Listed for --help; main() hands `s3files bench ...` to the harness before parsing.
     sub.add_parser("bench", help="benchmark the mount against the SDK and download-process-upload")
@@ -526,7 +529,9 @@ def execute(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         if len({m.cache_folder for m in mounts}) < len(mounts):
             raise JobError("two --mount options name the same source (one mount each)")
         for mount in mounts:  # every option is checked before anything is mounted
-            given = {**vars(args), "source": mount.source, "mountpoint": mount.mountpoint, "stats_file": None}
+            # (the daemon's own options, which exec does not take, at their defaults)
+            given = {"stats_file": None, "metrics_port": None, "metrics_address": "127.0.0.1", **vars(args)}
+            given |= {"source": mount.source, "mountpoint": mount.mountpoint}
             options_from(argparse.Namespace(**given))
         check_log_file(args.log_file)
     except (JobError, MountError) as exc:
