@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -33,9 +32,10 @@ import pyfuse3
 import trio
 
 from s3files import control
+from s3files.cachefolder import cache_folder
 from s3files.core.fs import FileSystem
 from s3files.core.kernel import NoKernelCache
-from s3files.core.records import CacheFolder, folder_name
+from s3files.core.records import CacheFolder
 from s3files.core.recovery import OnRecovery
 from s3files.errors import MountError, S3FilesError
 from s3files.fuse.adapter import Operations
@@ -112,38 +112,6 @@ def served_metrics(opts: MountOptions) -> Iterator[Metrics]:
         yield metrics
     finally:
         metrics.stop()
-
-
-@contextlib.contextmanager
-def cache_folder(opts: MountOptions) -> Iterator[CacheFolder]:
-    """The mount's cache folder, opened and locked: ``--cache-dir``/<bucket>-<hash> (mode 0700), one per
-    bucket and prefix, so the next mount finds and recovers what this one leaves (core/records.py).
-    Without a cache dir (tests of the library), a private folder under /var/tmp, removed at the end
-    when it holds nothing (it never throws away unsent data)."""
-    private = opts.cache_dir is None
-    if opts.cache_dir is None:
-        base = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
-        try:
-            root = Path(tempfile.mkdtemp(prefix="s3files-mount-", dir=base))
-        except OSError as exc:
-            raise MountError(f"cannot write to {base}: {exc.strerror}; choose a cache folder with --cache-dir") from None
-    else:
-        root = opts.cache_dir / folder_name(opts.store.endpoint_url, opts.source.bucket, opts.source.prefix)
-    folder = CacheFolder(root)
-    folder.open()
-    try:
-        yield folder
-    finally:
-        folder.close()
-        if private:
-            folder.sweep()
-            folder.remove_metadata()
-            try:
-                folder.files.rmdir()
-                (root / "lock").unlink()
-                root.rmdir()
-            except OSError:
-                log.error("unsent data left in %s", root)
 
 
 async def _serve(
