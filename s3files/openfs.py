@@ -250,11 +250,13 @@ class OpenFS:
         followed (and the last one if ``follow``), relative to their folder; an absolute target leaves
         this file system: ENOENT."""
         fs = self._fs
-        attr = await fs.getattr(ROOT_INO)
+        if not parts:
+            return await fs.getattr(ROOT_INO)
+        attr: Attr | None = None  # the root: a folder, never looked up (nor asked about) by the kernel
         for index, name in enumerate(parts):
-            if not stat.S_ISDIR(attr.mode):
+            if attr is not None and not stat.S_ISDIR(attr.mode):
                 raise NotADirectory(f"{'/'.join(parts[:index])} is not a folder")
-            attr = await fs.lookup(attr.ino, name)
+            attr = await fs.lookup(attr.ino if attr is not None else ROOT_INO, name)
             held.append(attr.ino)
             last = index == len(parts) - 1
             if stat.S_ISLNK(attr.mode) and (follow or not last):
@@ -265,17 +267,21 @@ class OpenFS:
                     raise NotFound(f"{'/'.join(parts[: index + 1])} links outside the file system: {target}")
                 rest = [*parts[:index], *target.split("/"), *parts[index + 1 :]]
                 return await self._walk(_parts("/".join(rest)), held, follow, depth + 1)
+        assert attr is not None
         return attr
 
     def _forget(self, held: list[int]) -> None:
         for ino in held:
             self._fs.forget(ino, 1)
 
-    async def _parent(self, parts: list[str], held: list[int]) -> Attr:
+    async def _parent(self, parts: list[str], held: list[int]) -> int:
+        """The inode of the folder holding ``parts[-1]``."""
+        if len(parts) == 1:
+            return ROOT_INO
         parent = await self._walk(parts[:-1], held, follow=True)
         if not stat.S_ISDIR(parent.mode):
             raise NotADirectory(f"{'/'.join(parts[:-1])} is not a folder")
-        return parent
+        return parent.ino
 
     def _new_name(self, name: str) -> str:
         check_length(name)
@@ -409,7 +415,7 @@ class OpenFS:
                 parent = await self._parent(parts, held)
                 name = self._new_name(parts[-1])
                 made = await self._fs.mkdir(
-                    parent.ino, name, stat.S_IFDIR | (mode & ~self._umask & 0o7777), os.getuid(), os.getgid()
+                    parent, name, stat.S_IFDIR | (mode & ~self._umask & 0o7777), os.getuid(), os.getgid()
                 )
                 held.append(made.ino)  # mkdir's reply holds a reference, as a lookup's
             finally:
@@ -439,7 +445,7 @@ class OpenFS:
             try:
                 parent = await self._parent(parts, held)
                 check_length(parts[-1])
-                await op(parent.ino, parts[-1])
+                await op(parent, parts[-1])
             finally:
                 self._forget(held)
 
@@ -465,7 +471,7 @@ class OpenFS:
                 old_parent = await self._parent(old, held)
                 new_parent = await self._parent(new, held)
                 check_length(old[-1])
-                await self._fs.rename(old_parent.ino, old[-1], new_parent.ino, self._new_name(new[-1]), 0)
+                await self._fs.rename(old_parent, old[-1], new_parent, self._new_name(new[-1]), 0)
             finally:
                 self._forget(held)
 
@@ -488,7 +494,7 @@ class OpenFS:
             try:
                 parent = await self._parent(parts, held)
                 made = await self._fs.symlink(
-                    parent.ino, self._new_name(parts[-1]), os.fsencode(target), os.getuid(), os.getgid()
+                    parent, self._new_name(parts[-1]), os.fsencode(target), os.getuid(), os.getgid()
                 )
                 held.append(made.ino)
             finally:
@@ -626,7 +632,7 @@ class RawFile(io.RawIOBase):
         try:
             parent = await owner._parent(parts, held)
             try:
-                attr: Attr | None = await fs.lookup(parent.ino, parts[-1])
+                attr: Attr | None = await fs.lookup(parent, parts[-1])
             except NotFound:
                 attr = None
             else:
@@ -638,7 +644,7 @@ class RawFile(io.RawIOBase):
                     raise NotFound(f"{'/'.join(parts)} does not exist")
                 name = owner._new_name(parts[-1])
                 mode = stat.S_IFREG | (0o666 & ~owner._umask)
-                opened = await fs.create(parent.ino, name, mode, os.getuid(), os.getgid())
+                opened = await fs.create(parent, name, mode, os.getuid(), os.getgid())
                 return opened.fh, opened.attr.ino  # create's reference is the file's, until release
             if flags & os.O_CREAT and flags & os.O_EXCL:
                 raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), "/".join(parts))
