@@ -1,7 +1,9 @@
 """The library API: ``with s3files.mount("s3://bucket/prefix", "/mnt/data") as root: ...``.
 
 Owns: starting a mount daemon as a child process for the block and unmounting it afterwards, and
-``sync`` (upload now what a mount's write-back holds: control.py). Runs the
+``sync`` (upload now what a mount's write-back holds: control.py), also as ``root.sync()`` and
+``root.status()`` on the folder the block gets (``MountedFolder``). ``open_fs`` (the same file system
+without FUSE, in this process) lives in openfs.py. Runs the
 same ``s3files mount`` command users run (pyfuse3 allows one mount per process, and a child process keeps
 the caller's process free of FUSE state and signal handlers), so the library and the CLI cannot drift.
 """
@@ -14,12 +16,39 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from s3files.errors import MountError
 from s3files.mountinfo import mount_entry
 from s3files.options import Consistency, default_cache_dir
 
 UNMOUNT_TIMEOUT = 30.0
+
+
+class MountedFolder(type(Path())):  # type: ignore[misc]
+    """The mount point ``mount`` yields: a Path (``root / "data.csv"``) that also asks its daemon.
+    Paths made from it (``root / "x"``) are plain paths of this type without the mount's cache dir;
+    ask the folder ``mount`` yielded."""
+
+    _cache_dir: Path | None = None
+
+    def sync(self, path: str | Path | None = None, *, timeout: float | None = None) -> dict[str, str]:
+        """``s3files.sync(mountpoint, path)``: upload now what waits (eventual mode's write-back), or
+        what is at or below ``path`` (relative to the mount, or a path inside it); ``{}`` once all is in
+        S3, else the path and why of each file that is not."""
+        inside = None if path is None else Path(self) / path  # an absolute path stays as it is
+        return sync(self, inside, cache_dir=self._cache_dir, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        """What ``s3files status --json MOUNTPOINT`` prints, as data: files not in S3 yet (open for
+        writing, uploading, waiting for the write-back or a retry), files kept after a stop, conflict
+        copies, the cache's use, and whether the daemon runs."""
+        from s3files.status import StatusError, status_of
+
+        try:
+            return dict(status_of(Path(self), self._cache_dir or default_cache_dir()))
+        except StatusError as exc:
+            raise MountError(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -38,8 +67,9 @@ def mount(
     cache_dir: str | Path | None = None,
     log_file: str | Path | None = None,
     extra_args: Sequence[str] = (),
-) -> Iterator[Path]:
-    """Mount ``source`` at ``mountpoint`` (created if missing) for the ``with`` block; yields the folder.
+) -> Iterator[MountedFolder]:
+    """Mount ``source`` at ``mountpoint`` (created if missing) for the ``with`` block; yields the folder,
+    a Path with ``sync()`` and ``status()`` (MountedFolder).
 
     ``consistency`` is a mode's name (``"strict"``, ``"close-to-open"``, ``"eventual"``) or a Consistency;
     ``metadata_ttl`` overrides the mode's TTL; ``writeback_delay`` matters in eventual mode only. None: the
@@ -73,8 +103,10 @@ def mount(
     started = _s3files(*args, *extra_args)
     if started.returncode != 0:
         raise MountError(_reason(started))
+    folder = MountedFolder(root)
+    folder._cache_dir = Path(cache_dir).absolute() if cache_dir is not None else None
     try:
-        yield root
+        yield folder
     finally:
         stopped = _s3files("unmount", str(root))
         if stopped.returncode != 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import mmap
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +73,41 @@ def test_library_sync_uploads_what_the_write_back_holds(
     with pytest.raises(s3files.MountError) as refused:
         s3files.sync(tmp_path, cache_dir=cache)
     assert "not an s3files mount point" in str(refused.value)
+
+
+def _status_when(root: s3files.MountedFolder, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """``root.status()`` once ``done`` says so (the daemon writes its status about once a second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        status = root.status()
+        if done(status) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
+
+
+def test_mounted_folder_status_and_sync(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """The folder ``mount`` yields answers ``status()`` (``s3files status --json``'s data: what waits for
+    the write-back) and ``sync(path)`` (uploads what is at or below ``path``, or everything)."""
+    cache = tmp_path / "cache"
+    with s3files.mount(
+        f"s3://{bucket}", tmp_path / "m", endpoint_url=moto_server.endpoint_url, consistency="eventual",
+        writeback_delay=600, cache_dir=cache,
+    ) as m:  # fmt: skip
+        (m / "a.txt").write_text("A")
+        (m / "b.txt").write_text("B")
+        waiting = _status_when(m, lambda s: len(s["files"]) == 2)
+        assert waiting["running"] and waiting["mountpoint"] == str(tmp_path / "m")
+        assert sorted((f["path"], f["bytes"], f["acknowledged"]) for f in waiting["files"]) == [
+            ("a.txt", 1, True),
+            ("b.txt", 1, True),
+        ]
+        assert m.sync("a.txt") == {}
+        keys = [o["Key"] for o in boto3_client.list_objects_v2(Bucket=bucket)["Contents"]]
+        assert keys == ["a.txt"]
+        assert m.sync() == {}
+        assert boto3_client.get_object(Bucket=bucket, Key="b.txt")["Body"].read() == b"B"
+        assert _status_when(m, lambda s: not s["files"])["files"] == []
+    with pytest.raises(s3files.MountError):
+        m.status()
