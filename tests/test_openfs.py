@@ -1,0 +1,165 @@
+"""open_fs's own contract beyond the behaviour it shares with a mount (tests/test_fronts.py): eventual
+mode's close and sync, no FUSE at all (pyfuse3 cannot even be imported), the crash-safe cache folder across
+processes, stat results, symlinks, and fsspec's ``s3files://`` protocol read by pandas. On moto.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import s3files
+from s3files.localserver import MotoServer
+from s3files.openfs import FileSystemClosed
+
+
+def keys(client: Any, bucket: str) -> list[str]:
+    return sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def test_eventual_close_is_local_and_sync_uploads(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """Eventual mode, as through a mount: close returns with the file durable in the cache folder (not in
+    S3, listed and readable here, shown by status()); sync(path) uploads that path, close() the rest."""
+    fs = s3files.open_fs(
+        f"s3://{bucket}/out/", endpoint_url=moto_server.endpoint_url, consistency="eventual",
+        writeback_delay=600, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    with fs:
+        fs.makedirs("a/b")
+        with fs.open("a/b/one.txt", "w") as f:
+            f.write("one")
+        with fs.open("two.txt", "wb") as f:
+            f.write(b"two")
+        assert keys(boto3_client, bucket) == ["out/a/", "out/a/b/"]  # folder markers only
+        assert fs.listdir("") == ["a", "two.txt"] and fs.read_bytes("a/b/one.txt") == b"one"
+        waiting = fs.status()
+        assert sorted((f["path"], f["acknowledged"]) for f in waiting["files"]) == [  # type: ignore[union-attr]
+            ("a/b/one.txt", True),
+            ("two.txt", True),
+        ]
+        assert fs.sync("a") == {}
+        assert keys(boto3_client, bucket) == ["out/a/", "out/a/b/", "out/a/b/one.txt"]
+    assert boto3_client.get_object(Bucket=bucket, Key="out/two.txt")["Body"].read() == b"two"
+    with pytest.raises(FileSystemClosed):
+        fs.listdir("")
+
+
+def test_stat_results_and_symlinks(moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path) -> None:
+    boto3_client.put_object(Bucket=bucket, Key="d/f.bin", Body=b"x" * 3000, Metadata={"mode": "33184", "mtime": "1700000000"})
+    with s3files.open_fs(f"s3://{bucket}", endpoint_url=moto_server.endpoint_url, cache_dir=tmp_path / "c") as fs:
+        st = fs.stat("d/f.bin")
+        assert (st.st_size, oct(st.st_mode), st.st_mtime_ns, st.st_mtime) == (3000, "0o100640", 1_700_000_000 * 10**9, 1.7e9)
+        assert st.st_blocks == 6 and st.st_blksize == 1024 * 1024 and st.st_ino == fs.stat("/d/f.bin").st_ino
+        fs.symlink("d/f.bin", "link")
+        assert fs.islink("link") and fs.readlink("link") == "d/f.bin"
+        assert fs.stat("link").st_size == 3000 and fs.read_bytes("link") == b"x" * 3000
+        entries = {entry.name: entry for entry in fs.scandir("")}
+        assert entries["link"].is_symlink() and entries["link"].is_file() and entries["d"].is_dir()
+        with pytest.raises(io_unsupported()):
+            fs.open("d/f.bin", "rb").fileno()
+    with pytest.raises(s3files.S3FilesError) as failed:  # as a mount's start: the store's error, named
+        s3files.open_fs("s3://no-such-bucket-here", endpoint_url=moto_server.endpoint_url, cache_dir=tmp_path / "c")
+    assert failed.value.errno == errno.ENOENT and "no-such-bucket-here" in str(failed.value)
+
+
+def io_unsupported() -> type[Exception]:
+    import io
+
+    return io.UnsupportedOperation
+
+
+CRASHING_WRITER = """
+import os, sys
+sys.modules["pyfuse3"] = None  # as on AWS Lambda: no FUSE; importing it would fail
+import s3files
+fs = s3files.open_fs(sys.argv[1], endpoint_url=sys.argv[2], cache_dir=sys.argv[3], consistency="eventual",
+                     writeback_delay=600)
+assert fs.read_bytes("in.txt") == b"input"
+with fs.open("result.txt", "w") as f:
+    f.write("computed")
+print("closed", flush=True)
+os._exit(0)  # dies before the write-back: no close(), no atexit
+"""
+
+
+def test_without_fuse_and_a_crash_recovered_by_the_next_open(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """A process that cannot import pyfuse3 reads and writes through open_fs; it dies after an eventual
+    close, before the upload. The next open_fs with that cache folder uploads what the close acknowledged
+    (the cache folder's recovery, as a remount's)."""
+    boto3_client.put_object(Bucket=bucket, Key="job/in.txt", Body=b"input")
+    cache = tmp_path / "cache"
+    ran = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CRASHING_WRITER), f"s3://{bucket}/job", moto_server.endpoint_url, str(cache)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0 and ran.stdout == "closed\n", ran.stderr
+    assert keys(boto3_client, bucket) == ["job/in.txt"]
+    with s3files.open_fs(f"s3://{bucket}/job", endpoint_url=moto_server.endpoint_url, cache_dir=cache) as fs:
+        assert "1 uploaded" in str(fs.status()["recovery"])
+        assert fs.read_bytes("result.txt") == b"computed"
+    assert boto3_client.get_object(Bucket=bucket, Key="job/result.txt")["Body"].read() == b"computed"
+
+
+def test_pandas_reads_and_writes_through_the_s3files_protocol(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    pandas = pytest.importorskip("pandas")
+    fsspec = pytest.importorskip("fsspec")
+    from s3files.fsspec import S3FilesFileSystem
+
+    assert fsspec.get_filesystem_class("s3files") is S3FilesFileSystem  # the entry point
+    boto3_client.put_object(Bucket=bucket, Key="data/rows.csv", Body=b"city,n\nParis,3\nOslo,4\nParis,5\n")
+    options = {"endpoint_url": moto_server.endpoint_url, "cache_dir": str(tmp_path / "cache")}
+    try:
+        frame = pandas.read_csv(f"s3files://{bucket}/data/rows.csv", storage_options=options)
+        summary = frame.groupby("city")["n"].sum()
+        assert summary.to_dict() == {"Oslo": 4, "Paris": 8}
+        summary.to_csv(f"s3files://{bucket}/data/summary.csv", storage_options=options)
+        assert boto3_client.get_object(Bucket=bucket, Key="data/summary.csv")["Body"].read() == b"city,n\nOslo,4\nParis,8\n"
+        fs = fsspec.filesystem("s3files", **options)
+        assert sorted(fs.ls(f"{bucket}/data", detail=False)) == [f"{bucket}/data/rows.csv", f"{bucket}/data/summary.csv"]
+        assert fs.info(f"s3files://{bucket}/data/rows.csv")["size"] == 30
+        fs.mv(f"{bucket}/data/summary.csv", f"{bucket}/report.csv")
+        assert keys(boto3_client, bucket) == ["data/rows.csv", "report.csv"]
+        with pytest.raises(FileNotFoundError):
+            fs.info(f"{bucket}/data/summary.csv")
+    finally:
+        fsspec.filesystem("s3files", **options).close()
+        S3FilesFileSystem.clear_instance_cache()
+
+
+def test_pillow_saves_and_opens_an_image(moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path) -> None:
+    image = pytest.importorskip("PIL.Image")
+    with s3files.open_fs(f"s3://{bucket}", endpoint_url=moto_server.endpoint_url, cache_dir=tmp_path / "c") as fs:
+        with fs.open("red.png", "wb") as f:
+            image.new("RGB", (64, 32), (255, 0, 0)).save(f, format="PNG")
+        with fs.open("red.png", "rb") as f, image.open(f) as opened:
+            assert opened.size == (64, 32) and opened.getpixel((5, 5)) == (255, 0, 0)
+
+
+def test_threads_share_one_open_fs(moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path) -> None:
+    """Calls from several threads run concurrently on the file system's own thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with s3files.open_fs(f"s3://{bucket}", endpoint_url=moto_server.endpoint_url, cache_dir=tmp_path / "c") as fs:
+        fs.mkdir("t")
+
+        def write_and_read(n: int) -> bytes:
+            fs.write_bytes(f"t/{n}.bin", bytes([n]) * (n * 1000 + 1))
+            return fs.read_bytes(f"t/{n}.bin")
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(write_and_read, range(16)))
+        assert [len(r) for r in results] == [n * 1000 + 1 for n in range(16)]
+        assert sorted(fs.listdir("t"), key=lambda name: int(name.split(".")[0])) == [f"{n}.bin" for n in range(16)]
+    assert len(keys(boto3_client, bucket)) == 17  # and t/
