@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -76,34 +75,38 @@ def io_unsupported() -> type[Exception]:
     return io.UnsupportedOperation
 
 
-CRASHING_WRITER = """
+WRITER = """
 import os, sys
 sys.modules["pyfuse3"] = None  # as on AWS Lambda: no FUSE; importing it would fail
 import s3files
-fs = s3files.open_fs(sys.argv[1], endpoint_url=sys.argv[2], cache_dir=sys.argv[3], consistency="eventual",
-                     writeback_delay=600)
+source, endpoint, cache, name, end = sys.argv[1:]
+fs = s3files.open_fs(source, endpoint_url=endpoint, cache_dir=cache, consistency="eventual", writeback_delay=600)
 assert fs.read_bytes("in.txt") == b"input"
-with fs.open("result.txt", "w") as f:
+with fs.open(name, "w") as f:
     f.write("computed")
 print("closed", flush=True)
-os._exit(0)  # dies before the write-back: no close(), no atexit
+if end == "crash":
+    os._exit(0)  # dies before the write-back: no close(), no atexit
+# else: the program ends without fs.close(); the atexit hook uploads
 """
 
 
 def test_without_fuse_and_a_crash_recovered_by_the_next_open(
     moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
 ) -> None:
-    """A process that cannot import pyfuse3 reads and writes through open_fs; it dies after an eventual
-    close, before the upload. The next open_fs with that cache folder uploads what the close acknowledged
-    (the cache folder's recovery, as a remount's)."""
+    """A process that cannot import pyfuse3 reads and writes through open_fs in eventual mode. Ending
+    without close() uploads at exit; dying after the close, before the upload, leaves the file in the
+    cache folder, and the next open_fs with that folder uploads what the close acknowledged (the
+    recovery, as a remount's)."""
     boto3_client.put_object(Bucket=bucket, Key="job/in.txt", Body=b"input")
     cache = tmp_path / "cache"
-    ran = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(CRASHING_WRITER), f"s3://{bucket}/job", moto_server.endpoint_url, str(cache)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert ran.returncode == 0 and ran.stdout == "closed\n", ran.stderr
-    assert keys(boto3_client, bucket) == ["job/in.txt"]
+    for name, end in (("at-exit.txt", "exit"), ("result.txt", "crash")):
+        ran = subprocess.run(
+            [sys.executable, "-c", WRITER, f"s3://{bucket}/job", moto_server.endpoint_url, str(cache), name, end],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert ran.returncode == 0 and ran.stdout == "closed\n", ran.stderr
+    assert keys(boto3_client, bucket) == ["job/at-exit.txt", "job/in.txt"]
     with s3files.open_fs(f"s3://{bucket}/job", endpoint_url=moto_server.endpoint_url, cache_dir=cache) as fs:
         assert "1 uploaded" in str(fs.status()["recovery"])
         assert fs.read_bytes("result.txt") == b"computed"
