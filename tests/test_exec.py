@@ -119,10 +119,11 @@ def test_on_success_publishes_nothing_when_the_command_fails_and_keeps_it_listed
     daemons: Daemons, moto_server: MotoServer, bucket: str, boto3_client: Any, ending: str, status: int
 ) -> None:
     """Failed, killed, or interrupted (SIGTERM to exec, passed on to the command: a failure)."""
-    big = "head -c 12000000 /dev/zero > out/big.bin"  # over a part: its streamed parts are aborted
+    big = "head -c 6000000 /dev/zero > out/big.bin"  # over a part: its streamed part is aborted
     ready = daemons.root / "out" / "ready" if "ready" in ending else None
     script = f"{WRITE} && {big} && sync out/name.txt; {ending}"
-    job = exec_job(daemons, moto_server, bucket, script, "--publish", "on-success", sigterm_when=ready)
+    options = ("--publish", "on-success", "--upload-part-size", "5M")
+    job = exec_job(daemons, moto_server, bucket, script, *options, sigterm_when=ready)
     assert job.returncode == status, job.stderr
     # No file it wrote, not even one it fsynced; the folder it made is there (mkdir is not held back)
     assert s3_keys(boto3_client, bucket) == ["out/sub/"]
@@ -132,39 +133,63 @@ def test_on_success_publishes_nothing_when_the_command_fails_and_keeps_it_listed
     assert f"kept in {folder}" in job.stderr and "kept: out/name.txt at " in job.stderr
     listed = kept(folder)
     assert sorted((k["key"], k["held"], k["bytes"]) for k in listed if k["key"] != "out/ready") == [
-        ("out/big.bin", True, 12_000_000),
+        ("out/big.bin", True, 6_000_000),
         ("out/name.txt", True, 4),
         ("out/sub/x", True, 2),
     ]
     if ready is not None:
         assert "SIGTERM passed on to the command: a failure, nothing published" in job.stderr
     if status == 3:
-        # The next job on that cache folder does not publish them either (and publishes its own)
-        again = exec_job(daemons, moto_server, bucket, "echo second > out/second.txt", "--publish", "on-success")
+        # The next job on that cache folder succeeds: everything it wrote is published (uploaded at its exit,
+        # not after --writeback-delay), the files held back before are not, and stay listed
+        script = 'echo "$0" > out/second.txt && mkdir out/two && echo y > out/two/y'
+        again = exec_job(daemons, moto_server, bucket, script, "--publish", "on-success", "--writeback-delay", "300")
         assert again.returncode == 0, again.stderr
-        assert s3_keys(boto3_client, bucket) == ["out/second.txt", "out/sub/"]
-        assert len(kept(folder)) == 3
+        assert s3_keys(boto3_client, bucket) == ["out/second.txt", "out/sub/", "out/two/", "out/two/y"]
+        assert boto3_client.get_object(Bucket=bucket, Key="out/second.txt")["Body"].read() == b"job\n"
+        shown = subprocess.run([S3FILES, "status", str(folder)], capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0 and shown.stdout.count("held back: written by a command that did not") == 3
 
 
-def test_on_success_publishes_everything_when_the_command_succeeds_and_discard_leaves_nothing(
+def test_on_success_with_discard_leaves_nothing(
     daemons: Daemons, moto_server: MotoServer, bucket: str, boto3_client: Any
 ) -> None:
-    done = exec_job(daemons, moto_server, bucket, WRITE, "--publish", "on-success", "--writeback-delay", "0")
-    assert done.returncode == 0, done.stderr
-    assert s3_keys(boto3_client, bucket) == ["out/name.txt", "out/sub/", "out/sub/x"]
-    assert boto3_client.get_object(Bucket=bucket, Key="out/name.txt")["Body"].read() == b"job\n"
-    folder = out_folder(daemons, moto_server, bucket)
-    assert kept(folder) == []
-
     discarded = exec_job(
-        daemons, moto_server, bucket, "echo no > out/no.txt; exit 1", "--publish", "on-success", "--on-failure", "discard"
+        daemons, moto_server, bucket, f"{WRITE}; exit 1", "--publish", "on-success", "--on-failure", "discard"
     )
     assert discarded.returncode == 1
     assert "discarded" in discarded.stderr
-    assert "out/no.txt" not in s3_keys(boto3_client, bucket)
+    assert s3_keys(boto3_client, bucket) == ["out/sub/"]  # (mkdir is not held back)
+    folder = out_folder(daemons, moto_server, bucket)
     assert kept(folder) == []
     assert list((folder / "files").glob("*")) == []
     assert mounted_below(daemons.root) == []
+
+
+def test_a_mount_that_cannot_start_runs_nothing_and_leaves_nothing_mounted(
+    daemons: Daemons, moto_server: MotoServer, bucket: str, boto3_client: Any
+) -> None:
+    """One of two mounts fails (its bucket does not exist): status 125 with its one line, the command never
+    runs, the other mount is stopped."""
+    root = daemons.root
+    proc = daemons.popen(
+        [
+            S3FILES, "exec",
+            "--mount", f"s3://{bucket}/out/:{root}/out",
+            "--mount", f"s3://no-such-bucket-{bucket}/:{root}/missing",
+            "--endpoint-url", moto_server.endpoint_url, "--cache-dir", str(root / "cache"),
+            "--", "touch", str(root / "ran"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    _, err = proc.communicate(timeout=JOB_TIMEOUT)
+    assert proc.returncode == 125, err
+    (line,) = err.splitlines()
+    assert line.startswith(f"s3files: exec: cannot mount s3://no-such-bucket-{bucket}/ at {root}/missing: ")
+    assert "no-such-bucket" in line.split(": ", 2)[2]
+    assert not (root / "ran").exists() and mounted_below(root) == []
 
 
 def test_the_container_entrypoint_runs_the_job_under_exec(
