@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -38,7 +39,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from s3files_bench import report, sdk
+from s3files_bench import netshape, report, sdk
 from s3files_bench.errors import BenchError
 from s3files_bench.memlimit import memory_limited
 from s3files_bench.mounts import PEERS, STARTERS, FsMount, installed_peers, is_mounted, start_s3files
@@ -113,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the benchmark and its mounts in a memory cgroup with this limit, as in a container, e.g. "
         "2GiB (the server stays outside); page cache is then reused within the limit",
     )
+    network = parser.add_argument_group(
+        "network (default: the embedded server as it is, on loopback: no latency, no caps)"
+    )
+    network.add_argument(
+        "--network",
+        choices=("loopback", "s3-like"),
+        default="loopback",
+        help="s3-like: every client (SDK, baseline, mounts, peers) reaches the embedded server through a "
+        "forwarder on 127.0.0.1 (python -m s3files_bench.netshape, its own process, stopped at the end) that "
+        "delays each request and caps each connection and the link, like S3 over a real network; its CPU "
+        "per GiB is reported apart from the clients'",
+    )
+    network.add_argument(
+        "--latency-ms", type=float, help="s3-like: delay before each request reaches the server (default 20)"
+    )
+    network.add_argument("--conn-mibps", type=float, help="s3-like: MiB/s per TCP connection, each way (default 90)")
+    network.add_argument(
+        "--link-mibps", type=float, help="s3-like: MiB/s for all connections together, each way (default 1200)"
+    )
     what = parser.add_argument_group("what")
     what.add_argument("--quick", action="store_true", help="small sizes, 3 rounds: under 3 minutes on moto")
     what.add_argument(
@@ -167,8 +187,31 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def shape_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> netshape.Shape | None:
+    """The network shape ``--network`` asks for (None: loopback as it is)."""
+    given = {"--latency-ms": args.latency_ms, "--conn-mibps": args.conn_mibps, "--link-mibps": args.link_mibps}
+    if args.network != "s3-like":
+        named = [flag for flag, value in given.items() if value is not None]
+        if named:
+            parser.error(f"{', '.join(named)} need --network s3-like")
+        return None
+    if any(value is not None and value < 0 for value in given.values()):
+        parser.error("--latency-ms, --conn-mibps and --link-mibps cannot be negative")
+    if args.endpoint_url or args.bucket:
+        parser.error("--network s3-like shapes the embedded server's traffic; an --endpoint-url or --bucket is "
+                     "reached over its own network")
+    defaults = netshape.Shape()
+    return netshape.Shape.s3_like(
+        defaults.latency_s * 1000 if args.latency_ms is None else args.latency_ms,
+        (defaults.conn_bps or 0) / MIB if args.conn_mibps is None else args.conn_mibps,
+        (defaults.link_bps or 0) / MIB if args.link_mibps is None else args.link_mibps,
+    )
+
+
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.shape = shape_from(args, parser)
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     err = Console(stderr=True, highlight=False)
     try:
@@ -254,6 +297,16 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
                 "the embedded server ran on CPU 0 and every client (raw SDK, baseline, mounts) on the other "
                 "CPUs (--pin-server), as if the server were another machine"
             )
+        forwarder = None
+        if args.shape is not None:
+            assert target.endpoint_url is not None
+            forwarder = stack.enter_context(netshape.shaped(target.endpoint_url, args.shape, workdir / "netshape.log"))
+            err.print(
+                f"network s3-like: clients reach {target.endpoint_url} through {forwarder.endpoint_url} "
+                f"(forwarder pid {forwarder.pid}): {args.shape.describe()}",
+                soft_wrap=True,
+            )
+            target = replace(target, endpoint_url=forwarder.endpoint_url)
         limited = stack.enter_context(memory_limited(args.memory_limit, err.print)) if args.memory_limit else None
         workloads = [WORKLOAD_CLASSES[name]() for name in plan.workloads]
         admin = sdk.make_client(target, pool=32)
@@ -339,6 +392,9 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
         ]
         meta["daemon_peak_rss_mib"] = max(peaks) if peaks else None
         meta["duration_s"] = round(time.monotonic() - started)
+    if forwarder is not None:  # stopped now, so its count of bytes is final
+        meta["network"] = f"s3-like: {args.shape.describe()}"
+        meta["forwarder"] = forwarder.profile()
     _write(results, args, err)
     return 0
 

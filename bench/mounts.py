@@ -124,16 +124,21 @@ def is_mounted(path: Path) -> bool:
 
 
 def _wait_mounted(fs: FsMount, what: str) -> FsMount:
+    """``fs`` once mounted; stopped if it fails, and also on Ctrl-C or SIGTERM while waiting (the caller
+    has not registered it for stopping yet, and the child, in its own session, would mount regardless)."""
     deadline = time.monotonic() + MOUNT_TIMEOUT_S
-    while not is_mounted(fs.root):
-        if not fs.running():
-            reason = fs.last_log_line().removeprefix("s3files: error: ")
-            reason = reason or f"exit status {fs.process.returncode}; see {fs.log_path}"
-            raise BenchError(f"{what} failed to mount: {reason}")
-        if time.monotonic() > deadline:
-            fs.stop()
-            raise BenchError(f"{what} did not mount within {MOUNT_TIMEOUT_S:.0f} s; see {fs.log_path}")
-        time.sleep(0.05)
+    try:
+        while not is_mounted(fs.root):
+            if not fs.running():
+                reason = fs.last_log_line().removeprefix("s3files: error: ")
+                reason = reason or f"exit status {fs.process.returncode}; see {fs.log_path}"
+                raise BenchError(f"{what} failed to mount: {reason}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{what} did not mount within {MOUNT_TIMEOUT_S:.0f} s; see {fs.log_path}")
+            time.sleep(0.05)
+    except BaseException:
+        fs.stop()
+        raise
     return fs
 
 

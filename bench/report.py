@@ -179,9 +179,27 @@ def _errors(results: dict[str, Any]) -> list[str]:
     )
 
 
+def profile_lines(meta: dict[str, Any]) -> list[str]:
+    """The run's profile beside the figures: today what the shaped network itself cost (``--network``),
+    so that nobody takes the forwarder's CPU for a client's (no client figure includes it)."""
+    lines = []
+    if meta.get("network"):
+        lines.append(f"network: {meta['network']}")
+    forwarder = meta.get("forwarder")
+    if forwarder:
+        lines.append(
+            f"forwarder (the shaped network, its own process, in no client's cpu figure): "
+            f"{forwarder['cpu_s_per_gib']} CPU s per GiB forwarded ({forwarder['cpu_s']} CPU s, "
+            f"{forwarder['gib']} GiB both ways, {forwarder['connections']} connections)"
+        )
+    return lines
+
+
 def print_table(results: dict[str, Any], console: Console) -> None:
     console.print(table(results))
     console.print(requests_table(results))
+    for line in profile_lines(results["meta"]):
+        console.print(line, highlight=False)
     for line in _errors(results):
         console.print(f"[red]failed[/red] {line}", highlight=False)
 
@@ -201,6 +219,9 @@ def markdown(results: dict[str, Any]) -> str:
         if meta.get(key) not in (None, "", []):
             lines.append(f"- {key.replace('_', ' ')}: {meta[key]}")
     lines += [f"- note: {note}" for note in meta.get("notes", [])]
+    profile = profile_lines(meta)
+    if profile:
+        lines += ["", "Profile:", "", *(f"- {line}" for line in profile)]
     lines.append("")
     rows, request_rows = [], []
     for wname, fname, unit, variants, ratios in _rows(results):
