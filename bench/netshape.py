@@ -105,10 +105,12 @@ class Stats:
         self.up = 0  # client -> server
         self.down = 0  # server -> client
         self.connections = 0
+        self.chunks = 0  # splices into a pipe: bytes / chunks is how much each wake-up moved
         self.lock = threading.Lock()
 
     def add(self, up: bool, n: int) -> None:
         with self.lock:
+            self.chunks += 1
             if up:
                 self.up += n
             else:
@@ -116,7 +118,12 @@ class Stats:
 
     def as_dict(self) -> dict[str, int]:
         with self.lock:
-            return {"bytes_up": self.up, "bytes_down": self.down, "connections": self.connections}
+            return {
+                "bytes_up": self.up,
+                "bytes_down": self.down,
+                "connections": self.connections,
+                "chunks": self.chunks,
+            }
 
 
 class _Connection:
@@ -279,11 +286,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    ready = os.times()  # the interpreter's start is no cost of forwarding
     print(f"listening {HOST}:{listener.getsockname()[1]}", flush=True)
     forwarder.serve(args.parent_pid)
     listener.close()
     usage = os.times()
-    print(json.dumps({**forwarder.stats.as_dict(), "cpu_s": usage.user + usage.system}), flush=True)
+    user, system = usage.user - ready.user, usage.system - ready.system
+    cpu = {"cpu_s": user + system, "user_s": user, "system_s": system}
+    print(json.dumps({**forwarder.stats.as_dict(), **cpu}), flush=True)
     os._exit(0)  # the pump threads end with the process, their sockets and pipes with them
 
 
@@ -295,6 +305,7 @@ class Running:
         self.port = port
         self.shape = shape
         self.final: dict[str, float] = {}  # the process's last line, once stopped
+        self.cpu_at_ready = 0.0
 
     @property
     def pid(self) -> int:
@@ -305,12 +316,13 @@ class Running:
         return f"http://{HOST}:{self.port}"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the forwarder (/proc/PID/stat); the last reading once it is gone."""
+        """User + system CPU seconds the forwarder spent forwarding so far (/proc/PID/stat, less what its
+        start took); its own final count once it is gone."""
         try:
             fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return float(self.final.get("cpu_s", 0.0))
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") - self.cpu_at_ready
 
     def stop(self) -> None:
         """SIGTERM, read its final line, wait (bounded); SIGKILL if it will not go. Idempotent."""
@@ -324,19 +336,23 @@ class Running:
                 out, _ = self.process.communicate(timeout=STOP_TIMEOUT_S)
             with contextlib.suppress(ValueError, IndexError):
                 self.final = json.loads(out.decode().strip().splitlines()[-1])
-                self.final["cpu_s"] = max(cpu, float(self.final.get("cpu_s", 0.0)))
+            self.final.setdefault("cpu_s", cpu)  # /proc's count if its own last line is missing
         elif self.process.stdout is not None:
             self.process.stdout.close()
 
     def profile(self) -> dict[str, float]:
-        """What the forwarder cost: CPU seconds, GiB forwarded (both ways), CPU seconds per GiB."""
-        gib = (self.final.get("bytes_up", 0) + self.final.get("bytes_down", 0)) / 2**30
+        """What the forwarder cost: CPU seconds (and the kernel's part of them), GiB forwarded (both ways),
+        CPU seconds per GiB, and the mean bytes per splice (small ones cost more CPU per byte)."""
+        moved = self.final.get("bytes_up", 0) + self.final.get("bytes_down", 0)
         cpu = float(self.final.get("cpu_s", self.cpu_seconds()))
+        chunks = self.final.get("chunks", 0)
         return {
             "cpu_s": round(cpu, 2),
-            "gib": round(gib, 3),
-            "cpu_s_per_gib": round(cpu / gib, 3) if gib else 0.0,
+            "system_s": round(float(self.final.get("system_s", 0.0)), 2),
+            "gib": round(moved / 2**30, 3),
+            "cpu_s_per_gib": round(cpu / (moved / 2**30), 3) if moved else 0.0,
             "connections": int(self.final.get("connections", 0)),
+            "kib_per_splice": round(moved / chunks / 1024, 1) if chunks else 0.0,
         }
 
 
@@ -366,6 +382,7 @@ def shaped(endpoint_url: str, shape: Shape, log_path: Path | None = None) -> Ite
     running = Running(process, 0, shape)
     try:
         running.port = _ready_port(process)
+        running.cpu_at_ready = running.cpu_seconds()
         yield running
     finally:
         running.stop()

@@ -189,8 +189,9 @@ def profile_lines(meta: dict[str, Any]) -> list[str]:
     if forwarder:
         lines.append(
             f"forwarder (the shaped network, its own process, in no client's cpu figure): "
-            f"{forwarder['cpu_s_per_gib']} CPU s per GiB forwarded ({forwarder['cpu_s']} CPU s, "
-            f"{forwarder['gib']} GiB both ways, {forwarder['connections']} connections)"
+            f"{forwarder['cpu_s_per_gib']} CPU s per GiB forwarded ({forwarder['cpu_s']} CPU s of which "
+            f"{forwarder.get('system_s', '?')} in the kernel, {forwarder['gib']} GiB both ways, "
+            f"{forwarder.get('kib_per_splice', '?')} KiB per splice, {forwarder['connections']} connections)"
         )
     return lines
 

@@ -24,6 +24,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from s3files_bench import report
 from s3files_bench.cli import build_parser, shape_from
 from s3files_bench.netshape import MIB, Running, Shape, shaped
 
@@ -121,7 +122,33 @@ def test_forwarder_counts_its_bytes_and_stops(moto_server: MotoServer, bucket: s
     assert gone(net.pid) and not port_open(net.port)
     assert net.final["bytes_up"] >= MIB and net.final["bytes_down"] >= MIB
     profile = net.profile()
-    assert profile["gib"] >= 2 / 1024 and profile["connections"] >= 1
+    assert profile["gib"] >= 2 / 1024 and profile["connections"] >= 1 and profile["kib_per_splice"] > 0
+    lines = report.profile_lines({"network": "s3-like: shaped", "forwarder": profile})
+    assert lines[0] == "network: s3-like: shaped"
+    assert f"{profile['cpu_s_per_gib']} CPU s per GiB forwarded" in lines[1]
+
+
+def test_forwarder_exits_when_the_bench_dies(moto_server: MotoServer) -> None:
+    """A bench killed with SIGKILL cannot stop its forwarder; the forwarder notices and exits by itself."""
+    code = (
+        "import sys, time\n"
+        "from s3files_bench.netshape import Shape, shaped\n"
+        f"with shaped({moto_server.endpoint_url!r}, Shape()) as net:\n"
+        "    print(net.pid, net.port, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    bench = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert bench.stdout is not None
+        pid, port = map(int, bench.stdout.readline().split())
+        assert port_open(port) and not gone(pid)
+    finally:
+        bench.kill()
+        bench.wait(10)
+    deadline = time.monotonic() + 10
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(pid) and not port_open(port)
 
 
 def test_network_flags_need_s3_like() -> None:
