@@ -52,6 +52,7 @@ T = TypeVar("T")
 START_TIMEOUT = 30.0  # seconds open_fs waits for the bucket check and the recovery of the cache folder
 CHECK_TIMEOUT = 15.0  # seconds the bucket check may take (as a mount's)
 BLOCK_SIZE = 1024 * 1024  # the buffer of file objects: the st_blksize a mount reports, which open() uses
+REQUEST_SIZE = 1024 * 1024  # the largest read or write handed to the core at once (a mount's FUSE requests)
 MAX_SYMLINKS = 40  # links followed in one path walk before ELOOP (Linux's limit)
 STORE_FIELDS = ("endpoint_url", "region", "profile", "max_connections")
 
@@ -679,11 +680,22 @@ class RawFile(io.RawIOBase):
         if not self._readable:
             raise io.UnsupportedOperation("File not open for reading")
         view = memoryview(buffer).cast("B")
-        data = self._owner._call(self.name, self._fs.read, self._fh, self._pos, len(view))
-        n = len(data)
-        view[:n] = data
+        n = self._owner._call(self.name, self._read_into, view, self._pos)
         self._pos += n
         return n
+
+    async def _read_into(self, view: memoryview, at: int) -> int:
+        """Fill ``view`` from ``at`` in reads of at most REQUEST_SIZE, as the kernel splits a large read
+        into FUSE requests; short at the end of the file."""
+        done = 0
+        while done < len(view):
+            asked = min(REQUEST_SIZE, len(view) - done)
+            data = await self._fs.read(self._fh, at + done, asked)
+            view[done : done + len(data)] = data
+            done += len(data)
+            if len(data) < asked:
+                break
+        return done
 
     def readall(self) -> bytes:
         chunks = []
@@ -697,19 +709,23 @@ class RawFile(io.RawIOBase):
         self._checkClosed()  # type: ignore[attr-defined]
         if not self._writable:
             raise io.UnsupportedOperation("File not open for writing")
-        payload = bytes(data)
-        if self._append:
-
-            async def append() -> tuple[int, int]:  # at the file's size, as the kernel writes O_APPEND
-                at = (await self._fs.getattr(self._ino)).size
-                return at, await self._fs.write(self._fh, at, payload)
-
-            at, n = self._owner._call(self.name, append)
-            self._pos = at + n
-        else:
-            n = self._owner._call(self.name, self._fs.write, self._fh, self._pos, payload)
-            self._pos += n
+        payload = memoryview(data).cast("B")
+        at, n = self._owner._call(self.name, self._write, payload, self._pos)
+        self._pos = at + n
         return n
+
+    async def _write(self, payload: memoryview, at: int) -> tuple[int, int]:
+        """Write ``payload`` at ``at`` (an append: at the file's size, as the kernel writes O_APPEND) in
+        writes of at most REQUEST_SIZE, as the kernel's FUSE requests; (where, bytes written)."""
+        if self._append:
+            at = (await self._fs.getattr(self._ino)).size
+        done = 0
+        while done < len(payload):
+            n = await self._fs.write(self._fh, at + done, bytes(payload[done : done + REQUEST_SIZE]))
+            done += n
+            if n == 0:
+                break  # at the largest object size (a short write)
+        return at, done
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         self._checkClosed()  # type: ignore[attr-defined]

@@ -166,3 +166,22 @@ def test_threads_share_one_open_fs(moto_server: MotoServer, boto3_client: Any, b
         assert [len(r) for r in results] == [n * 1000 + 1 for n in range(16)]
         assert sorted(fs.listdir("t"), key=lambda name: int(name.split(".")[0])) == [f"{n}.bin" for n in range(16)]
     assert len(keys(boto3_client, bucket)) == 17  # and t/
+
+
+def test_unbuffered_reads_and_writes_larger_than_a_request(
+    moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """A raw file (buffering=0) hands the core reads and writes of at most 1 MiB, as the kernel's FUSE
+    requests, and still fills a large buffer in one readinto and writes a large block in one write."""
+    data = bytes(range(256)) * (10 * 1024 + 7)  # 2.5 MiB and a bit
+    with s3files.open_fs(f"s3://{bucket}", endpoint_url=moto_server.endpoint_url, cache_dir=tmp_path / "c") as fs:
+        with fs.open("big.bin", "wb", buffering=0) as f:
+            assert f.write(memoryview(data)) == len(data)
+            assert f.tell() == len(data)
+        with fs.open("big.bin", "rb", buffering=0) as f:
+            buffer = bytearray(len(data) + 100)
+            assert f.readinto(buffer) == len(data) and buffer[: len(data)] == data
+            assert f.readinto(buffer) == 0
+        with fs.open("big.bin", "ab", buffering=0) as f:
+            assert f.write(b"end") == 3 and f.tell() == len(data) + 3
+    assert boto3_client.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == data + b"end"
