@@ -23,6 +23,10 @@ from fsspec.spec import AbstractFileSystem
 
 from s3files.openfs import OpenFS, open_fs
 
+FSSPEC_OPTIONS = frozenset(
+    ("use_listings_cache", "listings_expiry_time", "max_paths", "asynchronous", "loop", "skip_instance_cache")
+)
+
 
 class S3FilesFileSystem(AbstractFileSystem):  # type: ignore[misc]
     """fsspec over ``open_fs``: one OpenFS per bucket, with the instance's options."""
@@ -32,7 +36,8 @@ class S3FilesFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)
-        self._options = options
+        # fsspec's own options (listings cache, event loop) are not open_fs's
+        self._options = {name: value for name, value in options.items() if name not in FSSPEC_OPTIONS}
         self._buckets: dict[str, OpenFS] = {}
         self._lock = threading.Lock()
 

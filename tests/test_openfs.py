@@ -122,7 +122,8 @@ def test_pandas_reads_and_writes_through_the_s3files_protocol(
 
     assert fsspec.get_filesystem_class("s3files") is S3FilesFileSystem  # the entry point
     boto3_client.put_object(Bucket=bucket, Key="data/rows.csv", Body=b"city,n\nParis,3\nOslo,4\nParis,5\n")
-    options = {"endpoint_url": moto_server.endpoint_url, "cache_dir": str(tmp_path / "cache")}
+    # fsspec's own options (use_listings_cache) are fsspec's, the rest open_fs's
+    options = {"endpoint_url": moto_server.endpoint_url, "cache_dir": str(tmp_path / "cache"), "use_listings_cache": False}
     try:
         frame = pandas.read_csv(f"s3files://{bucket}/data/rows.csv", storage_options=options)
         summary = frame.groupby("city")["n"].sum()
@@ -165,6 +166,10 @@ def test_threads_share_one_open_fs(moto_server: MotoServer, boto3_client: Any, b
             results = list(pool.map(write_and_read, range(16)))
         assert [len(r) for r in results] == [n * 1000 + 1 for n in range(16)]
         assert sorted(fs.listdir("t"), key=lambda name: int(name.split(".")[0])) == [f"{n}.bin" for n in range(16)]
+        for _ in fs.walk(""):
+            pass
+        # every reference a walk, an open or a listing took was given back: only the root stays known
+        assert fs.statistics()["inodes"] <= 2
     assert len(keys(boto3_client, bucket)) == 17  # and t/
 
 
