@@ -15,8 +15,8 @@ a forwarder on 127.0.0.1 that every client (SDK, baseline, mounts, peers) is poi
 
 Bytes never enter Python: ``os.splice`` moves them socket -> pipe -> socket in the kernel, in bounded
 chunks; Python only decides when. Two threads per connection (one per direction, blocking splices that
-release the GIL), at most ``max_connections`` connections (more wait in the listen backlog), small thread
-stacks. It runs as its own process (``python -m s3files_bench.netshape``), so its CPU is measured apart
+release the GIL), at most ``max_connections`` connections (idle keep-alive ones count; more wait in the
+listen backlog), small thread stacks. It runs as its own process (``python -m s3files_bench.netshape``), so its CPU is measured apart
 from the clients' (``Forwarder.cpu_seconds``, /proc/PID/stat), and everything it holds goes with it: it
 exits on SIGTERM or SIGINT, and by itself once its parent is gone. ``shaped`` starts and stops it for the
 bench.
@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -46,8 +47,8 @@ from types import FrameType
 MIB = 1024 * 1024
 HOST = "127.0.0.1"
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ exists from Python 3.10 on Linux; the number is the kernel's
-PIPE_BYTES = 1 * MIB  # the default /proc/sys/fs/pipe-max-size
 MAX_CHUNK = 256 * 1024  # bytes moved per splice at most: how coarse the pacing is at high rates
+FDS_PER_CONNECTION = 6  # two sockets, two pipes
 MIN_CHUNK = 16 * 1024
 THREAD_STACK = 256 * 1024
 READY_TIMEOUT_S = 15.0
@@ -162,7 +163,7 @@ class Forwarder:
         listener: socket.socket,
         upstream: tuple[str, int],
         shape: Shape,
-        max_connections: int = 256,
+        max_connections: int = 1024,
     ) -> None:
         self.listener = listener
         self.upstream = upstream
@@ -220,7 +221,7 @@ class Forwarder:
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
             with contextlib.suppress(OSError):  # a smaller pipe only means smaller chunks
-                fcntl.fcntl(write_end, F_SETPIPE_SZ, PIPE_BYTES)
+                fcntl.fcntl(write_end, F_SETPIPE_SZ, chunk)
             while True:
                 n = os.splice(src.fileno(), write_end, chunk)
                 if n == 0:
@@ -260,6 +261,15 @@ def _parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or HOST, int(port)
 
 
+def _allow_files(count: int) -> None:
+    """Raise this process's soft limit on open files towards ``count`` (as far as the hard limit allows):
+    idle keep-alive connections of every client's pool hold their slots, and each costs six descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count if hard == resource.RLIM_INFINITY else min(count, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m s3files_bench.netshape",
@@ -272,12 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=20.0, help="delay before each request (default 20)")
     parser.add_argument("--conn-mibps", type=float, default=90.0, help="MiB/s per connection, 0: none (default 90)")
     parser.add_argument("--link-mibps", type=float, default=1200.0, help="MiB/s for all, 0: none (default 1200)")
-    parser.add_argument("--max-connections", type=int, default=256, help="more wait to be accepted (default 256)")
+    parser.add_argument(
+        "--max-connections", type=int, default=1024, help="open at once; more wait to be accepted (default 1024)"
+    )
     parser.add_argument("--parent-pid", type=int, help="exit once this process is no longer the parent")
     args = parser.parse_args(argv)
     shape = Shape.s3_like(args.latency_ms, args.conn_mibps, args.link_mibps)
 
     threading.stack_size(THREAD_STACK)
+    _allow_files(args.max_connections * FDS_PER_CONNECTION + 64)
     listener = socket.create_server((HOST, args.port), backlog=128)
     forwarder = Forwarder(listener, args.upstream, shape, args.max_connections)
 
