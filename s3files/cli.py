@@ -11,6 +11,7 @@ The child tells the parent through a pipe (``--ready-fd``) so the parent never g
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import resource
@@ -273,6 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the mount's --cache-dir, if it used another than the default (its control socket is there)",
     )
     sync.add_argument("--timeout", type=float, help="give up after this many seconds (default: wait)")
+
+    counters = sub.add_parser(
+        "stats",
+        help="a running mount's counters: S3 requests, FUSE operations, cache, uploads waiting",
+        description="Ask the running daemon of MOUNTPOINT for its counters (the figures --metrics-port serves"
+        " to Prometheus) and print them as a table, or as JSON.",
+    )
+    counters.add_argument("mountpoint", type=Path)
+    counters.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="the mount's --cache-dir, if it used another than the default (its control socket is there)",
+    )
+    counters.add_argument("--json", action="store_true", help="print JSON for programs")
     return parser
 
 
@@ -479,6 +494,19 @@ def status(target: Path, cache_dir: Path | None, as_json: bool) -> int:
     return 0
 
 
+def stats(mountpoint: Path, cache_dir: Path | None, as_json: bool) -> int:
+    """``s3files stats``: a running mount's counters, as a table or JSON."""
+    from s3files.control import ControlError, stats_of
+    from s3files.metrics import table
+
+    try:
+        counters = stats_of(mountpoint, cache_dir.absolute() if cache_dir else default_cache_dir())
+    except ControlError as exc:
+        return _fail(str(exc))
+    print(json.dumps(counters, indent=1, sort_keys=True) if as_json else table(counters))
+    return 0
+
+
 def sync(mountpoint: Path, path: Path | None, cache_dir: Path | None, timeout: float | None) -> int:
     """``s3files sync``: one line per file not in S3 after (stderr), exit 1 if any."""
     from s3files.control import ControlError, sync_mount
@@ -555,6 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return unmount(args.mountpoint, args.lazy)
     if args.command == "status":
         return status(args.target, args.cache_dir, args.json)
+    if args.command == "stats":
+        return stats(args.mountpoint, args.cache_dir, args.json)
     if args.command == "sync":
         return sync(args.mountpoint, args.path, args.cache_dir, args.timeout)
     try:

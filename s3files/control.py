@@ -1,11 +1,12 @@
-"""The control channel of a running mount: ``s3files sync`` asks the daemon to upload now, and ``s3files
-exec --publish on-success`` ends its hold once the command succeeded (``publish-held``).
+"""The control channel of a running mount: ``s3files sync`` asks the daemon to upload now, ``s3files
+exec --publish on-success`` ends its hold once the command succeeded (``publish-held``), and ``s3files
+stats`` asks for its counters (``stats``).
 
 Owns: where the channel is (``control.sock`` in the mount's cache folder: only the mount's user can
 reach it, the folder being 0700, and ``s3files status`` already finds that folder from a mount point),
 the protocol (one JSON object per line each way: a request ``{"op": "sync", "path": "sub/dir" | null}``
-or ``{"op": "publish-held"}``,
-an answer ``{"ok": true, "failed": {"path": "why", ...}}`` or ``{"ok": false, "error": "..."}``), the
+or ``{"op": "publish-held"}``, an answer ``{"ok": true, "failed": {"path": "why", ...}}``; or
+``{"op": "stats"}``, answered ``{"ok": true, "stats": {...}}``; any error ``{"ok": false, "error": "..."}``), the
 daemon's side (``serve``, a task on the mount's nursery, fuse/mount.py) and the client's (``request``).
 Must not import pyfuse3 (the CLI imports this) nor decide what a sync does (core/fs.py ``sync``,
 ``publish_held``).
@@ -19,7 +20,8 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,16 @@ SUN_PATH_MAX = 107  # bytes of a Unix socket's path the kernel takes (108 with t
 
 Sync = Callable[[str | None], Awaitable[dict[str, str]]]
 PublishHeld = Callable[[], Awaitable[dict[str, str]]]
+Stats = Callable[[], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Handlers:
+    """What the daemon answers with: each a call into the room that decides it."""
+
+    sync: Sync  # core/fs.py
+    publish_held: PublishHeld  # core/fs.py
+    stats: Stats  # the mount's counters: fs.statistics() and the FUSE operations (fuse/mount.py)
 
 
 class ControlError(Exception):
@@ -61,7 +73,7 @@ def _address(path: Path) -> Iterator[str]:
 # -- the daemon's side ------------------------------------------------------------------------------------
 
 
-async def serve(root: Path, sync: Sync, publish_held: PublishHeld) -> None:
+async def serve(root: Path, handlers: Handlers) -> None:
     """Answer requests on ``root``'s control socket until cancelled (the mount ends); removes it then."""
     path = socket_path(root)
     with contextlib.suppress(FileNotFoundError):
@@ -75,20 +87,20 @@ async def serve(root: Path, sync: Sync, publish_held: PublishHeld) -> None:
         async with trio.open_nursery() as nursery:
             while True:
                 conn, _ = await listener.accept()
-                nursery.start_soon(_answer, conn, sync, publish_held)
+                nursery.start_soon(_answer, conn, handlers)
     finally:
         listener.close()
         with contextlib.suppress(OSError):
             path.unlink()
 
 
-async def _answer(conn: trio.socket.SocketType, sync: Sync, publish_held: PublishHeld) -> None:
+async def _answer(conn: trio.socket.SocketType, handlers: Handlers) -> None:
     """One request. Whatever goes wrong is answered and logged, never raised: the mount goes on."""
     stream = trio.SocketStream(conn)
     async with stream:
         try:
             line = await _read_line(stream)
-            reply = await _handle(json.loads(line), sync, publish_held)
+            reply = await _handle(json.loads(line), handlers)
         except (ValueError, OSError, trio.BrokenResourceError) as exc:
             reply = {"ok": False, "error": f"bad request: {exc}"}
         except Exception as exc:
@@ -112,26 +124,46 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
     return data.split(b"\n", 1)[0]
 
 
-async def _handle(request: Any, sync: Sync, publish_held: PublishHeld) -> dict[str, Any]:
-    if isinstance(request, dict) and request.get("op") == "publish-held":
+async def _handle(request: Any, handlers: Handlers) -> dict[str, Any]:
+    op = request.get("op") if isinstance(request, dict) else None
+    if op == "stats":
+        return {"ok": True, "stats": dict(handlers.stats())}
+    if op == "publish-held":
         log.info("op=publish-held requested: uploads are held back no more")
-        failed = await publish_held()
+        failed = await handlers.publish_held()
         for name, why in failed.items():
             log.warning("op=publish-held path=%r not in S3: %s", name, why)
         return {"ok": True, "failed": failed}
-    if not isinstance(request, dict) or request.get("op") != "sync":
-        return {"ok": False, "error": "unknown request (this daemon knows: sync, publish-held)"}
+    if op != "sync":
+        return {"ok": False, "error": "unknown request (this daemon knows: sync, publish-held, stats)"}
     path = request.get("path")
     if path is not None and not isinstance(path, str):
         return {"ok": False, "error": "path must be a string or null"}
     log.info("op=sync path=%r requested", path or "")
-    failed = await sync(path)
+    failed = await handlers.sync(path)
     for name, why in failed.items():
         log.warning("op=sync path=%r not in S3: %s", name, why)
     return {"ok": True, "failed": failed}
 
 
 # -- the client's side -------------------------------------------------------------------------------------
+
+
+def _root_of(mountpoint: Path, cache_dir: Path) -> tuple[str, Path]:
+    """The canonical mount point and its cache folder; ControlError with one line if not a mount."""
+    from s3files.status import StatusError, canonical, folder_of_mountpoint
+
+    where = canonical(mountpoint)
+    try:
+        return where, folder_of_mountpoint(where, cache_dir)
+    except StatusError as exc:
+        raise ControlError(str(exc)) from None
+
+
+def stats_of(mountpoint: Path, cache_dir: Path, timeout: float | None = 10.0) -> dict[str, Any]:
+    """The counters of the mount at ``mountpoint`` (``s3files stats``): ControlError if it cannot say."""
+    _, root = _root_of(mountpoint, cache_dir)
+    return dict(request(root, {"op": "stats"}, timeout).get("stats") or {})
 
 
 def sync_mount(
@@ -141,19 +173,15 @@ def sync_mount(
     waits, or what is at or below ``path`` (a path in the mount), and wait: the mount point (canonical)
     and, per file not in S3 after, its path in the mount and why. ControlError with one line if the
     daemon cannot be asked or ``path`` is not in the mount."""
-    from s3files.status import StatusError, canonical, folder_of_mountpoint
+    from s3files.status import canonical
 
-    where = canonical(mountpoint)
+    where, root = _root_of(mountpoint, cache_dir)
     inside = None
     if path is not None:
         relative = os.path.relpath(canonical(path), where)
         if relative == ".." or relative.startswith("../"):
             raise ControlError(f"{path} is not inside the mount at {where}")
         inside = None if relative == "." else relative
-    try:
-        root = folder_of_mountpoint(where, cache_dir)
-    except StatusError as exc:
-        raise ControlError(str(exc)) from None
     answer = request(root, {"op": "sync", "path": inside}, timeout)
     failed = answer.get("failed") or {}
     return where, {str(name): str(why) for name, why in failed.items()}

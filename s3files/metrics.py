@@ -105,6 +105,7 @@ class Metrics:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.answered = self.failed = 0  # FUSE operations, for the log's summary (fuse/mount.py)
+        self._by_op: dict[str, list[float]] = {}  # op -> [answered, failed, seconds], for `s3files stats`
 
     def watch(self, statistics: Statistics) -> None:
         """Show ``statistics()`` (the core's counters) at every scrape; called from the scraping thread,
@@ -115,8 +116,16 @@ class Metrics:
         """A FUSE operation ``op`` was answered (``outcome``: "ok" or an errno's name) in ``seconds``."""
         self.answered += 1
         self.failed += outcome != "ok"
+        counts = self._by_op.setdefault(op, [0, 0, 0.0])
+        counts[0] += 1
+        counts[1] += outcome != "ok"
+        counts[2] += seconds
         self._operations.labels(op, outcome).inc()
         self._latency.labels(op).observe(seconds)
+
+    def by_operation(self) -> dict[str, dict[str, float]]:
+        """Per FUSE operation: how many were answered, how many failed, and their seconds in all."""
+        return {op: {"count": c[0], "failed": c[1], "seconds": round(c[2], 6)} for op, c in sorted(self._by_op.items())}
 
     def text(self) -> bytes:
         """The Prometheus text format of every metric now."""
@@ -147,3 +156,23 @@ def on_trio(statistics: Statistics, token: Any) -> Statistics:
     import trio
 
     return lambda: trio.from_thread.run_sync(statistics, trio_token=token)
+
+
+def table(stats: Mapping[str, Any]) -> str:
+    """``s3files stats``: the counters of ``stats`` (the control channel's answer) as a table for people,
+    with the same names as the metrics."""
+    lines = []
+    requests = dict(stats.get("requests") or {})
+    lines.append(f"{'S3 requests':<34}{sum(requests.values()):>12}")
+    for operation, count in sorted(requests.items(), key=lambda item: -item[1]):
+        lines.append(f"  {operation:<32}{count:>12}")
+    fuse = dict(stats.get("fuse") or {})
+    if fuse:
+        lines.append(f"{'FUSE operations':<34}{'answered':>12}{'failed':>10}{'mean ms':>10}")
+        for op, c in sorted(fuse.items(), key=lambda item: -item[1]["count"]):
+            mean = 1000 * c["seconds"] / c["count"] if c["count"] else 0.0
+            lines.append(f"  {op:<32}{int(c['count']):>12}{int(c['failed']):>10}{mean:>10.2f}")
+    for key, (name, _) in {**GAUGES, **COUNTERS}.items():
+        if isinstance(stats.get(key), int | float):
+            lines.append(f"{name.removeprefix('s3files_'):<34}{stats[key]:>12}")
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ metrics room on its own (families, FUSE outcomes, the HTTP server's start and st
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import socket
@@ -85,21 +86,45 @@ def test_a_mounts_metrics_count_exactly_the_requests_sent(daemons: Daemons, faul
         os.stat(root / "missing")
     assert sorted(os.listdir(root)) == ["d", "f2"]
     # quiet: a folder's times reach its marker within a second; then the proxy and the metrics agree
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
+    quiet_after = time.monotonic() + 1.5
     while True:
         sent = Counter({OPERATION_NAMES.get(op, op): n for op, n in fault_proxy.stats.snapshot()["operations"].items()})
         text = scrape(port)
         counted = Counter({dict(k)["operation"]: int(v) for k, v in samples(text, "s3files_s3_requests_total").items()})
-        if sent == counted:
+        if sent == counted and time.monotonic() > quiet_after:
             break
+        if sent != counted:
+            quiet_after = time.monotonic() + 1.5  # a folder's times reach its marker within a second
         assert time.monotonic() < deadline, (sent, counted)
         time.sleep(0.5)
     assert counted["put"] >= 3 and counted["copy"] >= 1 and counted["delete"] >= 2
+    # `s3files stats` says the same, as JSON and as a table
+    done = subprocess.run(
+        [S3FILES, "stats", str(root), "--json", "--cache-dir", str(daemon.cache_dir)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    sent = Counter({OPERATION_NAMES.get(op, op): n for op, n in fault_proxy.stats.snapshot()["operations"].items()})
+    assert Counter(shown["requests"]) == sent  # (quiet since the metrics agreed: nothing more was sent)
+    assert shown["fuse"]["create"]["count"] == 3 and shown["fuse"]["lookup"]["failed"] >= 1
+    table = subprocess.run(
+        [S3FILES, "stats", str(root), "--cache-dir", str(daemon.cache_dir)], capture_output=True, text=True, timeout=30
+    )
+    assert table.returncode == 0 and re.search(r"S3 requests\s+\d+\n  \w+\s+\d+\n", table.stdout), table.stdout
+    assert re.search(r"\n  create\s+3\s+0\s", table.stdout), table.stdout
     ops = samples(text, "s3files_fuse_operations_total")
     assert ops[(("op", "create"), ("outcome", "ok"))] == 3.0
     assert ops[(("op", "rename"), ("outcome", "ok"))] == 1.0
     assert ops.get((("op", "lookup"), ("outcome", errno.errorcode[errno.ENOENT])), 0) >= 1
     assert samples(text, "s3files_files_waiting_for_upload") == {(): 0.0}
+
+
+def test_stats_of_a_folder_that_is_not_a_mount_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([S3FILES, "stats", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and done.stderr.startswith("s3files: error: ") and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and str(tmp_path) in done.stderr
 
 
 def test_bad_metrics_ports_are_one_line_and_mount_nothing(tmp_path: Path, moto_server: Any, bucket: str) -> None:
@@ -125,7 +150,6 @@ def test_bad_metrics_ports_are_one_line_and_mount_nothing(tmp_path: Path, moto_s
 
 
 def test_json_log_lines_carry_the_message_fields_and_cannot_be_broken() -> None:
-    import json
     import logging
 
     from s3files.logs import JsonFormatter

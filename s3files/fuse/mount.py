@@ -25,6 +25,7 @@ import signal
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,8 @@ async def _serve(
             nursery.start_soon(kernel.run)
             nursery.start_soon(_after_init, opts, fs, ready)
             nursery.start_soon(_write_status, opts, fs, folder)
-            nursery.start_soon(control.serve, folder.root, fs.sync, fs.publish_held)
+            handlers = control.Handlers(fs.sync, fs.publish_held, partial(_counters, fs, metrics))
+            nursery.start_soon(control.serve, folder.root, handlers)
             nursery.start_soon(summarize, fs.statistics, metrics, SUMMARY_SECONDS)
             if handle_signals:
                 nursery.start_soon(_stop_on_signals, stop)
@@ -183,6 +185,11 @@ async def _write_status(opts: MountOptions, fs: FileSystem, folder: CacheFolder)
             await trio.sleep(STATUS_INTERVAL)
     finally:
         writer.remove()
+
+
+def _counters(fs: FileSystem, metrics: Metrics) -> dict[str, Any]:
+    """What ``s3files stats`` shows: the core's counters and the FUSE operations answered."""
+    return {**fs.statistics(), "fuse": metrics.by_operation()}
 
 
 async def summarize(statistics: Callable[[], Mapping[str, Any]], metrics: Metrics, every: float) -> None:
