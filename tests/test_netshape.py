@@ -162,11 +162,6 @@ def test_network_flags_need_s3_like() -> None:
         shape_from(parser.parse_args(["--latency-ms", "5"]), parser)
 
 
-def bench_mounts() -> set[str]:
-    with open("/proc/self/mountinfo", encoding="utf-8") as info:
-        return {line.split()[4] for line in info if " - fuse" in line and "/s3files-bench-" in line}
-
-
 def _bench_children(pid: int) -> list[int]:
     """Forwarder processes whose parent is ``pid``."""
     found = []
@@ -183,10 +178,16 @@ def _bench_children(pid: int) -> list[int]:
     return found
 
 
+def mounts_under(folder: Path) -> list[str]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:
+        return [line.split()[4] for line in info if line.split()[4].startswith(f"{folder}/")]
+
+
 @pytest.mark.fuse
 def test_sigint_to_the_bench_stops_the_forwarder(tmp_path: Path) -> None:
+    """Interrupted while measuring (its mount up and talking through the forwarder), the bench stops the
+    mount, then the forwarder: its process and port are gone, and nothing is mounted in its work folder."""
     log = tmp_path / "bench.err"
-    mounted_before = bench_mounts()
     with open(log, "wb") as err:
         bench = subprocess.Popen(
             [sys.executable, "-m", "s3files", "bench", "--quick", "--network", "s3-like", "--workloads",
@@ -197,20 +198,26 @@ def test_sigint_to_the_bench_stops_the_forwarder(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 90
         while "[0/" not in log.read_text() and bench.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)  # measuring has begun: the mount is up and talks through the forwarder
+            time.sleep(0.05)
         text = log.read_text()
         assert "[0/" in text, text[-2000:]
         line = next(ln for ln in text.splitlines() if ln.startswith("network s3-like"))
         port = int(line.split(" through ")[1].split()[0].rsplit(":", 1)[1])
         pid = int(line.split("forwarder pid ")[1].split(")")[0])
-        assert _bench_children(bench.pid) == [pid]
+        assert _bench_children(bench.pid) == [pid], text[-2000:]
+        workdir = Path(os.readlink(f"/proc/{pid}/fd/2")).parent  # its log is in the bench's work folder
+        assert workdir.name.startswith("s3files-bench-") and mounts_under(workdir), workdir
         assert port_open(port)
         bench.send_signal(signal.SIGINT)
-        assert bench.wait(60) == 130, log.read_text()[-2000:]
+        assert bench.wait(60) == 130, log.read_text()[-3000:]
     finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.wait(10)
-    assert "interrupted" in log.read_text()
+        if bench.poll() is None:  # a failed assertion above: let the bench clean up, then make sure
+            bench.send_signal(signal.SIGINT)
+            try:
+                bench.wait(60)
+            except subprocess.TimeoutExpired:
+                bench.kill()
+                bench.wait(10)
+    assert "interrupted" in log.read_text(), log.read_text()[-3000:]
     assert gone(pid) and not port_open(port)
-    assert bench_mounts() == mounted_before
+    assert not mounts_under(workdir) and not workdir.exists()
