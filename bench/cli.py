@@ -307,6 +307,10 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
                 soft_wrap=True,
             )
             target = replace(target, endpoint_url=forwarder.endpoint_url)
+            server_cpus = set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0)
+            if args.pin_server and server_cpus:  # the network is not the client's: off the client CPUs
+                os.sched_setaffinity(forwarder.pid, server_cpus)
+                notes.append("the network forwarder ran on the server's CPU, off the clients' (--pin-server)")
         limited = stack.enter_context(memory_limited(args.memory_limit, err.print)) if args.memory_limit else None
         workloads = [WORKLOAD_CLASSES[name]() for name in plan.workloads]
         admin = sdk.make_client(target, pool=32)
