@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from s3files.core.records import folder_name
+from s3files.core.records import folder_name, parse_record
 from s3files.mountinfo import mount_entry
 
 S3FILES = str(Path(sys.executable).with_name("s3files"))
@@ -190,7 +190,7 @@ class Daemon:
         if not self.files.is_dir():
             return found
         for path in sorted(self.files.glob("*.json")):
-            record = json.loads(path.read_text())
+            record = parse_record(path.read_bytes())
             data = path.with_suffix(".data")
             record["data"] = data.read_bytes() if data.exists() else None
             found.append(record)

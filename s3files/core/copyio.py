@@ -294,8 +294,7 @@ class CopyIO:
         size = view.side_size
         try:
             if view.side_fd is None:
-                path = self.cache.folder.side_path(view.side)
-                view.side_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                view.side_fd = self.cache.folder.open_side(view.side)
             for a, b in todo:
                 data = os.pread(copy.fd, b - a, a).ljust(b - a, b"\0")
                 os.pwrite(view.side_fd, data, size)
