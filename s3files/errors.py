@@ -138,7 +138,11 @@ class AccessDenied(StoreError):
 
 
 class BucketNotFound(StoreError):
-    errno = errno.ENOENT
+    # S3's NoSuchBucket (told apart from NoSuchKey by store/translate.py). At mount time the CLI prints the
+    # line and exits. Judgement call: while mounted (the bucket deleted under the mount) it is EIO, not
+    # ENOENT: a close answering "no such file" would say the file is gone, while its bytes are kept in the
+    # cache folder and uploaded once the bucket exists again.
+    errno = errno.EIO
 
 
 class CredentialsError(StoreError):

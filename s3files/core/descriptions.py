@@ -87,7 +87,11 @@ class Descriptions:
                         heads[info.key] = None  # asked: a placeholder until the answer comes
                         nursery.start_soon(head, info, nursery.cancel_scope)
 
-            yield prefetch
+            try:
+                yield prefetch
+            except S3FilesError as exc:  # the listing itself failed: raised as itself, not in a group
+                failed.insert(0, exc)
+                nursery.cancel_scope.cancel()
         if failed:
             raise failed[0]
 

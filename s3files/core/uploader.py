@@ -39,7 +39,14 @@ from s3files.core.links import MAX_COPY_OBJECT, copy_object
 from s3files.core.streaming import TOKEN, PartSender, posix_metadata
 from s3files.core.tasks import run_all
 from s3files.core.writestate import PUBLISHABLE, WAITING, WriteState
-from s3files.errors import ObjectNotFound, PreconditionFailed, S3FilesError, StoreError, UploadNotFound
+from s3files.errors import (
+    BucketNotFound,
+    ObjectNotFound,
+    PreconditionFailed,
+    S3FilesError,
+    StoreError,
+    UploadNotFound,
+)
 from s3files.store.base import CompletedPart, ObjectInfo, ObjectStore, abort_quietly
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,20 @@ log = logging.getLogger(__name__)
 RETRY_FIRST = 1.0  # seconds before an acknowledged copy's failed upload is tried again; doubles
 RETRY_MOST = 300.0
 CONFLICT_NAMES = 5  # conflict copy names tried (each random) before giving up
+
+
+def _log_kept(key: str, exc: S3FilesError, where: object, what: str = "") -> None:
+    """The one line a failed upload of an acknowledged version logs: what happened, where the bytes are,
+    and what comes next. A bucket deleted under the mount is said as such, with what to do about it."""
+    if isinstance(exc, BucketNotFound):
+        log.warning(
+            "op=upload key=%r%s: the bucket is gone (%s): kept at %s; create the bucket again and it is"
+            " uploaded (retried in the background, or by the next mount with this cache folder;"
+            " `s3files status` lists it)",
+            key, what, exc, where,
+        )  # fmt: skip
+    else:
+        log.warning("op=upload key=%r%s failed (%s); kept at %s, retried in the background", key, what, exc, where)
 
 
 class WriteConflict(S3FilesError):
@@ -148,7 +169,7 @@ class Uploader:
                 if copy.state in WAITING and not isinstance(exc, CacheFull):
                     where = self.cache.keep_on_disk(copy)
                     if isinstance(exc, S3FilesError):
-                        log.warning("op=upload key=%r failed (%s); kept at %s, retried in the background", key, exc, where)
+                        _log_kept(key, exc, where)
                         self._retry_later(copy, retry_in)
                 raise
             if copy.state is WriteState.UPLOADING and copy.acked is not None:
@@ -183,7 +204,7 @@ class Uploader:
             except BaseException as exc:
                 if isinstance(exc, S3FilesError) and not isinstance(exc, CacheFull):
                     where = self.cache.keep_on_disk(copy)
-                    log.warning("op=upload key=%r (closed version) failed (%s); kept at %s, retried in the background", key, exc, where)
+                    _log_kept(key, exc, where, " (closed version)")
                     self._retry_later(copy, retry_in)
                 raise
             self.cache.io.rebase(copy, view, info.etag)
