@@ -30,7 +30,7 @@ import trio
 from s3files import logs
 from s3files.errors import MountError, S3FilesError
 from s3files.logs import LOG_FORMATS
-from s3files.mountinfo import check_mountpoint, mount_entry
+from s3files.mountinfo import check_mountpoint, clean_stale, mount_entry
 from s3files.options import (
     CONSISTENCY_MODES,
     HOLD,
@@ -82,6 +82,19 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=store_default("max_connections"),
         help="concurrent S3 connections (default %(default)s)",
+    )
+    s3.add_argument(
+        "--max-attempts",
+        type=int,
+        default=store_default("max_attempts"),
+        help="attempts of each S3 request, the first included, before it fails with EIO (default %(default)s)",
+    )
+    s3.add_argument(
+        "--request-timeout",
+        type=float,
+        default=store_default("request_timeout"),
+        help="seconds one attempt waits for the endpoint: to connect (at most 5) and for each read of its"
+        " answer (default %(default)s)",
     )
     fs = parser.add_argument_group("file system")
     fs.add_argument("--read-only", action="store_true", help="refuse every change with EROFS")
@@ -300,6 +313,8 @@ def options_from(args: argparse.Namespace) -> MountOptions:
             region=args.region,
             profile=args.profile,
             max_connections=args.max_connections,
+            max_attempts=args.max_attempts,
+            request_timeout=args.request_timeout,
         ),
         read=ReadOptions(),
         read_only=args.read_only,
@@ -373,6 +388,8 @@ def _run_foreground(opts: MountOptions, ready_fd: int | None) -> int:
             region=opts.store.region,
             profile=opts.store.profile,
             max_connections=opts.store.max_connections,
+            max_attempts=opts.store.max_attempts,
+            request_timeout=opts.store.request_timeout,
         )
 
     _raise_descriptor_limit()
@@ -470,6 +487,13 @@ def unmount(mountpoint: Path, lazy: bool) -> int:
     entry = mount_entry(mountpoint)
     if entry is None:
         return _fail(f"{mountpoint} is not mounted")
+    try:
+        cleaned = clean_stale(mountpoint)
+    except MountError as exc:
+        return _fail(str(exc))
+    if cleaned is not None:
+        print(f"s3files: {cleaned}", file=sys.stderr)
+        return 0
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     command = [tool, "-u"] if tool else ["umount"]
     if lazy:
@@ -597,9 +621,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_foreground(opts, args.ready_fd)
     # The parent checks what it can at once, so the common mistakes answer without starting a daemon.
     try:
-        check_mountpoint(opts.mountpoint)
+        cleaned = check_mountpoint(opts.mountpoint)
     except MountError as exc:
         return _fail(str(exc))
+    if cleaned is not None:
+        print(f"s3files: {cleaned}", file=sys.stderr)
     return _run_background(argv, opts, args.log_file)
 
 

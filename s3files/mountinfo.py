@@ -1,6 +1,9 @@
 """What is mounted where, from /proc/self/mountinfo, and the checks of a mount point before mounting.
 
-Owns: parsing mountinfo (the kernel's octal escapes included) and ``check_mountpoint``. Must not import
+Owns: parsing mountinfo (the kernel's octal escapes included), ``check_mountpoint``, and stale mounts:
+a FUSE mount whose daemon died (kill -9, OOM) stays in the mount table and answers every access with
+ENOTCONN ("Transport endpoint is not connected") until it is unmounted; ``clean_stale`` does that, for
+``s3files mount`` on that mount point and for ``s3files unmount``. Must not import
 pyfuse3 (or anything that does): the CLI, the library and the benchmark read mountinfo through this
 module without loading FUSE bindings.
 
@@ -12,9 +15,12 @@ for paths: a mount point that is not valid UTF-8 still compares equal to ``str(P
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -64,8 +70,42 @@ def mount_entry(mountpoint: Path) -> MountEntry | None:
     return found
 
 
-def check_mountpoint(mountpoint: Path) -> None:
-    """Refuse a mount point that is missing, not a folder, or already mounted; say what to do."""
+def is_stale(mountpoint: Path) -> bool:
+    """Is ``mountpoint`` a FUSE mount whose daemon is gone (every access: ENOTCONN)?"""
+    entry = mount_entry(mountpoint)
+    if entry is None or not entry.fstype.startswith("fuse"):
+        return False
+    try:
+        os.statvfs(mountpoint)  # always asks the daemon (a stat may be answered from the kernel's cache)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def clean_stale(mountpoint: Path) -> str | None:
+    """Unmount ``mountpoint`` if it is a stale FUSE mount (fusermount3 -u; lazily if something still
+    holds it: a dead mount has nothing to flush) and return the one line that says so, else None.
+    MountError if it stays mounted."""
+    if not is_stale(mountpoint):
+        return None
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    commands = [[tool, "-u"], [tool, "-uz"]] if tool else []
+    for command in [*commands, ["umount", "-l"]]:
+        subprocess.run([*command, str(mountpoint)], capture_output=True, timeout=30, check=False)
+        if mount_entry(mountpoint) is None:
+            return (
+                f"{mountpoint} was left mounted by a daemon that died (Transport endpoint is not connected);"
+                " unmounted it"
+            )
+    raise MountError(
+        f"{mountpoint} was left mounted by a daemon that died and cannot be unmounted; try: sudo umount -l {mountpoint}"
+    )
+
+
+def check_mountpoint(mountpoint: Path) -> str | None:
+    """Refuse a mount point that is missing, not a folder, or already mounted; say what to do. A stale
+    mount left there by a daemon that died is unmounted first: the line that says so is returned."""
+    cleaned = clean_stale(mountpoint)
     if mount_entry(mountpoint) is not None:
         raise MountError(
             f"mount point {mountpoint} is already mounted; unmount it first (s3files unmount {mountpoint})"
@@ -78,3 +118,4 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise MountError(f"mount point {mountpoint} cannot be used: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {mountpoint} is not a folder")
+    return cleaned

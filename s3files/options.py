@@ -17,6 +17,8 @@ from s3files.errors import MountError
 
 MIB = 1024 * 1024
 MAX_CONNECTIONS = 1024  # concurrent S3 connections; each is a socket and a slot in the pools
+MAX_ATTEMPTS = 20  # attempts of one S3 request: more only makes an outage's calls hang longer
+MAX_REQUEST_TIMEOUT = 3600.0  # seconds one attempt may wait
 MAX_ID = 2**32 - 2  # the largest uid/gid: (uid_t)-1 means "no change" to chown(2)
 ON_RECOVERY = ("upload", "keep", "discard", "upload-held")
 HOLD = ("keep", "discard")
@@ -78,11 +80,22 @@ class StoreOptions:
     region: str | None = None
     profile: str | None = None
     max_connections: int = 32
+    # Every S3 request (store/retry.py): attempts counting the first, and seconds one attempt may wait for
+    # the endpoint (to connect, at most 5 s of it, and for each read of its answer).
+    max_attempts: int = 4
+    request_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_connections <= MAX_CONNECTIONS:
             raise MountError(
                 f"--max-connections must be a whole number from 1 to {MAX_CONNECTIONS}, got {self.max_connections}"
+            )
+        if isinstance(self.max_attempts, bool) or not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise MountError(f"--max-attempts must be a whole number from 1 to {MAX_ATTEMPTS}, got {self.max_attempts}")
+        if not (math.isfinite(self.request_timeout) and 0 < self.request_timeout <= MAX_REQUEST_TIMEOUT):
+            raise MountError(
+                f"--request-timeout must be a number of seconds above 0 and at most {MAX_REQUEST_TIMEOUT:g},"
+                f" got {self.request_timeout}"
             )
 
 

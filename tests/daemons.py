@@ -81,7 +81,8 @@ class Daemon:
     def start(self, timeout: float = START_TIMEOUT) -> Daemon:
         """Start the daemon and return once it says "mounted" in its log (after recovery and INIT)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        if mount_entry(self.mountpoint) is None:  # (a stale mount left there fails every stat)
+            self.mountpoint.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         self.proc = subprocess.Popen(
             self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

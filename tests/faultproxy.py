@@ -22,6 +22,11 @@ a collection of them, or a predicate on ``Request``), configured at construction
 - ``fail``: answer ``fail_status`` (503 SlowDown by default) with an S3 XML error body, without forwarding.
 - ``reset``: close the connection (TCP RST) as soon as the request's head arrived, before forwarding.
 
+The endpoint down (an outage), switched with ``set_down``: ``"refuse"`` resets every connection at once
+(new ones at accept, open ones at their next request), as a host whose server is stopped; ``"drop"``
+accepts connections and requests and never answers (a black hole: the client waits for its timeouts);
+``None`` is up again (connections a drop held are closed then, unanswered).
+
 Each kind counts the requests its ``when`` matches, independently of the others; when several fire on one
 request, ``reset`` wins over ``fail``, which wins over ``drop_reply``.
 """
@@ -155,6 +160,8 @@ class FaultStats:
         self.forwarded = 0  # requests sent to the server (a drop_reply request too)
         self.connections = 0  # client connections accepted
         self.upstream_connections = 0
+        self.down_refuse = 0  # connections reset while down (set_down("refuse"))
+        self.down_drop = 0  # requests held unanswered while down (set_down("drop"))
         self.operations: Counter[str] = Counter()  # requests by S3 operation
         self.faults: Counter[str] = Counter()  # faults injected by kind (FAULT_KINDS)
         self.faults_by_operation: Counter[tuple[str, str]] = Counter()  # (kind, operation)
@@ -185,6 +192,8 @@ class FaultStats:
                 "forwarded": self.forwarded,
                 "connections": self.connections,
                 "upstream_connections": self.upstream_connections,
+                "down_refuse": self.down_refuse,
+                "down_drop": self.down_drop,
                 "operations": dict(self.operations),
                 "faults": dict(self.faults),
                 "faults_by_operation": dict(self.faults_by_operation),
@@ -193,6 +202,7 @@ class FaultStats:
     def reset(self) -> None:
         with self._lock:
             self.requests = self.forwarded = self.connections = self.upstream_connections = 0
+            self.down_refuse = self.down_drop = 0
             self.operations.clear()
             self.faults.clear()
             self.faults_by_operation.clear()
@@ -388,6 +398,9 @@ class FaultProxy:
         self._threads: set[threading.Thread] = set()
         self._ids = 0
         self.port = 0
+        self._down: str | None = None
+        self._up = threading.Event()
+        self._up.set()
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -415,6 +428,29 @@ class FaultProxy:
             }
             self._fail_status = fail_status
             self._fail_code = fail_code or ERROR_CODES.get(fail_status, "ServiceUnavailable")
+
+    def set_down(self, how: str | None) -> None:
+        """The endpoint down (``"refuse"`` or ``"drop"``, see the module docstring) or up again (None)."""
+        if how not in (None, "refuse", "drop"):
+            raise ValueError(f"down must be None, 'refuse' or 'drop', not {how!r}")
+        with self._lock:
+            self._down = how
+        if how is None:
+            self._up.set()
+        else:
+            self._up.clear()
+
+    def _outage(self, client: socket.socket) -> bool:
+        """While down: refuse (True: reset it) or hold ``client`` unanswered until up (then True: close)."""
+        with self._lock:
+            down = self._down
+        if down is None:
+            return False
+        self.stats._add(**{f"down_{down}": 1})
+        if down == "drop":
+            while not self._up.wait(0.1) and not self._stopping.is_set():
+                pass
+        return True
 
     def clear_faults(self) -> None:
         """No faults from now on (the proxy keeps forwarding and counting)."""
@@ -534,6 +570,12 @@ class FaultProxy:
                 continue
             except OSError:
                 return
+            with self._lock:
+                refuse = self._down == "refuse"
+            if refuse:
+                self.stats._add(down_refuse=1)
+                _abort(client)
+                continue
             client.settimeout(self.timeout)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if not self._track(client):
@@ -552,6 +594,9 @@ class FaultProxy:
             while not self._stopping.is_set():
                 raw = reader.until(b"\r\n\r\n", MAX_HEAD)
                 if raw is None:
+                    return
+                if self._outage(client):
+                    reset = True
                     return
                 message = _parse_message(raw[:-4])
                 request = self._request(message)

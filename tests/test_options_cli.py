@@ -67,6 +67,8 @@ def test_readme_option_table_tells_the_defaults() -> None:
     rows = readme_defaults()
     opts = MountOptions(Source.parse("s3://b"), Path("/mnt/x"))
     assert int(rows["--max-connections"]) == opts.store.max_connections
+    assert int(rows["--max-attempts"]) == opts.store.max_attempts
+    assert float(rows["--request-timeout"]) == opts.store.request_timeout
     assert rows["--consistency"] == opts.consistency.value == "close-to-open"
     mode_ttls = [float(t) for t in rows["--metadata-ttl"].removeprefix("the mode's:").split(",")]
     assert mode_ttls == [mode.default_ttl for mode in Consistency] and mode_ttls[1] == opts.metadata_ttl
@@ -252,6 +254,11 @@ def test_library_mount_passes_the_mode_flags_to_the_command(tmp_path: Path) -> N
         (["--max-connections", "0"], "--max-connections must be a whole number from 1 to 1024, got 0"),
         (["--max-connections", "-1"], "--max-connections must be a whole number from 1 to 1024, got -1"),
         (["--max-connections", "5000"], "--max-connections must be a whole number from 1 to 1024, got 5000"),
+        (["--max-attempts", "0"], "--max-attempts must be a whole number from 1 to 20, got 0"),
+        (["--max-attempts", "21"], "--max-attempts must be a whole number from 1 to 20, got 21"),
+        (["--request-timeout", "0"], "--request-timeout must be a number of seconds above 0 and at most 3600, got 0.0"),
+        (["--request-timeout", "nan"], "--request-timeout must be a number of seconds above 0 and at most 3600, got nan"),
+        (["--request-timeout", "inf"], "--request-timeout must be a number of seconds above 0 and at most 3600, got inf"),
         (["--uid", "-1"], "--uid must be a whole number from 0 to 4294967294, got -1"),
         (["--gid", "4294967295"], "--gid must be a whole number from 0 to 4294967294, got 4294967295"),
         (["--log-file", "/no/such/folder/x.log"], "--log-file /no/such/folder/x.log: cannot write there: No such file or directory"),

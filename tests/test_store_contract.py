@@ -648,7 +648,7 @@ def test_silent_endpoint_does_not_hang_check_bucket() -> None:
         endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
 
         async def main() -> None:
-            async with open_s3_store("bucket", endpoint_url=endpoint, read_timeout=1.0) as store:
+            async with open_s3_store("bucket", endpoint_url=endpoint, request_timeout=1.0) as store:
                 with pytest.raises(EndpointUnreachable, match="did not answer"):
                     await store.check_bucket()
 

@@ -89,7 +89,9 @@ async def serve(
     handle_signals: bool = False,
 ) -> None:
     """Check, mount, serve until unmounted or stopped, then unmount. Errors before mounting raise."""
-    check_mountpoint(opts.mountpoint)
+    cleaned = check_mountpoint(opts.mountpoint)
+    if cleaned is not None:
+        log.warning("%s", cleaned)
     with trio.fail_after(CHECK_TIMEOUT):
         await store.check_bucket()
     stop = stop if stop is not None else trio.Event()

@@ -34,6 +34,7 @@ from s3files.store.bridge import AsyncioThread, open_asyncio_thread
 from s3files.store.direct import DirectHttp
 from s3files.store.multipart import LOST_UPLOAD_MARGIN, MultipartRequests, lost_uploads
 from s3files.store.objects import ObjectRequests
+from s3files.store.retry import RetryPolicy
 from s3files.store.session import S3Session, S3Settings, create_bucket
 from s3files.store.wire import content_md5, file_sha256, parse_timestamp, user_metadata
 
@@ -233,9 +234,8 @@ async def open_s3_store(
     region: str | None = None,
     profile: str | None = None,
     max_connections: int = 32,
-    connect_timeout: float = 5.0,
-    read_timeout: float = 60.0,
-    max_attempts: int = 4,
+    max_attempts: int = RetryPolicy.max_attempts,
+    request_timeout: float = RetryPolicy.request_timeout,
 ) -> AsyncIterator[S3Store]:
     """An S3Store for the block: its own asyncio thread and aiobotocore clients, closed on exit.
 
@@ -248,9 +248,7 @@ async def open_s3_store(
         region=region,
         profile=profile,
         max_connections=max_connections,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        max_attempts=max_attempts,
+        retry=RetryPolicy(max_attempts=max_attempts, request_timeout=request_timeout),
     )
     async with open_asyncio_thread(name=f"s3files-asyncio-{bucket}") as bridge:
         store = S3Store(bridge, settings)

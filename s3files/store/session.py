@@ -2,7 +2,7 @@
 
 Owns: ``S3Settings``; the aiobotocore session and its two clients, opened and closed on the store's
 asyncio thread (the main client, and a probe with short timeouts for ``check_bucket``); their botocore
-configuration (retries, timeouts, path-style addressing, checksums only when required, the fast timestamp
+configuration (the retry policy of retry.py installed on both, timeouts, path-style addressing, checksums only when required, the fast timestamp
 parser); the credentials chain and presigned GET URLs the direct path (direct.py) uses; the request counter
 hook (one count per HTTP request sent, retries too); ``call``, the one way the request modules send a
 request through the main client, with errors translated by translate.py; ``create_bucket`` (synchronous,
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 import botocore.config
@@ -30,8 +30,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.handlers import convert_body_to_file_like_object
 
 from s3files.errors import StoreError
+from s3files.store import retry
 from s3files.store.base import RequestCounts
 from s3files.store.direct import DirectHttp
+from s3files.store.retry import RetryPolicy
 from s3files.store.translate import (
     TRANSLATED,
     bucket_already_owned,
@@ -72,9 +74,7 @@ class S3Settings:
     region: str | None = None
     profile: str | None = None
     max_connections: int = 32
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    max_attempts: int = 4
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # attempts, timeouts, pauses (retry.py)
 
 
 class S3Session:
@@ -92,16 +92,23 @@ class S3Session:
         self._session: AioSession | None = None
         self._stack = AsyncExitStack()
 
+    @property
+    def _probe_policy(self) -> RetryPolicy:
+        # check_bucket answers within seconds even when the endpoint is a black hole or never answers.
+        policy = self.settings.retry
+        return replace(policy, max_attempts=min(policy.max_attempts, 2), request_timeout=min(policy.request_timeout, 3.0))
+
     # -- life cycle ---------------------------------------------------------------------------------
 
-    def _config(self, *, connect_timeout: float, read_timeout: float, max_attempts: int) -> AioConfig:
+    def _config(self, policy: RetryPolicy) -> AioConfig:
         s = self.settings
         return AioConfig(
             max_pool_connections=s.max_connections,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            # total_max_attempts counts the first try (botocore's "max_attempts" counts only retries).
-            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=policy.connect_timeout,
+            read_timeout=policy.request_timeout,
+            # total_max_attempts counts the first try (botocore's "max_attempts" counts only retries). The
+            # handler botocore makes of it is replaced by the policy's (retry.install): one policy decides.
+            retries={"total_max_attempts": policy.max_attempts, "mode": "standard"},
             s3={
                 # Custom endpoints (MinIO, RGW, moto) rarely have wildcard DNS for virtual-hosted buckets.
                 **({"addressing_style": "path"} if s.endpoint_url else {}),
@@ -128,25 +135,17 @@ class S3Session:
             self.client = await self._stack.enter_async_context(
                 session.create_client(
                     "s3",
-                    config=self._config(
-                        connect_timeout=s.connect_timeout,
-                        read_timeout=s.read_timeout,
-                        max_attempts=s.max_attempts,
-                    ),
+                    config=self._config(s.retry),
                     **common,
                 )
             )
             # check_bucket must answer within seconds even when the endpoint is a black hole or accepts
             # connections and never answers, so it has its own client: short timeouts, two attempts
-            # (worst case about 2 x 3 s plus backoff). HeadBucket is tiny; a healthy S3 answers in ms.
+            # (_probe_policy). HeadBucket is tiny; a healthy S3 answers in ms.
             self.probe = await self._stack.enter_async_context(
                 session.create_client(
                     "s3",
-                    config=self._config(
-                        connect_timeout=min(s.connect_timeout, 2.0),
-                        read_timeout=min(s.read_timeout, 3.0),
-                        max_attempts=2,
-                    ),
+                    config=self._config(self._probe_policy),
                     **common,
                 )
             )
@@ -164,14 +163,15 @@ class S3Session:
             self.client.meta.endpoint_url,
             self.client.meta.region_name,
             max_connections=s.max_connections,
-            connect_timeout=s.connect_timeout,
-            read_timeout=s.read_timeout,
+            connect_timeout=s.retry.connect_timeout,
+            read_timeout=s.retry.request_timeout,
             on_request=self.requests.add,
             ca_bundle=session.get_config_variable("ca_bundle"),
         )
         self._stack.push_async_callback(self.direct.aclose)
-        for client in (self.client, self.probe):
+        for client, policy in ((self.client, s.retry), (self.probe, self._probe_policy)):
             client.meta.events.register("before-send.s3", self._count_request)
+            retry.install(client, policy)
         for operation in ("PutObject", "UploadPart"):
             # botocore wraps bytes bodies in BytesIO, which aiohttp then copies and sends in 64 KiB slices
             # with a loop iteration each; bytes go out as they are.
