@@ -138,10 +138,15 @@ class AccessDenied(StoreError):
 
 
 class BucketNotFound(StoreError):
-    # S3's NoSuchBucket (told apart from NoSuchKey by store/translate.py). At mount time the CLI prints the
-    # line and exits. Judgement call: while mounted (the bucket deleted under the mount) it is EIO, not
-    # ENOENT: a close answering "no such file" would say the file is gone, while its bytes are kept in the
-    # cache folder and uploaded once the bucket exists again.
+    # S3's NoSuchBucket when a mount or open_fs starts (told apart from NoSuchKey by store/translate.py):
+    # the CLI prints the line and exits; the library raises it with ENOENT, "no such bucket".
+    errno = errno.ENOENT
+
+
+class BucketGone(BucketNotFound):
+    # NoSuchBucket from any later request: the bucket was deleted under a running mount. Judgement call:
+    # EIO, not ENOENT: a close answering "no such file" would say the file is gone, while its bytes are
+    # kept in the cache folder and uploaded once the bucket exists again.
     errno = errno.EIO
 
 

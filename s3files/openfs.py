@@ -54,7 +54,7 @@ CHECK_TIMEOUT = 15.0  # seconds the bucket check may take (as a mount's)
 BLOCK_SIZE = 1024 * 1024  # the buffer of file objects: the st_blksize a mount reports, which open() uses
 REQUEST_SIZE = 1024 * 1024  # the largest read or write handed to the core at once (a mount's FUSE requests)
 MAX_SYMLINKS = 40  # links followed in one path walk before ELOOP (Linux's limit)
-STORE_FIELDS = ("endpoint_url", "region", "profile", "max_connections")
+STORE_FIELDS = ("endpoint_url", "region", "profile", "max_connections", "max_attempts", "request_timeout")
 
 
 class FileSystemClosed(ValueError):
@@ -866,6 +866,8 @@ def open_fs(
             region=store.region,
             profile=store.profile,
             max_connections=store.max_connections,
+            max_attempts=store.max_attempts,
+            request_timeout=store.request_timeout,
         )
 
     return OpenFS(opts, open_store, timeout)

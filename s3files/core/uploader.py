@@ -40,7 +40,7 @@ from s3files.core.streaming import TOKEN, PartSender, posix_metadata
 from s3files.core.tasks import run_all
 from s3files.core.writestate import PUBLISHABLE, WAITING, WriteState
 from s3files.errors import (
-    BucketNotFound,
+    BucketGone,
     ObjectNotFound,
     PreconditionFailed,
     S3FilesError,
@@ -59,7 +59,7 @@ CONFLICT_NAMES = 5  # conflict copy names tried (each random) before giving up
 def _log_kept(key: str, exc: S3FilesError, where: object, what: str = "") -> None:
     """The one line a failed upload of an acknowledged version logs: what happened, where the bytes are,
     and what comes next. A bucket deleted under the mount is said as such, with what to do about it."""
-    if isinstance(exc, BucketNotFound):
+    if isinstance(exc, BucketGone):
         log.warning(
             "op=upload key=%r%s: the bucket is gone (%s): kept at %s; create the bucket again and it is"
             " uploaded (retried in the background, or by the next mount with this cache folder;"

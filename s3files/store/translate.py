@@ -1,6 +1,7 @@
 """THE translation of S3 answers and botocore/connection failures into ``s3files.errors``, in one place.
 
-Owns: which S3 error codes mean what (credentials, access, not found, precondition, range, the RGW quirk
+Owns: which S3 error codes mean what (credentials, access, not found: a missing bucket at start, a bucket
+gone while mounted, a missing key; precondition, range, the RGW quirk
 of completing a gone upload), which exceptions are translated at all (``TRANSLATED``), and the message
 each StoreError carries. The request modules (session.py, objects.py, multipart.py) catch ``TRANSLATED``
 and raise what this module says; they ask it (``range_not_satisfiable``, ``never_connected``) instead of
@@ -33,6 +34,7 @@ from botocore.exceptions import (
 
 from s3files.errors import (
     AccessDenied,
+    BucketGone,
     BucketNotFound,
     CredentialsError,
     EndpointUnreachable,
@@ -100,8 +102,10 @@ def translate(
     if isinstance(exc, ClientError):
         code, status, message = error_code(exc)
         log.debug("op=%s key=%s S3 error %s (%s)", op, key, code, status)
-        if code == "NoSuchBucket":
+        if code == "NoSuchBucket" and op == "head_bucket":  # a mount's start (check_bucket)
             return BucketNotFound(f"bucket {bucket!r} does not exist at {endpoint}")
+        if code == "NoSuchBucket":
+            return BucketGone(f"bucket {bucket!r} no longer exists at {endpoint} (deleted while mounted)")
         if code == "NoSuchUpload" or (op == "complete_multipart" and RGW_GONE in message):
             return UploadNotFound(f"{op} {where}: no such multipart upload (aborted or completed)")
         if code in NOT_FOUND_CODES or (status == 404 and code not in CREDENTIAL_CODES):
