@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import trio
 
@@ -181,9 +181,17 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (``s3files mount: error: argument --x: ...``), exit 2,
+    as the options' own checks answer; ``--help`` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Every default comes from the options dataclasses (options.default_of): written once, there.
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="s3files", description="Mount an S3 bucket as a file system; plain-file code runs unchanged."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -350,6 +358,19 @@ def check_log_file(log_file: Path | None) -> None:
             pass
     except OSError as exc:
         raise MountError(f"--log-file {log_file}: cannot write there: {exc.strerror}") from None
+
+
+def check_paths(opts: MountOptions) -> None:
+    """MountError (one line) for a ``--cache-dir`` that is not a folder, or a ``--stats-file`` in a folder
+    the daemon cannot write: checked before it starts (nothing is created here)."""
+    if opts.cache_dir is not None and opts.cache_dir.exists() and not opts.cache_dir.is_dir():
+        raise MountError(f"--cache-dir {opts.cache_dir}: not a folder")
+    if opts.stats_file is not None:
+        folder = opts.stats_file.parent
+        if not folder.is_dir():
+            raise MountError(f"--stats-file {opts.stats_file}: no such folder {folder}")
+        if not os.access(folder, os.W_OK):
+            raise MountError(f"--stats-file {opts.stats_file}: cannot write in {folder}")
 
 
 def _fail(message: str) -> int:
@@ -614,6 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = options_from(args)
         check_log_file(args.log_file)
+        check_paths(opts)
     except MountError as exc:
         return _fail(str(exc))
     if args.foreground:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import urllib.parse
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,15 @@ class StoreOptions:
     request_timeout: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.endpoint_url is not None:
+            url = urllib.parse.urlsplit(self.endpoint_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise MountError(
+                    f"--endpoint-url must be an http:// or https:// URL with a host, got {self.endpoint_url!r}"
+                )
+        for name in ("region", "profile"):
+            if getattr(self, name) == "":
+                raise MountError(f"--{name} must not be empty (leave it out for the AWS chain's)")
         if not 1 <= self.max_connections <= MAX_CONNECTIONS:
             raise MountError(
                 f"--max-connections must be a whole number from 1 to {MAX_CONNECTIONS}, got {self.max_connections}"
@@ -202,9 +212,12 @@ class MountOptions:
             if not (math.isfinite(value) and value >= 0):
                 raise MountError(f"--{name.replace('_', '-')} must be a finite number of seconds >= 0, got {value}")
         if not 5 * MIB <= self.upload_part_size <= 5 * 1024 * MIB // 512:
-            raise MountError("--upload-part-size must be between 5 and 10 MiB (parts double every 1,000; S3 allows 5 GiB)")
+            raise MountError(
+                f"--upload-part-size must be between 5 and 10 MiB (parts double every 1,000; S3 allows 5 GiB),"
+                f" got {self.upload_part_size} bytes"
+            )
         if self.upload_concurrency < 1:
-            raise MountError("--upload-concurrency must be >= 1")
+            raise MountError(f"--upload-concurrency must be a whole number >= 1, got {self.upload_concurrency}")
         if self.on_recovery not in ON_RECOVERY:
             raise MountError(f"--on-recovery must be one of {', '.join(ON_RECOVERY)}, got {self.on_recovery!r}")
         if self.hold is not None and self.hold not in HOLD:
@@ -212,7 +225,7 @@ class MountOptions:
         if self.hold is not None and self.consistency is not Consistency.EVENTUAL:
             raise MountError("holding uploads back (--publish on-success) needs --consistency eventual")
         if self.cache_size is not None and self.cache_size < MIB:
-            raise MountError("--cache-size must be at least 1 MiB")
+            raise MountError(f"--cache-size must be at least 1 MiB, got {self.cache_size} bytes")
 
 
 def default_of(options: type, name: str) -> Any:

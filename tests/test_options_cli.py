@@ -279,6 +279,65 @@ def test_bad_values_are_one_line_from_the_command_and_the_library(
     assert not (tmp_path / "m").is_mount()
 
 
+# Every option of `s3files mount` that takes a value, with bad values and the words its one line must hold
+# (besides the option's name and the value): what is allowed.
+BAD_VALUES = [
+    ("--endpoint-url", "localhost:9000", "http:// or https://"),
+    ("--endpoint-url", "ftp://x", "http:// or https://"),
+    ("--region", "", "must not be empty"),
+    ("--profile", "", "must not be empty"),
+    ("--max-connections", "x", "invalid int value"),
+    ("--max-connections", "0", "from 1 to 1024"),
+    ("--max-attempts", "-3", "from 1 to 20"),
+    ("--max-attempts", "two", "invalid int value"),
+    ("--request-timeout", "-1", "above 0 and at most 3600"),
+    ("--request-timeout", "nan", "above 0 and at most 3600"),
+    ("--uid", "abc", "invalid int value"),
+    ("--gid", "-5", "from 0 to 4294967294"),
+    ("--file-mode", "888", "octal mode"),
+    ("--dir-mode", "99999", "octal mode"),
+    ("--listing-attributes", "slow", "choose from 'true', 'fast'"),
+    ("--consistency", "loose", "choose from 'strict', 'close-to-open', 'eventual'"),
+    ("--metadata-ttl", "-1", "finite number of seconds >= 0"),
+    ("--writeback-delay", "inf", "finite number of seconds >= 0"),
+    ("--cache-dir", "/etc/passwd", "not a folder"),
+    ("--cache-size", "20X", "not a size"),
+    ("--cache-size", "100", "at least 1 MiB"),
+    ("--on-recovery", "maybe", "choose from"),
+    ("--upload-concurrency", "0", "whole number >= 1"),
+    ("--upload-part-size", "1048576", "between 5 and 10 MiB"),
+    ("--log-level", "LOUD", "choose from"),
+    ("--log-file", "/no/such/folder/x.log", "cannot write there"),
+    ("--stats-file", "/no/such/folder/s.json", "no such folder"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "words"), BAD_VALUES)
+def test_every_option_refuses_bad_values_in_one_line(
+    option: str, value: str, words: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Through `s3files mount` (one line on stderr, exit non-zero, no traceback, no daemon) and the library
+    (s3files.mount raises MountError with that line), each naming the option, the value and what is
+    allowed."""
+    import s3files
+    from s3files.cli import main
+
+    argv = [option, value]
+    try:
+        code = main(["mount", "s3://b", str(tmp_path / "m"), *argv])
+    except SystemExit as exited:  # argparse's own refusals (types, choices): exit 2
+        code = exited.code
+    err = capsys.readouterr().err
+    assert code in (1, 2) and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    for expected in (option, value, words):
+        assert expected in err, err
+    with pytest.raises(MountError) as refused, s3files.mount("s3://b", tmp_path / "m", extra_args=argv):
+        pass  # pragma: no cover
+    assert all(expected in str(refused.value) for expected in (option, value, words)), refused.value
+    assert not (tmp_path / "m").is_mount()
+
+
 def test_a_log_record_is_one_line_whatever_the_key_holds(tmp_path: Path) -> None:
     """Anyone who can write to the bucket chooses keys: a newline in one must not start a forged line."""
     import logging
