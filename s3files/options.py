@@ -176,8 +176,8 @@ class MountOptions:
     # upload those a close or fsync acknowledged (the rest is kept), keep everything, or discard everything.
     on_recovery: str = "upload"
     # ``s3files exec --publish on-success`` (s3files/job.py): uploads are held back from the start (nothing
-    # uploaded, core/writeback.py ``Hold``) until the control socket releases them; a stop while still held
-    # keeps ("keep") or discards ("discard") what waits. None: no hold. Needs eventual mode's write-back.
+    # uploaded, core/writeback.py ``WriteBack.held``) until the control socket releases them; a stop while
+    # still held keeps ("keep") or discards ("discard") what waits. None: no hold. Needs eventual mode.
     hold: str | None = None
 
     def __post_init__(self) -> None:

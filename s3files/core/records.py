@@ -22,8 +22,9 @@ whether a close/fsync acknowledged the bytes, the POSIX metadata to publish with
 upload in flight (id and the parts sent, with their ETags) so that a recovery can resume or abort it.
 A REWRITTEN copy's record also holds its acknowledged version (``acked``: length, metadata, the base's
 size and changed parts then, and the extents of ``files/<id>-<random>.acked``, the side file that holds the bytes
-later writes overwrote; copies.py ``AckedView``), so that recovery can publish exactly that version. A record written while the mount held its uploads
-back says so (``held``), so that a crash while held cannot publish it.
+later writes overwrote; copies.py ``AckedView``), so that recovery can publish exactly that version.
+A record written while the mount held its uploads back says so (``held``), so that a crash while held
+cannot publish it.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Record:
     sent: dict[str, list[object]] = field(default_factory=dict)  # index -> [length, part number, etag]
     acked: dict[str, object] | None = None  # REWRITTEN: the acknowledged version kept aside (see above)
     # Written while the mount held its uploads back (``s3files exec --publish on-success``, writeback.py
-    # ``Hold``): no mount publishes it unless asked (``--on-recovery upload-held``), also after a crash.
+    # ``WriteBack.held``): no mount publishes it unless asked (``--on-recovery upload-held``), also after a crash.
     held: bool = False
     updated: float = 0.0
     version: int = RECORD_VERSION
