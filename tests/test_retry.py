@@ -56,5 +56,5 @@ def test_what_is_retried(response: object, exception: BaseException | None, retr
 
 def test_the_budget_bounds_a_silent_endpoint() -> None:
     """README, "When S3 cannot be reached": the default budget, and the one tests/test_fuse_outages uses."""
-    assert RetryPolicy().budget() == 182.0
-    assert RetryPolicy(max_attempts=2, request_timeout=1.0).budget() == 7.0
+    assert RetryPolicy().budget() == 178.5
+    assert RetryPolicy(max_attempts=2, request_timeout=1.0).budget() == 6.5

@@ -53,7 +53,7 @@ class RetryPolicy:
     max_attempts: int = 4
     request_timeout: float = 30.0
     first_delay: float = 0.2
-    throttled_delay: float = 1.0
+    throttled_delay: float = 0.5
     most_delay: float = 5.0
     retry_after_most: float = 20.0
 
