@@ -218,7 +218,12 @@ class Forwarder:
         src, dst = (conn.client, conn.server) if up else (conn.server, conn.client)
         pacers = [p for p in ((conn.up_pacer if up else conn.down_pacer), self._link[up]) if p is not None]
         chunk = self.shape.chunk()
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        except OSError:  # out of descriptors: this connection fails, the others go on
+            conn.abort()
+            self._finish(conn)
+            return
         try:
             with contextlib.suppress(OSError):  # a smaller pipe only means smaller chunks
                 fcntl.fcntl(write_end, F_SETPIPE_SZ, chunk)
@@ -247,9 +252,13 @@ class Forwarder:
         finally:
             os.close(read_end)
             os.close(write_end)
-            if conn.finished():
-                conn.close()
-                self._slots.release()
+            self._finish(conn)
+
+    def _finish(self, conn: _Connection) -> None:
+        """One direction is done; after the second, the connection's sockets and slot are freed."""
+        if conn.finished():
+            conn.close()
+            self._slots.release()
 
 
 # -- the process, and starting it from the bench ---------------------------------------------------------
