@@ -67,3 +67,39 @@ def test_a_handle_of_a_new_version_never_reads_the_old_versions_parts() -> None:
         await fs.release(second)
 
     run_fs(store, body, direct_io=True, metadata_ttl=0.0)
+
+
+def test_handles_opened_at_once_fetch_the_first_part_once() -> None:
+    """K programs open one file at the same moment: one open fetches its first part, the others wait for
+    it and share its reader, then each revalidates with a HEAD (close-to-open)."""
+    import trio
+
+    data = _data(12 * MIB)
+    store = MemoryStore()
+    store.seed("big", data)
+
+    async def body(fs: FileSystem) -> None:
+        ino = await resolve(fs, "big")
+        store.requests.reset()
+        fhs: list[int] = []
+
+        async def open_one() -> None:
+            fhs.append((await fs.open(ino, os.O_RDONLY)).fh)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(open_one)
+        opened = store.requests.snapshot()
+        assert opened == {"get": 1, "head": 3}, opened
+        for off in range(0, len(data), MIB):
+            for fh in fhs:
+                assert await fs.read(fh, off, MIB) == data[off : off + MIB]
+        for fh in fhs:
+            await fs.release(fh)
+        one_reader = store.requests.snapshot()["get"]
+        # one reader alone, for comparison
+        store.requests.reset()
+        assert await _lockstep(fs, ino, 1, len(data), MIB) == [data]
+        assert one_reader == store.requests.snapshot()["get"]
+
+    run_fs(store, body, direct_io=True)

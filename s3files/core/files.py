@@ -99,6 +99,7 @@ class Files:
         self._wall = wall
         self._part_buffers = PartBuffers(opts.read.part_size, opts.read.max_window + opts.read.part_size, spawn)
         self._readers = SharedReaders()
+        self._first_parts: dict[int, trio.Event] = {}  # inode -> an open fetching its first part
         self.write_back = opts.consistency is Consistency.EVENTUAL  # a close acknowledges, uploads later
         self.writeback = WriteBack(
             opts.writeback_delay, self.publish_due, self.after_last_close, spawn, held=opts.hold is not None
@@ -127,7 +128,20 @@ class Files:
 
     async def open(self, ino: int, flags: int, clears_privs: bool = False) -> OpenFile:
         """Open file ``ino``. ``clears_privs``: the opener may not keep SUID/SGID bits when it writes (it
-        lacks CAP_FSETID, see ``write``)."""
+        lacks CAP_FSETID, see ``write``). An open for reading while another one fetches the file's first
+        part waits for it, then shares its reader (programs that open one file at once cost one GET)."""
+        fetching = self._first_parts.get(ino)
+        if fetching is not None and not flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            await fetching.wait()
+        mine = trio.Event()
+        try:
+            return await self._open(ino, flags, clears_privs, mine)
+        finally:
+            if self._first_parts.get(ino) is mine:
+                del self._first_parts[ino]
+            mine.set()
+
+    async def _open(self, ino: int, flags: int, clears_privs: bool, fetching: trio.Event) -> OpenFile:
         node = self.sb.node(ino)
         if node.is_dir:
             raise IsADirectory(f"{node.path} is a folder")
@@ -141,6 +155,7 @@ class Files:
             if not self.sb.linked(node):
                 raise NotFound(f"{node.path} was removed")  # never ask S3 by a name this inode lost
             if not writable and self._cold_to_read(node):
+                self._first_parts[ino] = fetching  # (set before the first await: a later open sees it)
                 node, first = await self.sb.get_first(node, self.opts.read.first_part)
             elif not self.sb.trusts_open(node):
                 node = await self.sb.head(node)  # close-to-open, strict: every open sees the newest version
