@@ -7,13 +7,15 @@ long run go to bench/RESULTS.md: ``S3FILES_SOAK_SECONDS=120 S3FILES_SOAK_JSON=so
 tests/test_soak.py`` prints them (and writes them as JSON).
 
 What must hold: no read sees bytes that were never a closed version (on the writing mount, a reader holds
-the file's slot, so it sees exactly the last closed version); S3 holds the last closed version of every
+the file's slot, so it sees exactly the last closed version; on the other mount a read that meets a newer
+version fails with ESTALE, as SEMANTICS says, and is counted); S3 holds the last closed version of every
 file; and memory and descriptors stay flat: bounded by what the workload keeps (a cached file's
 descriptor per file, 128 files), not growing with the number of requests.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -57,6 +59,7 @@ class Soak:
         self.closed: dict[str, str] = {}
         self.moved = {"written": 0, "read": 0}
         self.errors: list[str] = []
+        self.stale = 0  # the other mount's reads that met a newer version (ESTALE, documented)
         self.guard = threading.Lock()
         self.stop = threading.Event()
 
@@ -119,6 +122,10 @@ class Soak:
             except FileNotFoundError:
                 continue  # not there yet (or not listed yet within the TTL)
             except OSError as exc:
+                if exc.errno == errno.ESTALE:  # a newer version was uploaded while it was read: SEMANTICS,
+                    with self.guard:  # "read of an open file": never a mix of versions, ESTALE instead
+                        self.stale += 1
+                    continue
                 return self.fail(f"other mount: read {name}: {exc!r}")
             with self.guard:
                 versions = set(self.begun.get(name, ()))
@@ -178,6 +185,7 @@ def test_soak_writers_and_readers_through_faults_stay_correct_and_flat(
         "mib_per_s_clean": round(phases.get("clean", 0.0), 1),
         "mib_per_s_10pct_faults": round(phases.get("faults", 0.0), 1),
         "faults_injected": fault_proxy.stats.snapshot()["faults"],
+        "other_mount_estale": soak.stale,
         "rss_mib": [round(s[1] / MIB) for s in samples[:: max(1, len(samples) // 12)]],
         "fds": [s[2] for s in samples[:: max(1, len(samples) // 12)]],
     }
