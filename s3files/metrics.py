@@ -104,7 +104,6 @@ class Metrics:
             self.watch(statistics)
         self._server: Any = None
         self._thread: threading.Thread | None = None
-        self.answered = self.failed = 0  # FUSE operations, for the log's summary (fuse/mount.py)
         self._by_op: dict[str, list[float]] = {}  # op -> [answered, failed, seconds], for `s3files stats`
 
     def watch(self, statistics: Statistics) -> None:
@@ -114,14 +113,21 @@ class Metrics:
 
     def operation(self, op: str, outcome: str, seconds: float) -> None:
         """A FUSE operation ``op`` was answered (``outcome``: "ok" or an errno's name) in ``seconds``."""
-        self.answered += 1
-        self.failed += outcome != "ok"
         counts = self._by_op.setdefault(op, [0, 0, 0.0])
         counts[0] += 1
         counts[1] += outcome != "ok"
         counts[2] += seconds
         self._operations.labels(op, outcome).inc()
         self._latency.labels(op).observe(seconds)
+
+    @property
+    def answered(self) -> int:
+        """FUSE operations answered since the mount began (the log's summary, fuse/mount.py)."""
+        return int(sum(c[0] for c in self._by_op.values()))
+
+    @property
+    def failed(self) -> int:
+        return int(sum(c[1] for c in self._by_op.values()))
 
     def by_operation(self) -> dict[str, dict[str, float]]:
         """Per FUSE operation: how many were answered, how many failed, and their seconds in all."""

@@ -313,27 +313,21 @@ class OpenFS:
         return self.stat(path, follow_symlinks=False)
 
     def exists(self, path: str | os.PathLike[str]) -> bool:
-        try:
-            self.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        return True
+        return self._mode_is(path, lambda mode: True)
 
     def isdir(self, path: str | os.PathLike[str]) -> bool:
-        try:
-            return stat.S_ISDIR(self.stat(path).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+        return self._mode_is(path, stat.S_ISDIR)
 
     def isfile(self, path: str | os.PathLike[str]) -> bool:
-        try:
-            return stat.S_ISREG(self.stat(path).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+        return self._mode_is(path, stat.S_ISREG)
 
     def islink(self, path: str | os.PathLike[str]) -> bool:
+        return self._mode_is(path, stat.S_ISLNK, follow=False)
+
+    def _mode_is(self, path: str | os.PathLike[str], test: Callable[[int], bool], follow: bool = True) -> bool:
+        """``test`` of ``path``'s mode (``os.path.isdir`` and friends): False when there is no such name."""
         try:
-            return stat.S_ISLNK(self.lstat(path).st_mode)
+            return bool(test((self.stat(path) if follow else self.lstat(path)).st_mode))
         except (FileNotFoundError, NotADirectoryError):
             return False
 
