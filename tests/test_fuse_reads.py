@@ -86,7 +86,10 @@ def test_threads_reading_parts_of_one_descriptor_each_get_read_ahead(mounted: Mo
     finally:
         os.close(fd)
     assert got == [hashlib.sha256(data[i * share : (i + 1) * share]).digest() for i in range(threads)]
-    check_fetches(mounted.spy, threads)
+    # Under load the kernel may deliver a stream's reads out of order, so that one lands where no stream
+    # holds a part any more and a part is fetched again (seen in a CI run with 4 threads: 16.5 MiB more over
+    # 48): up to a part per stream, as for the memory map below.
+    check_fetches(mounted.spy, threads, again=8 * MIB)
 
 
 def test_four_descriptors_reading_one_file_fetch_it_once(mounted: Mounted) -> None:
