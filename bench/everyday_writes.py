@@ -7,7 +7,8 @@ Two programs whose speed on a mount depends on what close() promises (issue 18):
   per write-back delay.
 - rsync: ``rsync -a`` of ``--files`` small files into a fresh folder (rsync writes a temporary name, sets
   mode and times, renames).
-Each runs on a local folder (the reference), an s3files mount in close-to-open and one in eventual mode;
+Each runs on a local folder (the reference), an s3files mount in close-to-open, one in eventual mode and one
+in eventual mode with ``--durability daemon`` (closes not synced to the cache disk);
 the mount's S3 requests come from the daemon's own counts. For eventual, ``s3files sync`` then waits until
 everything is in S3, timed apart. The content in the bucket is checked at the end of each run.
 Run (as root, /dev/fuse): ``python -m s3files_bench.everyday_writes [--server rgw|moto] [--seconds 10]
@@ -32,7 +33,12 @@ from s3files_bench.servers import Target, open_target
 
 S3FILES = [sys.executable, "-m", "s3files"]
 APPEND = 'exec 3>>"$1"; end=$((SECONDS + $2)); i=0; while [ $SECONDS -lt $end ]; do echo $i >&3; i=$((i+1)); done; echo $i'
-MODES = ("local", "close-to-open", "eventual")
+MODES = ("local", "close-to-open", "eventual", "eventual-daemon")
+FLAGS = {  # each mount column's options; eventual-daemon: closes durable against the daemon dying only
+    "close-to-open": ["--consistency", "close-to-open"],
+    "eventual": ["--consistency", "eventual"],
+    "eventual-daemon": ["--consistency", "eventual", "--durability", "daemon"],
+}
 
 
 def _sync(fs: FsMount) -> float:
@@ -73,7 +79,7 @@ def _one(mode: str, target: Target, base: Path, src: Path, args: argparse.Namesp
         root = workdir / "local"
         root.mkdir()
     else:
-        fs = start_s3files(target, workdir, ["--consistency", mode], name="mount")
+        fs = start_s3files(target, workdir, FLAGS[mode], name="mount")
         root = fs.root / f"everyday-{mode}-r{r}"
         root.mkdir()
     try:
@@ -81,7 +87,7 @@ def _one(mode: str, target: Target, base: Path, src: Path, args: argparse.Namesp
         before = fs.request_counts() if fs else None
         lines, took = _append(root, args.seconds)
         found["lines/s"] = lines / took
-        found["append sync s"] = _sync(fs) if mode == "eventual" and fs else 0.0
+        found["append sync s"] = _sync(fs) if mode.startswith("eventual") and fs else 0.0
         if fs is not None:
             counts = sdk.diff_counts(fs.request_counts() or {}, before or {})
             found["append PUTs"] = counts.get("put", 0) + counts.get("complete_multipart", 0)
@@ -90,7 +96,7 @@ def _one(mode: str, target: Target, base: Path, src: Path, args: argparse.Namesp
                 raise SystemExit(f"{mode}: the log in the bucket is not the {lines} lines written")
             before = fs.request_counts()
         found["rsync files/s"] = args.files / _rsync(src, root / "tree")
-        found["rsync sync s"] = _sync(fs) if mode == "eventual" and fs else 0.0
+        found["rsync sync s"] = _sync(fs) if mode.startswith("eventual") and fs else 0.0
         if fs is not None:
             counts = sdk.diff_counts(fs.request_counts() or {}, before or {})
             found["rsync requests/file"] = sum(counts.values()) / args.files

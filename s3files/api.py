@@ -64,6 +64,7 @@ def mount(
     consistency: str | Consistency | None = None,
     metadata_ttl: float | None = None,
     writeback_delay: float | None = None,
+    durability: str | None = None,
     cache_dir: str | Path | None = None,
     log_file: str | Path | None = None,
     extra_args: Sequence[str] = (),
@@ -72,8 +73,9 @@ def mount(
     a Path with ``sync()`` and ``status()`` (MountedFolder).
 
     ``consistency`` is a mode's name (``"strict"``, ``"close-to-open"``, ``"eventual"``) or a Consistency;
-    ``metadata_ttl`` overrides the mode's TTL; ``writeback_delay`` matters in eventual mode only. None: the
-    command's defaults. Raises MountError with the daemon's one-line reason if the mount cannot start.
+    ``metadata_ttl`` overrides the mode's TTL; ``writeback_delay`` and ``durability`` (``"machine"`` or
+    ``"daemon"``: what an acknowledged close survives) matter in eventual mode only. None: the command's
+    defaults. Raises MountError with the daemon's one-line reason if the mount cannot start.
     """
     if consistency is not None and not isinstance(consistency, Consistency):
         try:
@@ -91,6 +93,7 @@ def mount(
         ("--consistency", consistency.value if consistency is not None else None),
         ("--metadata-ttl", metadata_ttl),
         ("--writeback-delay", writeback_delay),
+        ("--durability", durability),
         ("--cache-dir", cache_dir),
         ("--log-file", log_file),
     ):

@@ -36,7 +36,7 @@ def cache_folder(opts: MountOptions) -> Iterator[CacheFolder]:
             raise MountError(f"cannot write to {base}: {exc.strerror}; choose a cache folder with --cache-dir") from None
     else:
         root = opts.cache_dir / folder_name(opts.store.endpoint_url, opts.source.bucket, opts.source.prefix)
-    folder = CacheFolder(root)
+    folder = CacheFolder(root, sync=opts.durability == "machine")
     folder.open()
     try:
         yield folder

@@ -33,6 +33,7 @@ from s3files.logs import LOG_FORMATS
 from s3files.mountinfo import check_mountpoint, clean_stale, mount_entry
 from s3files.options import (
     CONSISTENCY_MODES,
+    DURABILITY,
     HOLD,
     LISTING_ATTRIBUTES,
     MIB,
@@ -150,6 +151,14 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="eventual mode: seconds a closed file waits in the cache before it is uploaded, so a file"
         " rewritten within the delay is uploaded once (default %(default)s)",
+    )
+    fs.add_argument(
+        "--durability",
+        choices=DURABILITY,
+        default=mount_default("durability"),
+        help="what a close acknowledged in the cache survives (eventual mode): machine, a power loss too"
+        " (the cache disk is synced at each close); daemon, the daemon dying (kill -9, OOM) but not a power"
+        " loss within ~30 s; much faster closes (default %(default)s)",
     )
     cache = parser.add_argument_group("cache and uploads")
     cache.add_argument(
@@ -337,6 +346,7 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         consistency=args.consistency,
         metadata_ttl=args.metadata_ttl,
         writeback_delay=args.writeback_delay,
+        durability=args.durability,
         cache_dir=args.cache_dir.absolute() if args.cache_dir else default_cache_dir(),
         cache_size=args.cache_size,
         upload_concurrency=args.upload_concurrency,

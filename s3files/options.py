@@ -24,6 +24,7 @@ MAX_ID = 2**32 - 2  # the largest uid/gid: (uid_t)-1 means "no change" to chown(
 ON_RECOVERY = ("upload", "keep", "discard", "upload-held")
 HOLD = ("keep", "discard")
 LISTING_ATTRIBUTES = ("true", "fast")
+DURABILITY = ("machine", "daemon")
 
 
 class Consistency(enum.Enum):
@@ -164,6 +165,12 @@ class MountOptions:
     # Eventual mode only: seconds a closed file waits in the local cache before it is uploaded, so a file
     # rewritten or appended within the delay is uploaded once.
     writeback_delay: float = 5.0
+    # What a close acknowledged in the cache folder (eventual mode's close, records of files waiting for
+    # upload; core/records.py) survives: "machine", a power loss or kernel crash too (the cache disk is
+    # synced before the close returns: fdatasync, 2-3 per close); "daemon", the daemon dying (kill -9, OOM):
+    # nothing is synced, the kernel's page cache holds the bytes and writes them out on its own, so a
+    # crash of the machine may lose closes of its last ~30 s (vm.dirty_expire_centisecs).
+    durability: str = "machine"
     cache_dir: Path | None = None
     cache_size: int | None = None  # bytes the cache may hold on disk (None: as much as the disk has)
     upload_part_size: int = 8 * MIB  # the first 1,000 parts; later parts double every 1,000 (5 TiB fits)
@@ -191,6 +198,8 @@ class MountOptions:
                 raise MountError(f"--{name.replace('_', '-')} must be an octal mode like 644, got {value:o}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise MountError(f"--metrics-port must be a port number from 0 to 65535, got {self.metrics_port}")
+        if self.durability not in DURABILITY:
+            raise MountError(f"--durability must be machine or daemon, got {self.durability!r}")
         if self.listing_attributes not in LISTING_ATTRIBUTES:
             raise MountError(f"--listing-attributes must be true or fast, got {self.listing_attributes!r}")
         if self.listing_attributes == "fast" and self.allow_other:

@@ -73,6 +73,7 @@ def test_readme_option_table_tells_the_defaults() -> None:
     mode_ttls = [float(t) for t in rows["--metadata-ttl"].removeprefix("the mode's:").split(",")]
     assert mode_ttls == [mode.default_ttl for mode in Consistency] and mode_ttls[1] == opts.metadata_ttl
     assert float(rows["--writeback-delay"]) == opts.writeback_delay
+    assert rows["--durability"] == opts.durability == "machine"
     assert int(rows["--upload-concurrency"]) == opts.upload_concurrency
     assert parse_size(rows["--upload-part-size"]) == opts.upload_part_size
     file_mode, dir_mode = (parse_mode(m.strip()) for m in rows["--file-mode"].split(","))
@@ -300,6 +301,7 @@ BAD_VALUES = [
     ("--consistency", "loose", "choose from 'strict', 'close-to-open', 'eventual'"),
     ("--metadata-ttl", "-1", "finite number of seconds >= 0"),
     ("--writeback-delay", "inf", "finite number of seconds >= 0"),
+    ("--durability", "disk", "choose from 'machine', 'daemon'"),
     ("--cache-dir", "/etc/passwd", "not a folder"),
     ("--cache-size", "20X", "not a size"),
     ("--cache-size", "100", "at least 1 MiB"),

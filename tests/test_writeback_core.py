@@ -541,6 +541,38 @@ def test_the_cost_of_a_close_and_of_changes_to_a_waiting_file_in_syncs_and_recor
     run_eventual(store, body)
 
 
+def test_durability_daemon_syncs_nothing_and_a_crash_of_the_daemon_still_recovers_every_close(
+    monkeypatch: Any, tmp_path: Path
+) -> None:
+    """``--durability daemon``: the same records, written in the same order, with no sync of the cache
+    disk (a first close, an append's close, a chmod, a version kept aside: no fdatasync or fsync); the
+    daemon dying right after (the files stay, as the kernel keeps them) and a new mount upload every
+    closed version, the bytes written after the last close kept as never closed."""
+    store = MemoryStore()
+
+    async def first(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        spy = SyncSpy(monkeypatch, fs)
+        await write_file(fs, "a", b"first file")
+        opened = await fs.create(ROOT_INO, "log", 0o644, 0, 0)
+        await fs.write(opened.fh, 0, b"0\n")
+        await fs.flush(opened.fh)
+        await fs.write(opened.fh, 2, b"1\n")
+        await fs.flush(opened.fh)
+        await fs.setattr(opened.attr.ino, mode=0o600)
+        await fs.write(opened.fh, 0, b"X")  # over closed bytes: the closed version is kept aside
+        assert fs.folder.sync is False
+        assert spy.take() == {"durable record": 4, "record": 1}
+        assert store.keys() == []
+
+    run_eventual(store, first, folder=tmp_path, stop=False, durability="daemon")
+
+    async def second(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        assert sorted(fs.recovery.uploaded) == ["a", "log"]
+
+    run_eventual(store, second, folder=tmp_path, on_recovery="upload")
+    assert store.data("a") == b"first file" and store.data("log") == b"0\n1\n"
+
+
 def test_rsync_into_a_folder_made_here_asks_nothing_until_the_uploads() -> None:
     """rsync -a into a folder it just made: per file a lookup of a temporary name, create, write, close,
     chmod, utime, rename over no file. The folder's listing (empty at mkdir) stays true across the

@@ -300,7 +300,7 @@ class CopyIO:
                 os.pwrite(view.side_fd, data, size)
                 extents.append((a, b - a, size))
                 size += b - a
-            os.fsync(view.side_fd)
+            self.cache.folder.sync_file(view.side_fd)
         except OSError as exc:
             raise CacheFull(f"the closed version of this file cannot be kept aside ({exc.strerror})") from None
         self.cache.used += size - view.side_size  # the side file counts against --cache-size too

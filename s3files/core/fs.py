@@ -65,7 +65,7 @@ class FileSystem:
         if isinstance(staging, CacheFolder):
             self.folder = staging  # opened (and closed) by the caller
         else:
-            self.folder = CacheFolder(staging)
+            self.folder = CacheFolder(staging, sync=opts.durability == "machine")
             self.folder.open()
         self.cache = LocalCache(
             store,

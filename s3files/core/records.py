@@ -132,8 +132,12 @@ def folder_name(endpoint: str | None, bucket: str, prefix: str) -> str:
 class CacheFolder:
     """One mount's cache folder, locked for the daemon's lifetime (``open`` / ``close``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sync: bool = True) -> None:
+        """``sync`` False (``--durability daemon``): durable saves write the same bytes in the same order
+        but sync nothing, so what they save survives the daemon dying (the kernel holds it) and not a crash
+        of the machine."""
         self.root = root
+        self.sync = sync
         self.files = root / "files"
         self.metadata = root / "metadata.db"  # metacache.py: what each object version's metadata is
         self._lock_fd: int | None = None
@@ -225,7 +229,7 @@ class CacheFolder:
         size and blocks) and skips only times and other inode fields, which nothing here reads. The
         data file is synced first: a record rewritten in place is the record as soon as it is written."""
         body = json.dumps(vars(record), sort_keys=True).encode()  # (asdict deep-copies: slower, same JSON)
-        if durable and data:
+        if durable and data and self.sync:
             self._sync_data(record.id)
         slots = self._slots.get(record.id)
         seq = slots.seq + 1 if slots is not None else 1
@@ -238,7 +242,7 @@ class CacheFolder:
         fd = os.open(self._record_path(record.id), os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.pwrite(fd, slot, index * slots.size)
-            if durable:
+            if durable and self.sync:
                 os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -257,7 +261,7 @@ class CacheFolder:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, slot + bytes(2 * size - len(slot)))  # every block allocated: later saves overwrite
-            if durable:
+            if durable and self.sync:
                 os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -266,9 +270,16 @@ class CacheFolder:
         if durable:
             self._sync_folder()
 
+    def sync_file(self, fd: int) -> None:
+        """fsync a file of this folder (a side file) unless the mount's durability is the daemon's."""
+        if self.sync:
+            os.fsync(fd)
+
     def _sync_folder(self) -> None:
         """fsync the folder: the names of files created in it (and renamed into it) last."""
         self._new_names = False  # (before: a name made during the sync waits for the next one)
+        if not self.sync:
+            return
         dirfd = os.open(self.files, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dirfd)
