@@ -72,6 +72,7 @@ class WriteBack:
         self._due: dict[LocalCopy, _Due] = {}
         self._busy: set[LocalCopy] = set()  # found due, their upload not done yet
         self._wake = trio.Event()
+        self._until = math.inf  # when the schedule wakes by itself next: earlier dues wake it (``arm``)
         self._running = False
         self._limit = trio.CapacityLimiter(CONCURRENCY)
         self.uploaded = 0  # copies the schedule uploaded (statistics)
@@ -81,11 +82,12 @@ class WriteBack:
         now = trio.current_time()
         waiting = self._due.get(copy)
         first = now if waiting is None else waiting.first
-        self._due[copy] = _Due(first, min(now + self.delay, first + MAX_HOLD * self.delay))
+        due = self._due[copy] = _Due(first, min(now + self.delay, first + MAX_HOLD * self.delay))
         if not self._running:
             self._running = True
             self._spawn(self._run)
-        self._wake.set()
+        if due.at < self._until:  # (a later due needs no wake: a close per line would scan every copy)
+            self._wake.set()
 
     def waiting(self, copy: LocalCopy) -> bool:
         """Whether ``copy`` waits for its upload here (it stays live meanwhile; no error to log)."""
@@ -107,14 +109,17 @@ class WriteBack:
         (its nursery is cancelled). While held, nothing is due."""
         while True:
             self._wake = trio.Event()
+            self._until = -math.inf  # until it sleeps again, every arm wakes it
             if self.held:
-                await self._wake.wait()  # armed again, or released
+                self._until = math.inf
+                await self._wake.wait()  # released
                 continue
             now = trio.current_time()
             for copy in [c for c, due in self._due.items() if due.at <= now]:
                 self._busy.add(copy)
                 self._spawn(self._upload, copy, self._due.pop(copy))
             soonest = min((due.at for due in self._due.values()), default=math.inf)
+            self._until = soonest
             with trio.move_on_at(soonest):
                 await self._wake.wait()
 
