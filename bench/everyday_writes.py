@@ -10,7 +10,8 @@ Two programs whose speed on a mount depends on what close() promises (issue 18):
 Each runs on a local folder (the reference), an s3files mount in close-to-open, one in eventual mode and one
 in eventual mode with ``--durability daemon`` (closes not synced to the cache disk);
 the mount's S3 requests come from the daemon's own counts. For eventual, ``s3files sync`` then waits until
-everything is in S3, timed apart. The content in the bucket is checked at the end of each run.
+everything is in S3, timed apart. The content in the bucket is checked at the end of each run. Also the
+round trips under every close and write (``_round_trips``): a close with nothing to do, and a 2-byte append.
 Run (as root, /dev/fuse): ``python -m s3files_bench.everyday_writes [--server rgw|moto] [--seconds 10]
 [--files 600] [--rounds 3]``.
 """
@@ -56,6 +57,27 @@ def _append(root: Path, seconds: int) -> tuple[int, float]:
     return int(out.stdout.strip()), time.perf_counter() - start
 
 
+def _round_trips(root: Path, count: int = 2000) -> tuple[float, float]:
+    """Microseconds per close of a duplicate descriptor with nothing written since the last close (on a
+    mount: one FUSE flush that has nothing to do), and per 2-byte append (one FUSE write): what a program
+    that closes per line pays before any close does work, the floor under the appender's lines/s."""
+    fd = os.open(root / "round-trips", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, b"x\n")
+        os.close(os.dup(fd))
+        start = time.perf_counter()
+        for _ in range(count):
+            os.close(os.dup(fd))
+        flush = (time.perf_counter() - start) / count
+        start = time.perf_counter()
+        for _ in range(count):
+            os.write(fd, b"x\n")
+        write = (time.perf_counter() - start) / count
+    finally:
+        os.close(fd)
+    return flush * 1e6, write * 1e6
+
+
 def _tree(where: Path, files: int) -> Path:
     src = where / "src"
     for i in range(files):
@@ -87,6 +109,7 @@ def _one(mode: str, target: Target, base: Path, src: Path, args: argparse.Namesp
         before = fs.request_counts() if fs else None
         lines, took = _append(root, args.seconds)
         found["lines/s"] = lines / took
+        found["empty close us"], found["append write us"] = _round_trips(root)
         found["append sync s"] = _sync(fs) if mode.startswith("eventual") and fs else 0.0
         if fs is not None:
             counts = sdk.diff_counts(fs.request_counts() or {}, before or {})
