@@ -35,6 +35,7 @@ from s3files import control
 from s3files.core.records import CacheFolder, folder_name
 from s3files.mountinfo import mount_entry
 from s3files.options import Source
+from s3files.status import held_changes
 
 PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SI_KERNEL = 0x80  # siginfo si_code of a signal the kernel sent (a terminal's Ctrl-C), linux/siginfo.h
@@ -247,12 +248,20 @@ def _report_held(mounts: Sequence[JobMount], status: int, on_failure: str) -> No
             if exc.errno != errno.ENOENT:
                 _say(f"cannot read {job.cache_folder}: {exc.strerror}")
             continue
-        if not held:
-            continue
-        _say(
-            f"{what}: nothing it wrote to {job.mountpoint} was published; {len(held)} file(s) kept in"
-            f" {job.cache_folder} (s3files status {job.cache_folder}):"
-        )
-        folder = CacheFolder(job.cache_folder)
-        for record in sorted(held, key=lambda r: r.key):
-            _say(f"  kept: {record.key} at {folder.data_path(record.id)}")
+        if held:
+            _say(
+                f"{what}: nothing it wrote to {job.mountpoint} was published; {len(held)} file(s) kept in"
+                f" {job.cache_folder} (s3files status {job.cache_folder}):"
+            )
+            folder = CacheFolder(job.cache_folder)
+            for record in sorted(held, key=lambda r: r.key):
+                _say(f"  kept: {record.key} at {folder.data_path(record.id)}")
+        changes = held_changes(job.cache_folder)
+        if changes:
+            _say(
+                f"{what}: {len(changes)} change(s) of the tree kept in {job.cache_folder}, not made in S3"
+                f" (s3files status {job.cache_folder}):"
+            )
+            for change in changes:
+                origin = f" (from {change['from']})" if change.get("from") else ""
+                _say(f"  kept: {change['change']} {change['key']}{origin}")

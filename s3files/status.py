@@ -32,7 +32,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from s3files.core.heldtree import HeldChanges, journals
 from s3files.core.records import CacheFolder
+from s3files.errors import S3FilesError
 from s3files.mountinfo import mounts
 
 log = logging.getLogger(__name__)
@@ -296,6 +298,7 @@ def read_status(root: Path) -> Status:
             }
             for r in records
         ],
+        "held_changes": held_changes(root),
         "conflicts": list(last.get("conflicts", [])) if last else [],
         "retrying_uploads": 0,
         "cache_bytes": used,
@@ -312,6 +315,19 @@ def read_status(root: Path) -> Status:
         if last is not None:
             status["last_pid"] = last.get("pid")
     return status
+
+
+def held_changes(root: Path) -> list[dict[str, object]]:
+    """The changes of the tree held back that the journals in cache folder ``root`` keep (heldtree.py)."""
+    found: list[dict[str, object]] = []
+    for journal in journals(root):
+        try:
+            changes = HeldChanges.load(journal).summary()
+        except S3FilesError as exc:
+            found.append({"key": "", "change": "unreadable", "why": str(exc), "journal": str(journal)})
+            continue
+        found.extend({**c, "journal": str(journal)} for c in changes)
+    return found
 
 
 def _children(folder: Path) -> Iterator[Path]:
@@ -525,6 +541,15 @@ def render(status: Mapping[str, Any]) -> list[str]:
             )
     elif not status.get("running"):
         lines.append("kept in the cache folder: nothing")
+    changes = list(status.get("held_changes") or [])
+    if changes:
+        lines.append(
+            f"changes of the tree held back: {len(changes)} (made by a command that did not succeed, or whose"
+            " command runs: s3files exec --publish on-success; --on-recovery upload-held applies them)"
+        )
+        for c in changes:
+            origin = f" (from {c['from']})" if c.get("from") else ""
+            lines.append(f"  {c['change']:<7} {c['key']}{origin}")
     if status.get("unrecorded_files"):
         lines.append(
             f"data files no record names: {_plural(status['unrecorded_files'], 'file')},"

@@ -125,8 +125,8 @@ def test_on_success_publishes_nothing_when_the_command_fails_and_keeps_it_listed
     options = ("--publish", "on-success", "--upload-part-size", "5M")
     job = exec_job(daemons, moto_server, bucket, script, *options, sigterm_when=ready)
     assert job.returncode == status, job.stderr
-    # No file it wrote, not even one it fsynced; the folder it made is there (mkdir is not held back)
-    assert s3_keys(boto3_client, bucket) == ["out/sub/"]
+    # No file it wrote, not even one it fsynced, nor the folder it made (held back too)
+    assert s3_keys(boto3_client, bucket) == []
     assert s3_uploads(boto3_client, bucket) == []
     assert mounted_below(daemons.root) == []
     folder = out_folder(daemons, moto_server, bucket)
@@ -145,10 +145,61 @@ def test_on_success_publishes_nothing_when_the_command_fails_and_keeps_it_listed
         script = 'echo "$0" > out/second.txt && mkdir out/two && echo y > out/two/y'
         again = exec_job(daemons, moto_server, bucket, script, "--publish", "on-success", "--writeback-delay", "300")
         assert again.returncode == 0, again.stderr
-        assert s3_keys(boto3_client, bucket) == ["out/second.txt", "out/sub/", "out/two/", "out/two/y"]
+        assert s3_keys(boto3_client, bucket) == ["out/second.txt", "out/two/", "out/two/y"]
         assert boto3_client.get_object(Bucket=bucket, Key="out/second.txt")["Body"].read() == b"job\n"
         shown = subprocess.run([S3FILES, "status", str(folder)], capture_output=True, text=True, timeout=30)
         assert shown.returncode == 0 and shown.stdout.count("held back: written by a command that did not") == 3
+
+
+def listing(client: Any, bucket: str) -> dict[str, tuple[str, str]]:
+    """Every key with its ETag and mode: what S3 holds, to compare before and after a job."""
+    found = {}
+    for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+        mode = client.head_object(Bucket=bucket, Key=obj["Key"]).get("Metadata", {}).get("mode", "")
+        found[obj["Key"]] = (obj["ETag"], mode)
+    return found
+
+
+TREE_JOB = (
+    "mkdir in/done && mv in/a.txt in/done/a.txt && rm in/b.txt && chmod 600 in/c.txt && rmdir in/empty"
+    " && mkdir -p out/o && test ! -e in/a.txt && test ! -e in/b.txt && test ! -e in/empty"
+    " && cat in/done/a.txt in/c.txt > out/o/r.txt && ls in > out/o/ls.txt"
+    " && test \"$(stat -c %a in/c.txt)\" = 600; "
+)
+
+
+@pytest.mark.parametrize(
+    ("ending", "status"), [("exit 3", 3), ("kill -9 $$", 137), ("exit 0", 0)], ids=["exit-3", "sigkill", "exit-0"]
+)
+def test_on_success_holds_back_changes_of_the_tree_too(
+    daemons: Daemons, moto_server: MotoServer, bucket: str, boto3_client: Any, ending: str, status: int
+) -> None:
+    """mkdir, rename, delete, chmod and rmdir of objects that were in S3 before the job: the job sees them at
+    once; S3 gets them only when it succeeds (then in order: copies, files, deletes), else it is unchanged,
+    key for key and ETag for ETag."""
+    for key, body in (("in/a.txt", b"alpha\n"), ("in/b.txt", b"bravo\n"), ("in/c.txt", b"charlie\n"), ("in/empty/", b"")):
+        boto3_client.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"mode": "33188"} if body else {})
+    before = listing(boto3_client, bucket)
+    job = exec_job(daemons, moto_server, bucket, TREE_JOB + ending, "--publish", "on-success", both=True)
+    assert job.returncode == status, job.stderr
+    assert mounted_below(daemons.root) == []
+    after = listing(boto3_client, bucket)
+    if status != 0:
+        assert after == before
+        assert s3_uploads(boto3_client, bucket) == []
+        folder = daemons.root / "cache" / folder_name(moto_server.endpoint_url, bucket, "in/")
+        shown = subprocess.run([S3FILES, "status", str(folder), "--json"], capture_output=True, text=True, timeout=30)
+        changes = {(c["key"], c["change"]) for c in json.loads(shown.stdout)["held_changes"]}
+        assert {("in/done/", "put"), ("in/done/a.txt", "copy"), ("in/a.txt", "delete"), ("in/b.txt", "delete")} <= changes
+        assert {("in/c.txt", "copy"), ("in/empty/", "delete")} <= changes
+        assert "change(s) of the tree kept" in job.stderr
+        return
+    assert sorted(after) == ["in/c.txt", "in/done/", "in/done/a.txt", "out/o/", "out/o/ls.txt", "out/o/r.txt"]
+    assert after["in/done/a.txt"] == before["in/a.txt"]  # a server-side copy: the same ETag
+    assert after["in/c.txt"][1] == str(0o100600)
+    read = boto3_client.get_object(Bucket=bucket, Key="out/o/r.txt")["Body"].read()
+    assert read == b"alpha\ncharlie\n"
+    assert boto3_client.get_object(Bucket=bucket, Key="out/o/ls.txt")["Body"].read() == b"c.txt\ndone\n"
 
 
 def test_on_success_with_discard_leaves_nothing(
@@ -159,7 +210,7 @@ def test_on_success_with_discard_leaves_nothing(
     )
     assert discarded.returncode == 1
     assert "discarded" in discarded.stderr
-    assert s3_keys(boto3_client, bucket) == ["out/sub/"]  # (mkdir is not held back)
+    assert s3_keys(boto3_client, bucket) == []  # (mkdir is held back too)
     folder = out_folder(daemons, moto_server, bucket)
     assert kept(folder) == []
     assert list((folder / "files").glob("*")) == []

@@ -23,6 +23,7 @@ from s3files.core.cache import LocalCache
 from s3files.core.copies import LocalCopy, clean_files_for
 from s3files.core.files import Files, OpenFile
 from s3files.core.handles import DirHandle, Handles
+from s3files.core.heldtree import HeldChanges, HeldView, journal_path
 from s3files.core.inodes import ROOT_INO, Attr, Inode
 from s3files.core.kernel import KernelCache
 from s3files.core.markers import FolderMarkers
@@ -37,9 +38,9 @@ from s3files.core.treeops import RENAME_EXCHANGE, RENAME_NOREPLACE, TreeOps
 from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
 from s3files.core.writestate import WAITING, WriteState
 from s3files.core.xattrs import ExtendedAttributes
-from s3files.errors import NotADirectory, NotFound
+from s3files.errors import NotADirectory, NotFound, S3FilesError
 from s3files.options import MountOptions
-from s3files.store.base import ObjectStore
+from s3files.store.base import Copied, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,15 @@ class FileSystem:
         else:
             self.folder = CacheFolder(staging, sync=opts.durability == "machine")
             self.folder.open()
+        # A held mount's name operations talk to S3 through HeldView: its tree changes are held back with
+        # its uploads (heldtree.py); the uploader talks to S3 itself (it runs only once the hold ended).
+        self.held_tree = HeldChanges(journal_path(self.folder.root))
+        view: ObjectStore = store
+        if opts.hold is not None:
+            view = HeldView(store, self.held_tree, lambda: self.files.writeback.held)
+        self.view = view
         self.cache = LocalCache(
-            store,
+            view,
             self.folder,
             lambda copy: (self.files.key_of(copy), posix_metadata(copy.node)),
             spawn,
@@ -79,14 +87,14 @@ class FileSystem:
             held=lambda: self.files.writeback.held,
         )
         self.meta = MetaCache(self.folder.metadata)
-        self.sb = Superblock(store, opts, self._is_local, now, wall, self.meta)
+        self.sb = Superblock(view, opts, self._is_local, now, wall, self.meta)
         self.uploader = Uploader(
             store, self.cache, spawn, lambda copy: self.files.key_of(copy), lambda copy: self.files.published_later(copy), wall
         )
         self.handles = Handles()
-        self.markers = FolderMarkers(store, self.sb, spawn, now, enabled=not opts.read_only)
-        self.files = Files(store, opts, self.sb, self.cache, self.uploader, self.handles, spawn, wall, self.markers)
-        self.tree = TreeOps(store, self.sb, self.cache, self.handles, self.files, self.uploader, wall)
+        self.markers = FolderMarkers(view, self.sb, spawn, now, enabled=not opts.read_only)
+        self.files = Files(view, opts, self.sb, self.cache, self.uploader, self.handles, spawn, wall, self.markers)
+        self.tree = TreeOps(view, self.sb, self.cache, self.handles, self.files, self.uploader, wall)
         self.xattrs = ExtendedAttributes(self.sb, self.files, opts.xattrs, wall)
         self.recovery = RecoveryReport()
 
@@ -268,13 +276,48 @@ class FileSystem:
         )
 
     async def publish_held(self) -> dict[str, str]:
-        """``s3files exec --publish on-success``, its command succeeded: end the write-back's hold
-        (writeback.py) and upload everything waiting now, as ``sync`` (its answer)."""
+        """``s3files exec --publish on-success``, its command succeeded: end the hold and send what it held
+        back, in the order heldtree.py gives: the tree's creations (folder markers, copies of renamed
+        objects), then the files (the write-back's hold ends, writeback.py: uploaded now, as ``sync``),
+        then the deletes (removed and renamed objects), only if every file is in S3. Answers path -> why
+        for what is not in S3 after; if the creations fail, nothing more is sent and the hold stays on."""
+        if not self.files.writeback.held:
+            return await self.sync()
+        try:
+            copied = await self.held_tree.apply_creations(self.store)
+        except S3FilesError as exc:
+            log.error("op=publish-held: the command's changes of the tree could not be applied: %s", exc)
+            return {".": f"its changes of the tree could not be applied ({exc}); nothing more was sent"}
+        await self._follow_copies(copied)
+        for copy in self.cache.live():  # a held file that replaces a deleted object: the delete goes first
+            change = self.held_tree.changes.get(self.files.key_of(copy))
+            if copy.unsent and change is not None and change.kind == "delete":
+                await self.store.delete(self.files.key_of(copy))
+                self.held_tree.drop(self.files.key_of(copy))
         self.files.writeback.release()
         for copy in self.cache.live():
             if copy.unsent:
                 self.cache.save(copy)  # its record no longer says held (if its upload fails, it is not)
-        return await self.sync()
+        failed = await self.sync()
+        if failed:
+            if self.held_tree:
+                log.error("op=publish-held: %d deletes not sent, as some files are not in S3", len(self.held_tree.changes))
+                failed["."] = "its deletes and renames were not finished (a file is not in S3); kept in the cache folder"
+            return failed
+        try:
+            await self.held_tree.apply_deletes(self.store)
+        except S3FilesError as exc:
+            failed["."] = f"its deletes could not all be sent ({exc}); the rest is kept in the cache folder"
+        return failed
+
+    async def _follow_copies(self, copied: dict[str, Copied]) -> None:
+        """A held copy made now got another ETag than the job saw (a copy of a multipart object): the
+        file's inode and local copy follow it, so its upload is conditional on what S3 holds."""
+        prefix = self.sb.ns.file_key("")
+        for key, made in copied.items():
+            node = self.sb.inodes.by_path(key[len(prefix) :]) if key.startswith(prefix) else None
+            if node is not None and not node.is_dir and node.etag != made.etag:
+                await self.tree.follow(node, ObjectInfo(key, node.size, made.etag, made.last_modified))
 
     async def aclose(self) -> None:
         """At a stop: publish what a close or fsync acknowledged (bounded in time; eventual mode's files
@@ -285,6 +328,7 @@ class FileSystem:
         record saying held, or discarded (``MountOptions.hold``); no multipart upload is left in S3."""
         await self.markers.aclose()  # folder times not written yet (markers.py)
         held = self.files.writeback.held
+        self._stop_held_tree(held)
         if not held:
             with trio.move_on_after(UNMOUNT_UPLOAD_TIMEOUT) as scope:
                 waiting = [copy for copy in self.cache.live() if copy.state in WAITING]
@@ -314,6 +358,18 @@ class FileSystem:
         self.cache.close_all()
         self.meta.close()
         self.folder.close()
+
+    def _stop_held_tree(self, held: bool) -> None:
+        """At a stop: the tree changes still held back are kept in their journal (the next mount reports
+        them; ``--on-recovery upload-held`` applies them) or, with ``--on-failure discard``, forgotten."""
+        if not self.held_tree:
+            return
+        if held and self.opts.hold == "discard":
+            log.warning("op=unmount %d changes of the tree held back, discarded (the command did not succeed)", len(self.held_tree.changes))
+            self.held_tree.discard()
+            return
+        for change in self.held_tree.summary():
+            log.warning("op=unmount key=%r %s held back, not sent: kept in %s", change["key"], change["change"], self.held_tree.journal)
 
     async def _stop_held(self, copy: LocalCopy) -> None:
         """A stop while uploads are held back: ``copy`` is kept (its record says held) or discarded, and
@@ -347,6 +403,7 @@ class FileSystem:
             ],
             "kept": self.recovery.kept,
             "held": self.files.writeback.held,
+            "held_changes": self.held_tree.summary() + self.recovery.held_changes,  # this job's, then earlier ones'
             "conflicts": list(self.uploader.conflicts),
             "retrying_uploads": self.uploader.retrying,
             "cache_bytes": self.cache.used,

@@ -18,6 +18,10 @@ What is done with each record:
 - held (written while ``s3files exec --publish on-success`` held uploads back, and its command did not
   succeed: records.py ``held``): kept like ``keep``, unless ``upload-held`` (then as ``upload``) or
   ``discard``. A crash while held therefore never publishes what the command wrote.
+- held changes of the tree (heldtree.py: a held job's mkdir, unlink, rmdir, rename, chmod, in a journal
+  ``held/*.json``): S3 is left as it was and the journal kept and reported, unless ``upload-held`` (its
+  creations are sent before the records are handled, its deletes after, if no upload failed) or
+  ``discard`` (the journal is deleted).
 - a conflict whose changes could not be merged: kept for the user.
 - anything else (a clean copy, a copy of a removed file): deleted.
 An upload id a record names that is not resumed is aborted, so no parts are left in S3.
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from s3files.core.copies import Multipart
+from s3files.core.heldtree import HeldChanges, journals
 from s3files.core.namespace import posix_metadata
 from s3files.core.records import Record
 from s3files.core.times import ns_of_seconds
@@ -61,12 +66,14 @@ class RecoveryReport:
     conflicts: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # acknowledged, upload failed: retried in the background
     aborted_uploads: int = 0
+    held_changes: list[dict[str, object]] = field(default_factory=list)  # kept: key, change, journal
 
     def summary(self) -> str:
         return (
             f"recovery: {len(self.uploaded)} uploaded, {len(self.kept)} kept, {len(self.discarded)} discarded,"
             f" {len(self.conflicts)} conflicts, {len(self.failed)} still to upload,"
             f" {self.aborted_uploads} abandoned uploads aborted"
+            + (f", {len(self.held_changes)} held changes of the tree kept" if self.held_changes else "")
         )
 
 
@@ -74,6 +81,7 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
     """Handle every record the cache folder holds (see the module docstring)."""
     report = RecoveryReport()
     fs.folder.sweep()
+    trees = await _held_trees(fs, mode, report)
     records = sorted(fs.folder.records(), key=lambda r: r.updated)
     for record in records:
         _appended_since_ack(fs, record)
@@ -124,9 +132,50 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
             )
             continue
         await _publish(fs, record, path, report)
-    if records:
+    for tree in trees:  # (upload-held) the deletes, once the files they may have been moved into are in S3
+        try:
+            if report.failed or report.conflicts:
+                raise S3FilesError("some files are not in S3")
+            await tree.apply_deletes(fs.store)
+        except S3FilesError as exc:
+            _keep_tree(tree, report, f"deletes not sent: {exc}")
+    if records or trees or report.held_changes:
         log.warning("%s", report.summary())
     return report
+
+
+async def _held_trees(fs: FileSystem, mode: OnRecovery, report: RecoveryReport) -> list[HeldChanges]:
+    """The journals of held tree changes earlier mounts left: discarded, kept, or (``upload-held``) their
+    creations sent now; returns those whose deletes are to be sent after the records."""
+    applying = []
+    for journal in journals(fs.folder.root):
+        if journal == fs.held_tree.journal:
+            continue
+        try:
+            tree = HeldChanges.load(journal)
+        except S3FilesError as exc:
+            log.error("recovery: %s", exc)
+            continue
+        if mode is OnRecovery.DISCARD:
+            report.discarded.extend(tree.changes)
+            log.warning("recovery: discarded %d held changes of the tree (--on-recovery discard)", len(tree.changes))
+            tree.discard()
+        elif mode is not OnRecovery.UPLOAD_HELD:
+            _keep_tree(tree, report, "held back, made by a command that did not succeed (s3files exec --publish on-success)")
+        else:
+            try:
+                await tree.apply_creations(fs.store)
+            except S3FilesError as exc:
+                _keep_tree(tree, report, f"not sent: {exc}")
+            else:
+                applying.append(tree)
+    return applying
+
+
+def _keep_tree(tree: HeldChanges, report: RecoveryReport, why: str) -> None:
+    for change in tree.summary():
+        report.held_changes.append({**change, "why": why, "journal": str(tree.journal)})
+        log.warning("recovery: kept key=%r %s (%s) in %s", change["key"], change["change"], why, tree.journal)
 
 
 async def _publish(fs: FileSystem, record: Record, path: str, report: RecoveryReport) -> None:

@@ -1,0 +1,170 @@
+"""Tree changes held back (core/heldtree.py): a held mount's mkdir, unlink, rmdir, rename, chmod and symlink
+are seen by the job at once and reach S3 only through ``publish_held`` (creations, files, deletes), never
+after a stop, a crash or a discard unless ``--on-recovery upload-held`` asks. Against the in-memory store."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from s3files.core.fs import FileSystem
+from s3files.core.heldtree import journals
+from s3files.core.inodes import ROOT_INO
+from s3files.errors import NotFound
+from s3files.store import MemoryStore
+from tests.test_writeback_core import run_eventual, write_file
+
+INPUTS = {"in/a.txt": b"alpha", "in/b.txt": b"bravo", "keep.txt": b"kilo", "old/x": b"x-ray", "swap/1": b"one", "swap/2": b"two"}
+
+
+def seeded() -> MemoryStore:
+    store = MemoryStore()
+    for key, data in INPUTS.items():
+        store.seed(key, data, {"mode": str(stat.S_IFREG | 0o644)})
+    return store
+
+
+def snapshot(store: MemoryStore) -> dict[str, tuple[str, bytes, dict[str, str]]]:
+    return {k: (o.etag, o.data, dict(o.metadata)) for k, o in store._objects.items()}
+
+
+async def ino_of(fs: FileSystem, path: str) -> int:
+    ino = ROOT_INO
+    for name in path.split("/"):
+        ino = (await fs.lookup(ino, name)).ino
+    return ino
+
+
+async def read_all(fs: FileSystem, path: str) -> bytes:
+    opened = await fs.open(await ino_of(fs, path), os.O_RDONLY)
+    try:
+        return bytes(await fs.read(opened.fh, 0, 1 << 20))
+    finally:
+        await fs.release(opened.fh)
+
+
+async def names(fs: FileSystem, path: str) -> list[str]:
+    fh = await fs.opendir(await ino_of(fs, path) if path else ROOT_INO)
+    try:
+        return [name for name, _, _ in await fs.readdir(fh, 0)]
+    finally:
+        fs.releasedir(fh)
+
+
+async def write(fs: FileSystem, parent: int, name: str, data: bytes) -> None:
+    opened = await fs.create(parent, name, 0o644, 0, 0)
+    await fs.write(opened.fh, 0, data)
+    await fs.flush(opened.fh)
+    await fs.release(opened.fh)
+
+
+async def job(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+    """What a job does: every kind of change of the tree, and a file written; all seen at once."""
+    out = (await fs.mkdir(ROOT_INO, "out", 0o750, 0, 0)).ino
+    done = (await fs.mkdir(ROOT_INO, "done", 0o755, 0, 0)).ino
+    await write(fs, out, "r.txt", b"result")
+    await fs.rename(await ino_of(fs, "in"), "a.txt", done, "a.txt", 0)
+    await fs.unlink(await ino_of(fs, "in"), "b.txt")
+    await fs.unlink(await ino_of(fs, "old"), "x")
+    await fs.setattr(await ino_of(fs, "keep.txt"), mode=0o600)
+    await fs.setattr(out, mode=0o700)
+    await fs.symlink(ROOT_INO, "link", b"out/r.txt", 0, 0)
+    swap = await ino_of(fs, "swap")  # a cycle: 1 -> t, 2 -> 1, t -> 2
+    await fs.rename(swap, "1", swap, "t", 0)
+    await fs.rename(swap, "2", swap, "1", 0)
+    await fs.rename(swap, "t", swap, "2", 0)
+    # the job sees its changes
+    assert await read_all(fs, "done/a.txt") == b"alpha"
+    assert await read_all(fs, "swap/1") == b"two" and await read_all(fs, "swap/2") == b"one"
+    assert sorted(await names(fs, "")) == ["done", "keep.txt", "link", "out", "swap"]  # in/ and old/ are empty
+    assert await names(fs, "out") == ["r.txt"]
+    assert stat.S_IMODE((await fs.getattr(await ino_of(fs, "keep.txt"))).mode) == 0o600
+    assert stat.S_IMODE((await fs.getattr(out)).mode) == 0o700
+    assert await fs.readlink(await ino_of(fs, "link")) == b"out/r.txt"
+    for gone in ("in/b.txt", "old/x", "in/a.txt"):
+        try:
+            await ino_of(fs, gone)
+        except NotFound:
+            pass
+        else:
+            raise AssertionError(f"{gone} still there")
+
+
+def check_applied(store: MemoryStore, before: dict[str, tuple[str, bytes, dict[str, str]]]) -> None:
+    assert store.keys() == ["done/", "done/a.txt", "keep.txt", "link", "out/", "out/r.txt", "swap/1", "swap/2"]
+    assert store.data("done/a.txt") == b"alpha" and store.data("out/r.txt") == b"result"
+    assert store.data("swap/1") == b"two" and store.data("swap/2") == b"one"
+    assert store._objects["keep.txt"].metadata["mode"] == str(stat.S_IFREG | 0o600)
+    assert int(store._objects["out/"].metadata["mode"]) & 0o777 == 0o700
+    assert store._objects["link"].etag.endswith("-1") and store.data("link") == b"out/r.txt"  # listable as a link
+
+
+def test_held_tree_changes_reach_s3_only_when_published(tmp_path: Path) -> None:
+    store = seeded()
+    before = snapshot(store)
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await job(fs, clock)
+        assert snapshot(store) == before  # nothing sent while held
+        assert {c["key"] for c in fs.status()["held_changes"]} >= {"out/", "done/a.txt", "in/a.txt", "in/b.txt"}
+        assert await fs.publish_held() == {}
+        check_applied(store, before)
+        assert fs.held_tree.changes == {} and journals(tmp_path) == []
+
+    run_eventual(store, body, folder=tmp_path, hold="keep")
+
+
+def test_held_tree_changes_are_kept_after_a_stop_or_crash_and_applied_when_asked(tmp_path: Path) -> None:
+    for stop in (True, False):  # a failed command's stop, a kill -9
+        folder = tmp_path / str(stop)
+        store = seeded()
+        before = snapshot(store)
+        run_eventual(store, job, folder=folder, hold="keep", stop=stop)
+        assert snapshot(store) == before and len(journals(folder)) == 1
+
+        async def after(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+            kept = {c["key"] for c in fs.recovery.held_changes}
+            assert {"out/", "in/b.txt", "done/a.txt"} <= kept
+            assert "held back" in str(fs.recovery.held_changes[0]["why"])
+
+        run_eventual(store, after, folder=folder)  # the default recovery: S3 stays as it was
+        assert snapshot(store) == before and len(journals(folder)) == 1
+
+        async def applied(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+            assert sorted(fs.recovery.uploaded) == ["out/r.txt"]
+
+        run_eventual(store, applied, folder=folder, on_recovery="upload-held")
+        check_applied(store, before)
+        assert journals(folder) == []
+
+
+def test_held_tree_changes_discarded_leave_s3_and_the_cache_folder_as_they_were(tmp_path: Path) -> None:
+    store = seeded()
+    before = snapshot(store)
+    run_eventual(store, job, folder=tmp_path, hold="discard")
+    assert snapshot(store) == before and journals(tmp_path) == []
+    assert list((tmp_path / "files").glob("*.json")) == []
+
+
+def test_a_failed_upload_keeps_the_held_deletes(tmp_path: Path) -> None:
+    """Deletes go last, and only once every file is in S3: a job that moves its input aside never loses it
+    to a failed upload."""
+    store = seeded()
+
+    async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
+        await fs.rename(await ino_of(fs, "in"), "a.txt", ROOT_INO, "a.txt", 0)
+        await write_file(fs, "r.txt", b"result")
+        from s3files.errors import AccessDenied
+
+        store.fail("put", AccessDenied("denied"), times=10)
+        failed = await fs.publish_held()
+        assert "r.txt" in failed and "." in failed
+        assert store.data("in/a.txt") == b"alpha" and store.data("a.txt") == b"alpha"  # copied, not deleted
+        assert [c["key"] for c in fs.held_tree.summary()] == ["in/a.txt"]
+
+    run_eventual(store, body, folder=tmp_path, hold="keep")
+    assert len(journals(tmp_path)) == 1
