@@ -85,6 +85,20 @@ class MotoServer:
         finally:
             conn.close()
 
+    def require_auth(self, timeout: float = 10.0) -> None:
+        """From now on check every request's signature and access key (moto's reset-auth API), as
+        ``auth=True`` does from the start: a test first sets up IAM users, keys and buckets unchecked."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            conn.request("POST", "/moto-api/reset-auth", body=b"0", headers={"Content-Type": "text/plain"})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise MotoServerError(f"moto's reset-auth answered HTTP {response.status}")
+        finally:
+            conn.close()
+        self.auth = True
+
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate our child (by pid), kill it if it does not exit within ``timeout``; idempotent."""
         if self.process.poll() is None:

@@ -3,7 +3,8 @@
 Owns: the formatters (``OneLineFormatter``: text; ``JsonFormatter``: one JSON object per line for log
 shippers, with the message's ``key=value`` fields such as ``op``, ``path``, ``errno`` also as fields), the
 escaping of control characters, and the set-up of the daemon's handlers and levels (botocore stays at
-WARNING whatever the level: at DEBUG it logs signed headers). Must not decide what is logged.
+WARNING whatever the level: at DEBUG it logs signed headers; its credential refreshes are silent, as
+s3files.store.credentials reports refused credentials once). Must not decide what is logged.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIET_LOGGERS = ("botocore", "aiobotocore", "urllib3")
+# botocore's refreshable credentials warn at every request that meets expired or unobtainable ones (with a
+# traceback when the source failed); s3files.store.credentials says it once instead.
+CREDENTIAL_LOGGERS = ("botocore.credentials", "aiobotocore.credentials")
 
 #: ``key=value`` fields at the start of our messages (``op=upload path='a/b' errno=EIO: ...``): a value is
 #: a quoted repr (keys and names are logged with %r) or a run of non-space characters.
@@ -85,3 +89,5 @@ def setup(level: str, log_file: Path | None, log_format: str = "text") -> None:
     root.setLevel(level)
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in CREDENTIAL_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)

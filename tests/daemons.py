@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class Daemon:
     log_file: Path
     stats_file: Path
     extra: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None  # the daemon's environment (default: the test's)
     proc: subprocess.Popen[bytes] | None = None
     _log_offset: int = 0
 
@@ -85,7 +87,11 @@ class Daemon:
             self.mountpoint.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         self.proc = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=None if self.env is None else dict(self.env),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -217,6 +223,7 @@ class Daemons:
         name: str = "m",
         cache: str = "cache",
         extra: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Daemon:
         """A daemon (not started) mounting ``bucket`` at ``root/name`` with cache dir ``root/cache``; its
         log and statistics files are named after the mount point, shared by its restarts."""
@@ -228,6 +235,7 @@ class Daemons:
             self.root / f"{name}.log",
             self.root / f"{name}.stats.json",
             extra,
+            env,
         )
         self.daemons.append(daemon)
         return daemon

@@ -54,7 +54,9 @@ PAUSE_SECONDS = 60.0
 PROBE_KEYS = ("s3files-direct-probe", "s3files direct/ü~+%&=?probe")
 
 Presign = Callable[[str], Awaitable[str]]
-Credentials = Callable[[], Awaitable[Any]]  # botocore frozen credentials
+# botocore frozen credentials of the moment, asked for at every signed request (session.py: refreshed
+# before temporary credentials expire), or None when none can be got (the request falls back).
+Credentials = Callable[[], Awaitable[Any]]
 
 
 class DirectHttp:
@@ -113,7 +115,10 @@ class DirectHttp:
             return await self._pool.exchange("GET", url, f"{url.path}?{url.query}", lines, expect, into=into)
 
         response = await self._attempt("get", key, request)
-        return None if response is None else response.body
+        if response is None:
+            self._urls.pop(key, None)  # (signed with credentials S3 may refuse now: presign anew next time)
+            return None
+        return response.body
 
     async def get_first(self, key: str, nbytes: int) -> tuple[dict[str, str], bytearray] | None:
         """The answer's headers and the first ``nbytes`` bytes of ``key`` (all of a smaller object), or
@@ -128,7 +133,10 @@ class DirectHttp:
             return await self._pool.exchange("GET", url, f"{url.path}?{url.query}", lines, expect)
 
         response = await self._attempt("get", key, request)
-        return None if response is None else (response.headers, response.body)
+        if response is None:
+            self._urls.pop(key, None)
+            return None
+        return response.headers, response.body
 
     async def head(self, key: str) -> dict[str, str] | None:
         """The headers of the answer to a HEAD of ``key`` (``:status`` says 200 or 404), or None: the caller
@@ -233,7 +241,9 @@ class DirectHttp:
         return response
 
     async def _url(self, key: str) -> urllib.parse.SplitResult:
-        """A presigned GET URL for ``key``, reused for a minute (valid for five)."""
+        """A presigned GET URL for ``key``, reused for a minute (valid for five) unless a GET with it failed.
+        Presigned with the credentials of the moment: temporary ones are refreshed 10-15 minutes before
+        they expire, so a URL never outlives the credentials it was signed with."""
         now = time.monotonic()
         cached = self._urls.get(key)
         if cached is not None and cached[0] > now:

@@ -29,14 +29,17 @@ from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.handlers import convert_body_to_file_like_object
 
-from s3files.errors import StoreError
+from s3files.errors import CredentialsError, StoreError
 from s3files.store import retry
 from s3files.store.base import RequestCounts
+from s3files.store.credentials import CredentialWatch
 from s3files.store.direct import DirectHttp
+from s3files.store.http1 import ExchangeFailed
 from s3files.store.retry import RetryPolicy
 from s3files.store.translate import (
     TRANSLATED,
     bucket_already_owned,
+    credential_trouble,
     head_bucket_error,
     list_probe_error,
     translate,
@@ -89,6 +92,7 @@ class S3Session:
         self.probe: Any = None  # a client with a short connect timeout and one retry, for check_bucket
         self.direct: DirectHttp | None = None  # ranged GETs and small PUTs without aiobotocore
         self.endpoint = settings.endpoint_url or "the default AWS S3 endpoint"  # for messages
+        self.credentials = CredentialWatch()  # says once that S3 refuses them, and when they work again
         self._session: AioSession | None = None
         self._stack = AsyncExitStack()
 
@@ -157,6 +161,10 @@ class S3Session:
             raise
         self.endpoint = s.endpoint_url or self.client.meta.endpoint_url
         self._session = session
+        # The one credentials object of both clients and the direct path (create_client loaded it): a
+        # RefreshableCredentials for temporary ones, which asks its source again before they expire.
+        loaded = await session.get_credentials()
+        self.credentials.source = getattr(loaded, "method", None)
         self.direct = DirectHttp(
             self._presign_get,
             self._frozen_credentials,
@@ -171,6 +179,7 @@ class S3Session:
         self._stack.push_async_callback(self.direct.aclose)
         for client, policy in ((self.client, s.retry), (self.probe, self._probe_policy)):
             client.meta.events.register("before-send.s3", self._count_request)
+            client.meta.events.register("after-call.s3", self._answered)
             retry.install(client, policy)
         for operation in ("PutObject", "UploadPart"):
             # botocore wraps bytes bodies in BytesIO, which aiohttp then copies and sends in 64 KiB slices
@@ -184,17 +193,42 @@ class S3Session:
         await self._stack.aclose()
 
     async def _presign_get(self, key: str) -> str:
-        url: str = await self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=300
-        )
+        """A GET URL for ``key`` signed with the credentials of the moment (the direct path keeps it a
+        minute). Credentials that cannot be got: the direct path steps aside and the client reports it."""
+        try:
+            url: str = await self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=300
+            )
+        except TRANSLATED as exc:
+            if not credential_trouble(exc):
+                raise
+            raise ExchangeFailed("no usable credentials to presign with") from exc
         return url
 
     async def _frozen_credentials(self) -> Any:
-        """The credentials the clients use (the standard chain, refreshed when they expire), for signing
-        direct PUTs."""
+        """The credentials the clients use at this moment, for signing direct PUTs and HEADs: botocore's
+        one credentials object (shared with both clients, so never a copy taken at the start), frozen
+        anew for each request. For temporary credentials (credential_process, web identity, container or
+        instance role) that is RefreshableCredentials.get_frozen_credentials, which asks their source
+        again once they are within 15 minutes of their expiry (at every request within 10) and otherwise
+        costs a time comparison. None when they cannot be got (the direct path steps aside and the
+        client's attempt reports why)."""
         assert self._session is not None
-        credentials = await self._session.get_credentials()
-        return None if credentials is None else await credentials.get_frozen_credentials()
+        try:
+            credentials = await self._session.get_credentials()
+            return None if credentials is None else await credentials.get_frozen_credentials()
+        except TRANSLATED as exc:
+            if not credential_trouble(exc):
+                raise
+            return None
+
+    def _answered(self, http_response: Any = None, **kwargs: Any) -> None:
+        """botocore hook after each call's answer: any answer but a refusal (S3 refuses credentials with
+        400 or 403) proves the credentials work. Must return None."""
+        if self.credentials.failing_since is None or http_response is None:
+            return
+        if http_response.status_code < 400 or http_response.status_code in (404, 409, 412, 416):
+            self.credentials.worked()
 
     def _count_request(self, event_name: str = "", **kwargs: Any) -> None:
         """botocore hook, once per HTTP request actually sent (each retry too). Must return None."""
@@ -204,10 +238,12 @@ class S3Session:
     # -- requests -----------------------------------------------------------------------------------
 
     def reraise(self, exc: Exception, op: str, key: str | None = None) -> NoReturn:
-        """Raise the StoreError for ``exc`` (call inside ``except TRANSLATED``)."""
-        raise translate(
-            exc, op, key, bucket=self.bucket, endpoint=self.endpoint, profile=self.settings.profile
-        ) from exc
+        """Raise the StoreError for ``exc`` (call inside ``except TRANSLATED``); a refusal of the
+        credentials is also told to the watch, which logs it once (credentials.py)."""
+        error = translate(exc, op, key, bucket=self.bucket, endpoint=self.endpoint, profile=self.settings.profile)
+        if isinstance(error, CredentialsError):
+            self.credentials.failed(str(error))
+        raise error from exc
 
     async def call(self, op: str, key: str | None, method: str, /, **kwargs: Any) -> dict[str, Any]:
         """One S3 request on the main client with errors translated."""

@@ -23,6 +23,7 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectTimeoutError,
+    CredentialRetrievalError,
     EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
@@ -71,8 +72,27 @@ RANGE_CODES = frozenset({"InvalidRange", "416"})
 RGW_GONE = "This multipart completion is already in progress"
 
 # What gets translated into StoreError: S3 answers, botocore failures, and OS-level connection errors.
-# Anything else (TypeError, ...) is a bug and propagates unchanged so it stays visible.
-TRANSLATED: tuple[type[Exception], ...] = (ClientError, BotoCoreError, OSError, aiohttp.ClientError)
+# Anything else (TypeError, ...) is a bug and propagates unchanged so it stays visible. RuntimeError is
+# caught only for botocore's one bare RuntimeError (refreshed credentials that are already expired, see
+# ``expired_after_refresh``): ``translate`` raises any other RuntimeError again, unchanged.
+TRANSLATED: tuple[type[Exception], ...] = (ClientError, BotoCoreError, OSError, aiohttp.ClientError, RuntimeError)
+
+# What botocore's RefreshableCredentials raises (a bare RuntimeError) when its source (credential_process,
+# web identity, container or instance credentials) gave credentials whose expiry is already past.
+EXPIRED_AFTER_REFRESH = "refreshed credentials are still expired"
+
+
+def expired_after_refresh(exc: BaseException) -> bool:
+    """Is ``exc`` botocore's "credentials were refreshed, but ... still expired"?"""
+    return type(exc) is RuntimeError and EXPIRED_AFTER_REFRESH in str(exc)
+
+
+def credential_trouble(exc: BaseException) -> bool:
+    """Could no request be signed because the credentials could not be got, or came expired? (The
+    direct path then steps aside for this request, and the client's attempt reports it.)"""
+    return isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)) or (
+        expired_after_refresh(exc)
+    )
 
 
 def error_code(exc: ClientError) -> tuple[str, int | None, str]:
@@ -90,6 +110,15 @@ def translate(
     where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
     if isinstance(exc, StoreError):
         return exc
+    if isinstance(exc, RuntimeError):
+        if not expired_after_refresh(exc):
+            raise exc  # a bug, not an S3 answer: stays visible as itself
+        return CredentialsError(
+            f"the AWS credentials for {endpoint} are expired: their source gave credentials whose expiry"
+            " is already past"
+        )
+    if isinstance(exc, CredentialRetrievalError):
+        return CredentialsError(f"cannot get AWS credentials for {endpoint}: {' '.join(str(exc).split())}")
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return CredentialsError(
             f"no usable AWS credentials for {endpoint}: set AWS_ACCESS_KEY_ID and "
