@@ -265,6 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     execute.add_argument(
         "--log-format", choices=LOG_FORMATS, default="text", help="text lines, or one JSON object per line"
     )
+    execute.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve each mount's Prometheus metrics, the first --mount's on this port, the next on the port"
+        " after, and so on (off by default; 0: any free port each; s3files stats MOUNTPOINT asks one too)",
+    )
+    execute.add_argument(
+        "--metrics-address", default="127.0.0.1", help="the address the metrics are served on (default %(default)s)"
+    )
 
     # Listed for --help; main() hands `s3files bench ...` to the harness before parsing.
     sub.add_parser("bench", help="benchmark the mount against the SDK and download-process-upload")
@@ -575,7 +584,7 @@ def sync(mountpoint: Path, path: Path | None, cache_dir: Path | None, timeout: f
     return 1 if failed else 0
 
 
-EXEC_ONLY = ("--mount", "--publish", "--on-failure")
+EXEC_ONLY = ("--mount", "--publish", "--on-failure", "--metrics-port")  # (--metrics-port: per mount)
 
 
 def execute(parser: argparse.ArgumentParser, argv: list[str]) -> int:
@@ -607,13 +616,17 @@ def execute(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         for spec in args.mounts:
             source, folder = parse_mount(spec)
             mounts.append(JobMount(source, folder, cache_folder_of(source, args.endpoint_url, cache_dir)))
+            if args.metrics_port is not None:  # one port per mount: the first's, the next, ... (0: any)
+                port = args.metrics_port + len(mounts) - 1 if args.metrics_port else 0
+                mounts[-1].daemon_args = ["--metrics-port", str(port)]
         if len({m.mountpoint for m in mounts}) < len(mounts):
             raise JobError("two --mount options name the same folder")
         if len({m.cache_folder for m in mounts}) < len(mounts):
             raise JobError("two --mount options name the same source (one mount each)")
         for mount in mounts:  # every option is checked before anything is mounted
             # (the daemon's own options, which exec does not take, at their defaults)
-            given = {"stats_file": None, "metrics_port": None, "metrics_address": "127.0.0.1", **vars(args)}
+            given = {"stats_file": None, **vars(args)}
+            given["metrics_port"] = int(mount.daemon_args[1]) if mount.daemon_args else None
             given |= {"source": mount.source, "mountpoint": mount.mountpoint}
             options_from(argparse.Namespace(**given))
         check_log_file(args.log_file)

@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from s3files import control
@@ -57,6 +57,7 @@ class JobMount:
     cache_folder: Path  # the daemon's (records.folder_name): its control socket, its records
     daemon: subprocess.Popen[bytes] | None = None
     ready: bool = False  # it said the mount is usable (else it said why not, and exited)
+    daemon_args: list[str] = field(default_factory=list)  # this mount's own (its metrics port)
 
 
 def parse_mount(spec: str) -> tuple[str, Path]:
@@ -104,7 +105,7 @@ def run(
         starting = []
         for job in mounts:  # all at once: each daemon's start is mostly its interpreter's
             job.mountpoint.mkdir(parents=True, exist_ok=True)
-            argv = ["mount", job.source, str(job.mountpoint), *daemon_args]
+            argv = ["mount", job.source, str(job.mountpoint), *daemon_args, *job.daemon_args]
             starting.append(spawn_daemon(argv, log_file, preexec_fn=_die_with_parent))
             job.daemon = starting[-1].child
             started.append(job)

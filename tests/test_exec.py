@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -271,3 +272,35 @@ def test_the_container_entrypoint_runs_the_job_under_exec(
     assert proc.returncode == 0, err
     assert s3_keys(boto3_client, bucket) == ["jobs/hello.txt"]  # held back while it ran, published at its exit 0
     assert mounted_below(daemons.root) == []
+
+
+def two_free_ports() -> int:
+    """A port P with P+1 free too (the metrics of two mounts)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two free ports in a row")
+
+
+def test_exec_serves_each_mounts_metrics(daemons: Daemons, moto_server: MotoServer, bucket: str) -> None:
+    """--metrics-port P: the first mount's metrics on P, the second's on P+1, while the command runs."""
+    port = two_free_ports()
+    scrape = (
+        f"{sys.executable} -c 'import urllib.request as u\n"
+        f"for i in (0, 1): open(f\"m{{i}}.txt\", \"wb\").write(u.urlopen(f\"http://127.0.0.1:{{{port} + i}}/metrics\").read())'"
+    )
+    job = exec_job(daemons, moto_server, bucket, f"ls in out > /dev/null && {scrape}", "--metrics-port", str(port), both=True)
+    assert job.returncode == 0, job.stderr
+    for i in (0, 1):
+        text = (daemons.root / f"m{i}.txt").read_text()
+        assert "s3files_s3_requests_total" in text and "s3files_fuse_operations" in text, text[:500]
+    bad = exec_job(daemons, moto_server, bucket, "true", "--metrics-port", "65535", both=True)
+    assert bad.returncode == 125 and "--metrics-port must be a port number" in bad.stderr, bad.stderr
