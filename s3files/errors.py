@@ -18,6 +18,11 @@ class S3FilesError(Exception):
 
     errno: int = errno.EIO
     quiet: bool = False  # part of normal work (logged at debug by the FUSE adapter), not a failure to report
+    # What a failed operation's log line names (the FUSE adapter's ``op=... key=... s3=...``): the S3 key
+    # of the request that failed and S3's error code (``AccessDenied``, ``SlowDown``...), set by the
+    # store's translation (store/translate.py) on the error it raises; None when not known or not S3's.
+    key: str | None = None
+    s3_code: str | None = None
 
 
 # --- file-system level -------------------------------------------------------------------------

@@ -268,6 +268,7 @@ def test_a_mount_takes_new_credentials_answers_eacces_while_refused_and_recovers
     lines = [line for line in log.splitlines() if REFUSED_LINE in line]
     assert len(lines) == 2, lines
     assert "InvalidAccessKeyId" in lines[0] and "expired" in lines[1]
+    assert "op=flush path='/pending.txt' key='pending.txt' errno=EACCES s3=InvalidAccessKeyId: " in log
     assert "Traceback" not in log and "refreshed credentials are still expired" not in log  # (botocore's, per request)
 
     # (c) Valid again: the same mount works, and the closes that failed are uploaded by themselves.

@@ -689,7 +689,7 @@ def test_kill_9_after_a_failed_close_and_a_rewrite_publishes_the_closed_version(
 
 CONFLICT_NAME = re.compile(r"^three\.txt\.s3files-conflict-\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}$")
 SAVED_AS = re.compile(
-    r"op=flush errno=EIO: three\.txt was changed by someone else; your version was saved as (\S+)"
+    r"op=flush path='/three\.txt' key='three\.txt' errno=EIO: three\.txt was changed by someone else; your version was saved as (\S+)"
 )
 
 

@@ -121,6 +121,34 @@ def test_a_mounts_metrics_count_exactly_the_requests_sent(daemons: Daemons, faul
     assert samples(text, "s3files_files_waiting_for_upload") == {(): 0.0}
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_failed_operation_logs_one_line_with_path_key_errno_and_s3_code(
+    daemons: Daemons, fault_proxy: Any, bucket: str, log_format: str
+) -> None:
+    """S3 refuses every PUT with 403 AccessDenied: the close answers EACCES and the log has one line for
+    that flush naming the op, the path, the key (escaped: this one holds a newline), the errno and S3's
+    error code; in JSON the same as fields."""
+    daemon = daemons.mount(fault_proxy.endpoint_url, bucket, extra=("--log-format", log_format, "--metadata-ttl", "30"))
+    os.mkdir(daemon.mountpoint / "sub dir")
+    name = "new\nline.txt"
+    fault_proxy.set_faults(fail_every=1, fail_when="PutObject", fail_status=403, fail_code="AccessDenied")
+    with pytest.raises(PermissionError):
+        (daemon.mountpoint / "sub dir" / name).write_bytes(b"refused")
+    fault_proxy.set_faults()
+    log = daemon.log()
+    if log_format == "text":
+        lines = [line for line in log.splitlines() if " op=flush " in line]
+        assert len(lines) == 1, log[-3000:]
+        assert "op=flush path='/sub dir/new\\nline.txt' key='sub dir/new\\nline.txt' errno=EACCES s3=AccessDenied: " in lines[0]
+    else:
+        entries = [json.loads(line) for line in log.splitlines()]
+        flushes = [e for e in entries if e.get("op") == "flush"]
+        assert len(flushes) == 1, log[-3000:]
+        assert flushes[0]["path"] == "/sub dir/new\nline.txt" and flushes[0]["key"] == "sub dir/new\nline.txt"
+        assert flushes[0]["errno"] == "EACCES" and flushes[0]["s3"] == "AccessDenied"
+        assert flushes[0]["level"] == "WARNING"
+
+
 def test_stats_of_a_folder_that_is_not_a_mount_is_one_line(tmp_path: Path) -> None:
     done = subprocess.run([S3FILES, "stats", str(tmp_path)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and done.stderr.startswith("s3files: error: ") and "Traceback" not in done.stderr

@@ -129,6 +129,28 @@ class FileSystem:
         """Seconds the kernel may cache ``ino``'s name and attributes (entry and attribute timeouts)."""
         return self.sb.valid_for(self.sb.node(ino))
 
+    def where(
+        self, ino: int | None = None, fh: int | None = None, parent: int | None = None, name: str | None = None
+    ) -> tuple[str, str] | None:
+        """The path (``/a/b``) and S3 key of what an operation is about (inode ``ino``, handle ``fh``, or
+        ``name`` in folder ``parent``), for a failed operation's log line; None when not known (never
+        raises, never asks S3)."""
+        path: str | None = None
+        is_dir = False
+        if fh is not None:
+            path = self.handles.path_of(fh)
+        elif ino is not None:
+            node = self.sb.inodes.get(ino)
+            if node is not None:
+                path, is_dir = node.path, node.is_dir
+        elif parent is not None and name is not None:
+            node = self.sb.inodes.get(parent)
+            if node is not None:
+                path = join(node.path, name)
+        if path is None:
+            return None
+        return "/" + path, self.sb.ns.dir_prefix(path) if is_dir else self.sb.ns.file_key(path)
+
     def use_kernel_cache(self, kernel: KernelCache) -> None:
         """The FUSE session runs: tell its kernel of changes learnt from S3 from now on (core/kernel.py)."""
         self.sb.kernel = kernel

@@ -66,6 +66,14 @@ class Handles:
             raise BadHandle(f"bad folder handle {fh}")
         return handle
 
+    def path_of(self, fh: int) -> str | None:
+        """The path of what handle ``fh`` has open (a file's current name), or None for no such handle."""
+        handle = self._files.get(fh)
+        if handle is not None:
+            return handle.node.path
+        folder = self._dirs.get(fh)
+        return None if folder is None else folder.path
+
     def close_file(self, fh: int) -> FileHandle | None:
         handle = self._files.pop(fh, None)
         if handle is not None:

@@ -59,15 +59,18 @@ CONFLICT_NAMES = 5  # conflict copy names tried (each random) before giving up
 def _log_kept(key: str, exc: S3FilesError, where: object, what: str = "") -> None:
     """The one line a failed upload of an acknowledged version logs: what happened, where the bytes are,
     and what comes next. A bucket deleted under the mount is said as such, with what to do about it."""
+    fields = f"errno={errno.errorcode.get(exc.errno, exc.errno)}" + (f" s3={exc.s3_code}" if exc.s3_code else "")
     if isinstance(exc, BucketGone):
         log.warning(
-            "op=upload key=%r%s: the bucket is gone (%s): kept at %s; create the bucket again and it is"
+            "op=upload key=%r%s %s: the bucket is gone (%s): kept at %s; create the bucket again and it is"
             " uploaded (retried in the background, or by the next mount with this cache folder;"
             " `s3files status` lists it)",
-            key, what, exc, where,
+            key, what, fields, exc, where,
         )  # fmt: skip
     else:
-        log.warning("op=upload key=%r%s failed (%s); kept at %s, retried in the background", key, what, exc, where)
+        log.warning(
+            "op=upload key=%r%s %s failed (%s); kept at %s, retried in the background", key, what, fields, exc, where
+        )
 
 
 class WriteConflict(S3FilesError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import logging
 import os
 import time
@@ -37,10 +38,42 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+def _target_of(handler: Callable[..., Any]) -> Callable[[FileSystem, tuple[Any, ...]], tuple[str, str] | None]:
+    """How to name what a handler's call is about, from its first parameter: a name in a folder
+    (``parent_inode, name``; rename's old name), an inode, or a handle; for its failure's log line."""
+    first = next(iter(list(inspect.signature(handler).parameters)[1:]), "")
+    if first in ("parent_inode", "p_old"):
+        return lambda fs, args: fs.where(parent=args[0], name=os.fsdecode(args[1])) if len(args) > 1 else None
+    if first == "inode":
+        return lambda fs, args: fs.where(ino=args[0]) if args else None
+    if first == "fh":
+        return lambda fs, args: fs.where(fh=args[0]) if args else None
+    return lambda fs, args: None
+
+
+def failure_line(op: str, outcome: str, exc: S3FilesError, target: tuple[str, str] | None) -> str:
+    """A failed operation's one line: ``op=write path='/a/b' key='prefix/a/b' errno=EACCES
+    s3=AccessDenied: <the error>`` (path and key as repr, so no name can break the line; the key is the
+    failed S3 request's when the error names one; ``s3`` only when S3 answered with an error code)."""
+    path, key = target if target is not None else (None, None)
+    key = exc.key if exc.key is not None else key
+    fields = [f"op={op}"]
+    if path is not None:
+        fields.append(f"path={path!r}")
+    if key is not None:
+        fields.append(f"key={key!r}")
+    fields.append(f"errno={outcome}")
+    if exc.s3_code:
+        fields.append(f"s3={exc.s3_code}")
+    return f"{' '.join(fields)}: {exc}"
+
+
 def guarded(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Wrap a handler so it raises only FUSEError; log by outcome (ENOENT is debug, EIO a warning); count
-    it with its outcome and latency in the mount's metrics (s3files/metrics.py)."""
+    """Wrap a handler so it raises only FUSEError; log by outcome (ENOENT is debug, EIO a warning), one
+    line per failed operation (``failure_line``); count it with its outcome and latency in the mount's
+    metrics (s3files/metrics.py)."""
     op = handler.__name__
+    target_of = _target_of(handler)
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -55,7 +88,10 @@ def guarded(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         except S3FilesError as exc:
             outcome = errno.errorcode.get(exc.errno, str(exc.errno))
             level = logging.DEBUG if exc.errno in QUIET or exc.quiet else logging.WARNING
-            log.log(level, "op=%s errno=%s: %s", op, outcome, exc)
+            if log.isEnabledFor(level):
+                fs: FileSystem | None = getattr(args[0], "fs", None)
+                target = target_of(fs, args[1:]) if fs is not None else None
+                log.log(level, "%s", failure_line(op, outcome, exc, target))
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
             outcome = "EIO"

@@ -106,7 +106,19 @@ def translate(
     exc: Exception, op: str, key: str | None, *, bucket: str, endpoint: str, profile: str | None
 ) -> StoreError:
     """The StoreError for one of TRANSLATED (S3 said no, or could not be reached). ``endpoint`` names the
-    endpoint in messages, ``profile`` the AWS profile asked for."""
+    endpoint in messages, ``profile`` the AWS profile asked for. The error carries ``key`` and S3's error
+    code (``S3FilesError.key``, ``.s3_code``) for the failed operation's log line."""
+    error = _translate(exc, op, key, bucket=bucket, endpoint=endpoint, profile=profile)
+    if error.key is None:
+        error.key = key
+    if error.s3_code is None and isinstance(exc, ClientError):
+        error.s3_code = error_code(exc)[0] or None
+    return error
+
+
+def _translate(
+    exc: Exception, op: str, key: str | None, *, bucket: str, endpoint: str, profile: str | None
+) -> StoreError:
     where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
     if isinstance(exc, StoreError):
         return exc
