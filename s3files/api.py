@@ -3,7 +3,7 @@
 Owns: starting a mount daemon as a child process for the block and unmounting it afterwards, and
 ``sync`` (upload now what a mount's write-back holds: control.py), also as ``root.sync()`` and
 ``root.status()`` on the folder the block gets (``MountedFolder``). ``open_fs`` (the same file system
-without FUSE, in this process) lives in openfs.py. Runs the
+without FUSE, in this process) lives in openfs/. Runs the
 same ``s3files mount`` command users run (pyfuse3 allows one mount per process, and a child process keeps
 the caller's process free of FUSE state and signal handlers), so the library and the CLI cannot drift.
 """

@@ -2,7 +2,7 @@
 
 Owns: choosing it (``--cache-dir``/<bucket>-<hash>, or a private one under /var/tmp when no cache dir is
 given) and removing a private one that holds nothing at the end. Shared by the FUSE mount
-(fuse/mount.py) and ``open_fs`` (openfs.py), so it must not import pyfuse3: ``open_fs`` runs where there
+(fuse/mount.py) and ``open_fs`` (openfs/), so it must not import pyfuse3: ``open_fs`` runs where there
 is no FUSE at all.
 """
 

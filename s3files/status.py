@@ -67,12 +67,13 @@ class StatusWriter:
     """Writes one mount's ``status.json`` into its cache folder ``root``: ``FileSystem.status()`` plus
     where it is mounted, by which pid, and when the status last changed."""
 
-    def __init__(self, root: Path, mountpoint: str, source: str, pid: int | None = None) -> None:
+    def __init__(self, root: Path, mountpoint: str | None, source: str, pid: int | None = None) -> None:
         self.path = root / STATUS_FILE
         self._about = {"mountpoint": mountpoint, "source": source, "pid": os.getpid() if pid is None else pid}
         self._last: str | None = None
         self._failing: str | None = None
-        self._registered = register_mount(mountpoint, root)
+        # (no mount point: open_fs, found by its cache folder only)
+        self._registered = register_mount(mountpoint, root) if mountpoint is not None else None
 
     def update(self, status: Callable[[], Mapping[str, object]], now: float | None = None) -> bool:
         """Write the status if it changed since the last write; True if written. A failure (the disk,
@@ -472,7 +473,7 @@ def render(status: Mapping[str, Any]) -> list[str]:
     mountpoint, source = status.get("mountpoint"), status.get("source")
     lines = []
     if status.get("running"):
-        where = f"{source} at {mountpoint}" if mountpoint else "a mount"
+        where = f"{source} at {mountpoint}" if mountpoint else (f"{source} through open_fs" if source else "a mount")
         stamp = f", status of {_when(status['updated'])}" if status.get("updated") else ""
         lines.append(f"{where}: daemon pid {status.get('pid') or '?'} running{stamp}")
     elif mountpoint:

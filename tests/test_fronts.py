@@ -64,6 +64,28 @@ class Front:
     def exists(self, path: str) -> bool:
         raise NotImplementedError
 
+    # chmod, chown, utime and extended attributes: os.*'s signatures, through the front
+    def chmod(self, path: str, mode: int) -> None:
+        raise NotImplementedError
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        raise NotImplementedError
+
+    def utime(self, path: str, ns: tuple[int, int] | None = None) -> None:
+        raise NotImplementedError
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        raise NotImplementedError
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        raise NotImplementedError
+
+    def listxattr(self, path: str) -> list[str]:
+        raise NotImplementedError
+
+    def removexattr(self, path: str, name: str) -> None:
+        raise NotImplementedError
+
 
 class MountFront(Front):
     name = "mount"
@@ -101,6 +123,30 @@ class MountFront(Front):
     def exists(self, path: str) -> bool:
         return os.path.exists(self._p(path))
 
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(self._p(path), mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        os.chown(self._p(path), uid, gid)
+
+    def utime(self, path: str, ns: tuple[int, int] | None = None) -> None:
+        if ns is None:
+            os.utime(self._p(path))
+        else:
+            os.utime(self._p(path), ns=ns)
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        return os.getxattr(self._p(path), name)
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        os.setxattr(self._p(path), name, value, flags)
+
+    def listxattr(self, path: str) -> list[str]:
+        return sorted(os.listxattr(self._p(path)))
+
+    def removexattr(self, path: str, name: str) -> None:
+        os.removexattr(self._p(path), name)
+
 
 class OpenFSFront(Front):
     name = "open_fs"
@@ -134,6 +180,27 @@ class OpenFSFront(Front):
 
     def exists(self, path: str) -> bool:
         return self.fs.exists(path)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.fs.chmod(path, mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self.fs.chown(path, uid, gid)
+
+    def utime(self, path: str, ns: tuple[int, int] | None = None) -> None:
+        self.fs.utime(path, ns=ns)
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        return self.fs.getxattr(path, name)
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        self.fs.setxattr(path, name, value, flags)
+
+    def listxattr(self, path: str) -> list[str]:
+        return sorted(self.fs.listxattr(path))
+
+    def removexattr(self, path: str, name: str) -> None:
+        self.fs.removexattr(path, name)
 
 
 @pytest.fixture(scope="module")
@@ -353,3 +420,60 @@ def test_csv_json_and_zipfile_through_the_front(front: Front, folder: str, s3: C
     with front.open(f"{folder}/pack.zip", "rb") as f, zipfile.ZipFile(f) as z:  # read with seeks
         assert z.namelist() == ["a.txt", "b/b.txt"]
         assert z.read("b/b.txt") == b"beta"
+
+
+@pytest.fixture
+def fresh(moto_server: MotoServer, front_bucket: str, tmp_path: Path) -> Iterator[Callable[[], OpenFS]]:
+    """``fresh()``: a new open_fs on the bucket with a cache folder of its own (what S3 holds, as a remount
+    sees it), closed after the test."""
+    opened: list[OpenFS] = []
+
+    def make() -> OpenFS:
+        fs = open_fs(
+            f"s3://{front_bucket}/", endpoint_url=moto_server.endpoint_url, cache_dir=tmp_path / f"fresh{len(opened)}"
+        )
+        opened.append(fs)
+        return fs
+
+    yield make
+    for fs in opened:
+        fs.close()
+
+
+def test_chmod_chown_utime_and_xattrs_are_stored(
+    front: Front, folder: str, s3: Callable[..., Any], fresh: Callable[[], OpenFS], boto3_client: Any, front_bucket: str
+) -> None:
+    """Mode, owner, times (to the nanosecond) and user.* attributes of a file and a folder: seen at once and
+    by a fresh open_fs (stored in S3: x-amz-meta-mode, -uid, -gid, -mtime, -xattr as s3fs-fuse stores them)."""
+    path, sub = f"{folder}/m.txt", f"{folder}/d"
+    with front.open(path, "w") as f:
+        f.write("x")
+    front.mkdir(sub)
+    s3("put", f"{folder}/old.txt", b"from the SDK")  # an object closed long ago: rewritten in place
+    times = (1_600_000_000_123_456_789, 1_500_000_000_987_654_321)
+    for name, mode in ((path, 0o640), (sub, 0o710), (f"{folder}/old.txt", 0o604)):
+        front.chmod(name, mode)
+        front.chown(name, 1234, 4321)  # (the suite runs as root, which may give files away)
+        front.utime(name, ns=times)
+        front.setxattr(name, "user.color", b"blue\x00\xff")
+        front.setxattr(name, "user.gone", b"x")
+        front.removexattr(name, "user.gone")
+    expect_errno(errno.EEXIST, lambda: front.setxattr(path, "user.color", b"red", os.XATTR_CREATE))
+    expect_errno(errno.ENODATA, lambda: front.setxattr(path, "user.none", b"red", os.XATTR_REPLACE))
+    expect_errno(errno.ENODATA, lambda: front.getxattr(path, "user.gone"))
+    expect_errno(errno.ENODATA, lambda: front.removexattr(path, "user.gone"))
+    expect_errno(errno.ENOENT, lambda: front.chmod(f"{folder}/missing", 0o600))
+    expect_errno(errno.ENOENT, lambda: front.utime(f"{folder}/missing"))
+    other = fresh()
+    for name, mode in ((path, 0o640), (sub, 0o710), (f"{folder}/old.txt", 0o604)):
+        for st in (front.stat(name), other.stat(name)):
+            assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, 1234, 4321), name
+            assert (st.st_atime_ns, st.st_mtime_ns) == times, name
+        assert front.getxattr(name, "user.color") == other.getxattr(name, "user.color") == b"blue\x00\xff"
+        assert front.listxattr(name) == sorted(other.listxattr(name)) == ["user.color"]
+    head = boto3_client.head_object(Bucket=front_bucket, Key=f"{folder}/old.txt")["Metadata"]
+    assert (head["mode"], head["uid"], head["gid"]) == (str(stat.S_IFREG | 0o604), "1234", "4321")
+    assert s3("get", f"{folder}/old.txt") == b"from the SDK"
+    before = front.stat(path).st_mtime_ns
+    front.utime(path)  # now
+    assert front.stat(path).st_mtime_ns > before and fresh().stat(path).st_mtime_ns == front.stat(path).st_mtime_ns

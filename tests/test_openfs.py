@@ -190,3 +190,109 @@ def test_unbuffered_reads_and_writes_larger_than_a_request(
         with fs.open("big.bin", "ab", buffering=0) as f:
             assert f.write(b"end") == 3 and f.tell() == len(data) + 3
     assert boto3_client.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == data + b"end"
+
+
+AS_NOBODY = """
+import json, os, sys
+import s3files
+with s3files.open_fs(sys.argv[1], endpoint_url=sys.argv[2], cache_dir=sys.argv[3] + "-root") as warm:
+    warm.stat("root.txt")  # (every module imported while the interpreter's files are readable)
+os.setgroups([]); os.setegid(65534); os.seteuid(65534)
+fs = s3files.open_fs(sys.argv[1], endpoint_url=sys.argv[2], cache_dir=sys.argv[3], uid=65534, gid=65534)
+
+def code(action):
+    try:
+        action()
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+print(json.dumps({
+    "chmod theirs": code(lambda: fs.chmod("root.txt", 0o777)),
+    "chown theirs to me": code(lambda: fs.chown("root.txt", 65534, -1)),
+    "utime theirs to a time": code(lambda: fs.utime("root.txt", ns=(1, 1))),
+    "utime theirs to now": code(lambda: fs.utime("root.txt")),
+    "utime theirs writable to now": code(lambda: fs.utime("open.txt")),
+    "chmod mine": code(lambda: fs.chmod("mine.txt", 0o2640)),
+    "chmod mine in another group": code(lambda: fs.chmod("group0.txt", 0o2640)),
+    "give mine away": code(lambda: fs.chown("mine.txt", 0, -1)),
+    "chgrp mine to my group": code(lambda: fs.chown("mine.txt", -1, 65534)),
+    "chgrp mine to another": code(lambda: fs.chown("mine.txt", -1, 0)),
+    "modes": [oct(fs.stat(name).st_mode) for name in ("mine.txt", "group0.txt")],
+}, sort_keys=True))
+fs.close()
+"""
+
+
+def test_who_may_change_attributes_as_linux_decides(moto_server: MotoServer, boto3_client: Any, bucket: str) -> None:
+    """open_fs has no kernel to check who may chmod, chown or utime: it decides as Linux does (EPERM
+    for someone else's file, EACCES for utime to now without write access), here as effective uid 65534
+    (the interpreter's own files are root's: it drops only its effective ids, after importing)."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    boto3_client.put_object(Bucket=bucket, Key="root.txt", Body=b"r", Metadata={"uid": "0", "gid": "0", "mode": "33188"})
+    boto3_client.put_object(Bucket=bucket, Key="open.txt", Body=b"o", Metadata={"uid": "0", "gid": "0", "mode": "33206"})
+    boto3_client.put_object(Bucket=bucket, Key="mine.txt", Body=b"m")  # no uid: the mount's --uid
+    boto3_client.put_object(Bucket=bucket, Key="group0.txt", Body=b"g", Metadata={"uid": "65534", "gid": "0"})
+    home = tempfile.mkdtemp(prefix="s3files-nobody-")
+    try:
+        os.chown(home, 65534, 65534)
+        env = {**os.environ, "HOME": home}
+        ran = subprocess.run(
+            [sys.executable, "-c", AS_NOBODY, f"s3://{bucket}", moto_server.endpoint_url, f"{home}/cache"],
+            capture_output=True, text=True, timeout=60, env=env, check=False,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout) == {
+        "chmod theirs": errno.EPERM,
+        "chown theirs to me": errno.EPERM,
+        "utime theirs to a time": errno.EPERM,
+        "utime theirs to now": errno.EACCES,
+        "utime theirs writable to now": 0,
+        "chmod mine": 0,
+        "chmod mine in another group": 0,
+        "give mine away": errno.EPERM,
+        "chgrp mine to my group": 0,
+        "chgrp mine to another": errno.EPERM,
+        "modes": ["0o102640", "0o100640"],  # set-group-ID only for a member of the file's group
+    }
+
+
+def test_s3files_status_shows_an_open_fs(moto_server: MotoServer, bucket: str, tmp_path: Path) -> None:
+    """An open_fs writes its cache folder's status.json as a mount's daemon does (every second while it
+    changes), so ``s3files status CACHE_FOLDER`` shows what it has not uploaded; removed at close."""
+    import json
+    import os
+    import time
+
+    from daemons import S3FILES
+
+    def shown(folder: Path, *extra: str) -> str:
+        done = subprocess.run([S3FILES, "status", str(folder), *extra], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    with s3files.open_fs(
+        f"s3://{bucket}/", endpoint_url=moto_server.endpoint_url, consistency="eventual", writeback_delay=600,
+        cache_dir=tmp_path / "cache",
+    ) as fs:  # fmt: skip
+        fs.write_bytes("w.txt", b"waiting")
+        folder = Path(str(fs.status()["cache_folder"]))
+        deadline = time.monotonic() + 10
+        while True:
+            status = json.loads(shown(folder, "--json"))
+            if [f["path"] for f in status.get("files", [])] == ["w.txt"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert (status["front"], status["pid"], status["running"]) == ("open_fs", os.getpid(), True), status
+        assert [(f["path"], f["bytes"]) for f in status["files"]] == [("w.txt", 7)]
+        text = shown(folder)
+        assert f"s3://{bucket}/ through open_fs: daemon pid {os.getpid()} running" in text and "w.txt" in text
+    assert not (folder / "status.json").exists()
+    after = json.loads(shown(folder, "--json"))
+    assert (after["running"], after["files"], after["kept"]) == (False, [], [])
