@@ -41,6 +41,7 @@ from rich.progress import (
 )
 from s3files_bench import netshape, report, sdk
 from s3files_bench.errors import BenchError
+from s3files_bench.handlers import NAMES as HANDLER_NAMES
 from s3files_bench.memlimit import memory_limited
 from s3files_bench.mounts import PEERS, STARTERS, FsMount, installed_peers, is_mounted, start_s3files
 from s3files_bench.plan import MIB, WORKLOADS, Plan, estimate_seconds, format_size, storage_bytes
@@ -137,9 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--quick", action="store_true", help="small sizes, 3 rounds: under 3 minutes on moto")
     what.add_argument(
         "--workloads",
-        type=_list(WORKLOADS),
+        type=_list((*WORKLOADS, "handlers")),
         default=WORKLOADS,
-        help=f"comma-separated subset of: {','.join(WORKLOADS)}",
+        help=f"comma-separated subset of: {','.join(WORKLOADS)}; or handlers alone: real function handlers, "
+        "an SDK + /tmp version against the same code on paths through the mount and through open_fs "
+        "(bench/handlers/)",
+    )
+    what.add_argument(
+        "--handlers",
+        type=_list(HANDLER_NAMES),
+        default=HANDLER_NAMES,
+        help=f"with --workloads handlers: a comma-separated subset of {','.join(HANDLER_NAMES)}",
     )
     what.add_argument("--size", type=SIZE, help="large file size, e.g. 64MiB (quick: 32MiB, full: 256MiB)")
     what.add_argument("--files", type=_positive, help="small-files count (quick: 50, full: 500)")
@@ -214,7 +223,14 @@ def main(argv: list[str]) -> int:
     args.shape = shape_from(args, parser)
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     err = Console(stderr=True, highlight=False)
+    if "handlers" in args.workloads and len(args.workloads) > 1:
+        parser.error("handlers runs on its own: --workloads handlers")
     try:
+        if args.workloads == ("handlers",):
+            from s3files_bench.handlers.command import run_handlers
+
+            command = " ".join(["s3files bench", *map(shlex.quote, argv)])
+            return run_handlers(args, command, err, _workdir)
         return run(args, plan_from(args), " ".join(["s3files bench", *map(shlex.quote, argv)]), err)
     except BenchError as exc:
         print(f"s3files bench: error: {exc}", file=sys.stderr)
