@@ -219,6 +219,8 @@ def request(root: Path, message: dict[str, Any], timeout: float | None = None) -
                 data += chunk
         except TimeoutError:
             raise ControlError(f"the daemon did not answer within {timeout:g} s") from None
+        except OSError as exc:  # (reset: it died with the request in its socket's queue)
+            raise ControlError(f"the daemon at {path} dropped the request (it stopped or died): {exc.strerror}") from None
     try:
         answer = json.loads(data.split(b"\n", 1)[0])
     except ValueError:

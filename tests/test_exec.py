@@ -304,3 +304,29 @@ def test_exec_serves_each_mounts_metrics(daemons: Daemons, moto_server: MotoServ
         assert "s3files_s3_requests_total" in text and "s3files_fuse_operations" in text, text[:500]
     bad = exec_job(daemons, moto_server, bucket, "true", "--metrics-port", "65535", both=True)
     assert bad.returncode == 125 and "--metrics-port must be a port number" in bad.stderr, bad.stderr
+
+
+def test_a_daemon_killed_during_a_held_job_leaves_s3_as_it_was_until_asked(
+    daemons: Daemons, moto_server: MotoServer, bucket: str, boto3_client: Any
+) -> None:
+    """kill -9 of both daemons while the command runs (their pids are in their cache folders' lock files):
+    S3 stays as it was, even though the command then exits 0; the next job with --on-recovery upload-held
+    makes every change the first one held back (its files, its mkdir, rename and delete)."""
+    for key, body in (("in/a.txt", b"alpha\n"), ("in/b.txt", b"bravo\n")):
+        boto3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    before = listing(boto3_client, bucket)
+    locks = [
+        daemons.root / "cache" / folder_name(moto_server.endpoint_url, bucket, prefix) / "lock" for prefix in ("in/", "out/")
+    ]
+    script = (
+        "mkdir in/done && mv in/a.txt in/done/a.txt && rm in/b.txt && mkdir out/o && cat in/done/a.txt > out/o/r.txt"
+        f" && kill -9 $(cat {locks[0]}) $(cat {locks[1]}); exit 0"
+    )
+    job = exec_job(daemons, moto_server, bucket, script, "--publish", "on-success", both=True)
+    assert job.returncode == 1 and "its daemon could not be asked" in job.stderr, job.stderr
+    assert mounted_below(daemons.root) == []
+    assert listing(boto3_client, bucket) == before
+    again = exec_job(daemons, moto_server, bucket, "true", "--on-recovery", "upload-held", both=True)
+    assert again.returncode == 0, again.stderr
+    assert sorted(listing(boto3_client, bucket)) == ["in/done/", "in/done/a.txt", "out/o/", "out/o/r.txt"]
+    assert boto3_client.get_object(Bucket=bucket, Key="out/o/r.txt")["Body"].read() == b"alpha\n"

@@ -18,7 +18,8 @@ from s3files.errors import NotFound
 from s3files.store import MemoryStore
 from tests.test_writeback_core import run_eventual, write_file
 
-INPUTS = {"in/a.txt": b"alpha", "in/b.txt": b"bravo", "keep.txt": b"kilo", "old/x": b"x-ray", "swap/1": b"one", "swap/2": b"two"}
+INPUTS = {"in/a.txt": b"alpha", "in/b.txt": b"bravo", "keep.txt": b"kilo", "old/x": b"x-ray", "swap/1": b"one", "swap/2": b"two",
+          "tree/x": b"ex", "tree/y/z": b"zed"}
 
 
 def seeded() -> MemoryStore:
@@ -77,15 +78,19 @@ async def job(fs: FileSystem, clock: trio.testing.MockClock) -> None:
     await fs.rename(swap, "1", swap, "t", 0)
     await fs.rename(swap, "2", swap, "1", 0)
     await fs.rename(swap, "t", swap, "2", 0)
+    await fs.rename(ROOT_INO, "tree", ROOT_INO, "moved", 0)  # a folder of objects: each copied, then deleted
+    await write(fs, await ino_of(fs, "moved/y"), "new", b"new in a moved folder")
     # the job sees its changes
+    assert await read_all(fs, "moved/y/z") == b"zed" and await names(fs, "moved") == ["x", "y"]
+    assert await names(fs, "moved/y") == ["new", "z"]
     assert await read_all(fs, "done/a.txt") == b"alpha"
     assert await read_all(fs, "swap/1") == b"two" and await read_all(fs, "swap/2") == b"one"
-    assert sorted(await names(fs, "")) == ["done", "keep.txt", "link", "out", "swap"]  # in/ and old/ are empty
+    assert sorted(await names(fs, "")) == ["done", "keep.txt", "link", "moved", "out", "swap"]  # in/ and old/ are empty
     assert await names(fs, "out") == ["r.txt"]
     assert stat.S_IMODE((await fs.getattr(await ino_of(fs, "keep.txt"))).mode) == 0o600
     assert stat.S_IMODE((await fs.getattr(out)).mode) == 0o700
     assert await fs.readlink(await ino_of(fs, "link")) == b"out/r.txt"
-    for gone in ("in/b.txt", "old/x", "in/a.txt"):
+    for gone in ("in/b.txt", "old/x", "in/a.txt", "tree"):
         try:
             await ino_of(fs, gone)
         except NotFound:
@@ -95,7 +100,11 @@ async def job(fs: FileSystem, clock: trio.testing.MockClock) -> None:
 
 
 def check_applied(store: MemoryStore, before: dict[str, tuple[str, bytes, dict[str, str]]]) -> None:
-    assert store.keys() == ["done/", "done/a.txt", "keep.txt", "link", "out/", "out/r.txt", "swap/1", "swap/2"]
+    assert store.keys() == [
+        "done/", "done/a.txt", "keep.txt", "link", "moved/x", "moved/y/new", "moved/y/z", "out/", "out/r.txt",
+        "swap/1", "swap/2",
+    ]  # fmt: skip
+    assert store.data("moved/y/z") == b"zed" and store.data("moved/y/new") == b"new in a moved folder"
     assert store.data("done/a.txt") == b"alpha" and store.data("out/r.txt") == b"result"
     assert store.data("swap/1") == b"two" and store.data("swap/2") == b"one"
     assert store._objects["keep.txt"].metadata["mode"] == str(stat.S_IFREG | 0o600)
@@ -135,7 +144,7 @@ def test_held_tree_changes_are_kept_after_a_stop_or_crash_and_applied_when_asked
         assert snapshot(store) == before and len(journals(folder)) == 1
 
         async def applied(fs: FileSystem, clock: trio.testing.MockClock) -> None:
-            assert sorted(fs.recovery.uploaded) == ["out/r.txt"]
+            assert sorted(fs.recovery.uploaded) == ["moved/y/new", "out/r.txt"]
 
         run_eventual(store, applied, folder=folder, on_recovery="upload-held")
         check_applied(store, before)
