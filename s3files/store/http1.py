@@ -94,6 +94,10 @@ class Connection(asyncio.BufferedProtocol):
         self.keep_alive = False
         self.last_progress = 0.0
         self._scratch = bytearray(MAX_HEADER_BYTES)
+        # Handed out as a memoryview, never as the bytearray: asyncio's TLS transport (3.11) fills a buffer
+        # in several reads, each into ``buf[offset:]``, which of a bytearray is a copy: every byte after the
+        # first TLS record of a response would be lost (and counted as received).
+        self._scratch_view = memoryview(self._scratch)
         self._head = bytearray()
         self._body: bytearray | None = None
         self._view: memoryview | None = None
@@ -113,7 +117,7 @@ class Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview | bytearray:
         if self._view is not None:
             return self._view[self._pos :]
-        return self._scratch
+        return self._scratch_view
 
     def buffer_updated(self, nbytes: int) -> None:
         self.last_progress = time.monotonic()
