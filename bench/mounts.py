@@ -1,8 +1,8 @@
 """The file systems under test, each a child process mounted on a folder of the run's work directory.
 
 Owns: starting s3files (``python -m s3files mount ... --foreground``), and the peers s3fs-fuse and rclone,
-on the same bucket and prefix; reading their statistics (s3files' request counts via ``--stats-file`` and
-SIGUSR1; peak RSS of any of them from /proc/PID/status VmHWM, reset through /proc/PID/clear_refs); and
+on the same bucket and prefix; reading their statistics (s3files' request counts from its control socket, as
+``s3files stats --json`` gets them; peak RSS of any of them from /proc/PID/status VmHWM, reset through /proc/PID/clear_refs); and
 stopping them (SIGTERM, then a lazy unmount and SIGKILL as a last resort).
 
 Why child processes: the daemon's memory must be measurable on its own, pyfuse3 allows one mount per
@@ -13,7 +13,6 @@ removing a mounted folder would delete objects in the bucket).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from pathlib import Path
 from s3files_bench.errors import BenchError
 from s3files_bench.servers import Target
 
+from s3files.control import ControlError, stats_of
 from s3files.mountinfo import mount_entry
 
 MOUNT_TIMEOUT_S = 30.0
@@ -44,7 +44,7 @@ class FsMount:
     root: Path
     process: subprocess.Popen[bytes]
     log_path: Path
-    stats_file: Path | None = None  # s3files only: where SIGUSR1 makes it write its statistics
+    cache_dir: Path | None = None  # s3files only: its --cache-dir, where its control socket is found
     disk_dir: Path | None = None  # where it keeps data on local disk, if we know (for "disk used")
     twin: Callable[[Path], FsMount] | None = None  # starts another mount like it in a folder (s3files)
 
@@ -52,22 +52,16 @@ class FsMount:
         return self.process.poll() is None
 
     def request_counts(self) -> dict[str, int] | None:
-        """S3 requests sent so far, by operation (s3files only; None for peers or on no answer).
-
-        The file is deleted before the signal and awaited afterwards: the daemon replaces it atomically,
-        so its appearance means a fresh snapshot (an mtime comparison could miss two writes in one tick).
-        """
-        if self.stats_file is None or not self.running():
+        """S3 requests sent so far, by operation (s3files only; None for peers or on no answer), asked
+        through the mount's control socket (``s3files stats``): the daemon answers with the counts of
+        the moment, after every request it had sent."""
+        if self.cache_dir is None or not self.running():
             return None
-        self.stats_file.unlink(missing_ok=True)
-        self.process.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + STATS_TIMEOUT_S
-        while not self.stats_file.exists():
-            if time.monotonic() > deadline or not self.running():
-                return None
-            time.sleep(0.002)
-        requests = json.loads(self.stats_file.read_text()).get("requests", {})
-        return {str(op): int(n) for op, n in requests.items()}
+        try:
+            stats = stats_of(self.root, self.cache_dir, STATS_TIMEOUT_S)
+        except ControlError:
+            return None
+        return {str(op): int(n) for op, n in (stats.get("requests") or {}).items()}
 
     def reset_peak_rss(self) -> None:
         """Start a new peak-RSS period (Linux >= 4.0: writing 5 to clear_refs resets VmHWM)."""
@@ -157,13 +151,11 @@ def start_s3files(target: Target, workdir: Path, extra_args: Sequence[str] = (),
     The mount can start a twin of itself (``FsMount.twin``): another daemon with the same options and its
     own cache folder, as a second machine would run (the visibility workload's consumer).
     """
-    root, cache, stats = workdir / name, workdir / f"{name}-cache", workdir / f"{name}-stats.json"
+    root, cache = workdir / name, workdir / f"{name}-cache"
     root.mkdir()
     cache.mkdir()
     command = [sys.executable, "-m", "s3files", "mount", target.source, str(root), "--foreground"]
     command += [
-        "--stats-file",
-        str(stats),
         "--log-file",
         str(workdir / "mount.log"),
         "--cache-dir",
@@ -174,7 +166,7 @@ def start_s3files(target: Target, workdir: Path, extra_args: Sequence[str] = (),
         command += ["--endpoint-url", target.endpoint_url]
     command += list(extra_args)
     err = workdir / f"{name}.err"
-    fs = FsMount(name, root, _spawn(command, dict(target.env), err), err, stats, cache)
+    fs = FsMount(name, root, _spawn(command, dict(target.env), err), err, cache, cache)
     fs.twin = lambda where: start_s3files(target, where, extra_args, name)
     return _wait_mounted(fs, "s3files")
 

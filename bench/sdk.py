@@ -22,7 +22,7 @@ from botocore.config import Config
 if TYPE_CHECKING:
     from s3files_bench.servers import Target
 
-#: S3 operation names as the mount's ``--stats-file`` counts them.
+#: S3 operation names as the mount counts them (`s3files stats`).
 OP_NAMES = {
     "HeadObject": "head",
     "GetObject": "get",

@@ -216,7 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-format", choices=LOG_FORMATS, default="text", help="text lines, or one JSON object per line"
     )
-    run.add_argument("--stats-file", type=Path, help="on SIGUSR1, write request counts etc. here (JSON)")
     run.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (off by default; 0: any free port)"
     )
@@ -360,7 +359,6 @@ def options_from(args: argparse.Namespace) -> MountOptions:
         cache_size=args.cache_size,
         upload_concurrency=args.upload_concurrency,
         upload_part_size=args.upload_part_size,
-        stats_file=args.stats_file.absolute() if args.stats_file else None,
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
         on_recovery=args.on_recovery,
@@ -380,16 +378,10 @@ def check_log_file(log_file: Path | None) -> None:
 
 
 def check_paths(opts: MountOptions) -> None:
-    """MountError (one line) for a ``--cache-dir`` that is not a folder, or a ``--stats-file`` in a folder
-    the daemon cannot write: checked before it starts (nothing is created here)."""
+    """MountError (one line) for a ``--cache-dir`` that is not a folder: checked before the daemon
+    starts (nothing is created here)."""
     if opts.cache_dir is not None and opts.cache_dir.exists() and not opts.cache_dir.is_dir():
         raise MountError(f"--cache-dir {opts.cache_dir}: not a folder")
-    if opts.stats_file is not None:
-        folder = opts.stats_file.parent
-        if not folder.is_dir():
-            raise MountError(f"--stats-file {opts.stats_file}: no such folder {folder}")
-        if not os.access(folder, os.W_OK):
-            raise MountError(f"--stats-file {opts.stats_file}: cannot write in {folder}")
 
 
 def _fail(message: str) -> int:
@@ -625,7 +617,7 @@ def execute(parser: argparse.ArgumentParser, argv: list[str]) -> int:
             raise JobError("two --mount options name the same source (one mount each)")
         for mount in mounts:  # every option is checked before anything is mounted
             # (the daemon's own options, which exec does not take, at their defaults)
-            given = {"stats_file": None, **vars(args)}
+            given = {**vars(args)}
             given["metrics_port"] = int(mount.daemon_args[1]) if mount.daemon_args else None
             given |= {"source": mount.source, "mountpoint": mount.mountpoint}
             options_from(argparse.Namespace(**given))

@@ -175,7 +175,6 @@ class MountOptions:
     cache_size: int | None = None  # bytes the cache may hold on disk (None: as much as the disk has)
     upload_part_size: int = 8 * MIB  # the first 1,000 parts; later parts double every 1,000 (5 TiB fits)
     upload_concurrency: int = 8  # parts uploaded, copied or fetched at once, over all files
-    stats_file: Path | None = None  # on SIGUSR1 the daemon writes its statistics here as JSON
     # Prometheus metrics (s3files/metrics.py) over HTTP at metrics_address:metrics_port; None: not served.
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"

@@ -1,7 +1,7 @@
 """s3files daemons as a user runs them, for tests that stop, signal or kill -9 the mount.
 
 Owns: ``Daemon`` (one ``s3files mount ... --foreground`` child process, started with the CLI, with its own
-log file and statistics file), ``Daemons`` (every daemon and helper process a test started, ended by pid
+log file; its statistics asked through its control socket as ``s3files stats`` asks), ``Daemons`` (every daemon and helper process a test started, ended by pid
 and unmounted in ``close``), and small helpers to read what a daemon left in its cache folder
 (``--cache-dir``/<bucket>-<hash>/files/<id>.data + <id>.json, see s3files/core/records.py) and in S3.
 
@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from s3files.control import ControlError, stats_of
 from s3files.core.records import folder_name, parse_record
 from s3files.mountinfo import mount_entry
 
@@ -49,7 +47,6 @@ class Daemon:
     mountpoint: Path
     cache_dir: Path
     log_file: Path
-    stats_file: Path
     extra: tuple[str, ...] = ()
     env: Mapping[str, str] | None = None  # the daemon's environment (default: the test's)
     proc: subprocess.Popen[bytes] | None = None
@@ -75,7 +72,6 @@ class Daemon:
             "--endpoint-url", self.endpoint_url,
             "--cache-dir", str(self.cache_dir),
             "--log-file", str(self.log_file),
-            "--stats-file", str(self.stats_file),
             "--foreground",
             *self.extra,
         ]  # fmt: skip
@@ -120,15 +116,11 @@ class Daemon:
             return ""
 
     def stats(self, timeout: float = 10.0) -> dict[str, Any]:
-        """The daemon's statistics (SIGUSR1 -> --stats-file)."""
-        self.stats_file.unlink(missing_ok=True)
-        os.kill(self.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                return dict(json.loads(self.stats_file.read_text()))
-            time.sleep(0.02)
-        raise DaemonError(f"no statistics within {timeout} s:\n{self.log()[-3000:]}")
+        """The daemon's statistics, as ``s3files stats --json`` gets them (its control socket)."""
+        try:
+            return stats_of(self.mountpoint, self.cache_dir, timeout)
+        except ControlError as exc:
+            raise DaemonError(f"no statistics: {exc}\n{self.log()[-3000:]}") from None
 
     def requests(self) -> Counter[str]:
         """S3 requests this daemon sent so far, by operation."""
@@ -226,14 +218,13 @@ class Daemons:
         env: Mapping[str, str] | None = None,
     ) -> Daemon:
         """A daemon (not started) mounting ``bucket`` at ``root/name`` with cache dir ``root/cache``; its
-        log and statistics files are named after the mount point, shared by its restarts."""
+        log file is named after the mount point, shared by its restarts."""
         daemon = Daemon(
             endpoint_url,
             bucket,
             self.root / name,
             self.root / cache,
             self.root / f"{name}.log",
-            self.root / f"{name}.stats.json",
             extra,
             env,
         )

@@ -49,7 +49,7 @@ from s3files.mountinfo import mount_entry
         ("on_recovery=keep,writeback_delay=2.5", ["--on-recovery", "keep", "--writeback-delay", "2.5"]),
         ("listing_attributes=fast,max_connections=64", ["--listing-attributes", "fast", "--max-connections", "64"]),
         ("upload_concurrency=4,upload_part_size=10M", ["--upload-concurrency", "4", "--upload-part-size", "10M"]),
-        ("stats_file=/tmp/s.json", ["--stats-file", "/tmp/s.json"]),
+        ("metrics_port=9100,metrics_address=127.0.0.2", ["--metrics-port", "9100", "--metrics-address", "127.0.0.2"]),
         (",,allow_other,", ["--allow-other"]),
     ],
 )

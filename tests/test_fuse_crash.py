@@ -4,7 +4,7 @@ Every mount here is ``s3files mount ... --foreground`` in a child process (tests
 signal it, kill -9 it by its pid, and mount again with the same ``--cache-dir``; each test unmounts every
 mount and ends every process it started, whatever happens. What is checked: contents (sha256) in S3 and
 in the cache folder (``--cache-dir``/<bucket>-<hash>/files/<id>.data + <id>.json), sizes, the errors the
-programs see, the daemon's logs, its request counts (SIGUSR1 -> ``--stats-file``), ListMultipartUploads.
+programs see, the daemon's logs, its request counts (``s3files stats``, the control socket), ListMultipartUploads.
 
 Counts are smaller than the issue's where its numbers would cost minutes (module constants below, each
 saying what the issue asked for).

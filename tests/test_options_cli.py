@@ -166,6 +166,18 @@ def test_a_bad_mode_is_one_argparse_line(capsys: pytest.CaptureFixture[str]) -> 
     assert "argument --consistency: invalid choice: 'loose'" in capsys.readouterr().err.splitlines()[-1]
 
 
+def test_the_stats_file_option_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
+    """`s3files stats` replaced ``--stats-file`` (SIGUSR1): it is in no help and refused in one line."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["mount", "--help"])
+    assert "stats" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["mount", "s3://b", "/m", "--stats-file", "/tmp/s.json"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --stats-file" in capsys.readouterr().err.splitlines()[-1]
+    assert "stats_file" not in MountOptions.__dataclass_fields__
+
+
 def test_library_mount_refuses_an_unknown_mode_before_starting_a_daemon(tmp_path: Path) -> None:
     import s3files
 
@@ -310,7 +322,6 @@ BAD_VALUES = [
     ("--upload-part-size", "1048576", "between 5 and 10 MiB"),
     ("--log-level", "LOUD", "choose from"),
     ("--log-file", "/no/such/folder/x.log", "cannot write there"),
-    ("--stats-file", "/no/such/folder/s.json", "no such folder"),
 ]
 
 

@@ -2,7 +2,7 @@
 the upload, ``s3files sync`` uploads and reports, the delay uploads once however often a file is
 rewritten, SIGTERM uploads first, kill -9 before the upload and a remount uploads it, a conflict found
 after close keeps both versions and is reported. Checked: what S3 holds (boto3), the daemon's request
-counts (SIGUSR1), ``s3files sync``'s exit status and lines, ``s3files status``."""
+counts (``s3files stats``), ``s3files sync``'s exit status and lines, ``s3files status``."""
 
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ mount reports itself ready only after that.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -142,8 +141,6 @@ async def _serve(
             nursery.start_soon(summarize, fs.statistics, metrics, SUMMARY_SECONDS)
             if handle_signals:
                 nursery.start_soon(_stop_on_signals, stop)
-                if opts.stats_file is not None:
-                    nursery.start_soon(_dump_stats_on_signal, fs, opts.stats_file)
             with trio.CancelScope() as main_scope:
                 nursery.start_soon(_terminate_on, stop, main_scope)
                 await pyfuse3.main()
@@ -230,15 +227,6 @@ async def _stop_on_signals(stop: trio.Event) -> None:
             log.info("received %s", signal.Signals(signum).name)
             stop.set()
             return
-
-
-async def _dump_stats_on_signal(fs: FileSystem, path: Path) -> None:
-    """On SIGUSR1 write ``fs.statistics()`` (request counts, inodes, ...) to ``path`` atomically."""
-    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
-        async for _ in signals:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(fs.statistics(), sort_keys=True))
-            os.replace(tmp, path)
 
 
 async def serve_with(

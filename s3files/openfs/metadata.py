@@ -265,7 +265,7 @@ class Metadata(Base):
         return self._call("", now)
 
     def statistics(self) -> dict[str, object]:
-        """The mount's statistics (S3 request counts, inodes, cache), as ``--stats-file`` writes them."""
+        """The mount's statistics (S3 request counts, inodes, cache), as ``s3files stats --json`` shows a mount's."""
 
         async def now() -> dict[str, object]:
             return self._fs.statistics()
