@@ -177,3 +177,24 @@ def test_a_failed_upload_keeps_the_held_deletes(tmp_path: Path) -> None:
 
     run_eventual(store, body, folder=tmp_path, hold="keep")
     assert len(journals(tmp_path)) == 1
+
+
+def test_the_journal_is_appended_rewritten_when_long_and_read_after_a_torn_line(tmp_path: Path) -> None:
+    from s3files.core.heldtree import Change, HeldChanges
+    from s3files.store.base import ObjectInfo
+
+    journal = tmp_path / "held" / "1.json"
+    held = HeldChanges(journal)
+    for i in range(200):  # one key changed again and again: the file is rewritten, never past 2n+64 lines
+        held.record("k", Change("put", ObjectInfo("k", 1, f"e{i}", 0.0, {}), b"x"))
+        held.record(f"d{i % 3}", Change("delete"))
+    held.drop("d0")
+    assert len(journal.read_bytes().splitlines()) <= 2 * 3 + 64
+    with open(journal, "ab") as f:
+        f.write(b'{"key": "torn", "change": {"ki')  # a crash in the middle of an append
+    loaded = HeldChanges.load(journal)
+    assert list(loaded.changes) == list(held.changes) == ["d2", "k", "d1"] and loaded.changes["k"].info.etag == "e199"  # type: ignore[union-attr]
+    held.drop("d1")
+    held.drop("d2")
+    held.drop("k")
+    assert not journal.exists()

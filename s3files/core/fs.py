@@ -378,6 +378,7 @@ class FileSystem:
             else:
                 await self.uploader.discard(copy)
         self.cache.close_all()
+        self.held_tree.close()
         self.meta.close()
         self.folder.close()
 

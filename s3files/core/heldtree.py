@@ -22,8 +22,8 @@ then the deletes (``apply_deletes``: a renamed object's old key among them), and
 succeeded; so a job that moves its input aside never loses it to a failed upload. Each applied change
 leaves the journal at once, so a crash in the middle resumes with what is left.
 
-Crash safety: the journal (``held/<mount>.json`` in the cache folder) is written whole and atomically
-(write, fsync, rename, fsync of the folder) at every change, before the change is answered. A later mount
+Crash safety: the journal (``held/<mount>.json`` in the cache folder) gets one line per change, appended
+and synced (fdatasync) before the change is answered; a torn last line is a change never answered. A later mount
 of that folder leaves S3 as it was (the default, the journal stays and is reported), applies it
 (``--on-recovery upload-held``: creations, the held files, deletes) or deletes it (``discard``): recovery.py.
 
@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -121,11 +122,15 @@ def _etag(body: bytes, parts: int) -> str:
 
 class HeldChanges:
     """The held tree changes of one mount and their journal (see the module docstring). ``journal``: the
-    file they are recorded in (created at the first change, removed once nothing is left)."""
+    file they are recorded in, one JSON line per change (or per change dropped), appended and synced
+    before the change is answered (created at the first change, removed once nothing is left, rewritten
+    whole when it holds many lines no longer needed); a torn last line is a change never answered."""
 
     def __init__(self, journal: Path) -> None:
         self.journal = journal
         self.changes: dict[str, Change] = {}
+        self._fd: int | None = None
+        self._lines = 0  # lines in the journal file
 
     def __bool__(self) -> bool:
         return bool(self.changes)
@@ -135,9 +140,21 @@ class HeldChanges:
         """The changes a journal left by an earlier mount records (StoreError if it cannot be read)."""
         held = cls(journal)
         try:
-            raw = json.loads(journal.read_bytes())
-            for key, change in raw["changes"]:
-                held.changes[str(key)] = Change.from_json(str(key), change)
+            lines = journal.read_bytes().split(b"\n")
+            for index, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    if index >= len(lines) - 2:  # the last line, torn by a crash: never answered
+                        break
+                    raise
+                key = str(entry["key"])
+                held.changes.pop(key, None)
+                if not entry.get("drop"):
+                    held.changes[key] = Change.from_json(key, entry["change"])
+                held._lines += 1
         except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
             raise StoreError(f"cannot read the held changes in {journal}: {exc}") from None
         return held
@@ -146,19 +163,34 @@ class HeldChanges:
         """The job changed ``key``: in the journal (durably) before the caller answers."""
         self.changes.pop(key, None)  # the newest change goes last (the order shown)
         self.changes[key] = change
-        self.save()
+        self._append([{"key": key, "change": change.to_json()}])
 
     def drop(self, key: str) -> None:
+        """``key``'s change was made in S3 (or is not wanted any more)."""
         if self.changes.pop(key, None) is not None:
-            self.save()
+            self._append([{"key": key, "drop": True}])
 
-    def save(self) -> None:
-        """Write the journal whole and atomically, or remove it when nothing is held."""
+    def _append(self, entries: list[dict[str, object]]) -> None:
         if not self.changes:
-            self.journal.unlink(missing_ok=True)
+            self._remove()
             return
-        self.journal.parent.mkdir(mode=0o700, exist_ok=True)
-        body = json.dumps({"version": 1, "changes": [[k, c.to_json()] for k, c in self.changes.items()]}).encode()
+        if self._lines > 2 * len(self.changes) + 64:
+            self._rewrite()
+            return
+        created = self._fd is None and not self.journal.exists()
+        if self._fd is None:
+            self.journal.parent.mkdir(mode=0o700, exist_ok=True)
+            self._fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.write(self._fd, b"".join(json.dumps(entry).encode() + b"\n" for entry in entries))
+        os.fdatasync(self._fd)
+        self._lines += len(entries)
+        if created:
+            _sync_folder(self.journal.parent)
+
+    def _rewrite(self) -> None:
+        """The journal whole, atomically (write, fsync, rename, fsync of the folder): one line a change."""
+        self.close()
+        body = b"".join(json.dumps({"key": k, "change": c.to_json()}).encode() + b"\n" for k, c in self.changes.items())
         tmp = self.journal.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -167,16 +199,26 @@ class HeldChanges:
         finally:
             os.close(fd)
         os.replace(tmp, self.journal)
-        dirfd = os.open(self.journal.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        _sync_folder(self.journal.parent)
+        self._lines = len(self.changes)
+
+    def _remove(self) -> None:
+        self.close()
+        if self.journal.exists():
+            self.journal.unlink()
+            _sync_folder(self.journal.parent)
+        self._lines = 0
+
+    def close(self) -> None:
+        """Close the journal file (it stays, with what it holds)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def discard(self) -> None:
         """Forget every change (``--on-failure discard``, ``--on-recovery discard``)."""
         self.changes.clear()
-        self.save()
+        self._remove()
 
     def summary(self) -> list[dict[str, object]]:
         """One entry per held change, for ``s3files status`` and exec's report: key, what, from where."""
@@ -193,24 +235,34 @@ class HeldChanges:
         (a copy of a multipart object). Raises the first store error; what was applied has left the
         journal."""
         copied: dict[str, Copied] = {}
-        for _ in range(2 * len(self.changes) + 1):  # each round applies one change, or frees one by a swap
-            writes = [k for k, c in self.changes.items() if c.kind != "delete"]
-            if not writes:
-                return copied
-            sources = {c.origin for k, c in self.changes.items() if c.kind == "copy" and c.origin != k}
-            ready = next((k for k in writes if k not in sources), None)
-            if ready is None:  # a cycle (a swap of two names): copy one source aside first
-                ready = writes[0]
-                await self._set_aside(store, ready)
-            change = self.changes[ready]
+        pending = [k for k, c in self.changes.items() if c.kind != "delete"]
+        # How many held copies still read each key: a key is written once none does.
+        readers = Counter(c.origin for k, c in self.changes.items() if c.kind == "copy" and c.origin != k)
+        ready = deque(k for k in pending if not readers[k])
+        waiting = {k for k in pending if readers[k]}
+        for _ in range(2 * len(pending) + 1):  # each round applies one change, or frees one by a swap
+            if not ready:
+                if not waiting:
+                    return copied
+                key = min(waiting)  # a cycle (a swap of two names): copy one source aside first
+                await self._set_aside(store, key)
+                waiting.discard(key)
+                ready.append(key)
+                continue
+            key = ready.popleft()
+            change = self.changes[key]
             if change.kind == "put":
                 assert change.body is not None and change.info is not None
-                await _put(store, ready, change.body, change.info.metadata or {}, change.parts)
+                await _put(store, key, change.body, change.info.metadata or {}, change.parts)
             else:
                 assert change.origin is not None and change.info is not None
                 metadata = dict(change.info.metadata or {}) if change.replace_metadata else None
-                copied[ready] = await store.copy(change.origin, ready, metadata=metadata)
-            self.drop(ready)
+                copied[key] = await store.copy(change.origin, key, metadata=metadata)
+                readers[change.origin] -= 1
+                if readers[change.origin] <= 0 and change.origin in waiting:
+                    waiting.discard(change.origin)
+                    ready.append(change.origin)
+            self.drop(key)
         raise StoreError("held changes: cannot order the copies")  # (the loop's bound)
 
     async def _set_aside(self, store: ObjectStore, key: str) -> None:
@@ -218,11 +270,11 @@ class HeldChanges:
         copies read instead, deleted with the other deletes."""
         temp = key + TEMP_SUFFIX
         await store.copy(key, temp)
-        for change in self.changes.values():
+        for dst, change in list(self.changes.items()):
             if change.kind == "copy" and change.origin == key:
                 change.origin = temp
-        self.changes[temp] = Change("delete")
-        self.save()
+                self.record(dst, change)
+        self.record(temp, Change("delete"))
 
     async def apply_deletes(self, store: ObjectStore) -> None:
         """Send every held delete to ``store`` (the last step); what was applied leaves the journal."""
@@ -237,6 +289,14 @@ async def _put(store: ObjectStore, key: str, body: bytes, metadata: Mapping[str,
     upload_id = await store.create_multipart(key, metadata)
     part = await store.upload_part(key, upload_id, 1, body)
     return await store.complete_multipart(key, upload_id, [part])
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def journal_path(root: Path) -> Path:

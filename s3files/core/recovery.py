@@ -139,6 +139,8 @@ async def recover(fs: FileSystem, mode: OnRecovery) -> RecoveryReport:
             await tree.apply_deletes(fs.store)
         except S3FilesError as exc:
             _keep_tree(tree, report, f"deletes not sent: {exc}")
+        finally:
+            tree.close()
     if records or trees or report.held_changes:
         log.warning("%s", report.summary())
     return report
@@ -166,6 +168,7 @@ async def _held_trees(fs: FileSystem, mode: OnRecovery, report: RecoveryReport) 
             try:
                 await tree.apply_creations(fs.store)
             except S3FilesError as exc:
+                tree.close()
                 _keep_tree(tree, report, f"not sent: {exc}")
             else:
                 applying.append(tree)
