@@ -23,7 +23,8 @@ from s3files.core.cache import LocalCache
 from s3files.core.copies import LocalCopy, clean_files_for
 from s3files.core.files import Files, OpenFile
 from s3files.core.handles import DirHandle, Handles
-from s3files.core.heldtree import HeldChanges, HeldView, journal_path
+from s3files.core.heldtree import HeldChanges, journal_path
+from s3files.core.heldview import HeldView
 from s3files.core.inodes import ROOT_INO, Attr, Inode
 from s3files.core.kernel import KernelCache
 from s3files.core.markers import FolderMarkers
