@@ -120,7 +120,10 @@ def test_held_tree_changes_reach_s3_only_when_published(tmp_path: Path) -> None:
         await job(fs, clock)
         assert snapshot(store) == before  # nothing sent while held
         assert {c["key"] for c in fs.status()["held_changes"]} >= {"out/", "done/a.txt", "in/a.txt", "in/b.txt"}
+        done = await ino_of(fs, "done")
+        assert fs.markers.pending(done)  # its times, moved by the rename into it, are due a moment later
         assert await fs.publish_held() == {}
+        assert not fs.markers.pending(done)  # made with the held changes, not after them
         check_applied(store, before)
         assert fs.held_tree.changes == {} and journals(tmp_path) == []
 

@@ -306,6 +306,7 @@ class FileSystem:
         for what is not in S3 after; if the creations fail, nothing more is sent and the hold stays on."""
         if not self.files.writeback.held:
             return await self.sync()
+        await self.markers.flush()  # folder times due a moment later: held changes too, made with them
         try:
             copied = await self.held_tree.apply_creations(self.store)
         except S3FilesError as exc:

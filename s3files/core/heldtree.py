@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_HELD_BODY = 64 * 1024  # bytes of one object a held change may write (markers, symlinks, empty files)
 TEMP_SUFFIX = ".s3files-held-swap"
+MAX_PASSES = 10  # passes over the creations recorded meanwhile (folder times written as they are made)
 
 Kind = Literal["delete", "put", "copy"]
 
@@ -225,6 +226,14 @@ class HeldChanges:
         Returns the copies made (key -> what S3 answered), whose ETag may differ from the one the job saw
         (a copy of a multipart object). Raises the first store error; what was applied has left the
         journal."""
+        copied: dict[str, Copied] = {}
+        for _ in range(MAX_PASSES):  # a change recorded while these were made (a folder's times): again
+            if all(c.kind == "delete" for c in self.changes.values()):
+                break
+            copied |= await self._apply_creations(store)
+        return copied
+
+    async def _apply_creations(self, store: ObjectStore) -> dict[str, Copied]:
         copied: dict[str, Copied] = {}
         pending = [k for k, c in self.changes.items() if c.kind != "delete"]
         # How many held copies still read each key: a key is written once none does.

@@ -104,6 +104,15 @@ class FolderMarkers:
         finally:
             self._running = False
 
+    async def flush(self) -> None:
+        """Write every pending marker now (fs.publish_held: the held folder times join the held changes
+        before those are made in S3)."""
+        for _ in range(len(self._pending)):
+            if not self._pending:
+                break
+            _, (folder, _) = self._pending.popitem()
+            await self._write(folder)
+
     async def aclose(self) -> None:
         """At a stop: write every pending marker now (bounded in time); nothing is scheduled after."""
         self._enabled = False
