@@ -153,6 +153,18 @@ class RgwServer:
         log.info("RadosGW up at %s (work directory %s)", server.endpoint_url, wd)
         return server
 
+    def add_key(self, access_key: str, secret_key: str) -> None:
+        """Give the S3 user one more key pair (``access_key``: letters and digits)."""
+        result = _run(self.script, ["key", str(self.workdir), "add", access_key, secret_key], START_TIMEOUT_S)
+        if result.returncode != 0:
+            raise _failure(f"adding key {access_key} to RadosGW in {self.workdir}", result, self.workdir)
+
+    def remove_key(self, access_key: str) -> None:
+        """Take the key ``access_key`` away from the S3 user: RadosGW refuses it from then on."""
+        result = _run(self.script, ["key", str(self.workdir), "rm", access_key], START_TIMEOUT_S)
+        if result.returncode != 0:
+            raise _failure(f"removing key {access_key} from RadosGW in {self.workdir}", result, self.workdir)
+
     def stop(self) -> None:
         """Stop the daemons of this work directory (bounded) and remove it if start() created it."""
         if self._stopped:

@@ -11,6 +11,9 @@
 #                               ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and RGW_DIR)
 #   rgw.sh stop DIR             stop the daemons whose pid files are in DIR (rgw, osd, mon); DIR is then removable
 #   rgw.sh status DIR           print each daemon's state; exit 0 when S3 answers, 3 otherwise
+#   rgw.sh key DIR add ACCESS SECRET | key DIR rm ACCESS
+#                               give the S3 user one more key, or take one away (tests of credentials that
+#                               change: the old key refused from then on)
 #
 # Environment: RGW_WAIT_SECONDS (bound on each wait, default 120), RGW_STOP_SECONDS (bound on each daemon's
 # exit, default 60), RGW_MEMSTORE_BYTES (OSD capacity, default 8 GiB). The OSD is memstore: objects live in
@@ -54,7 +57,7 @@ die() {
 }
 
 usage() {
-    echo "usage: $PROG install | start DIR [PORT] | stop DIR | status DIR" >&2
+    echo "usage: $PROG install | start DIR [PORT] | stop DIR | status DIR | key DIR add ACCESS SECRET | key DIR rm ACCESS" >&2
     exit 2
 }
 
@@ -463,8 +466,32 @@ cmd_status() {
     return 3
 }
 
+# ---------------------------------------------------------------------------------------------- keys
+
+cmd_key() { # key DIR add ACCESS SECRET | key DIR rm ACCESS
+    [[ -n ${1:-} && -f $1/ceph.conf ]] || die "no cluster in '${1:-}'"
+    set_dir "$1"
+    local action=${2:-} access=${3:-} secret=${4:-} log
+    log=$DIR/log/radosgw-admin.log
+    [[ $access =~ ^[A-Za-z0-9]+$ ]] || die "ACCESS must be letters and digits, not '$access'"
+    case $action in
+    add)
+        [[ -n $secret ]] || usage
+        timeout 120 radosgw-admin -c "$CONF" key create --uid="$S3_USER" --key-type=s3 \
+            --access-key="$access" --secret-key="$secret" >>"$log" 2>&1 \
+            || die "radosgw-admin key create failed (log: $log)"
+        ;;
+    rm)
+        timeout 120 radosgw-admin -c "$CONF" key rm --uid="$S3_USER" --key-type=s3 \
+            --access-key="$access" >>"$log" 2>&1 || die "radosgw-admin key rm failed (log: $log)"
+        ;;
+    *) usage ;;
+    esac
+}
+
 case ${1:-} in
 install) cmd_install ;;
+key) cmd_key "${@:2}" ;;
 start) cmd_start "${@:2}" ;;
 stop) cmd_stop "${@:2}" ;;
 status) cmd_status "${@:2}" ;;

@@ -97,6 +97,52 @@ def iam_moto(fake_aws_credentials: None) -> Iterator[IamMoto]:
         server.stop()
 
 
+@dataclass
+class RgwKeys:
+    """Ceph RadosGW (which checks keys for real, and serves presigned GETs, so the direct path reads
+    there): the S3 user's keys added and removed with radosgw-admin (scripts/rgw.sh key)."""
+
+    rgw: Any  # s3files.rgwserver.RgwServer
+
+    @property
+    def server(self) -> Any:
+        return self.rgw
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.rgw.endpoint_url,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}),
+            aws_access_key_id=self.rgw.access_key,
+            aws_secret_access_key=self.rgw.secret_key,
+        )
+
+    def new_user(self) -> str:
+        return ""  # the one S3 user of rgw.sh
+
+    def new_key(self, user: str) -> tuple[str, str]:
+        key = ("S3FK" + uuid.uuid4().hex[:16]).upper(), uuid.uuid4().hex
+        self.rgw.add_key(*key)
+        return key
+
+    def delete_key(self, user: str, key_id: str) -> None:
+        self.rgw.remove_key(key_id)
+
+    def new_bucket(self) -> str:
+        name = f"creds-{uuid.uuid4().hex[:10]}"
+        self.client("s3").create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(params=["moto", "rgw"])
+def key_server(request: pytest.FixtureRequest) -> Any:
+    """A server that checks keys and whose keys a test can add and take away: moto (IAM) or RadosGW."""
+    if request.param == "moto":
+        return request.getfixturevalue("iam_moto")
+    return RgwKeys(request.getfixturevalue("rgw_server"))
+
+
 class CredentialProcess:
     """An AWS config file whose default profile's ``credential_process`` prints what ``set`` wrote."""
 
@@ -141,38 +187,53 @@ BAD_KEY = ("AKIAREVOKEDREVOKED00", "not-a-secret")
 
 
 def test_the_store_refreshes_credentials_on_both_paths_and_says_once_when_they_are_refused(
-    iam_moto: IamMoto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    key_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Through S3Store: keys changed at the source are used by the next request of both paths (direct
-    PUTs and HEADs, the client's LIST and GET), the old ones deleted meanwhile; refused or expired ones
-    are CredentialsError (EACCES) with one log line per reason, not per request; valid again, it works."""
+    PUTs, HEADs and, on RadosGW, ranged GETs of a 3 MiB object; the client's LIST, and GET on moto, whose
+    presigned GETs fail under auth), the old key deleted meanwhile: a direct GET whose presigned URL was
+    signed with it fails once, falls back to the client, and the next one is presigned anew; refused or
+    expired credentials are CredentialsError (EACCES) with one log line per reason, not per request;
+    valid again, the same store works."""
+    rgw = isinstance(key_server, RgwKeys)
     process = CredentialProcess(tmp_path / "creds")
-    user = iam_moto.new_user()
-    first = iam_moto.new_key(user)
+    user = key_server.new_user()
+    first = key_server.new_key(user)
     process.set(first)
     for name, value in process.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    bucket = iam_moto.new_bucket()
+    bucket = key_server.new_bucket()
+    big = os.urandom(3 * 1024 * 1024)
+    key_server.client("s3").put_object(Bucket=bucket, Key="big", Body=big)
     caplog.set_level(logging.INFO, logger="s3files")
 
     async def main() -> None:
-        async with open_s3_store(bucket, endpoint_url=iam_moto.server.endpoint_url) as store:
+        async with open_s3_store(bucket, endpoint_url=key_server.server.endpoint_url) as store:
+
+            def direct() -> int:
+                return int(store.statistics()["direct_requests"])
+
             await store.put("one", b"first key")
             assert (await store.head("one")).size == 9
-            direct = store.statistics()["direct_requests"]
-            assert direct == 2  # the PUT and the HEAD went the direct way, signed with the first key
+            assert direct() == 2  # the PUT and the HEAD went the direct way, signed with the first key
+            assert await store.get_range("big", 1000, 1_001_000) == big[1000:1_001_000]
+            assert direct() == (3 if rgw else 2)  # (its presigned URL is kept a minute)
             calls = process.calls()
 
-            second = iam_moto.new_key(user)
+            second = key_server.new_key(user)
             process.set(second)
-            iam_moto.delete_key(user, first[0])  # from now on a request signed with the first key is refused
+            key_server.delete_key(user, first[0])  # from now on a request signed with the first key is refused
             await store.put("two", b"second key")
             assert (await store.head("two")).size == 10
+            gets = store.requests["get"]
+            assert await store.get_range("big", 2_000_000, 3_000_000) == big[2_000_000:3_000_000]
+            assert store.requests["get"] == gets + 2  # the URL signed with the first key, then the client
+            assert await store.get_range("big", 0, 1_000_000) == big[:1_000_000]  # presigned anew
             assert await store.get_range("one", 0, 9) == b"first key"
-            assert [o.key for o in (await store.list_page("")).objects] == ["one", "two"]
-            assert store.statistics()["direct_requests"] == direct + 2  # both paths took the new key
+            assert [o.key for o in (await store.list_page("")).objects] == ["big", "one", "two"]
+            assert direct() == (3 + 2 + 2 if rgw else 2 + 2)  # every path took the new key
             assert process.calls() > calls
 
             process.set(BAD_KEY)
@@ -181,7 +242,7 @@ def test_the_store_refreshes_credentials_on_both_paths_and_says_once_when_they_a
                     await store.put(f"bad-{attempt}", b"x")
                 assert refused.value.errno == errno.EACCES
             with pytest.raises(CredentialsError):
-                await store.get_range("one", 0, 9)
+                await store.get_range("two", 0, 9)  # (a URL presigned a moment ago with valid keys would do)
             with pytest.raises(CredentialsError):
                 await store.list_page("")
 
@@ -190,10 +251,13 @@ def test_the_store_refreshes_credentials_on_both_paths_and_says_once_when_they_a
                 with pytest.raises(CredentialsError, match="expired") as expired:
                     await store.put("expired", b"x")
                 assert expired.value.errno == errno.EACCES
+            with pytest.raises(CredentialsError, match="expired"):
+                await store.head("three")
 
             process.set(second)
             await store.put("three", b"valid again")
             assert await store.get_range("three", 0, 11) == b"valid again"
+            assert await store.get_range("big", 5, 1_000_005) == big[5:1_000_005]
 
     run_trio(main)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(REFUSED_LINE)]
@@ -202,8 +266,9 @@ def test_the_store_refreshes_credentials_on_both_paths_and_says_once_when_they_a
     assert all("the profile's credential_process" in line and "no remount" in line for line in lines)
     assert sum("credentials accepted again" in r.getMessage() for r in caplog.records) == 1
     assert "not-a-secret" not in caplog.text
-    s3 = iam_moto.client("s3")
-    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == ["one", "three", "two"]
+    s3 = key_server.client("s3")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == ["big", "one", "three", "two"]
 
 
 def test_a_mount_takes_new_credentials_answers_eacces_while_refused_and_recovers(

@@ -74,6 +74,7 @@ class DirectHttp:
         read_timeout: float,
         on_request: Callable[[str], None],
         ca_bundle: str | None = None,
+        on_served: Callable[[], None] = lambda: None,
     ) -> None:
         self._presign = presign
         self._credentials = credentials
@@ -88,6 +89,7 @@ class DirectHttp:
             ca_bundle=ca_bundle,
         )
         self._slots = asyncio.Semaphore(max_connections)
+        self._on_served = on_served  # each request answered here (its credentials worked)
         self._urls: dict[str, tuple[float, urllib.parse.SplitResult]] = {}
         self._put_base: urllib.parse.SplitResult | None = None  # the URL of key "" for PUTs, once checked
         self._put_checked = False
@@ -238,6 +240,7 @@ class DirectHttp:
             return None
         self._failures = 0
         self.served += 1
+        self._on_served()
         return response
 
     async def _url(self, key: str) -> urllib.parse.SplitResult:

@@ -175,6 +175,7 @@ class S3Session:
             read_timeout=s.retry.request_timeout,
             on_request=self.requests.add,
             ca_bundle=session.get_config_variable("ca_bundle"),
+            on_served=self.credentials.worked,
         )
         self._stack.push_async_callback(self.direct.aclose)
         for client, policy in ((self.client, s.retry), (self.probe, self._probe_policy)):
