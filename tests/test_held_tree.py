@@ -119,6 +119,8 @@ def test_held_tree_changes_reach_s3_only_when_published(tmp_path: Path) -> None:
     async def body(fs: FileSystem, clock: trio.testing.MockClock) -> None:
         await job(fs, clock)
         assert snapshot(store) == before  # nothing sent while held
+        assert "changes of the tree held back" in (await fs.sync())["."]  # not by sync either
+        assert snapshot(store) == before
         assert {c["key"] for c in fs.status()["held_changes"]} >= {"out/", "done/a.txt", "in/a.txt", "in/b.txt"}
         done = await ino_of(fs, "done")
         assert fs.markers.pending(done)  # its times, moved by the rename into it, are due a moment later

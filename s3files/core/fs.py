@@ -290,13 +290,20 @@ class FileSystem:
         """``s3files sync``: upload now every file waiting for its upload (eventual mode's write-back, or
         a failed upload's retry), or those at or below ``path`` (relative to the mount's root); returns
         once every upload is done: path -> why, for each file that is not in S3 after (its upload failed
-        or conflicted, or it is open for writing with changes no close acknowledged yet)."""
+        or conflicted, or it is open for writing with changes no close acknowledged yet; and ``.`` for the
+        changes of the tree held back, which only the hold's end makes)."""
         below = (path or "").strip("/")
-        return await self.files.writeback.sync(
+        failed = await self.files.writeback.sync(
             copy
             for copy in self.cache.live()
             if not below or copy.node.path == below or copy.node.path.startswith(below + "/")
         )
+        if self.files.writeback.held and self.held_tree:
+            failed["."] = (
+                f"{len(self.held_tree.changes)} changes of the tree held back: made only when the command"
+                " succeeds (s3files exec --publish on-success)"
+            )
+        return failed
 
     async def publish_held(self) -> dict[str, str]:
         """``s3files exec --publish on-success``, its command succeeded: end the hold and send what it held
