@@ -203,3 +203,42 @@ def test_the_journal_is_appended_rewritten_when_long_and_read_after_a_torn_line(
     held.drop("d2")
     held.drop("k")
     assert not journal.exists()
+
+
+def test_listings_through_the_view_page_as_the_job_sees_them(tmp_path: Path) -> None:
+    """HeldView's LIST pages: S3's keys without those deleted here (a folder left with none is not listed,
+    also past a page of deleted keys), with those written here, each on exactly one page, in order."""
+    from s3files.core.heldtree import HeldChanges
+    from s3files.core.heldview import HeldView
+
+    store = MemoryStore()
+    for i in range(50):
+        store.seed(f"p/k{i:03d}", b"x")
+    for name in ("a", "b", "c"):
+        store.seed(f"p/sub/{name}", b"x")
+    store.seed("p/kept/x", b"x")
+    view = HeldView(store, HeldChanges(tmp_path / "held" / "1.json"), lambda: True)
+
+    async def main() -> list[str]:
+        for i in range(1, 21):
+            await view.delete(f"p/k{i:03d}")
+        for name in ("a", "b", "c"):
+            await view.delete(f"p/sub/{name}")
+        await view.put("p/k010x", b"new")
+        await view.put("p/new/", b"")
+        await view.copy("p/k030", "p/zz")
+        seen: list[str] = []
+        token = None
+        for _ in range(100):
+            page = await view.list_page("p/", "/", token, max_keys=7)
+            seen += [o.key for o in page.objects] + list(page.prefixes)
+            token = page.next_token
+            if token is None:
+                return seen
+        raise AssertionError("no end")
+
+    seen = trio.run(main)
+    expected = (
+        ["p/k000", "p/k010x"] + [f"p/k{i:03d}" for i in range(21, 50)] + ["p/kept/", "p/new/", "p/zz"]
+    )
+    assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))

@@ -170,8 +170,15 @@ class HeldView:
         deleted = [k for k, c in self._changes.items() if k.startswith(common) and c.kind == "delete"]
         if not deleted or any(k.startswith(common) and c.kind != "delete" for k, c in self._changes.items()):
             return True
-        page = await self.inner.list_page(common, None, max_keys=len(deleted) + 1)
-        return any(obj.key not in self._changes for obj in page.objects)
+        token = None
+        for _ in range(MAX_REFILL):  # (S3 gives at most 1,000 keys a page)
+            page = await self.inner.list_page(common, None, token, max_keys=min(len(deleted) + 1, 1000))
+            if any(obj.key not in self._changes for obj in page.objects):
+                return True
+            token = page.next_token
+            if token is None:
+                return False
+        return True
 
     async def list_multipart_uploads(self, prefix: str) -> list[MultipartUpload]:
         return await self.inner.list_multipart_uploads(prefix)
