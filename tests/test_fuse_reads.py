@@ -57,11 +57,11 @@ def in_threads(n: int, work: Callable[[int], bytes]) -> list[bytes]:
         return list(pool.map(work, range(n)))
 
 
-def check_fetches(spy: list[tuple[int, int]], streams: int, again: int = MIB) -> None:
+def check_fetches(spy: list[tuple[int, int]], streams: int) -> None:
     """Each stream had read-ahead (parts of 8 MiB, not one GET per kernel read of at most 1 MiB), and no
-    byte was fetched twice beyond ``again`` per stream (a first part, 1 MiB)."""
+    byte was fetched twice beyond a first part (1 MiB) per stream."""
     fetched = sum(e - s for s, e in spy)
-    assert SIZE <= fetched <= SIZE + streams * again, (fetched, sorted(spy))
+    assert SIZE <= fetched <= SIZE + streams * MIB, (fetched, sorted(spy))
     assert len(spy) <= 6 * streams + 2, sorted(spy)
 
 
@@ -86,10 +86,11 @@ def test_threads_reading_parts_of_one_descriptor_each_get_read_ahead(mounted: Mo
     finally:
         os.close(fd)
     assert got == [hashlib.sha256(data[i * share : (i + 1) * share]).digest() for i in range(threads)]
-    # Under load the kernel may deliver a stream's reads out of order, so that one lands where no stream
-    # holds a part any more and a part is fetched again (seen in a CI run with 4 threads: 16.5 MiB more over
-    # 48): up to a part per stream, as for the memory map below.
-    check_fetches(mounted.spy, threads, again=8 * MIB)
+    # A thread's first read may land in the read-ahead of the thread before it: it becomes a stream of
+    # its own, and the other keeps its parts (tests/test_core.py
+    # test_readers_starting_inside_anothers_read_ahead_fetch_each_byte_once; a CI run once fetched 70 MiB
+    # for 48 here).
+    check_fetches(mounted.spy, threads)
 
 
 def test_four_descriptors_reading_one_file_fetch_it_once(mounted: Mounted) -> None:
@@ -159,9 +160,9 @@ def test_a_memory_map_read_from_two_threads(mounted: Mounted) -> None:
     mounted.spy.clear()
     got = run_child(MAPPED, str(path), str(DEADLINE)).split()
     assert got == [hashlib.sha256(data[:half]).hexdigest(), hashlib.sha256(data[half:]).hexdigest()]
-    # The kernel's read-around of page faults may ask again, in 1 MiB reads, for a range whose part was
-    # already handed out and recycled (seen once in CI: 6 MiB more over 48): up to a part per stream.
-    check_fetches(mounted.spy, 2, again=8 * MIB)
+    # The kernel's read-around of page faults may ask again for a range whose part its stream dropped:
+    # the part is kept a while for such stragglers (test_a_late_read_behind_a_stream_is_served_by_the_part_it_dropped).
+    check_fetches(mounted.spy, 2)
 
 
 def test_pandas_read_csv_of_a_path_on_the_mount(mounted: Mounted, tmp_path: Path) -> None:

@@ -12,7 +12,15 @@ stopped is sequential, and the window ahead of it grows first_part -> x8 -> ... 
 to first byte is set by it. A read that continues no stream is random: it fetches exactly the bytes
 asked for, and starts a new stream there (up to ``MAX_STREAMS``; the least recently used stream that no
 read waits on makes room). A stream's read-ahead stops where another stream began or holds parts, so
-parts never overlap and no byte is fetched twice while it is held.
+parts never overlap and no byte is fetched twice while it is held. A read far ahead of where a stream
+reads next but inside its read-ahead is another reader (threads reading slices: each one's first read
+lands in the read-ahead of the one before): it is split off as a stream of its own with the parts from
+there on, so the first stream keeps the parts its reader is still reading.
+
+Stragglers: the kernel sends reads slightly out of order, and a memory map's read-around may ask again
+for pages it dropped, so a read may land where its stream no longer holds the part. Parts a stream drops
+(and a random read's bytes) stay findable in ``_recent`` for such reads, up to ``RECENT_PARTS`` and only
+within the memory the streams leave unused; a new part takes a recent part's buffer before allocating.
 
 Readers never fail one another: a part a read waits on is never cancelled and its bytes never recycled
 while it waits; dropping a stream (evicted, overtaken, a failed part) only forgets such parts, and their
@@ -29,7 +37,8 @@ any more, because a fresh one costs zeroing and page faults, about a fifth of th
 read. Spare buffers live in the mount's ``PartBuffers``, shared by every reader, so the next file reuses
 them too (at most ``max_window + part_size`` of them, dropped after ``IDLE_SECONDS`` unused).
 
-Invariant: each stream's ``parts`` is sorted, contiguous and non-overlapping; between awaits only this
+Invariant: each stream's ``parts`` is sorted, contiguous and non-overlapping (two streams share a part only
+where one was split off the other); between awaits only this
 object mutates them (trio is single-threaded), so scheduling is done without awaiting.
 """
 
@@ -52,6 +61,7 @@ Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 IDLE_SECONDS = 30.0  # spare part buffers unused this long are given back to the system
 MAX_STREAMS = 8  # sequential streams remembered per open file (a position and a window each)
+RECENT_PARTS = 8  # parts no stream holds any more, kept for stragglers while memory allows
 
 
 class PartBuffers:
@@ -161,6 +171,10 @@ class Reader:
         self._opts = opts
         self._spawn = spawn
         self._streams: list[_Stream] = [_Stream(0, 0, opts.first_part)]  # least recently used first
+        self._recent: list[_Part] = []  # dropped by their stream, least recently used first
+        # How far ahead of where a stream reads next a read still continues it: the kernel's read-ahead
+        # sends a reader's next read or two before the one it waits on (a page fault's read-around too).
+        self._near = max(opts.first_part, 2 * opts.read_ahead_kb * 1024)
         self._closed = False
         self._buffers = buffers or PartBuffers(opts.part_size, 2 * opts.part_size, spawn)
         if first:
@@ -177,15 +191,22 @@ class Reader:
         if off >= end:
             return b""
         stream = self._stream_at(off)
+        recent = self._recent_at(off, end) if stream is None else None
         if stream is not None:
+            if off > stream.next + self._near:
+                stream = self._split(stream, off)  # another reader, inside this one's read-ahead
             self._advance(stream, off, end)
             stream.next = max(stream.next, end)
             wanted = [p for p in stream.parts if p.start < end and p.end > off]
+        elif recent is not None:
+            wanted = recent  # a straggler: its bytes were dropped a moment ago and are still here
         else:
             self._start_stream(off, end)
-            wanted = [self._start_part(off, end)]  # not kept: a random read holds only its own bytes
+            wanted = [self._start_part(off, end)]  # no stream holds a random read's bytes; a straggler may
         for p in wanted:
             p.readers += 1
+        if stream is None and recent is None:
+            self._keep_recent(wanted)
         try:
             chunks = [await p.wait() for p in wanted]
         except S3FilesError:
@@ -201,11 +222,13 @@ class Reader:
             base = wanted[0].start
             return memoryview(chunks[0])[off - base : end - base]
         # A read across parts (an unaligned reader): join only the bytes asked for. Joining whole parts
-        # first would copy up to two parts (16 MiB) for a 1 MiB read.
-        return b"".join(
-            memoryview(data)[max(off, p.start) - p.start : min(end, p.end) - p.start]
-            for p, data in zip(wanted, chunks, strict=True)
-        )
+        # first would copy up to two parts (16 MiB) for a 1 MiB read. Each part goes on from where the
+        # one before ended (recent parts may overlap: a random read's and a stream's).
+        views, pos = [], off
+        for p, data in zip(wanted, chunks, strict=True):
+            views.append(memoryview(data)[pos - p.start : min(end, p.end) - p.start])
+            pos = min(end, p.end)
+        return b"".join(views)
 
     def moved(self, key: str) -> None:
         """The object was renamed (server-side copied to ``key``): fetch from there from now on. The
@@ -216,27 +239,70 @@ class Reader:
     def close(self) -> None:
         """Cancel every fetch in flight and drop what is held."""
         self._closed = True
-        for stream in self._streams:
-            for part in stream.parts:
-                part.scope.cancel()  # also those a read waits on: no read comes after a release
-            self._drop(stream.parts)
+        parts = self._held_parts() + self._recent
         self._streams.clear()
+        self._recent.clear()
+        for part in parts:
+            part.scope.cancel()  # also those a read waits on: no read comes after a release
+            self._release(part)
 
     @property
     def held_bytes(self) -> int:
-        return sum(s.held_bytes for s in self._streams)
+        """Bytes of parts fetched or being fetched: the streams' (a part two streams share counts once)
+        and the recently dropped ones kept for stragglers."""
+        return sum(p.end - p.start for p in self._held_parts() + self._recent)
 
     # -- internals ---------------------------------------------------------------------------------
 
+    def _held_parts(self) -> list[_Part]:
+        """Every part the streams hold, once each (a split leaves one part in two streams)."""
+        return list({id(p): p for s in self._streams for p in s.parts}.values())
+
     def _stream_at(self, off: int) -> _Stream | None:
         """The stream this read continues: one holding ``off`` (its bytes are there or on their way),
-        else one that reads next at ``off``. Most recently used first; the one found becomes it."""
-        found = next((s for s in reversed(self._streams) if s.covers(off)), None)
+        preferring one that reads next near ``off``, else one that reads next at ``off``. Most recently
+        used first; the one found becomes the most recently used."""
+        covering = [s for s in reversed(self._streams) if s.covers(off)]
+        found = next((s for s in covering if s.next - self._near <= off <= s.next + self._near), None)
+        if found is None and covering:
+            found = covering[0]
         if found is None:
             found = next((s for s in reversed(self._streams) if s.next == off), None)
         if found is not None and found is not self._streams[-1]:
             self._streams.remove(found)
             self._streams.append(found)
+        return found
+
+    def _split(self, stream: _Stream, off: int) -> _Stream:
+        """A read far ahead of where ``stream`` reads next, inside the parts it fetched ahead: another
+        reader (threads reading slices of one file, the first read of each landing in the read-ahead of
+        the one before). It gets a stream of its own with the parts from the one holding ``off`` on, and
+        ``stream`` keeps the parts up to that one (both hold it). Moving ``stream`` there instead would
+        drop the parts its own reader is still reading, which it would then fetch again."""
+        at = next(i for i, p in enumerate(stream.parts) if p.start <= off < p.end)
+        new = _Stream(off, off, stream.window, stream.parts[at:])
+        stream.parts = stream.parts[: at + 1]
+        self._streams.append(new)
+        if len(self._streams) > MAX_STREAMS:
+            idle = next((s for s in self._streams if s is not new and not s.waited()), None)
+            if idle is not None:
+                self._streams.remove(idle)
+                self._drop(list(reversed(idle.parts)))
+        return new
+
+    def _recent_at(self, off: int, end: int) -> list[_Part] | None:
+        """Recently dropped parts that hold all of ``off..end`` (none failed), or None."""
+        found: list[_Part] = []
+        cursor = off
+        while cursor < end:
+            part = next((p for p in self._recent if p.start <= cursor < p.end and p.error is None), None)
+            if part is None or (part.data is None and part.done.is_set()):
+                return None
+            found.append(part)
+            cursor = part.end
+        for part in found:  # most recently used now
+            self._recent.remove(part)
+            self._recent.append(part)
         return found
 
     def _start_stream(self, off: int, end: int) -> None:
@@ -248,14 +314,14 @@ class Reader:
             if idle is None:
                 return
             self._streams.remove(idle)
-            self._drop(idle.parts)
+            self._drop(list(reversed(idle.parts)))  # its nearest part is the last to leave the recent ones
         self._streams.append(_Stream(off, end, self._opts.first_part))
 
     def _advance(self, stream: _Stream, off: int, end: int) -> None:
         """Drop ``stream``'s parts well behind ``off``, grow its window, and schedule parts to fill it."""
         if not stream.covers(off):
-            self._drop(stream.parts)  # behind the reader (it continues where they end) or forgotten
-            stream.parts = []
+            dropped, stream.parts = stream.parts, []
+            self._drop(list(reversed(dropped)))  # behind the reader (it continues where they end) or forgotten
         keep_from = off - self._opts.part_size
         while stream.parts and stream.parts[0].end <= keep_from:
             self._drop([stream.parts.pop(0)])  # consumed; its bytes are in the kernel's page cache now
@@ -267,7 +333,7 @@ class Reader:
         cursor = stream.parts[-1].end if stream.parts else off
         stop = max(min(self._size, self._boundary(stream, cursor)), end)
         target = min(max(end, off + window), stop)
-        held = self.held_bytes
+        held = sum(p.end - p.start for p in self._held_parts())  # the recent parts give way
         while cursor < target and (cursor < end or held + min(self._opts.part_size, window) <= budget):
             step = min(self._opts.part_size, window)
             part = self._start_part(cursor, min(cursor + step, stop))
@@ -279,6 +345,7 @@ class Reader:
         if stream.streak >= stream.window and stream.window < self._opts.max_window:
             stream.window = min(stream.window * 8, self._opts.max_window)
             stream.streak = 0
+        self._trim_recent()
 
     def _boundary(self, stream: _Stream, cursor: int) -> int:
         """Where ``stream``'s read-ahead from ``cursor`` must stop, so that no two streams fetch the same
@@ -294,7 +361,8 @@ class Reader:
             end = max(other.next, other.parts[-1].end if other.parts else 0)
             if cursor < other.origin:
                 stop = min(stop, other.origin)
-            elif cursor < end:
+            elif cursor < end or (cursor == end and stream.origin < other.origin):
+                # (at ``end`` exactly: the other reads next there, e.g. it was split off this one)
                 if stream.origin < other.origin:
                     return cursor
                 if other.parts:
@@ -311,19 +379,72 @@ class Reader:
             self._drop(dropped)
 
     def _drop(self, parts: list[_Part]) -> None:
-        """Forget ``parts``: cancel the fetch of each that no read waits on and give its buffer to the
-        spares if nothing else can still see it; a part a read waits on or uses is left to that read."""
+        """A stream no longer holds ``parts``: keep them a while for stragglers (a read the kernel sends
+        late, a reader just behind a stream that moved on), most recently dropped last. A part another
+        stream still holds stays with it."""
+        held = {id(p) for s in self._streams for p in s.parts}
+        self._keep_recent([p for p in parts if id(p) not in held])
+
+    def _keep_recent(self, parts: list[_Part]) -> None:
         for part in parts:
-            if part.readers:
-                continue
-            part.scope.cancel()
-            data, part.data = part.data, None
-            if isinstance(data, bytearray) and sys.getrefcount(data) == 2:  # ``data`` and the argument
-                self._buffers.give(data)
+            if part in self._recent:
+                self._recent.remove(part)
+            if part.error is None:
+                self._recent.append(part)
+            else:
+                self._release(part)
+        self._trim_recent()
+
+    def _trim_recent(self) -> None:
+        """Release the least recently used of the recent parts beyond ``RECENT_PARTS``, or beyond the
+        memory the streams leave free: what the file may hold (``_advance``'s budget) less a part, which
+        for one sequential reader with a full window is nothing, so it holds what it held before."""
+        holding = sum(1 for s in self._streams if s.parts)
+        budget = self._opts.max_window + min(3 * self._opts.part_size * max(holding, 1), self._opts.max_window)
+        free = budget - self._opts.part_size - sum(p.end - p.start for p in self._held_parts())
+        kept = sum(p.end - p.start for p in self._recent)
+        while self._recent and (len(self._recent) > RECENT_PARTS or kept > free):
+            part = self._recent.pop(0)
+            kept -= part.end - part.start
+            self._release(part)
+
+    def _release(self, part: _Part) -> None:
+        """Forget ``part``: cancel its fetch unless a read waits on it, and give its buffer to the
+        spares if nothing else can still see it; a part a read waits on or uses is left to that read."""
+        if part.readers:
+            return
+        part.scope.cancel()
+        data, part.data = part.data, None
+        if isinstance(data, bytearray) and sys.getrefcount(data) == 2:  # ``data`` and the argument
+            self._buffers.give(data)
+
+    def _buffer(self) -> bytearray | None:
+        """A spare part buffer: from the mount's spares, else the least recently used recent part's
+        (a new buffer costs zeroing and page faults; a straggler for that part is unlikely by now)."""
+        buffer = self._buffers.take()
+        while buffer is None:
+            part = next((p for p in self._recent if self._recyclable(p)), None)
+            if part is None:
+                return None
+            self._recent.remove(part)
+            self._release(part)
+            buffer = self._buffers.take()
+        return buffer
+
+    def _recyclable(self, part: _Part) -> bool:
+        """Whether ``part``'s buffer would go to the spares if released: no read uses it and no view of
+        it is out (a reply pyfuse3 has not sent yet)."""
+        data = part.data
+        return (
+            not part.readers
+            and isinstance(data, bytearray)
+            and len(data) == self._buffers.size
+            and sys.getrefcount(data) == 3  # ``part.data``, ``data`` and the argument
+        )
 
     def _start_part(self, start: int, end: int) -> _Part:
         part = _Part(start, end)
-        into = self._buffers.take() if end - start == self._buffers.size else None
+        into = self._buffer() if end - start == self._buffers.size else None
 
         async def fetch() -> None:
             with part.scope:
