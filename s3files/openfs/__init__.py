@@ -6,7 +6,8 @@ conditional writes, consistency modes and crash-safe cache folder as a mount) on
 thread of the caller's process, and the synchronous front over it: paths walked name by name as the
 kernel walks them (a lookup per component, each reference given back when the call ends, a file's when
 it is closed), file objects (``RawFile`` under Python's own buffered and text layers, as ``open()``
-builds them), listings, stat, and the kernel's part of each operation that the core leaves to it: close
+builds them), listings, stat, chmod, chown, utime, extended attributes, the cache folder's status.json (as a
+mount's daemon writes it), and the kernel's part of each operation that the core leaves to it: close
 is flush then release, an append writes at the file's size, open with O_CREAT looks the name up before it
 creates. Errors are the core's ``S3FilesError`` raised as ``OSError`` with its errno (the one table, in
 s3files/errors.py), as the FUSE adapter answers them; anything unexpected is EIO, as there.
