@@ -339,7 +339,7 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
         if target.server == "moto":
             notes.append(MOTO_NOTE)
             ranged_ms += plan.big_size / MIB / get_mibs * 1000  # a ranged GET reads the whole object
-        variant_count = 3 + len(peers) + len(args.modes)
+        variant_count = 4 + len(peers) + len(args.modes)
         expected = estimate_seconds(plan, variant_count, get_mibs, put_mibs, request_ms, ranged_ms)
         err.print(
             f"{'quick' if plan.quick else 'full'} run on {target.server}: expected duration about "
@@ -355,6 +355,7 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
 
         variants = [
             Variant("raw", "sdk", *_counted(target, plan)),
+            Variant("raw-parallel", "parallel", *_counted(target, plan)),
             Variant("baseline", "baseline", *_counted(target, plan), scratch=_mkdir(workdir / "baseline")),
         ]
         mounts: list[FsMount] = []

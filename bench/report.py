@@ -19,7 +19,7 @@ from s3files_bench.runner import Collected, Record
 from s3files_bench.workloads import Workload
 
 MOUNT = "mount"
-REFERENCES = ("raw", "baseline")
+REFERENCES = ("raw", "raw-parallel", "baseline")
 
 
 def _number(value: float) -> float:

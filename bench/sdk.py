@@ -43,6 +43,12 @@ OP_NAMES = {
 #: boto3's managed transfers (download_file / upload_file) as a user gets them, with 8 MiB parts.
 TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024)
 
+#: The "raw parallel" reference: the transfer manager with as many 8 MiB requests in flight as the mount
+#: has for one file (a 64 MiB read-ahead window of 8 MiB parts; 8 parts uploaded at once).
+PARALLEL = TransferConfig(
+    multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024, max_concurrency=8
+)
+
 
 class RequestCounter:
     """Requests a client sent (each attempt, retries included), by operation; thread-safe."""

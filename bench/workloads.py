@@ -4,7 +4,9 @@ Owns: the definition of every figure (unit, which direction is better, what exac
 that performs it for each kind of variant:
 
 - ``sdk`` ("raw"): boto3 calls done well and single-stream (one GetObject / PutObject per file; ranged
-  GETs for random reads): the ceiling on this server;
+  GETs for random reads): the ceiling on this server on loopback, what naive SDK code gets on a network;
+- ``parallel`` ("raw-parallel"; read and write workloads): boto3's transfer manager in memory, with as many
+  8 MiB requests in flight per file as the mount (``sdk.PARALLEL``): the reference on a network;
 - ``baseline``: download-process-upload as scripts do it: boto3 download_file / upload_file through a
   temp dir, then local file access (so its times include the download or the upload);
 - ``fs``: plain file calls on a mounted folder: s3files ("mount") and the peers (s3fs, rclone).
@@ -66,8 +68,8 @@ class Figure:
 class Variant:
     """One way of doing the work. ``client`` is counted for sdk/baseline; file systems count their own."""
 
-    name: str  # "raw", "baseline", "mount", "s3fs", "rclone"
-    kind: str  # "sdk", "baseline", "fs"
+    name: str  # "raw", "raw-parallel", "baseline", "mount", "s3fs", "rclone"
+    kind: str  # "sdk", "parallel", "baseline", "fs"
     client: Any = None
     counter: sdk.RequestCounter | None = None
     fs: FsMount | None = None
@@ -157,6 +159,19 @@ class Bench:
             total += len(data)
         return first_at, time.perf_counter() - start, total
 
+    def get_parallel(self, client: Any, name: str, first: int = 0) -> tuple[float, float, int]:
+        """The transfer manager's parallel ranged GETs (``sdk.PARALLEL``) into a consumer that takes the
+        bytes in order, as a reader would: (seconds to ``first`` bytes, seconds, bytes). The manager sends
+        a HEAD first for the size, as a user's ``download_fileobj`` does."""
+        sink = _Sink(first)
+        sink.start = time.perf_counter()
+        client.download_fileobj(self.target.bucket, self.target.key(name), sink, Config=sdk.PARALLEL)
+        return sink.first_at - sink.start, time.perf_counter() - sink.start, sink.total
+
+    def put_parallel(self, client: Any, name: str, local: Path) -> None:
+        """The transfer manager's parallel multipart upload (``sdk.PARALLEL``) of a local file."""
+        client.upload_file(str(local), self.target.bucket, self.target.key(name), Config=sdk.PARALLEL)
+
     def put(self, client: Any, name: str, local: Path) -> None:
         with open(local, "rb") as body:
             client.put_object(Bucket=self.target.bucket, Key=self.target.key(name), Body=body)
@@ -166,6 +181,22 @@ class Bench:
 
     def upload(self, client: Any, name: str, local: Path) -> None:
         client.upload_file(str(local), self.target.bucket, self.target.key(name), Config=sdk.TRANSFER)
+
+
+class _Sink:
+    """A non-seekable file for ``download_fileobj``: the manager hands it the bytes in order (buffering
+    parts that arrive early), as a program reading the object would consume them."""
+
+    def __init__(self, first: int) -> None:
+        self.start = self.first_at = 0.0
+        self.total = 0
+        self._first = max(first, 1)
+
+    def write(self, data: bytes) -> int:
+        self.total += len(data)
+        if not self.first_at and self.total >= self._first:
+            self.first_at = time.perf_counter()
+        return len(data)
 
 
 class Workload:
@@ -194,6 +225,7 @@ def _root(v: Variant) -> Path:
 
 class SeqRead(Workload):
     name = "seq_read"
+    kinds = ("sdk", "parallel", "baseline", "fs")
     figures = (
         Figure("cold", "MiB/s", "higher", "sequential read of a large file never read before"),
         Figure("warm", "MiB/s", "higher", "the same file read again"),
@@ -238,6 +270,13 @@ class SeqRead(Workload):
                 lambda: {"value": one_read(lambda: read_file(_root(v) / second, chunk), what=second)["value"]},
             )
             drop_cached(_root(v) / second)
+        elif v.kind == "parallel":
+            measure("cold", lambda: one_read(lambda: b.get_parallel(v.client, name, first)), also=("ttfb",))
+            measure("warm", lambda: {"value": one_read(lambda: b.get_parallel(v.client, name))["value"]})
+            measure(
+                "cold_recycled",
+                lambda: {"value": one_read(lambda: b.get_parallel(v.client, second), what=second)["value"]},
+            )
         elif v.kind == "sdk":
             measure("cold", lambda: one_read(lambda: b.get(v.client, name, chunk, first)), also=("ttfb",))
             measure("warm", lambda: {"value": one_read(lambda: b.get(v.client, name, chunk))["value"]})
@@ -321,6 +360,7 @@ class Stream(Workload):
 
 class SeqWrite(Workload):
     name = "seq_write"
+    kinds = ("sdk", "parallel", "baseline", "fs")
     figures = (
         Figure(
             "write", "MiB/s", "higher", "write a large new file until close returns and the object exists"
@@ -339,7 +379,9 @@ class SeqWrite(Workload):
                 copy_file(source, _root(v) / name, b.plan.chunk)
                 b.wait_written(name, size)
             elif v.kind == "sdk":
-                b.upload(v.client, name, source)  # boto3's parallel multipart upload of the same bytes
+                b.put(v.client, name, source)  # one PutObject of the same bytes
+            elif v.kind == "parallel":
+                b.put_parallel(v.client, name, source)  # the transfer manager's parallel multipart upload
             else:
                 local = _scratch(v) / "out.bin"
                 copy_file(source, local, b.plan.chunk)
@@ -569,6 +611,7 @@ def _clear(folder: Path) -> None:
 
 class Concurrency(Workload):
     name = "concurrency"
+    kinds = ("sdk", "parallel", "baseline", "fs")
     figures = (
         Figure("readers_many", "MiB/s", "higher", "K readers, each on its own file (aggregate)"),
         Figure(
@@ -610,6 +653,8 @@ class Concurrency(Workload):
                     got = read_file(_root(v) / name, chunk)[2]
                 elif v.kind == "sdk":
                     got = b.get(v.client, name, chunk)[2]
+                elif v.kind == "parallel":
+                    got = b.get_parallel(v.client, name)[2]
                 else:
                     local = _scratch(v) / name.replace("/", "-")
                     b.download(v.client, name, local)
@@ -625,6 +670,8 @@ class Concurrency(Workload):
                     b.wait_written(outs[i], size)
                 elif v.kind == "sdk":
                     b.put(v.client, outs[i], source)
+                elif v.kind == "parallel":
+                    b.put_parallel(v.client, outs[i], source)
                 else:
                     local = _scratch(v) / outs[i]
                     copy_file(source, local, chunk)

@@ -69,8 +69,15 @@ def test_quick_run_reports_every_workload_with_references_and_requests(tmp_path:
                 assert "value" in variants[name], (wname, fname, name, variants[name])
             assert "mount/raw" in figure["ratios"] and "mount/baseline" in figure["ratios"]
 
+    for wname in ("seq_read", "seq_write", "concurrency"):  # read and write workloads: raw parallel too
+        for fname, figure in results["workloads"][wname]["figures"].items():
+            assert "value" in figure["variants"]["raw-parallel"], (wname, fname, figure["variants"])
+            assert "mount/raw-parallel" in figure["ratios"]
     seq = results["workloads"]["seq_read"]["figures"]
     assert seq["cold"]["variants"]["raw"]["requests"] == {"get": 1}
+    # the transfer manager: a HEAD for the size, then its ranged GETs (8 MiB: one)
+    assert seq["cold"]["variants"]["raw-parallel"]["requests"] == {"head": 1, "get": 1}
+    assert results["workloads"]["seq_write"]["figures"]["write"]["variants"]["raw"]["requests"] == {"put": 1}
     assert seq["cold"]["variants"]["mount"]["requests"].get("get", 0) >= 1  # counted by the daemon
     assert "value" in seq["cold"]["variants"]["mount"]  # reading works through the mount
     assert seq["cold_recycled"]["variants"]["raw"]["requests"] == {"get": 1}  # the second file, once
