@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import shlex
@@ -230,7 +231,7 @@ def main(argv: list[str]) -> int:
             from s3files_bench.handlers.command import run_handlers
 
             command = " ".join(["s3files bench", *map(shlex.quote, argv)])
-            return run_handlers(args, command, err, _workdir)
+            return run_handlers(args, command, err, functools.partial(_workdir, prefix="s3files-handlers-"))
         return run(args, plan_from(args), " ".join(["s3files bench", *map(shlex.quote, argv)]), err)
     except BenchError as exc:
         print(f"s3files bench: error: {exc}", file=sys.stderr)
@@ -243,9 +244,10 @@ def main(argv: list[str]) -> int:
 
 
 @contextlib.contextmanager
-def _workdir(err: Console) -> Iterator[Path]:
-    """A temp dir for mount points, caches and downloads; removed only if nothing is mounted in it."""
-    path = Path(tempfile.mkdtemp(prefix="s3files-bench-"))
+def _workdir(err: Console, prefix: str = "s3files-bench-") -> Iterator[Path]:
+    """A temp dir for mount points, caches and downloads; removed only if nothing is mounted in it.
+    (The handlers run has a prefix of its own, so a check of one run's mounts never sees the other's.)"""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield path
     finally:

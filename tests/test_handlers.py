@@ -114,6 +114,8 @@ def test_quick_run_reports_every_column_for_every_version(tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:  # every mount it made is gone
+        assert not [line for line in info if "/s3files-handlers-" in line]
     results = json.loads(out.read_text())
     assert results["meta"]["prices"]["date"] and results["meta"]["prices"]["lambda_gb_second"] > 0
     handler = results["handlers"]["csv_report"]
