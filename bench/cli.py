@@ -307,7 +307,7 @@ def run(args: argparse.Namespace, plan: Plan, command: str, err: Console) -> int
         err.print(f"note: {note}")
     with contextlib.ExitStack() as stack:
         workdir = stack.enter_context(_workdir(err))
-        storage = storage_bytes(plan, 3 + len(peers) + len(args.modes))
+        storage = storage_bytes(plan, 4 + len(peers) + len(args.modes))
         where = (args.server, args.endpoint_url, args.bucket, args.region, storage, err.print)
         target = stack.enter_context(open_target(*where, pin=args.pin_server))
         if args.pin_server and target.server != "endpoint":

@@ -769,6 +769,41 @@ def test_unlink_mkdir_rmdir_rename() -> None:
     run_fs(store, body, metadata_ttl=60.0)
 
 
+def test_a_cold_open_in_folders_listed_for_lookups_is_three_round_trips() -> None:
+    """``open("d/fN")`` then a first read, in folders whose names were looked up before (so each lookup
+    lists the folder): each lookup's LIST goes with the HEADs that describe the name (as a file, as a
+    folder), at once, then the open's GET: three round trips of the network's latency (five when each
+    HEAD waited for its LIST). The bench's time to first byte on an S3-like network is that."""
+    latency = 0.02
+    store = MemoryStore(latency=latency)
+    data = random.Random(14).randbytes(4 * MIB)
+    for n in range(4):
+        store.seed(f"d/f{n}", data)
+    store.seed("a", b"1")
+    store.seed("b", b"2")
+    took: list[float] = []
+
+    async def body(fs: FileSystem) -> None:
+        for name in ("a", "b"):  # the root's first two names are probed; later ones list it
+            await fs.lookup(ROOT_INO, name)
+        for n in range(4):
+            await trio.sleep(2.0)  # past the metadata TTL (1 s): as between the bench's rounds
+            store.requests.reset()
+            start = trio.current_time()
+            d = await fs.lookup(ROOT_INO, "d")
+            f = await fs.lookup(d.ino, f"f{n}")
+            opened = await fs.open(f.ino, os.O_RDONLY)
+            assert await fs.read(opened.fh, 0, 64 * 1024) == data[: 64 * 1024]
+            took.append(trio.current_time() - start)
+            await fs.release(opened.fh)
+            if n == 3:  # d's first two names were probed (HEAD + LIST, at once); now it is listed too
+                assert store.requests.snapshot() == {"list": 2, "head": 4, "get": 1}
+
+    run_fs(store, body, now=trio.current_time, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert took[3] == pytest.approx(3 * latency)
+    assert took[0] == pytest.approx(3 * latency)  # probes: HEAD and LIST at once, then the GET
+
+
 def test_opening_a_file_for_reading_is_one_get_with_its_first_part() -> None:
     """A cold open for reading asks S3 with a GET of the reader's first part, not a HEAD: a file of up to
     two first parts is read with that one request, a larger one continues from where it ended."""
