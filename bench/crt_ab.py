@@ -41,6 +41,7 @@ from typing import Any
 
 import trio
 from s3files_bench import netshape
+from s3files_bench.errors import BenchError
 from s3files_bench.servers import Target, _pids_mentioning, _pinned, open_target
 
 from s3files.store.s3 import S3Store, open_s3_store
@@ -344,11 +345,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls", action="store_true", help="HTTPS to the server (rgw only)")
     parser.add_argument("--json", help="also write every round's figures here")
     args = parser.parse_args(argv)
+    if args.tls and (args.server != "rgw" or args.network != "loopback"):
+        parser.error("--tls needs --server rgw on loopback")
     if crt_body is None:
         print("error: the A/B needs the AWS Common Runtime: pip install 'awscrt>=0.38'", file=sys.stderr)
         return 2
     args.size *= MIB
     args.part_size *= MIB
+    try:
+        results, where = _run(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report(results, args, where))
+    if args.json:
+        with open(args.json, "w") as out:
+            rounds = {v: {w: f.rounds for w, f in workloads.items()} for v, workloads in results.items()}
+            json.dump({"where": where, "args": vars(args), "rounds": rounds}, out, indent=1)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Figures]], str]:
+    """The server (and network) of ``args`` for the A/B's life, and its results."""
     storage = (2 * args.rounds + 1) * args.size + 2 * args.rounds * args.small_count * args.small_size
     with contextlib.ExitStack() as stack:
         if args.tls:
@@ -357,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             target = stack.enter_context(open_target(args.server, None, None, None, storage, _say, pin=args.pin_server))
         where = f"{target.server}{' over HTTPS' if args.tls else ''}{', pinned' if args.pin_server else ', shared CPUs'}"
         if args.network == "s3-like":
-            assert target.endpoint_url is not None and not args.tls
+            assert target.endpoint_url is not None
             shape = netshape.Shape.s3_like()
             forwarder = stack.enter_context(netshape.shaped(target.endpoint_url, shape))
             target = Target(**{**target.__dict__, "endpoint_url": forwarder.endpoint_url})
@@ -372,12 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             results = trio.run(run_ab, target, args, data)
         finally:
             data.close()
-    print(report(results, args, where))
-    if args.json:
-        with open(args.json, "w") as out:
-            rounds = {v: {w: f.rounds for w, f in workloads.items()} for v, workloads in results.items()}
-            json.dump({"where": where, "args": vars(args), "rounds": rounds}, out, indent=1)
-    return 0
+    return results, where
 
 
 if __name__ == "__main__":
