@@ -365,3 +365,28 @@ def test_only_botocores_expired_credentials_runtimeerror_is_translated() -> None
     bug = RuntimeError("something else")
     with pytest.raises(RuntimeError, match="something else"):
         translate(bug, "put", "k", **where)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("ExpiredToken", 400),
+        ("InvalidAccessKeyId", 403),
+        ("SignatureDoesNotMatch", 403),
+        ("InvalidToken", 400),
+        ("TokenRefreshRequired", 400),
+    ],
+)
+def test_refused_credentials_are_eacces_with_their_code(code: str, status: int) -> None:
+    """Every S3 answer that refuses the credentials is CredentialsError (EACCES), its key and code kept
+    for the failed operation's log line."""
+    from botocore.exceptions import ClientError
+
+    from s3files.store.translate import translate
+
+    answer = {"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    error = translate(
+        ClientError(answer, "PutObject"), "put", "a/b", bucket="b", endpoint="http://127.0.0.1:1", profile=None
+    )
+    assert isinstance(error, CredentialsError) and error.errno == errno.EACCES
+    assert (error.key, error.s3_code) == ("a/b", code)
