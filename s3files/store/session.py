@@ -3,7 +3,9 @@
 Owns: ``S3Settings``; the aiobotocore session and its two clients, opened and closed on the store's
 asyncio thread (the main client, and a probe with short timeouts for ``check_bucket``); their botocore
 configuration (the retry policy of retry.py installed on both, timeouts, path-style addressing, checksums only when required, the fast timestamp
-parser); the credentials chain and presigned GET URLs the direct path (direct.py) uses; the request counter
+parser); the credentials chain (botocore's one credentials object, refreshed before temporary ones expire,
+which both clients and the direct path sign with) and what it tells the credential watch (credentials.py:
+refusals, answers); presigned GET URLs the direct path (direct.py) uses; the request counter
 hook (one count per HTTP request sent, retries too); ``call``, the one way the request modules send a
 request through the main client, with errors translated by translate.py; ``create_bucket`` (synchronous,
 for tests and local servers).
