@@ -57,8 +57,9 @@ from s3files.options import Consistency, parse_size
 WORKLOAD_CLASSES = {**ALL, Visibility.name: Visibility}
 
 MOTO_NOTE = (
-    "moto's server answers a ranged GET by reading the whole object, so read-ahead, random-read and "
-    "time-to-first-byte figures of the mount on moto understate real S3 (use --server rgw)"
+    "on moto the figures are about correctness, not speed: moto reads the whole object for every ranged "
+    "GET, so the mount's read-ahead, random reads and time to first byte look far slower than on real S3 "
+    "(use --server rgw, --network s3-like for speed)"
 )
 
 

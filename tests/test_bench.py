@@ -102,6 +102,7 @@ def test_quick_run_reports_every_workload_with_references_and_requests(tmp_path:
     assert visibility["p50"]["variants"]["raw"]["requests"] == {"put": 10}  # the producer's only
 
     assert "| seq_read | cold |" in md.read_text()
+    assert "on moto the figures are about correctness, not speed" in md.read_text()  # one line, issue 20
     assert "mount/raw" in result.stdout  # the summary table
 
 
