@@ -10,9 +10,11 @@ three minutes on 2 cores.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,7 +113,9 @@ def test_modes_add_a_mount_column_each_and_visibility_measures_another_mount(tmp
     workload's consumer is a second daemon with the same options. Strict asks S3 at every look, so its
     consumer sees files sooner than close-to-open's (listing TTL 1 s), and every file whole."""
     out = tmp_path / "bench.json"
+    started = time.monotonic()
     result = bench("--quick", "--workloads", "visibility", "--modes", "strict", "--rounds", "1", "--json", str(out))
+    seconds = math.ceil(time.monotonic() - started)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())["workloads"]["visibility"]["figures"]
     assert set(figures["p50"]["variants"]) == {"raw", "mount", "mount-strict"}
@@ -119,8 +123,9 @@ def test_modes_add_a_mount_column_each_and_visibility_measures_another_mount(tmp
         assert figures["partial"]["variants"][name]["value"] == 0
     strict, default = figures["p50"]["variants"]["mount-strict"], figures["p50"]["variants"]["mount"]
     assert figures["p99"]["variants"]["mount-strict"]["value"] < figures["p99"]["variants"]["mount"]["value"]
-    for producer in (strict, default):  # its 10 files, and its folder's marker times (at most 2 writes)
-        assert 10 <= producer["requests"]["put"] <= 12, producer["requests"]
+    for producer in (strict, default):  # its 10 files, and its folder's marker times: at most one write a
+        # second (SEMANTICS, folder times), so a slow run (a loaded machine) may write a few more
+        assert 10 <= producer["requests"]["put"] <= 11 + seconds, producer["requests"]
     assert "mount/mount-strict" in figures["p50"]["ratios"]
 
 
