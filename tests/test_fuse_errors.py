@@ -244,6 +244,28 @@ def test_an_open_file_that_lost_its_name_has_no_links(mnt: Mounted) -> None:
     assert sorted(os.listdir(d)) == ["victim"]
 
 
+def test_entries_made_in_a_set_group_id_folder_take_its_group_and_folders_the_bit(mnt: Mounted) -> None:
+    """As on a local file system: a file, a FIFO, a symlink and a folder made in a set-group-ID folder
+    belong to the folder's group, the folder is set-group-ID too; elsewhere the creator's group."""
+    shared = mnt.root / "shared"
+    shared.mkdir()
+    os.chown(shared, 0, 4321)
+    os.chmod(shared, 0o2775)
+    (shared / "file").write_bytes(b"x")
+    os.mkfifo(shared / "fifo", 0o640)
+    os.symlink("file", shared / "link")
+    (shared / "sub").mkdir(mode=0o755)
+    (mnt.root / "plain").mkdir()
+    found = {name: os.lstat(shared / name) for name in ("file", "fifo", "link", "sub")}
+    assert {name: st_.st_gid for name, st_ in found.items()} == dict.fromkeys(found, 4321)
+    assert stat.S_IMODE(found["sub"].st_mode) == 0o2755
+    assert not found["file"].st_mode & stat.S_ISGID
+    assert (mnt.root / "plain").stat().st_gid == os.getgid()
+    assert not (mnt.root / "plain").stat().st_mode & stat.S_ISGID
+    (shared / "sub" / "deeper").mkdir()  # inherited again, one level down
+    assert (shared / "sub" / "deeper").stat().st_gid == 4321
+
+
 def test_a_folder_links_its_subfolders(mnt: Mounted) -> None:
     d = mnt.root / "tree"
     d.mkdir()

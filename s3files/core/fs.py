@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -214,6 +215,7 @@ class FileSystem:
     async def create(
         self, parent_ino: int, name: str, mode: int, uid: int, gid: int, flags: int = 0, clears_privs: bool = False
     ) -> OpenFile:
+        gid, mode = self._new_owner(parent_ino, gid, mode, folder=False)
         return await self.files.create(parent_ino, name, mode, uid, gid, flags, clears_privs)
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
@@ -235,12 +237,14 @@ class FileSystem:
         return await self.files.setattr(ino, **changes)  # type: ignore[arg-type]
 
     async def symlink(self, parent_ino: int, name: str, target: bytes, uid: int, gid: int) -> Attr:
+        gid, _ = self._new_owner(parent_ino, gid, 0, folder=False)
         return await self.tree.symlink(parent_ino, name, target, uid, gid)
 
     async def readlink(self, ino: int) -> bytes:
         return await self.tree.readlink(ino)
 
     async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int, gid: int) -> Attr:
+        gid, mode = self._new_owner(parent_ino, gid, mode, folder=False)
         return await self.tree.mknod(parent_ino, name, mode, rdev, uid, gid)
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
@@ -260,7 +264,17 @@ class FileSystem:
         await self.tree.unlink(parent_ino, name)
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Attr:
+        gid, mode = self._new_owner(parent_ino, gid, mode, folder=True)
         return await self.tree.mkdir(parent_ino, name, mode, uid, gid)
+
+    def _new_owner(self, parent_ino: int, gid: int, mode: int, folder: bool) -> tuple[int, int]:
+        """The group and mode of a new entry: in a set-group-ID folder it takes the folder's group, and a
+        new folder the bit too, as Linux's own file systems give them (inode_init_owner); over FUSE the
+        kernel leaves that to the file system, and programs sharing a folder by group rely on it."""
+        parent = self.sb.node(parent_ino)
+        if parent.mode & stat.S_ISGID:
+            return parent.gid, mode | (stat.S_ISGID if folder else 0)
+        return gid, mode
 
     async def rmdir(self, parent_ino: int, name: str) -> None:
         check_length(name)
