@@ -110,8 +110,7 @@ def test_quick_run_reports_every_workload_with_references_and_requests(tmp_path:
 
 def test_modes_add_a_mount_column_each_and_visibility_measures_another_mount(tmp_path: Path) -> None:
     """``--modes strict``: a second s3files mount in strict mode, in its own column; the visibility
-    workload's consumer is a second daemon with the same options. Strict asks S3 at every look, so its
-    consumer sees files sooner than close-to-open's (listing TTL 1 s), and every file whole."""
+    workload's consumer is a second daemon with the same options, and reads every file whole in each mode."""
     out = tmp_path / "bench.json"
     started = time.monotonic()
     result = bench("--quick", "--workloads", "visibility", "--modes", "strict", "--rounds", "1", "--json", str(out))
@@ -122,7 +121,9 @@ def test_modes_add_a_mount_column_each_and_visibility_measures_another_mount(tmp
     for name in ("mount", "mount-strict"):
         assert figures["partial"]["variants"][name]["value"] == 0
     strict, default = figures["p50"]["variants"]["mount-strict"], figures["p50"]["variants"]["mount"]
-    assert figures["p99"]["variants"]["mount-strict"]["value"] < figures["p99"]["variants"]["mount"]["value"]
+    # (which mode's consumer sees files sooner is a speed, measured in RESULTS, not asserted here: a loaded
+    # machine made strict's p99 1,421 ms against close-to-open's 1,193 ms once)
+    assert all(figures[q]["variants"][v]["value"] > 0 for q in ("p50", "p99") for v in ("mount", "mount-strict"))
     for producer in (strict, default):  # its 10 files, and its folder's marker times: at most one write a
         # second (SEMANTICS, folder times), so a slow run (a loaded machine) may write a few more
         assert 10 <= producer["requests"]["put"] <= 11 + seconds, producer["requests"]
