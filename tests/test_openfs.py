@@ -239,8 +239,18 @@ def test_who_may_change_attributes_as_linux_decides(moto_server: MotoServer, bot
     boto3_client.put_object(Bucket=bucket, Key="group0.txt", Body=b"g", Metadata={"uid": "65534", "gid": "0"})
     home = tempfile.mkdtemp(prefix="s3files-nobody-")
     try:
-        os.chown(home, 65534, 65534)
-        env = {**os.environ, "HOME": home}
+        # botocore reads its data files when a client is made, after the drop: a checkout in a folder
+        # only root may enter (a CI's private clone) hides them, so uid 65534 gets a copy of those an S3
+        # client needs, on botocore's own search path (AWS_DATA_PATH)
+        import botocore
+
+        data, models = Path(botocore.__file__).parent / "data", Path(home) / "models"
+        shutil.copytree(data / "s3", models / "s3")
+        for name in ("endpoints.json", "partitions.json", "sdk-default-configuration.json", "_retry.json"):
+            shutil.copy(data / name, models / name)
+        for path in (Path(home), *Path(home).rglob("*")):
+            os.chown(path, 65534, 65534)
+        env = {**os.environ, "HOME": home, "AWS_DATA_PATH": str(models)}
         ran = subprocess.run(
             [sys.executable, "-c", AS_NOBODY, f"s3://{bucket}", moto_server.endpoint_url, f"{home}/cache"],
             capture_output=True, text=True, timeout=60, env=env, check=False,
