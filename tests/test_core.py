@@ -804,6 +804,51 @@ def test_a_cold_open_in_folders_listed_for_lookups_is_three_round_trips() -> Non
     assert took[0] == pytest.approx(3 * latency)  # probes: HEAD and LIST at once, then the GET
 
 
+def test_lookups_in_a_folder_in_use_never_wait_for_its_listing_to_be_made_again() -> None:
+    """A loop that opens or stats the files of a folder (a data loader, ``find``) walks ``d/fN`` every few
+    ms. Once each name was described, a lookup costs nothing while the listings it uses are fresh; when
+    they expire (the TTL, 1 s), the lookup that comes next would wait for a LIST and the folder's marker
+    HEAD, a round trip each on a network. A listing in use is made again in the background in the last
+    part of its TTL, with the markers of the folders looked up in it: no lookup waits, nothing answered is
+    older than the TTL, and a folder is listed at most once per 3/4 of the TTL while in use."""
+    latency = 0.02
+    store = MemoryStore(latency=latency)
+    for n in range(10):
+        store.seed(f"d/f{n}", b"x" * n)
+    store.seed("d/", b"", {"mode": str(stat.S_IFDIR | 0o750)})  # d's marker: its true attributes need a HEAD
+    store.seed("a", b"1")
+    store.seed("b", b"2")
+    waits: list[float] = []
+
+    async def body(fs: FileSystem) -> None:
+        for name in ("a", "b"):  # the root's first two names are probed; later ones list it
+            await fs.lookup(ROOT_INO, name)
+        for n in range(3):  # d's too
+            d = await fs.lookup(ROOT_INO, "d")
+            await fs.lookup(d.ino, f"f{n}")
+        for n in range(10):  # every name described once
+            await fs.lookup(d.ino, f"f{n}")
+        store.requests.reset()
+        start = trio.current_time()
+        for i in range(400):  # 4 s of lookups, 10 ms apart
+            await trio.sleep(0.01)
+            began = trio.current_time()
+            d = await fs.lookup(ROOT_INO, "d")
+            assert stat.S_IMODE(d.mode) == 0o750
+            f = await fs.lookup(d.ino, f"f{i % 10}")
+            assert f.size == i % 10
+            waits.append(trio.current_time() - began)
+        elapsed = trio.current_time() - start
+        counts = store.requests.snapshot()
+        # two folders (the root, d) listed at most once per 3/4 TTL each, and d's marker with d's listing
+        assert counts.get("list", 0) <= 2 * (elapsed / 0.75 + 1)
+        assert counts.get("head", 0) <= elapsed / 0.75 + 1
+        assert counts.get("list", 0) >= 2 * (elapsed - 1)  # made again, not kept past the TTL
+
+    run_fs(store, body, now=trio.current_time, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert max(waits) == 0.0
+
+
 def test_opening_a_file_for_reading_is_one_get_with_its_first_part() -> None:
     """A cold open for reading asks S3 with a GET of the reader's first part, not a HEAD: a file of up to
     two first parts is read with that one request, a larger one continues from where it ended."""

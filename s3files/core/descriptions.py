@@ -181,6 +181,11 @@ class Descriptions:
         marker = self.markers.get(path)
         if marker is not None:
             return marker
+        return await self.refresh_marker(path, exists, listed)
+
+    async def refresh_marker(self, path: str, exists: bool = True, listed: ObjectInfo | None = None) -> ObjectInfo:
+        """What ``marker`` answers, asked again even if its cached answer is fresh (a listing made again
+        before it expires, superblock.py ``_refresh_ahead``); the cached answer serves meanwhile."""
         key = self.ns.dir_prefix(path)
         marker = ObjectInfo(key, 0, "", seconds_of_ns(self.mount_time), {})
         known = self.meta.get(listed) if listed is not None else None

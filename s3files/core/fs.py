@@ -89,7 +89,7 @@ class FileSystem:
             held=lambda: self.files.writeback.held,
         )
         self.meta = MetaCache(self.folder.metadata)
-        self.sb = Superblock(view, opts, self._is_local, now, wall, self.meta)
+        self.sb = Superblock(view, opts, self._is_local, now, wall, self.meta, spawn)
         self.uploader = Uploader(
             store, self.cache, spawn, lambda copy: self.files.key_of(copy), lambda copy: self.files.published_later(copy), wall
         )

@@ -45,6 +45,7 @@ import logging
 import stat
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import NoReturn
 
 from cachetools import LRUCache, TTLCache
@@ -54,9 +55,10 @@ from s3files.core.inodes import ROOT_INO, Attr, Defaults, Inode, InodeTable
 from s3files.core.kernel import KernelCache, NoKernelCache
 from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, Namespace, join
+from s3files.core.reader import Spawn
 from s3files.core.tasks import run_all
 from s3files.core.times import NS
-from s3files.errors import KindChanged, NotFound, ObjectNotFound
+from s3files.errors import KindChanged, NotFound, ObjectNotFound, S3FilesError
 from s3files.options import Consistency, MountOptions
 from s3files.store.base import ListPage, ObjectInfo, ObjectStore
 
@@ -67,6 +69,9 @@ _UNKNOWN = object()  # a probe's HEAD not asked yet
 PROBES_BEFORE_LISTING = 2  # names probed (HEAD + LIST each) in a folder never listed before it is listed
 SMALL_FOLDER_PAGES = 2  # a folder listed instead of probed: at most this many pages (RGW sometimes ends a
 # page early: the raw SDK's listing of 1,000 keys took 2 LISTs in one benchmark round of 3)
+REFRESH_AHEAD = 0.25  # a small folder's listing that lookups use is made again in this last part of its TTL
+REFRESH_LISTS = 2  # ... or at least this many of its last LIST's durations before it expires
+REFRESH_MARKERS = 16  # folder markers a refreshed listing re-asks at most (those looked up since the last)
 
 
 class Superblock:
@@ -81,8 +86,10 @@ class Superblock:
         now: Callable[[], float],
         wall: Callable[[], int],
         meta: MetaCache | None = None,
+        spawn: Spawn | None = None,
     ) -> None:
         self.store = store
+        self._spawn = spawn  # background work (listings made again before they expire); None: none
         self.ttl = opts.metadata_ttl
         self.consistency = opts.consistency
         self.kernel: KernelCache = NoKernelCache()  # the FUSE session's, once it runs (fs.use_kernel_cache)
@@ -108,6 +115,8 @@ class Superblock:
         self._probed: LRUCache[str, int] = LRUCache(maxsize=4096)  # folder -> names probed there
         # Folders whose cached listing was made for lookups and is not described yet (see ``listing``).
         self._bare: LRUCache[str, bool] = LRUCache(maxsize=4096)
+        self._list_took: LRUCache[str, float] = LRUCache(maxsize=4096)  # folder -> its last listing's seconds
+        self._refreshing: set[str] = set()  # folders being listed again in the background
         # Our own changes, numbered, so a listing that was in flight meanwhile does not undo them.
         self._changes = 0
         self._changed: LRUCache[str, tuple[int, Entry | None]] = LRUCache(maxsize=4096)
@@ -204,6 +213,11 @@ class Superblock:
             cached.update(described)
             self._bare.pop(path, None)
             return cached
+        return await self._list(path, max_pages)
+
+    async def _list(self, path: str, max_pages: int) -> dict[str, Entry] | None:
+        """Folder ``path`` listed from S3 (``listing`` says what for), and cached."""
+        started = self._now()
         prefix = self.ns.dir_prefix(path)
         since = self._changes
         pages: list[ListPage] = []
@@ -232,6 +246,7 @@ class Superblock:
         if self.caches:
             self._listings[path] = entries
             self._listed_at[path] = self._now()
+            self._list_took[path] = self._now() - started
             if whole:
                 self._bare.pop(path, None)
             else:
@@ -333,6 +348,8 @@ class Superblock:
         if local is not None and self.is_local(local.ino):
             return Entry(name, is_dir=False)
         listing = self._listings.get(parent_path)
+        if listing is not None:
+            self._refresh_ahead(parent_path)
         heads: dict[str, ObjectInfo | None] = {}
         if listing is None and (parent_path in self._small_folders or self._probed_enough(parent_path)):
             listing = await self._listing_for(parent_path, name, heads)
@@ -353,6 +370,38 @@ class Superblock:
                 return described
             return entry
         return await self._probe(path, heads.get(self.ns.file_key(path), _UNKNOWN))
+
+    def _refresh_ahead(self, path: str) -> None:
+        """A lookup used the cached listing of small folder ``path``: if it expires soon, make it again in
+        the background, with the markers of the folders in it that were looked up, so that lookups there
+        (a loop opening or stat-ing the folder's files, every path walk through it) never wait for the
+        LIST and HEADs that an expired listing costs. Nothing is answered from older than
+        ``metadata_ttl``; the price is a folder in use listed a little more often than once per TTL
+        (``REFRESH_AHEAD``); a folder nobody looks up in is never listed ahead."""
+        if self._spawn is None or path in self._refreshing or path not in self._small_folders:
+            return
+        listed, took = self._listed_at.get(path), self._list_took.get(path)
+        if listed is None or took is None:
+            return
+        if self._now() - listed < self.ttl - max(self.ttl * REFRESH_AHEAD, REFRESH_LISTS * took):
+            return
+        self._refreshing.add(path)
+        self._spawn(self._refresh, path)
+
+    async def _refresh(self, path: str) -> None:
+        old = self._listings.get(path) or {}
+        looked_up = [join(path, name) for name, entry in old.items() if entry.is_dir and entry.info is not None]
+
+        async def relist() -> None:
+            await self._list(path, SMALL_FOLDER_PAGES)
+
+        calls = [relist] + [partial(self.described.refresh_marker, folder) for folder in looked_up[:REFRESH_MARKERS]]
+        try:
+            await run_all(calls)
+        except S3FilesError as exc:  # the next lookup lists when the listing expired, and meets the error itself
+            log.debug("listing %s ahead of its expiry failed: %s", path, exc)
+        finally:
+            self._refreshing.discard(path)
 
     async def _listing_for(
         self, parent_path: str, name: str, found: dict[str, ObjectInfo | None]
