@@ -849,6 +849,45 @@ def test_lookups_in_a_folder_in_use_never_wait_for_its_listing_to_be_made_again(
     assert max(waits) == 0.0
 
 
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_a_stat_loop_through_a_folder_in_order_has_its_names_described_ahead(order: str) -> None:
+    """``stat`` of each file of a listed folder in the listing's order (``find``, ``du``, a data loader)
+    needs each file's HEAD (its true attributes), one round trip each. In that order the next names are
+    described ahead, 2, 4, 8 then 16 at once, so the loop waits for few round trips and still sends one
+    HEAD per file (the last window ends with the folder). In any other order nothing is asked ahead: one
+    HEAD per name looked up, no more."""
+    latency = 0.02
+    store = MemoryStore(latency=latency)
+    names = [f"f{n:03d}" for n in range(100)]
+    for n, name in enumerate(names):
+        store.seed(f"d/{name}", b"x" * n, {"mode": str(stat.S_IFREG | 0o640)})
+    if order == "shuffled":
+        random.Random(3).shuffle(names)
+
+    async def body(fs: FileSystem) -> None:
+        d = await fs.lookup(ROOT_INO, "d")
+        await fs.readdir(await fs.opendir(d.ino), 0)  # listed (and described)...
+        for n in range(100):  # ... then every file replaced elsewhere: no version is known
+            store.seed(f"d/f{n:03d}", b"y" * n, {"mode": str(stat.S_IFREG | 0o604)})
+        await trio.sleep(6)  # past the TTL: the listing is made again, bare, for the lookups
+        store.requests.reset()
+        for name in names[:3]:
+            await fs.lookup(d.ino, name)
+        start = trio.current_time()
+        for name in names[3:]:
+            attr = await fs.lookup(d.ino, name)
+            assert (attr.size, stat.S_IMODE(attr.mode)) == (int(name[1:]), 0o604)
+        took = trio.current_time() - start
+        counts = store.requests.snapshot()
+        assert counts == {"list": 1, "head": 101}  # one per file, and f000's as a folder (404) with the LIST
+        if order == "sorted":
+            assert took < 97 * latency / 5
+        else:
+            assert took >= 90 * latency  # (a few neighbours follow each other by chance)
+
+    run_fs(store, body, now=trio.current_time, clock=trio.testing.MockClock(autojump_threshold=0), metadata_ttl=5)
+
+
 def test_opening_a_file_for_reading_is_one_get_with_its_first_part() -> None:
     """A cold open for reading asks S3 with a GET of the reader's first part, not a HEAD: a file of up to
     two first parts is read with that one request, a larger one continues from where it ended."""

@@ -10,21 +10,37 @@ metadata cache (metacache.py) before S3 and tells it every answer. Must not chan
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import trio
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from s3files.core.inodes import Inode, InodeTable
 from s3files.core.links import link_candidate
 from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, Namespace, join
+from s3files.core.reader import Spawn
 from s3files.core.tasks import CONCURRENCY, for_each
 from s3files.core.times import seconds_of_ns
 from s3files.errors import ObjectNotFound, S3FilesError
 from s3files.store.base import ListPage, ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+AHEAD_MOST = 16  # names described ahead of a sequential lookup loop at most (the window: 2, 4, 8, 16)
+
+
+@dataclass
+class _Ahead:
+    """A folder's lookups that needed a description: where the last one was in the listing's order, how
+    many names ahead of it are being described, and up to where they were asked."""
+
+    last: int
+    window: int = 0
+    asked_until: int = -1
 
 
 class Descriptions:
@@ -43,9 +59,13 @@ class Descriptions:
         ttl: float,
         now: Callable[[], float],
         mount_time: int,
+        spawn: Spawn | None = None,
     ) -> None:
         self.store, self.ns, self.inodes, self.meta, self.true, self.ttl = store, ns, inodes, meta, true, ttl
         self.mount_time = mount_time
+        self._spawn = spawn  # describing ahead of a lookup loop (``ahead``); None: never
+        self._ahead: LRUCache[str, _Ahead] = LRUCache(maxsize=256)
+        self._asking: dict[str, trio.Event] = {}  # keys whose HEAD ``ahead`` started, until answered
         # folder -> its marker's HEAD (or "no marker"), trusted for metadata_ttl
         self.markers: TTLCache[str, ObjectInfo] = TTLCache(maxsize=4096, ttl=max(ttl, 1e-9), timer=now)
 
@@ -138,6 +158,9 @@ class Descriptions:
                 found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
             else:
                 files.append((name, info))
+        waiting = [self._asking[info.key] for _, info in files if info.key in self._asking]
+        for event in waiting:  # described ahead, in flight: its answer, not a second HEAD
+            await event.wait()
         known = self.meta.known(info for _, info in files)
         asked = []
         for name, info in files:
@@ -163,6 +186,52 @@ class Descriptions:
         await for_each(calls, _call)
         self.meta.flush()  # one transaction per listing
         return found
+
+    def ahead(self, path: str, listing: dict[str, Entry], name: str) -> None:
+        """A lookup of ``name`` in folder ``path`` needs its description (a HEAD) from ``listing``. If the
+        lookups there that needed one go through the listing in its order (a ``stat`` or ``open`` of each
+        file in turn: ``find``, ``du``, a data loader's file list), describe the next names now, as the
+        reader reads ahead: a window of 2, 4, 8, then 16 names, at once. Their answers go to the metadata
+        cache, where those lookups find them without a round trip; one that comes while its HEAD is in
+        flight waits for it (``listing``). The price is at most ``AHEAD_MOST`` HEADs of names a loop
+        stopped before; lookups in any other order start nothing."""
+        if self._spawn is None or not self.true:
+            return
+        names = list(listing)
+        try:
+            here = names.index(name)
+        except ValueError:
+            return
+        state = self._ahead.get(path)
+        if state is None or not state.last < here <= state.last + state.window + 2:
+            self._ahead[path] = _Ahead(here)
+            return
+        window = min(max(2 * state.window, 2), AHEAD_MOST)
+        start, end = max(here + 1, state.asked_until + 1), min(len(names), here + 1 + window)
+        self._ahead[path] = _Ahead(here, window, max(state.asked_until, end - 1))
+        infos = [
+            entry.info
+            for entry in (listing[n] for n in names[start:end])
+            if not entry.is_dir and entry.info is not None and entry.info.metadata is None
+            and entry.info.key not in self._asking and self._wanted(entry.info)
+        ]
+        known = self.meta.known(infos)
+        infos = [info for info in infos if info.key not in known]
+        for info in infos:
+            self._asking[info.key] = trio.Event()
+        if infos:
+            self._spawn(self._describe_ahead, infos)
+
+    async def _describe_ahead(self, infos: list[ObjectInfo]) -> None:
+        async def head(info: ObjectInfo) -> None:
+            try:
+                self.meta.learn(await self.store.head(info.key))
+            except S3FilesError as exc:  # (deleted since: the lookup's own HEAD says so) the lookup asks again
+                log.debug("describing %s ahead of its lookup failed: %s", info.key, exc)
+            finally:
+                self._asking.pop(info.key).set()
+
+        await for_each(infos, head)
 
     def known(self, node: Inode, info: ObjectInfo) -> bool:
         """Whether a HEAD already described the version of file ``node`` that a listing shows as ``info``.

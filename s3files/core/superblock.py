@@ -103,7 +103,7 @@ class Superblock:
         self.mount_time = wall() // NS * NS  # whole seconds: folders without a marker show it, as LastModified
         self.inodes = InodeTable(Defaults(opts.uid, opts.gid, opts.file_mode, opts.dir_mode), self.mount_time)
         self.described = Descriptions(
-            store, self.ns, self.inodes, self.meta, self.true_attributes, self.ttl, now, self.mount_time
+            store, self.ns, self.inodes, self.meta, self.true_attributes, self.ttl, now, self.mount_time, spawn
         )
         self._listings: TTLCache[str, dict[str, Entry]] = TTLCache(maxsize=256, ttl=max(self.ttl, 1e-9), timer=now)
         # When each cached listing was made: what it tells is fresh until then plus the TTL, not until a TTL
@@ -359,6 +359,7 @@ class Superblock:
                 raise NotFound(f"no such file or folder: {path}")
             if _bare(entry):
                 # listed for lookups: describe this name alone (one HEAD at most), and keep the answer
+                self.described.ahead(parent_path, listing, name)
                 described = (await self.described.listing(parent_path, {name: entry}, known_too=True)).get(name)
                 if listing.get(name) is entry:  # (not changed here meanwhile)
                     if described is None:
