@@ -136,7 +136,13 @@ class Superblock:
         most the TTL). A local copy's and the root's are ours: the whole TTL."""
         if node.ino == ROOT_INO or self.is_local(node.ino):
             return self.ttl
-        return min(self.ttl, max(0.0, node.fresh_until - self._now()))
+        left = node.fresh_until - self._now()
+        if node.is_dir and node.path.rpartition("/")[0] in self._small_folders:
+            # the kernel keeps a folder's name until its parent's listing expires, and then every path walk
+            # through it would wait for that listing: it asks again in the last part of the TTL instead,
+            # where the lookup is answered from the cache and has the listing made again ahead
+            left -= self._refresh_window(node.path.rpartition("/")[0])
+        return min(self.ttl, max(0.0, left))
 
     def is_fresh(self, node: Inode) -> bool:
         """Whether ``node``'s attributes may be answered without asking S3. A folder's are, except in
@@ -381,13 +387,15 @@ class Superblock:
         (``REFRESH_AHEAD``); a folder nobody looks up in is never listed ahead."""
         if self._spawn is None or path in self._refreshing or path not in self._small_folders:
             return
-        listed, took = self._listed_at.get(path), self._list_took.get(path)
-        if listed is None or took is None:
-            return
-        if self._now() - listed < self.ttl - max(self.ttl * REFRESH_AHEAD, REFRESH_LISTS * took):
+        listed = self._listed_at.get(path)
+        if listed is None or self._now() - listed < self.ttl - self._refresh_window(path):
             return
         self._refreshing.add(path)
         self._spawn(self._refresh, path)
+
+    def _refresh_window(self, path: str) -> float:
+        """How long before its cached listing expires folder ``path`` is listed again when a lookup uses it."""
+        return max(self.ttl * REFRESH_AHEAD, REFRESH_LISTS * self._list_took.get(path, 0.0))
 
     async def _refresh(self, path: str) -> None:
         old = self._listings.get(path) or {}
