@@ -37,6 +37,7 @@ from s3files.store.base import RequestCounts
 from s3files.store.credentials import CredentialWatch
 from s3files.store.direct import DirectHttp
 from s3files.store.http1 import ExchangeFailed
+from s3files.store.listxml import FastListParsers
 from s3files.store.retry import RetryPolicy
 from s3files.store.translate import (
     TRANSLATED,
@@ -134,6 +135,7 @@ class S3Session:
         s = self.settings
         try:
             session = AioSession(profile=s.profile)
+            session.register_component("response_parser_factory", FastListParsers())  # listxml.py
             session.get_component("response_parser_factory").set_parser_defaults(
                 timestamp_parser=parse_timestamp
             )
