@@ -11,6 +11,7 @@ import stat
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -23,7 +24,7 @@ from s3files.core.records import CacheFolder
 from s3files.errors import S3FilesError
 from s3files.options import MIB, MountOptions, ReadOptions, Source
 from s3files.store import MemoryStore
-from s3files.store.base import ObjectInfo, ObjectStore
+from s3files.store.base import ListPage, ObjectInfo, ObjectStore
 
 
 def run_fs(
@@ -891,6 +892,59 @@ def test_a_stat_loop_through_a_folder_in_order_has_its_names_described_ahead(ord
             assert took >= 90 * latency  # (a few neighbours follow each other by chance)
 
     run_fs(store, body, now=trio.current_time, clock=trio.testing.MockClock(autojump_threshold=0), metadata_ttl=5)
+
+
+class SlowListStore(MemoryStore):
+    """A LIST takes three times the latency (a big folder), so other requests finish meanwhile."""
+
+    async def list_page(self, *args: Any, **kwargs: Any) -> ListPage:
+        await trio.sleep(2 * self._latency)
+        return await super().list_page(*args, **kwargs)
+
+
+def test_lookups_of_one_name_at_the_same_time_ask_s3_once() -> None:
+    """Eight threads opening one file each make the kernel look its name up (a path walk revalidates it):
+    lookups of one name in flight together share the first one's answer, so S3 is asked what one lookup
+    asks, and all answer when it does. An unlink's own lookup joins one in flight too, and a lookup after
+    the unlink finds nothing. (A shared answer is also refused when this mount changed a name while it
+    was in flight, so S3's answer never undoes a change made here; that race is not built here.)"""
+    latency = 0.02
+    store = SlowListStore(latency=latency)
+    store.seed("d/one.bin", b"x" * 100)
+    store.seed("d/two.bin", b"y" * 7)
+
+    async def body(fs: FileSystem) -> None:
+        d = await fs.lookup(ROOT_INO, "d")
+        store.requests.reset()
+        sizes: list[int] = []
+        start = trio.current_time()
+
+        async def look() -> None:
+            sizes.append((await fs.lookup(d.ino, "one.bin")).size)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(look)
+        assert sizes == [100] * 8
+        assert trio.current_time() - start == pytest.approx(3 * latency)  # the probe's LIST
+        assert store.requests.snapshot() == {"head": 1, "list": 1}  # one lookup's, not eight times that
+
+        found: list[object] = []
+
+        async def look_two() -> None:
+            try:
+                found.append((await fs.lookup(d.ino, "two.bin")).size)
+            except S3FilesError as exc:
+                found.append(type(exc).__name__)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(look_two)  # in flight for 3 latencies: it will say 7 bytes
+            await trio.sleep(latency / 4)
+            await fs.unlink(d.ino, "two.bin")  # (its own lookup of the name joins the first one)
+            nursery.start_soon(look_two)
+        assert found == [7, "NotFound"]
+
+    run_fs(store, body, now=trio.current_time, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_opening_a_file_for_reading_is_one_get_with_its_first_part() -> None:

@@ -44,10 +44,11 @@ from __future__ import annotations
 import logging
 import stat
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import NoReturn
 
+import trio
 from cachetools import LRUCache, TTLCache
 
 from s3files.core.descriptions import Descriptions
@@ -117,6 +118,7 @@ class Superblock:
         self._bare: LRUCache[str, bool] = LRUCache(maxsize=4096)
         self._list_took: LRUCache[str, float] = LRUCache(maxsize=4096)  # folder -> its last listing's seconds
         self._refreshing: set[str] = set()  # folders being listed again in the background
+        self._lookups: dict[str, _Lookup] = {}  # path -> the lookup of it in flight (``entry``)
         # Our own changes, numbered, so a listing that was in flight meanwhile does not undo them.
         self._changes = 0
         self._changed: LRUCache[str, tuple[int, Entry | None]] = LRUCache(maxsize=4096)
@@ -348,8 +350,30 @@ class Superblock:
     # -- lookups ---------------------------------------------------------------------------------------
 
     async def entry(self, parent_path: str, name: str) -> Entry:
-        """What ``name`` in folder ``parent_path`` is: a local file, or per a fresh listing, or S3."""
+        """What ``name`` in folder ``parent_path`` is: a local file, or per a fresh listing, or S3.
+
+        Lookups of one name at the same time share the first one's answer: threads opening one file each
+        revalidate its name in the kernel (a FUSE lookup per path walk), and each would ask S3 the same
+        HEADs and LIST. The shared answer is as fresh as any lookup's (S3's, within ``metadata_ttl``);
+        one that found nothing, or came while this mount changed a name, is not shared."""
         path = join(parent_path, name)
+        flight = self._lookups.get(path)
+        if flight is not None:
+            changes = self._changes
+            await flight.done.wait()
+            if flight.entry is not None and self._changes == changes == flight.changes:
+                return flight.entry
+        flight = _Lookup(self._changes)
+        self._lookups[path] = flight
+        try:
+            flight.entry = await self._entry(parent_path, name, path)
+            return flight.entry
+        finally:
+            flight.done.set()
+            if self._lookups.get(path) is flight:
+                del self._lookups[path]
+
+    async def _entry(self, parent_path: str, name: str, path: str) -> Entry:
         local = self.inodes.by_path(path)
         if local is not None and self.is_local(local.ino):
             return Entry(name, is_dir=False)
@@ -607,6 +631,16 @@ class Superblock:
 
     def statistics(self) -> dict[str, int]:
         return {"inodes": len(self.inodes), "cached_listings": len(self._listings), **self.meta.statistics()}
+
+
+@dataclass(eq=False)
+class _Lookup:
+    """A lookup in flight, for lookups of the same name meanwhile: its answer, once ``done``, and the
+    mount's change number when it began (see ``Superblock.entry``)."""
+
+    changes: int
+    entry: Entry | None = None
+    done: trio.Event = field(default_factory=trio.Event)
 
 
 def _bare(entry: Entry) -> bool:
