@@ -947,6 +947,22 @@ def test_lookups_of_one_name_at_the_same_time_ask_s3_once() -> None:
     run_fs(store, body, now=trio.current_time, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+def test_strict_lookups_of_one_name_at_the_same_time_each_ask_s3() -> None:
+    """With a metadata TTL of 0 (strict mode) every lookup asks S3 after it began: none is shared."""
+    store = MemoryStore(latency=0.02)
+    store.seed("d/one.bin", b"x" * 100)
+
+    async def body(fs: FileSystem) -> None:
+        d = await fs.lookup(ROOT_INO, "d")
+        store.requests.reset()
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(fs.lookup, d.ino, "one.bin")
+        assert store.requests.snapshot().get("head", 0) >= 4
+
+    run_fs(store, body, now=trio.current_time, clock=trio.testing.MockClock(autojump_threshold=0), consistency="strict")
+
+
 def test_opening_a_file_for_reading_is_one_get_with_its_first_part() -> None:
     """A cold open for reading asks S3 with a GET of the reader's first part, not a HEAD: a file of up to
     two first parts is read with that one request, a larger one continues from where it ended."""

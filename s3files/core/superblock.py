@@ -355,10 +355,11 @@ class Superblock:
         Lookups of one name at the same time share the first one's answer: threads opening one file each
         revalidate its name in the kernel (a FUSE lookup per path walk), and each would ask S3 the same
         HEADs and LIST. The shared answer is as fresh as any lookup's (S3's, within ``metadata_ttl``);
-        one that found nothing, or came while this mount changed a name, is not shared."""
+        one that found nothing, or came while this mount changed a name, is not shared, nor any with a
+        ``metadata_ttl`` of 0 (strict mode)."""
         path = join(parent_path, name)
         flight = self._lookups.get(path)
-        if flight is not None:
+        if flight is not None and self.caches:  # (TTL 0: every lookup asks S3 after it began)
             changes = self._changes
             await flight.done.wait()
             if flight.entry is not None and self._changes == changes == flight.changes:
