@@ -22,8 +22,7 @@ from s3files.core.inodes import Inode, InodeTable
 from s3files.core.links import link_candidate
 from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, Namespace, join
-from s3files.core.reader import Spawn
-from s3files.core.tasks import CONCURRENCY, for_each
+from s3files.core.tasks import CONCURRENCY, Spawn, for_each
 from s3files.core.times import seconds_of_ns
 from s3files.errors import ObjectNotFound, S3FilesError
 from s3files.store.base import ListPage, ObjectInfo, ObjectStore

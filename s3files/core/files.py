@@ -32,8 +32,9 @@ from s3files.core.links import copy_object_version
 from s3files.core.markers import FolderMarkers
 from s3files.core.namespace import check_length, join, valid_name
 from s3files.core.parts import MAX_OBJECT
-from s3files.core.reader import PartBuffers, Reader, SharedReader, SharedReaders, Spawn
+from s3files.core.reader import PartBuffers, Reader, SharedReader, SharedReaders
 from s3files.core.superblock import Superblock
+from s3files.core.tasks import Spawn
 from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
 from s3files.core.writeback import WriteBack
 from s3files.core.writestate import WriteState

@@ -32,10 +32,10 @@ from s3files.core.markers import FolderMarkers
 from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, check_length, join, valid_name
 from s3files.core.parts import PartLayout
-from s3files.core.reader import Spawn
 from s3files.core.records import CacheFolder
 from s3files.core.recovery import OnRecovery, RecoveryReport, recover
 from s3files.core.superblock import Superblock
+from s3files.core.tasks import Spawn
 from s3files.core.treeops import RENAME_EXCHANGE, RENAME_NOREPLACE, TreeOps
 from s3files.core.uploader import Uploader, WriteConflict, posix_metadata
 from s3files.core.writestate import WAITING, WriteState

@@ -32,8 +32,8 @@ from collections.abc import AsyncIterator, Callable
 import trio
 
 from s3files.core.inodes import ROOT_INO, Inode
-from s3files.core.reader import Spawn
 from s3files.core.superblock import Superblock
+from s3files.core.tasks import Spawn
 from s3files.errors import ObjectNotFound, PreconditionFailed, S3FilesError
 from s3files.store.base import ObjectStore
 

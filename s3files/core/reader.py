@@ -48,18 +48,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
+from s3files.core.tasks import Spawn
 from s3files.errors import S3FilesError, StoreError
 from s3files.options import ReadOptions
 from s3files.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
-Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 IDLE_SECONDS = 30.0  # spare part buffers unused this long are given back to the system
 MAX_STREAMS = 8  # sequential streams remembered per open file (a position and a window each)

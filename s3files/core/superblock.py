@@ -56,8 +56,7 @@ from s3files.core.inodes import ROOT_INO, Attr, Defaults, Inode, InodeTable
 from s3files.core.kernel import KernelCache, NoKernelCache
 from s3files.core.metacache import MetaCache
 from s3files.core.namespace import Entry, Namespace, join
-from s3files.core.reader import Spawn
-from s3files.core.tasks import run_all
+from s3files.core.tasks import Spawn, run_all
 from s3files.core.times import NS
 from s3files.errors import KindChanged, NotFound, ObjectNotFound, S3FilesError
 from s3files.options import Consistency, MountOptions
@@ -139,11 +138,12 @@ class Superblock:
         if node.ino == ROOT_INO or self.is_local(node.ino):
             return self.ttl
         left = node.fresh_until - self._now()
-        if node.is_dir and node.path.rpartition("/")[0] in self._small_folders:
+        parent = node.path.rpartition("/")[0] if node.is_dir else None
+        if parent is not None and parent in self._small_folders:
             # the kernel keeps a folder's name until its parent's listing expires, and then every path walk
             # through it would wait for that listing: it asks again in the last part of the TTL instead,
             # where the lookup is answered from the cache and has the listing made again ahead
-            left -= self._refresh_window(node.path.rpartition("/")[0])
+            left -= self._refresh_window(parent)
         return min(self.ttl, max(0.0, left))
 
     def is_fresh(self, node: Inode) -> bool:

@@ -1,6 +1,7 @@
 """Running coroutines concurrently under trio, with errors that keep their errno.
 
-Owns: ``run_all`` (a few calls at once) and ``for_each`` (many items, a bounded number at a time). Why: a
+Owns: ``run_all`` (a few calls at once), ``for_each`` (many items, a bounded number at a time) and the
+``Spawn`` type (how rooms start background work on the mount's nursery). Why: a
 trio nursery wraps a child's exception in an ExceptionGroup, which the FUSE adapter can only turn into
 EIO; a store error (ENOENT, ESTALE, ENOSPC...) must reach the caller as itself.
 """
@@ -15,6 +16,7 @@ import trio
 from s3files.errors import S3FilesError
 
 T = TypeVar("T")
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]  # a nursery's start_soon
 CONCURRENCY = 16  # requests in flight at once for a bulk operation (folder copies, deletes, HEADs)
 
 

@@ -33,7 +33,7 @@ class FastListParsers(AioResponseParserFactory):
 
     def create_parser(self, protocol_name: str) -> Any:
         if protocol_name == "rest-xml":
-            return _FAST_REST_XML(**self._defaults)
+            return _FastRestXMLParser(**self._defaults)
         return super().create_parser(protocol_name)
 
 
@@ -88,20 +88,14 @@ def parse_list(body: bytes, timestamp: Callable[[str], Any]) -> dict[str, Any] |
     return parsed
 
 
-def _fast_rest_xml(base: type) -> type:
-    class FastRestXMLParser(base):  # type: ignore[misc, valid-type]
-        """A rest-xml parser that reads a 2xx ListObjectsV2 body with ``parse_list``."""
+class _FastRestXMLParser(PROTOCOL_PARSERS["rest-xml"]):  # type: ignore[misc]
+    """aiobotocore's rest-xml parser, reading a 2xx ListObjectsV2 body with ``parse_list``."""
 
-        def _parse_payload(self, response: dict[str, Any], shape: Any, members: Any, final: dict[str, Any]) -> None:
-            # (the headers' fields and ResponseMetadata are botocore's, as for any answer)
-            if shape.name == OUTPUT and response.get("status_code", 0) < 300:
-                parsed = parse_list(response["body"], self._timestamp_parser)
-                if parsed is not None:
-                    final.update(parsed)
-                    return
-            super()._parse_payload(response, shape, members, final)
-
-    return FastRestXMLParser
-
-
-_FAST_REST_XML = _fast_rest_xml(PROTOCOL_PARSERS["rest-xml"])
+    def _parse_payload(self, response: dict[str, Any], shape: Any, members: Any, final: dict[str, Any]) -> None:
+        # (the headers' fields and ResponseMetadata are botocore's, as for any answer)
+        if shape.name == OUTPUT and response.get("status_code", 0) < 300:
+            parsed = parse_list(response["body"], self._timestamp_parser)
+            if parsed is not None:
+                final.update(parsed)
+                return
+        super()._parse_payload(response, shape, members, final)
