@@ -947,6 +947,37 @@ def test_lookups_of_one_name_at_the_same_time_ask_s3_once() -> None:
     run_fs(store, body, now=trio.current_time, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+def test_lookups_of_names_of_one_folder_at_the_same_time_list_it_once() -> None:
+    """Threads opening the files of one folder look their names up at the same time (the kernel sends them
+    at once: fuse/dirops.py). After the folder's first names were probed, the lookup that lists it has the
+    others wait for that listing instead of each probing (a HEAD and a LIST) or listing it again: one
+    LIST, and each name's HEAD for its true attributes."""
+    latency = 0.02
+    store = MemoryStore(latency=latency)
+    for n in range(10):
+        store.seed(f"d/f{n}", b"x" * n)
+
+    async def body(fs: FileSystem) -> None:
+        d = await fs.lookup(ROOT_INO, "d")
+        for n in range(2):  # the folder's first two names are probed
+            await fs.lookup(d.ino, f"f{n}")
+        store.requests.reset()
+        sizes: dict[int, int] = {}
+        start = trio.current_time()
+
+        async def look(n: int) -> None:
+            sizes[n] = (await fs.lookup(d.ino, f"f{n}")).size
+
+        async with trio.open_nursery() as nursery:
+            for n in range(2, 10):
+                nursery.start_soon(look, n)
+        assert sizes == {n: n for n in range(2, 10)}
+        assert store.requests.snapshot() == {"list": 1, "head": 9}  # 8 names, and the first one's marker
+        assert trio.current_time() - start == pytest.approx(2 * latency)  # the listing, then the HEADs
+
+    run_fs(store, body, now=trio.current_time, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def test_strict_lookups_of_one_name_at_the_same_time_each_ask_s3() -> None:
     """With a metadata TTL of 0 (strict mode) every lookup asks S3 after it began: none is shared."""
     store = MemoryStore(latency=0.02)

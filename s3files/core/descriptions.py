@@ -170,11 +170,23 @@ class Descriptions:
 
         async def head(item: tuple[str, ObjectInfo]) -> None:
             name, info = item
+            asking = self._asking.get(info.key)
+            if asking is not None:  # described ahead since, or by a lookup of the name at the same time
+                await asking.wait()
+                meta = self.meta.known([info]).get(info.key)
+                if meta is not None:
+                    found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
+                    return
+            self._asking[info.key] = asking = trio.Event()  # (``ahead`` and other lookups wait for it)
             try:
                 described = await self.store.head(info.key)
             except ObjectNotFound:
                 found.pop(name, None)  # deleted since the listing
                 return
+            finally:
+                asking.set()
+                if self._asking.get(info.key) is asking:
+                    del self._asking[info.key]
             self.meta.learn(described)
             found[name] = Entry(name, is_dir=False, info=described)
 

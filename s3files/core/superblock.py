@@ -118,6 +118,7 @@ class Superblock:
         self._list_took: LRUCache[str, float] = LRUCache(maxsize=4096)  # folder -> its last listing's seconds
         self._refreshing: set[str] = set()  # folders being listed again in the background
         self._lookups: dict[str, _Lookup] = {}  # path -> the lookup of it in flight (``entry``)
+        self._listing_for_lookups: dict[str, trio.Event] = {}  # folder -> its listing a lookup awaits
         # Our own changes, numbered, so a listing that was in flight meanwhile does not undo them.
         self._changes = 0
         self._changed: LRUCache[str, tuple[int, Entry | None]] = LRUCache(maxsize=4096)
@@ -382,6 +383,11 @@ class Superblock:
         if listing is not None:
             self._refresh_ahead(parent_path)
         heads: dict[str, ObjectInfo | None] = {}
+        listing_now = self._listing_for_lookups.get(parent_path)
+        if listing is None and listing_now is not None:
+            # lookups in one folder at the same time (the kernel sends them at once, dirops.py): one LIST
+            await listing_now.wait()
+            listing = self._listings.get(parent_path)
         if listing is None and (parent_path in self._small_folders or self._probed_enough(parent_path)):
             listing = await self._listing_for(parent_path, name, heads)
         if listing is not None:
@@ -464,7 +470,13 @@ class Superblock:
             calls.append(lambda: head(file_key))
             if self.described.markers.get(path) is None:
                 calls.append(lambda: head(marker_key))
-        await run_all(calls)
+        listed = self._listing_for_lookups[parent_path] = trio.Event()
+        try:
+            await run_all(calls)
+        finally:
+            listed.set()
+            if self._listing_for_lookups.get(parent_path) is listed:
+                del self._listing_for_lookups[parent_path]
         entries = listing[0]
         entry = entries.get(name) if entries is not None else None
         if entry is None or not _bare(entry):

@@ -39,6 +39,7 @@ from s3files.core.records import CacheFolder
 from s3files.core.recovery import OnRecovery
 from s3files.errors import MountError, S3FilesError
 from s3files.fuse.adapter import Operations
+from s3files.fuse.dirops import answer_init
 from s3files.fuse.kernel import FuseKernelCache
 from s3files.metrics import Metrics, on_trio
 from s3files.mountinfo import check_mountpoint, mount_entry
@@ -133,6 +134,10 @@ async def _serve(
         kernel = FuseKernelCache()
         fs.use_kernel_cache(kernel)
         try:
+            try:
+                answer_init()
+            except OSError as exc:
+                raise MountError(f"the FUSE handshake with the kernel failed: {exc}") from None
             nursery.start_soon(kernel.run)
             nursery.start_soon(_after_init, opts, fs, ready)
             nursery.start_soon(_write_status, opts, fs, folder)

@@ -1,0 +1,213 @@
+"""Parallel lookups in one folder, also with a libfuse that forgets to ask the kernel for them.
+
+Owns: answering the kernel's FUSE INIT request on the mount's behalf when the installed libfuse would
+leave ``FUSE_PARALLEL_DIROPS`` out of its reply. Must not touch anything else of pyfuse3 or libfuse.
+
+Why. Without that flag the kernel holds a folder's lock across every LOOKUP (and READDIR) in it: K
+threads opening K files of one folder are looked up one after another, each waiting for the S3 round
+trip of the one before. libfuse 3 wants the flag by default but, before 3.17.1, never copied it into the
+INIT reply (libfuse commit c9905341, "Pass FUSE_PARALLEL_DIROPS to kernel"); Debian 12 and Ubuntu 24.04
+ship 3.14. The core answers lookups concurrently (trio tasks, lookups of one name shared), so the
+kernel may send them so.
+
+How. After ``pyfuse3.init`` mounted, the kernel's INIT request waits on the FUSE device. We read it,
+let libfuse process it (``fuse_session_receive_buf`` / ``fuse_session_process_buf`` on pyfuse3's
+session, found by its symbol in pyfuse3's module) through a socket pair put in place of the device's
+descriptor, so that its reply comes to us; we set the flag in the reply (only if the kernel offered it)
+and write it to the device, which is back in its place. All of it happens before ``pyfuse3.main`` and
+blocks nothing but the mount's start. Anything not as expected (another libfuse, a pyfuse3 without the
+symbol, a reply we do not recognise) leaves the INIT to pyfuse3 as before: lookups stay serialized, one
+warning says so, nothing else changes. Once we hold the request, a reply always reaches the kernel (the
+unchanged one if the change is impossible), so the mount never hangs on a half-done handshake.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import select
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FUSE_INIT = 26  # opcode
+FUSE_PARALLEL_DIROPS = 1 << 18  # INIT flag (include/uapi/linux/fuse.h)
+FIXED_IN = (3, 17, 1)  # the first libfuse that passes the flag itself
+_IN_HEADER = struct.Struct("<IIQQIIII")  # fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid, padding
+_INIT_IN = struct.Struct("<IIII")  # fuse_init_in: major, minor, max_readahead, flags
+_OUT_HEADER = struct.Struct("<IiQ")  # fuse_out_header: len, error, unique
+_INIT_OUT = struct.Struct("<IIII")  # fuse_init_out: major, minor, max_readahead, flags
+_FLAGS_AT = _OUT_HEADER.size + 12  # where fuse_init_out.flags is in the reply
+SESSION_SYMBOL = "__pyx_v_7pyfuse3_session"  # pyfuse3's ``cdef fuse_session* session``
+FD_SYMBOL = "__pyx_v_7pyfuse3_session_fd"  # ... and ``cdef int session_fd`` (the FUSE device)
+EXPORTED_SYMBOL = "PyInit_pyfuse3"  # a symbol of the same module that dlsym finds (for its load address)
+MAX_REQUEST = 1 << 21  # read buffer for the INIT request (the kernel wants at least 8 KiB; INIT is ~100 B)
+WAIT_MS = 10_000  # for the INIT request, which the kernel queued when it mounted
+
+
+class _FuseBuf(ctypes.Structure):
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+        ("mem", ctypes.c_void_p),
+        ("fd", ctypes.c_int),
+        ("pos", ctypes.c_int64),
+    ]
+
+
+def offered_parallel_dirops(request: bytes) -> bool:
+    """Whether ``request`` is the kernel's INIT and offers parallel lookups."""
+    if len(request) < _IN_HEADER.size + _INIT_IN.size:
+        return False
+    opcode = _IN_HEADER.unpack_from(request)[1]
+    flags = _INIT_IN.unpack_from(request, _IN_HEADER.size)[3]
+    return opcode == FUSE_INIT and bool(flags & FUSE_PARALLEL_DIROPS)
+
+
+def with_parallel_dirops(reply: bytes) -> bytes | None:
+    """libfuse's INIT ``reply`` with FUSE_PARALLEL_DIROPS set; None if it is not a successful INIT reply
+    we can read (then it must go to the kernel unchanged)."""
+    if len(reply) < _OUT_HEADER.size + _INIT_OUT.size:
+        return None
+    length, error, _ = _OUT_HEADER.unpack_from(reply)
+    major = _INIT_OUT.unpack_from(reply, _OUT_HEADER.size)[0]
+    if length != len(reply) or error != 0 or major != 7:
+        return None
+    flags = struct.unpack_from("<I", reply, _FLAGS_AT)[0]
+    return reply[:_FLAGS_AT] + struct.pack("<I", flags | FUSE_PARALLEL_DIROPS) + reply[_FLAGS_AT + 4 :]
+
+
+def libfuse_version(libfuse: ctypes.CDLL) -> tuple[int, ...]:
+    libfuse.fuse_pkgversion.restype = ctypes.c_char_p
+    text = libfuse.fuse_pkgversion().decode()
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+@dataclass
+class _Libfuse:
+    """What the handshake needs: libfuse's two calls, free(), pyfuse3's session and its device."""
+
+    lib: ctypes.CDLL
+    libc: ctypes.CDLL
+    session: int
+    device: int
+
+    def process_one(self) -> None:
+        """libfuse reads one request from its session's descriptor and answers it."""
+        buf = _FuseBuf()
+        got = self.lib.fuse_session_receive_buf(ctypes.c_void_p(self.session), ctypes.byref(buf))
+        try:
+            if got <= 0:
+                raise OSError(-got if got < 0 else 0, "libfuse read no request")
+            self.lib.fuse_session_process_buf(ctypes.c_void_p(self.session), ctypes.byref(buf))
+        finally:
+            self.libc.free(ctypes.c_void_p(buf.mem))
+
+
+def symbol_values(path: Path, *names: str) -> dict[str, int]:
+    """The values of symbols ``names`` in ELF64 file ``path``'s symbol table (not the dynamic one: a
+    static variable is only there); a name the file does not have (or a file not ELF64) is left out."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return {}
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    wanted = {name.encode() + b"\0": name for name in names}
+    found: dict[str, int] = {}
+    for section in sections:
+        if section[1] != 2:  # SHT_SYMTAB
+            continue
+        strtab_at = sections[section[6]][4]
+        start, size, entsize = section[4], section[5], section[9] or 24
+        for at in range(start, start + size, entsize):
+            st_name, _, _, _, st_value, _ = struct.unpack_from("<IBBHQQ", data, at)
+            text_at = strtab_at + st_name
+            end = data.find(b"\0", text_at)
+            name = wanted.get(data[text_at : end + 1])
+            if name is not None:
+                found[name] = int(st_value)
+    return found
+
+
+def _find() -> _Libfuse | str:
+    """Everything the handshake needs, or why it cannot be done (a reason for the log)."""
+    import pyfuse3
+
+    lib_name = ctypes.util.find_library("fuse3")
+    if lib_name is None:
+        return "libfuse3 not found"
+    lib = ctypes.PyDLL(lib_name)  # (keeps the GIL: libfuse calls back into pyfuse3, which needs it)
+    version = libfuse_version(lib)
+    if version >= FIXED_IN:
+        return ""
+    module = Path(pyfuse3.__file__)
+    if module.suffix != ".so":
+        return f"pyfuse3 is not a compiled module ({module.name})"
+    at = symbol_values(module, SESSION_SYMBOL, FD_SYMBOL, EXPORTED_SYMBOL)
+    if len(at) != 3:
+        return "pyfuse3's session is not among its module's symbols"
+    exported = ctypes.cast(getattr(ctypes.CDLL(str(module)), EXPORTED_SYMBOL), ctypes.c_void_p).value
+    if exported is None:
+        return "pyfuse3's module has no load address"
+    base = exported - at[EXPORTED_SYMBOL]
+    session = ctypes.c_void_p.from_address(base + at[SESSION_SYMBOL]).value
+    device = ctypes.c_int.from_address(base + at[FD_SYMBOL]).value
+    if not session or device <= 0 or os.readlink(f"/proc/self/fd/{device}") != "/dev/fuse":
+        return "pyfuse3 has no session on a FUSE device"
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    for fn in (lib.fuse_session_receive_buf, lib.fuse_session_process_buf):
+        fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(_FuseBuf)]
+        fn.restype = ctypes.c_int
+    libc.free.argtypes = [ctypes.c_void_p]
+    return _Libfuse(lib, libc, session, device)
+
+
+def answer_init() -> bool:
+    """Answer the kernel's INIT with parallel lookups allowed (see the module docstring). Call right
+    after ``pyfuse3.init``. True when done; False when pyfuse3.main() is left to answer INIT as before.
+    Raises OSError only if the handshake broke after the request was taken (the caller unmounts)."""
+    try:
+        found = _find()
+    except (OSError, AttributeError, ValueError) as exc:
+        found = str(exc)
+    if found == "":
+        return False  # this libfuse asks for parallel lookups itself
+    if isinstance(found, str):
+        log.warning("lookups in one folder stay one at a time: libfuse before %s does not ask for them (%s)", _dotted(FIXED_IN), found)
+        return False
+    poll = select.poll()
+    poll.register(found.device, select.POLLIN)
+    if not poll.poll(WAIT_MS):
+        log.warning("lookups in one folder stay one at a time: no INIT request came from the kernel")
+        return False
+    real = os.dup(found.device)
+    try:
+        request = os.read(real, MAX_REQUEST)
+        ours, libfuses = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with ours, libfuses:
+            os.dup2(libfuses.fileno(), found.device, inheritable=False)
+            try:
+                ours.send(request)
+                found.process_one()
+                reply = ours.recv(MAX_REQUEST)
+            finally:
+                os.dup2(real, found.device, inheritable=False)
+        changed = with_parallel_dirops(reply) if offered_parallel_dirops(request) else None
+        os.write(found.device, changed or reply)
+    finally:
+        os.close(real)
+    if changed is None:
+        log.warning("lookups in one folder stay one at a time: the kernel did not offer parallel lookups")
+    else:
+        log.debug("INIT answered with parallel lookups (libfuse %s)", _dotted(libfuse_version(found.lib)))
+    return True
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
