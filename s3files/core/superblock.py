@@ -558,11 +558,15 @@ class Superblock:
     # -- what S3 says of one file ----------------------------------------------------------------------
 
     async def head(self, node: Inode) -> Inode:
+        return self.refreshed(node, await self.ask(node))
+
+    async def ask(self, node: Inode) -> ObjectInfo:
+        """S3's answer for file ``node`` (a HEAD), not applied yet (``refreshed`` does): the caller
+        applies it after answers asked earlier. NotFound, and the name forgotten, if it is gone."""
         try:
-            info = await self.store.head(self.ns.file_key(node.path))
+            return await self.store.head(self.ns.file_key(node.path))
         except ObjectNotFound:
             self._removed(node)
-        return self.refreshed(node, info)
 
     async def revalidate(self, node: Inode) -> Inode:
         """Ask S3 about ``node`` (its attributes are not fresh): a file's HEAD; a folder's one-key LIST
