@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 import pyfuse3
+import pytest
 
 from s3files.fuse import dirops
 
@@ -61,3 +62,80 @@ def test_pyfuse3s_session_and_device_are_among_its_symbols() -> None:
     assert dirops.symbol_values(Path(__file__), dirops.SESSION_SYMBOL) == {}  # not ELF
     lib = ctypes.PyDLL(ctypes.util.find_library("fuse3"))
     assert dirops.libfuse_version(lib)[0] == 3
+
+
+def _lookups_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, handshake: bool) -> tuple[int, list[str]]:
+    """8 threads stat 8 names of one folder through a real mount over a store that takes 50 ms a request:
+    the most lookups the core had at once, and the mount's warnings."""
+    import contextlib
+    import logging
+    import threading
+    from collections.abc import AsyncIterator
+
+    from s3files.core.fs import FileSystem
+    from s3files.fuse.mount import mounted_in_thread
+    from s3files.options import MountOptions, Source, StoreOptions
+    from s3files.store import MemoryStore
+
+    if not handshake:
+        monkeypatch.setattr(dirops, "_find", lambda: "turned off by the test")
+    store = MemoryStore(latency=0.05)
+    for n in range(8):
+        store.seed(f"d/f{n}", b"x" * n)
+    most = [0, 0]
+    real_lookup = FileSystem.lookup
+
+    async def lookup(self: FileSystem, parent: int, name: str) -> object:
+        most[0] += 1
+        most[1] = max(most)
+        try:
+            return await real_lookup(self, parent, name)
+        finally:
+            most[0] -= 1
+
+    monkeypatch.setattr(FileSystem, "lookup", lookup)
+
+    @contextlib.asynccontextmanager
+    async def open_store() -> AsyncIterator[MemoryStore]:
+        yield store
+
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    handler.setLevel(logging.WARNING)
+    logging.getLogger(dirops.__name__).addHandler(handler)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir(parents=True)
+    opts = MountOptions(source=Source("b", ""), mountpoint=mountpoint, store=StoreOptions(endpoint_url="http://127.0.0.1:1"))
+    try:
+        with mounted_in_thread(opts, open_store):
+            assert (mountpoint / "d").is_dir()
+            most[1] = 0
+            sizes: dict[int, int] = {}
+            threads = [
+                threading.Thread(target=lambda n=n: sizes.__setitem__(n, (mountpoint / "d" / f"f{n}").stat().st_size))
+                for n in range(8)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert sizes == {n: n for n in range(8)}
+    finally:
+        logging.getLogger(dirops.__name__).removeHandler(handler)
+    return most[1], warnings
+
+
+@pytest.mark.fuse
+def test_a_mount_gets_lookups_of_one_folder_at_once_and_without_the_handshake_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a real mount: with the INIT answered here the core has all 8 lookups at once; when the
+    handshake cannot be done (here: turned off) the mount still works, one lookup at a time, and says
+    so in one warning."""
+    at_once, warnings = _lookups_at_once(tmp_path / "a", monkeypatch, handshake=True)
+    assert at_once == 8 and warnings == []
+    monkeypatch.undo()
+    at_once, warnings = _lookups_at_once(tmp_path / "b", monkeypatch, handshake=False)
+    assert at_once == 1
+    assert len(warnings) == 1 and "one at a time" in warnings[0] and "turned off by the test" in warnings[0]

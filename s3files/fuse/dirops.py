@@ -17,8 +17,9 @@ descriptor, so that its reply comes to us; we set the flag in the reply (only if
 and write it to the device, which is back in its place. All of it happens before ``pyfuse3.main`` and
 blocks nothing but the mount's start. Anything not as expected (another libfuse, a pyfuse3 without the
 symbol, a reply we do not recognise) leaves the INIT to pyfuse3 as before: lookups stay serialized, one
-warning says so, nothing else changes. Once we hold the request, a reply always reaches the kernel (the
-unchanged one if the change is impossible), so the mount never hangs on a half-done handshake.
+warning says so, nothing else changes. Once we hold the request, libfuse's reply reaches the kernel
+(unchanged if the change is impossible), or, if libfuse could not answer, the mount stops with an error
+and is unmounted: it never hangs on a half-done handshake.
 """
 
 from __future__ import annotations
@@ -198,14 +199,17 @@ def answer_init() -> bool:
                 reply = ours.recv(MAX_REQUEST)
             finally:
                 os.dup2(real, found.device, inheritable=False)
-        changed = with_parallel_dirops(reply) if offered_parallel_dirops(request) else None
+        offered = offered_parallel_dirops(request)
+        changed = with_parallel_dirops(reply) if offered else None
         os.write(found.device, changed or reply)
     finally:
         os.close(real)
-    if changed is None:
-        log.warning("lookups in one folder stay one at a time: the kernel did not offer parallel lookups")
-    else:
+    if changed is not None:
         log.debug("INIT answered with parallel lookups (libfuse %s)", _dotted(libfuse_version(found.lib)))
+    elif offered:
+        log.warning("lookups in one folder stay one at a time: libfuse's INIT reply was not as expected")
+    else:
+        log.warning("lookups in one folder stay one at a time: the kernel does not offer parallel lookups")
     return True
 
 
