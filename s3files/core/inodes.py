@@ -229,6 +229,18 @@ class InodeTable:
         node.fresh_until = fresh_until
         return node
 
+    @staticmethod
+    def shows(node: Inode, info: ObjectInfo) -> bool:
+        """Whether file ``node`` shows exactly what ``info`` says: its version and size, with that
+        version's metadata applied (a metadata version is ETag and LastModified; a listing's entry without
+        metadata: the ETag a HEAD described). ``refresh_file`` would then change nothing but freshness."""
+        return (
+            node.etag == info.etag
+            and node.size == info.size
+            and node.meta_etag == info.etag
+            and (info.metadata is None or node.meta_modified == info.last_modified)
+        )
+
     def put_file(self, path: str, info: ObjectInfo, fresh_until: float) -> Inode:
         """Record what S3 says of file ``path`` (a listing or a lookup); ``info.metadata`` None: a listing."""
         node = self._node(path, self._kind(self.by_path(path), info))

@@ -195,6 +195,9 @@ class Superblock:
                 self.inodes.describe_dir(recorded, entry.info)
         elif entry.info is None:
             raise NotFound(f"{path} is no longer here")  # a local file that is gone
+        elif node is not None and not node.is_dir and self.inodes.shows(node, entry.info):
+            node.fresh_until = max(until, node.fresh_until)  # (every entry of every readdir: keep it cheap)
+            return node
         else:
             before, etag = (node.attr(), node.etag) if node is not None else (None, None)
             if node is not None and etag == entry.info.etag:
