@@ -18,8 +18,9 @@ def test_a_stat_loop_through_a_mount_has_the_next_names_described_before_it_gets
 ) -> None:
     """Each file's true attributes need its HEAD; in the listing's order the mount asks for the next
     names' HEADs while the program is still at an earlier one (core: descriptions.py ``ahead``). Shown by
-    the order of requests, not by time: for every name past the first few, its HEAD reached the server
-    before the program's ``stat`` of it began, and no name was asked twice."""
+    the order of requests, not by time: for the names past the first few, their HEADs reached the server
+    before the program's ``stat`` of them began (all but at most two, see below), and no name was asked
+    twice."""
     names = [f"f{n:03d}" for n in range(40)]
     for n, name in enumerate(names):
         boto3_client.put_object(
@@ -42,8 +43,10 @@ def test_a_stat_loop_through_a_mount_has_the_next_names_described_before_it_gets
         first.setdefault(name, i)
     assert sorted(first) == names
     assert len(heads) == len(names)  # each described once
-    ahead = [name for name in names[6:] if first[name] < began[name]]
-    assert ahead == names[6:]
+    late = [name for name in names[6:] if first[name] >= began[name]]
+    # A HEAD started ahead may reach the server a moment after the program's stat began when the machine
+    # is loaded (one did in a CI run with two test workers); without describing ahead all 34 would be late.
+    assert len(late) <= 2, late
 
 
 def test_threads_looking_up_names_of_one_folder_are_answered_at_the_same_time(
