@@ -157,9 +157,6 @@ class Descriptions:
                 found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
             else:
                 files.append((name, info))
-        waiting = [self._asking[info.key] for _, info in files if info.key in self._asking]
-        for event in waiting:  # described ahead, in flight: its answer, not a second HEAD
-            await event.wait()
         known = self.meta.known(info for _, info in files)
         asked = []
         for name, info in files:
@@ -171,7 +168,7 @@ class Descriptions:
         async def head(item: tuple[str, ObjectInfo]) -> None:
             name, info = item
             asking = self._asking.get(info.key)
-            if asking is not None:  # described ahead since, or by a lookup of the name at the same time
+            if asking is not None:  # described ahead, or by a lookup of the name at the same time: its answer
                 await asking.wait()
                 meta = self.meta.known([info]).get(info.key)
                 if meta is not None:

@@ -132,35 +132,37 @@ class Files:
         lacks CAP_FSETID, see ``write``). An open for reading while another one fetches the file's first
         part waits for it, then shares its reader (programs that open one file at once cost one GET)."""
         fetching = self._first_parts.get(ino)
-        asked = False
-        if fetching is not None and not flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
-            asked = await self._ask_while(self.sb.node(ino), fetching)
+        other = None if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC) else fetching
         mine = trio.Event()
         try:
-            return await self._open(ino, flags, clears_privs, mine, asked)
+            return await self._open(ino, flags, clears_privs, mine, other)
         finally:
             if self._first_parts.get(ino) is mine:
                 del self._first_parts[ino]
             mine.set()
 
-    async def _ask_while(self, node: Inode, fetching: trio.Event) -> bool:
-        """Wait for another open's fetch of ``node``'s first part (``fetching``), and meanwhile ask S3
-        for the newest version as this open must (close-to-open): both at once, not the question after
-        the fetch, a round trip less for each of K threads opening one file. The answer is applied
-        after the fetch's, which was asked before this open began. True if S3 was asked."""
-        if node.is_dir or self.sb.trusts_open(node) or not self.sb.linked(node) or self.cache.get(node.ino):
-            await fetching.wait()
-            return False
+    async def _ask_while(self, node: Inode, other: trio.Event) -> None:
+        """Wait for another open's fetch of ``node``'s first part (``other``), and meanwhile ask S3 for
+        the newest version as this open must (close-to-open): both at once, not the question after the
+        fetch, a round trip less for each of K threads opening one file. The answer is applied after the
+        fetch's, which was asked before this open began. (Eventual mode, trusting fresh attributes: only
+        the wait.)"""
+        if self.sb.trusts_open(node):
+            await other.wait()
+            return
         found: list[ObjectInfo] = []
 
         async def ask() -> None:
             found.append(await self.sb.ask(node))
 
-        await run_all((fetching.wait, ask))
+        await run_all((other.wait, ask))
         self.sb.refreshed(node, found[0])
-        return True
 
-    async def _open(self, ino: int, flags: int, clears_privs: bool, fetching: trio.Event, asked: bool = False) -> OpenFile:
+    async def _open(
+        self, ino: int, flags: int, clears_privs: bool, fetching: trio.Event, other: trio.Event | None = None
+    ) -> OpenFile:
+        """``fetching``: set once this open's first-part GET, if it makes one, is done; ``other``: another
+        open's, for a reader to wait for (``_ask_while``)."""
         node = self.sb.node(ino)
         if node.is_dir:
             raise IsADirectory(f"{node.path} is a folder")
@@ -173,10 +175,12 @@ class Files:
         if copy is None:
             if not self.sb.linked(node):
                 raise NotFound(f"{node.path} was removed")  # never ask S3 by a name this inode lost
+            if other is not None:
+                await self._ask_while(node, other)
             if not writable and self._cold_to_read(node):
                 self._first_parts[ino] = fetching  # (set before the first await: a later open sees it)
                 node, first = await self.sb.get_first(node, self.opts.read.first_part)
-            elif not asked and not self.sb.trusts_open(node):
+            elif other is None and not self.sb.trusts_open(node):
                 node = await self.sb.head(node)  # close-to-open, strict: every open sees the newest version
             copy = self.cache.get(ino)  # another open may have made the copy while we asked S3
             if copy is None and writable:

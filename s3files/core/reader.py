@@ -11,9 +11,9 @@ stopped is sequential, and the window ahead of it grows first_part -> x16 -> ...
 64 MiB by default) and is kept full with parts of up to part_size. The first part is small because time
 to first byte is set by it; the next step is two parts at once, because on a network one connection
 carries ~100 MB/s and a single 8 MiB part would keep the reader waiting ~90 ms before the full window
-starts (a 16 MiB file then arrives in one round trip after its first part, not two). A read that continues no stream is random: it fetches exactly the bytes
-asked for, and starts a new stream there (up to ``MAX_STREAMS``; the least recently used stream that no
-read waits on makes room). A stream's read-ahead stops where another stream began or holds parts, so
+starts (a 16 MiB file then arrives in one round trip after its first part, not two). A read that
+continues no stream is random: it fetches exactly the bytes asked for, and starts a new stream there
+(up to ``MAX_STREAMS``; the least recently used stream that no read waits on makes room). A stream's read-ahead stops where another stream began or holds parts, so
 parts never overlap and no byte is fetched twice while it is held. A read far ahead of where a stream
 reads next but inside its read-ahead is another reader (threads reading slices: each one's first read
 lands in the read-ahead of the one before): it is split off as a stream of its own with the parts from

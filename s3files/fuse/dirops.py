@@ -95,6 +95,7 @@ class _Libfuse:
 
     lib: ctypes.CDLL
     libc: ctypes.CDLL
+    version: tuple[int, ...]
     session: int
     device: int
 
@@ -166,7 +167,7 @@ def _find() -> _Libfuse | str:
         fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(_FuseBuf)]
         fn.restype = ctypes.c_int
     libc.free.argtypes = [ctypes.c_void_p]
-    return _Libfuse(lib, libc, session, device)
+    return _Libfuse(lib, libc, version, session, device)
 
 
 def answer_init() -> bool:
@@ -205,7 +206,7 @@ def answer_init() -> bool:
     finally:
         os.close(real)
     if changed is not None:
-        log.debug("INIT answered with parallel lookups (libfuse %s)", _dotted(libfuse_version(found.lib)))
+        log.debug("INIT answered with parallel lookups (libfuse %s)", _dotted(found.version))
     elif offered:
         log.warning("lookups in one folder stay one at a time: libfuse's INIT reply was not as expected")
     else:
