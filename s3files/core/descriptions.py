@@ -170,10 +170,11 @@ class Descriptions:
             asking = self._asking.get(info.key)
             if asking is not None:  # described ahead, or by a lookup of the name at the same time: its answer
                 await asking.wait()
-                meta = self.meta.known([info]).get(info.key)
-                if meta is not None:
-                    found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
-                    return
+            # (also when that answer came between ``known`` above and now: the workers start later)
+            meta = self.meta.known([info]).get(info.key)
+            if meta is not None:
+                found[name] = Entry(name, is_dir=False, info=replace(info, metadata=meta))
+                return
             self._asking[info.key] = asking = trio.Event()  # (``ahead`` and other lookups wait for it)
             try:
                 described = await self.store.head(info.key)
