@@ -102,7 +102,7 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
     fs.add_argument(
         "--direct-io",
         action="store_true",
-        help="bypass the kernel page cache: faster cold reads in large blocks; no re-read cache, no shared mmap",
+        help="bypass the kernel page cache: faster cold reads in large blocks; no re-read cache",
     )
     fs.add_argument(
         "--no-xattrs",

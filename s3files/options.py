@@ -140,7 +140,7 @@ class MountOptions:
     # Every open bypasses the kernel's page cache (FUSE direct I/O): a read is copied once, from the
     # read-ahead straight into the reader's buffer, instead of into the page cache and from there again.
     # The price: nothing is cached between opens, each read() is a request to the daemon (small reads are
-    # slow), and a shared mmap fails with ENODEV (libfuse 3.14 cannot allow it; MAP_PRIVATE works).
+    # slow). Shared maps work where the kernel allows them (6.6+, fuse/dirops.py asks), else ENODEV.
     direct_io: bool = False
     # Extended attributes (user.*, core/xattrs.py). The kernel asks a FUSE file system for
     # security.capability before every write() once it answers getxattr at all: one more round trip

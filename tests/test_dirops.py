@@ -17,39 +17,55 @@ HEADER_IN = struct.Struct("<IIQQIIII")
 INIT_IN = struct.Struct("<IIII")
 
 
-def init_request(flags: int, opcode: int = dirops.FUSE_INIT) -> bytes:
+def init_request(flags: int, opcode: int = dirops.FUSE_INIT, flags2: int | None = None) -> bytes:
+    # fuse_init_in: major, minor, max_readahead, flags, then (7.36) flags2 and unused[11]
     body = INIT_IN.pack(7, 45, 131072, flags)
+    if flags2 is not None:
+        body += struct.pack("<I11I", flags2, *([0] * 11))
     return HEADER_IN.pack(HEADER_IN.size + len(body), opcode, 2, 0, 0, 0, 0, 0) + body
 
 
-def init_reply(flags: int, error: int = 0, major: int = 7) -> bytes:
-    # fuse_init_out of protocol 7.31: major, minor, max_readahead, flags, max_background,
-    # congestion_threshold, max_write, time_gran, max_pages, map_alignment, unused[8]
-    body = struct.pack("<IIIIHHIIHH8I", major, 31, 131072, flags, 0, 0, 1 << 20, 1, 256, 0, *([0] * 8))
+def init_reply(flags: int, error: int = 0, major: int = 7, flags2: int = 0) -> bytes:
+    # fuse_init_out of protocol 7.36: major, minor, max_readahead, flags, max_background,
+    # congestion_threshold, max_write, time_gran, max_pages, map_alignment, flags2, unused[7]
+    body = struct.pack("<IIIIHHIIHHI7I", major, 36, 131072, flags, 0, 0, 1 << 20, 1, 256, 0, flags2, *([0] * 7))
     return struct.pack("<IiQ", 16 + len(body), error, 2) + body
 
 
-def test_the_reply_gets_the_flag_and_keeps_every_other_byte() -> None:
-    reply = init_reply(0x4040B029)
-    changed = dirops.with_parallel_dirops(reply)
+EXT = dirops.FUSE_INIT_EXT
+
+
+def test_the_reply_gets_the_flags_and_keeps_every_other_byte() -> None:
+    reply = init_reply(0x4040B029, flags2=0x3)
+    changed = dirops.with_flags(reply, dirops.FUSE_PARALLEL_DIROPS)
     assert changed is not None and len(changed) == len(reply)
     assert struct.unpack_from("<I", changed, 28)[0] == 0x4040B029 | dirops.FUSE_PARALLEL_DIROPS
     assert changed[:28] == reply[:28] and changed[32:] == reply[32:]
+    both = dirops.with_flags(reply, dirops.FUSE_PARALLEL_DIROPS | dirops.FUSE_DIRECT_IO_ALLOW_MMAP)
+    assert both is not None and len(both) == len(reply)
+    assert struct.unpack_from("<I", both, 16 + 32)[0] == 0x3 | 1 << 4  # flags2: bit 36 - 32
+    assert both[:28] == changed[:28] and both[32:48] == reply[32:48] and both[52:] == reply[52:]
 
 
 def test_a_reply_that_is_not_a_successful_init_is_left_alone() -> None:
-    assert dirops.with_parallel_dirops(init_reply(0, error=-71)) is None  # EPROTO: libfuse refused
-    assert dirops.with_parallel_dirops(init_reply(0, major=8)) is None  # "ask again with 7.x"
-    assert dirops.with_parallel_dirops(init_reply(0)[:30]) is None  # short
+    flag = dirops.FUSE_PARALLEL_DIROPS
+    assert dirops.with_flags(init_reply(0, error=-71), flag) is None  # EPROTO: libfuse refused
+    assert dirops.with_flags(init_reply(0, major=8), flag) is None  # "ask again with 7.x"
+    assert dirops.with_flags(init_reply(0)[:30], flag) is None  # short
     truncated_length = struct.pack("<I", 20) + init_reply(0)[4:]
-    assert dirops.with_parallel_dirops(truncated_length) is None  # its length field disagrees
+    assert dirops.with_flags(truncated_length, flag) is None  # its length field disagrees
+    # flags2 only in a reply that says it carries them (FUSE_INIT_EXT)
+    assert dirops.with_flags(init_reply(0x4040B029 & ~EXT), dirops.FUSE_DIRECT_IO_ALLOW_MMAP) is None
 
 
-def test_the_flag_is_set_only_when_the_kernel_offered_it() -> None:
-    assert dirops.offered_parallel_dirops(init_request(0x73FFFFFB))
-    assert not dirops.offered_parallel_dirops(init_request(0x73FFFFFB & ~dirops.FUSE_PARALLEL_DIROPS))
-    assert not dirops.offered_parallel_dirops(init_request(0x73FFFFFB, opcode=1))  # a LOOKUP
-    assert not dirops.offered_parallel_dirops(init_request(0x73FFFFFB)[:50])
+def test_only_flags_the_kernel_offered_are_read() -> None:
+    offered = dirops.offered(init_request(0x73FFFFFB | EXT, flags2=0x1F))
+    assert offered & dirops.FUSE_PARALLEL_DIROPS and offered & dirops.FUSE_DIRECT_IO_ALLOW_MMAP
+    assert not dirops.offered(init_request(0x73FFFFFB & ~dirops.FUSE_PARALLEL_DIROPS)) & dirops.FUSE_PARALLEL_DIROPS
+    assert not dirops.offered(init_request(0x73FFFFFB & ~EXT, flags2=0x1F)) & dirops.FUSE_DIRECT_IO_ALLOW_MMAP
+    assert not dirops.offered(init_request(0x73FFFFFB | EXT, flags2=0xF)) & dirops.FUSE_DIRECT_IO_ALLOW_MMAP
+    assert dirops.offered(init_request(0x73FFFFFB, opcode=1)) == 0  # a LOOKUP
+    assert dirops.offered(init_request(0x73FFFFFB)[:50]) == 0
 
 
 def test_pyfuse3s_session_and_device_are_among_its_symbols() -> None:

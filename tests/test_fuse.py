@@ -306,8 +306,9 @@ def test_direct_io_mount_reads_past_the_page_cache(
     s3_server: S3Server, s3_client: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
     """--direct-io: every open reads from the daemon (a second read fetches again, where the page cache
-    would answer); contents, partial reads and writes are as without it; MAP_PRIVATE works, a shared
-    mmap fails with ENODEV (the documented price: libfuse 3.14 cannot let the kernel allow it)."""
+    would answer); contents, partial reads and writes are as without it; private and shared maps work
+    (fuse/dirops.py asks the kernel for FUSE_DIRECT_IO_ALLOW_MMAP), and a shared map's writes are what
+    direct reads see and what is uploaded."""
     data = random.Random(21).randbytes(12 * MIB + 5)
     put(s3_client, s3_bucket, "big.bin", data)
     put(s3_client, s3_bucket, "small.txt", b"0123456789")
@@ -337,15 +338,30 @@ def test_direct_io_mount_reads_past_the_page_cache(
             "f = open(sys.argv[1], 'rb')\n"
             "with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as v:\n"
             "    print(hashlib.sha256(v[7 << 20 : (7 << 20) + 4096]).hexdigest())\n"
-            "try:\n"
-            "    mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)\n"
-            "except OSError as e:\n"
-            "    print(errno.errorcode[e.errno])\n"
+            "with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as v:\n"
+            "    print(hashlib.sha256(v[9 << 20 : (9 << 20) + 4096]).hexdigest())\n"
         )
         out = subprocess.run(
             [sys.executable, "-c", probe, str(root / "big.bin")], capture_output=True, text=True, timeout=60
         )
-        assert out.stdout.split() == [hashlib.sha256(data[7 * MIB : 7 * MIB + 4096]).hexdigest(), "ENODEV"]
+        digests = [hashlib.sha256(data[n * MIB : n * MIB + 4096]).hexdigest() for n in (7, 9)]
+        assert out.stdout.split() == digests, out.stderr
+        # a shared writable map's bytes are what direct reads of the file see, before and after msync
+        mapper = (
+            "import mmap, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "with mmap.mmap(fd, 0, flags=mmap.MAP_SHARED) as v:\n"
+            "    v[3:5] = b'MM'\n"
+            "    reader = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "    print(os.pread(reader, 10, 0).decode())\n"
+            "    v.flush()\n"
+            "    print(os.pread(reader, 10, 0).decode())\n"
+        )
+        (root / "mapped.txt").write_bytes(b"0123456789")
+        out = subprocess.run(
+            [sys.executable, "-c", mapper, str(root / "mapped.txt")], capture_output=True, text=True, timeout=60
+        )
+        assert out.stdout.split() == ["012MM56789", "012MM56789"], out.stderr
         with open(root / "small.txt", "r+b") as f:
             f.seek(2)
             f.write(b"AB")
@@ -357,6 +373,7 @@ def test_direct_io_mount_reads_past_the_page_cache(
         assert fs.statistics()["local_copies"] == 0
     assert s3_client.get_object(Bucket=s3_bucket, Key="small.txt")["Body"].read() == b"01AB456789++"
     assert s3_client.get_object(Bucket=s3_bucket, Key="new.bin")["Body"].read() == data[: 3 * MIB]
+    assert s3_client.get_object(Bucket=s3_bucket, Key="mapped.txt")["Body"].read() == b"012MM56789"
 
 
 def test_concurrent_outside_writer_is_detected_not_overwritten(

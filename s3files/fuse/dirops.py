@@ -1,23 +1,26 @@
-"""Parallel lookups in one folder, also with a libfuse that forgets to ask the kernel for them.
+"""The INIT reply flags libfuse 3.14 cannot give: parallel lookups in one folder, shared mmap with direct I/O.
 
 Owns: answering the kernel's FUSE INIT request on the mount's behalf when the installed libfuse would
-leave ``FUSE_PARALLEL_DIROPS`` out of its reply. Must not touch anything else of pyfuse3 or libfuse.
+leave out of its reply a flag the mount wants. Must not touch anything else of pyfuse3 or libfuse.
 
-Why. Without that flag the kernel holds a folder's lock across every LOOKUP (and READDIR) in it: K
-threads opening K files of one folder are looked up one after another, each waiting for the S3 round
-trip of the one before. libfuse 3 wants the flag by default but, before 3.17.1, never copied it into the
-INIT reply (libfuse commit c9905341, "Pass FUSE_PARALLEL_DIROPS to kernel"); Debian 12 and Ubuntu 24.04
-ship 3.14. The core answers lookups concurrently (trio tasks, lookups of one name shared), so the
-kernel may send them so.
+Why. Without ``FUSE_PARALLEL_DIROPS`` the kernel holds a folder's lock across every LOOKUP (and READDIR)
+in it: K threads opening K files of one folder are looked up one after another, each waiting for the S3
+round trip of the one before. libfuse 3 wants the flag by default but, before 3.17.1, never copied it into
+the INIT reply (libfuse commit c9905341, "Pass FUSE_PARALLEL_DIROPS to kernel"); Debian 12 and Ubuntu
+24.04 ship 3.14. The core answers lookups concurrently (trio tasks, lookups of one name shared), so the
+kernel may send them so. Without ``FUSE_DIRECT_IO_ALLOW_MMAP`` (kernel 6.6, in ``flags2``, which libfuse
+3.14 does not know) the kernel refuses a shared ``mmap`` of a file opened with direct I/O (ENODEV): with
+``--direct-io`` that was every file, and pandas maps the files it reads. With the flag the kernel maps
+such a file through its page cache (the kernel's Documentation/filesystems/fuse-io.rst).
 
 How. After ``pyfuse3.init`` mounted, the kernel's INIT request waits on the FUSE device. We read it,
 let libfuse process it (``fuse_session_receive_buf`` / ``fuse_session_process_buf`` on pyfuse3's
 session, found by its symbol in pyfuse3's module) through a socket pair put in place of the device's
-descriptor, so that its reply comes to us; we set the flag in the reply (only if the kernel offered it)
+descriptor, so that its reply comes to us; we set the flags in the reply (only those the kernel offered)
 and write it to the device, which is back in its place. All of it happens before ``pyfuse3.main`` and
 blocks nothing but the mount's start. Anything not as expected (another libfuse, a pyfuse3 without the
-symbol, a reply we do not recognise) leaves the INIT to pyfuse3 as before: lookups stay serialized, one
-warning says so, nothing else changes. Once we hold the request, libfuse's reply reaches the kernel
+symbol, a reply we do not recognise) leaves the INIT to pyfuse3 as before, with one warning that says
+what is lost; nothing else changes. Once we hold the request, libfuse's reply reaches the kernel
 (unchanged if the change is impossible), or, if libfuse could not answer, the mount stops with an error
 and is unmounted: it never hangs on a half-done handshake.
 """
@@ -37,13 +40,17 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FUSE_INIT = 26  # opcode
-FUSE_PARALLEL_DIROPS = 1 << 18  # INIT flag (include/uapi/linux/fuse.h)
+FUSE_PARALLEL_DIROPS = 1 << 18  # INIT flags (include/uapi/linux/fuse.h)
+FUSE_INIT_EXT = 1 << 30  # the INIT request and reply carry ``flags2``: flags 32-63
+FUSE_DIRECT_IO_ALLOW_MMAP = 1 << 36  # a shared mmap of a file opened with FOPEN_DIRECT_IO (kernel 6.6)
 FIXED_IN = (3, 17, 1)  # the first libfuse that passes the flag itself
 _IN_HEADER = struct.Struct("<IIQQIIII")  # fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid, padding
 _INIT_IN = struct.Struct("<IIII")  # fuse_init_in: major, minor, max_readahead, flags
 _OUT_HEADER = struct.Struct("<IiQ")  # fuse_out_header: len, error, unique
 _INIT_OUT = struct.Struct("<IIII")  # fuse_init_out: major, minor, max_readahead, flags
 _FLAGS_AT = _OUT_HEADER.size + 12  # where fuse_init_out.flags is in the reply
+_FLAGS2_IN_AT = _IN_HEADER.size + _INIT_IN.size  # fuse_init_in.flags2
+_FLAGS2_OUT_AT = _OUT_HEADER.size + 32  # fuse_init_out.flags2 (after max_background .. map_alignment)
 SESSION_SYMBOL = "__pyx_v_7pyfuse3_session"  # pyfuse3's ``cdef fuse_session* session``
 FD_SYMBOL = "__pyx_v_7pyfuse3_session_fd"  # ... and ``cdef int session_fd`` (the FUSE device)
 EXPORTED_SYMBOL = "PyInit_pyfuse3"  # a symbol of the same module that dlsym finds (for its load address)
@@ -61,26 +68,38 @@ class _FuseBuf(ctypes.Structure):
     ]
 
 
-def offered_parallel_dirops(request: bytes) -> bool:
-    """Whether ``request`` is the kernel's INIT and offers parallel lookups."""
+def offered(request: bytes) -> int:
+    """The INIT flags the kernel offers in ``request`` (64 bits: ``flags2`` above, when it sends them);
+    0 if ``request`` is not an INIT we can read."""
     if len(request) < _IN_HEADER.size + _INIT_IN.size:
-        return False
+        return 0
     opcode = _IN_HEADER.unpack_from(request)[1]
     flags = _INIT_IN.unpack_from(request, _IN_HEADER.size)[3]
-    return opcode == FUSE_INIT and bool(flags & FUSE_PARALLEL_DIROPS)
+    if opcode != FUSE_INIT:
+        return 0
+    if flags & FUSE_INIT_EXT and len(request) >= _FLAGS2_IN_AT + 4:
+        flags |= struct.unpack_from("<I", request, _FLAGS2_IN_AT)[0] << 32
+    return flags
 
 
-def with_parallel_dirops(reply: bytes) -> bytes | None:
-    """libfuse's INIT ``reply`` with FUSE_PARALLEL_DIROPS set; None if it is not a successful INIT reply
-    we can read (then it must go to the kernel unchanged)."""
+def with_flags(reply: bytes, flags: int) -> bytes | None:
+    """libfuse's INIT ``reply`` with ``flags`` (64 bits) set too; None if it is not a successful INIT
+    reply we can read, or one that cannot carry them (then it must go to the kernel unchanged)."""
     if len(reply) < _OUT_HEADER.size + _INIT_OUT.size:
         return None
     length, error, _ = _OUT_HEADER.unpack_from(reply)
     major = _INIT_OUT.unpack_from(reply, _OUT_HEADER.size)[0]
     if length != len(reply) or error != 0 or major != 7:
         return None
-    flags = struct.unpack_from("<I", reply, _FLAGS_AT)[0]
-    return reply[:_FLAGS_AT] + struct.pack("<I", flags | FUSE_PARALLEL_DIROPS) + reply[_FLAGS_AT + 4 :]
+    low = struct.unpack_from("<I", reply, _FLAGS_AT)[0]
+    changed = bytearray(reply)
+    struct.pack_into("<I", changed, _FLAGS_AT, low | (flags & 0xFFFFFFFF))
+    if flags >> 32:  # flags2: read by the kernel only after FUSE_INIT_EXT, in a reply long enough
+        if not low & FUSE_INIT_EXT or len(reply) < _FLAGS2_OUT_AT + 4:
+            return None
+        high = struct.unpack_from("<I", reply, _FLAGS2_OUT_AT)[0]
+        struct.pack_into("<I", changed, _FLAGS2_OUT_AT, high | (flags >> 32))
+    return bytes(changed)
 
 
 def libfuse_version(libfuse: ctypes.CDLL) -> tuple[int, ...]:
@@ -146,8 +165,6 @@ def _find() -> _Libfuse | str:
         return "libfuse3 not found"
     lib = ctypes.PyDLL(lib_name)  # (keeps the GIL: libfuse calls back into pyfuse3, which needs it)
     version = libfuse_version(lib)
-    if version >= FIXED_IN:
-        return ""
     module = Path(pyfuse3.__file__)
     if module.suffix != ".so":
         return f"pyfuse3 is not a compiled module ({module.name})"
@@ -170,23 +187,36 @@ def _find() -> _Libfuse | str:
     return _Libfuse(lib, libc, version, session, device)
 
 
-def answer_init() -> bool:
-    """Answer the kernel's INIT with parallel lookups allowed (see the module docstring). Call right
-    after ``pyfuse3.init``. True when done; False when pyfuse3.main() is left to answer INIT as before.
-    Raises OSError only if the handshake broke after the request was taken (the caller unmounts)."""
+def _lost(flags: int) -> str:
+    """What a user loses when ``flags`` are not in the INIT reply, for the warning."""
+    lost = []
+    if flags & FUSE_PARALLEL_DIROPS:
+        lost.append("lookups in one folder stay one at a time")
+    if flags & FUSE_DIRECT_IO_ALLOW_MMAP:
+        lost.append("a shared mmap of a file opened with direct I/O fails with ENODEV")
+    return "; ".join(lost)
+
+
+def answer_init(allow_mmap: bool = False) -> bool:
+    """Answer the kernel's INIT with parallel lookups allowed (when libfuse leaves them out) and, if
+    ``allow_mmap``, shared memory maps of files opened with direct I/O (see the module docstring). Call
+    right after ``pyfuse3.init``. True when done; False when pyfuse3.main() is left to answer INIT as
+    before. Raises OSError only if the handshake broke after the request was taken (the caller unmounts)."""
     try:
         found = _find()
     except (OSError, AttributeError, ValueError) as exc:
         found = str(exc)
-    if found == "":
-        return False  # this libfuse asks for parallel lookups itself
+    version = found.version if isinstance(found, _Libfuse) else ()
+    wanted = (FUSE_PARALLEL_DIROPS if version < FIXED_IN else 0) | (FUSE_DIRECT_IO_ALLOW_MMAP if allow_mmap else 0)
+    if not wanted:
+        return False  # this libfuse asks for parallel lookups itself, and nothing else is wanted
     if isinstance(found, str):
-        log.warning("lookups in one folder stay one at a time: libfuse before %s does not ask for them (%s)", _dotted(FIXED_IN), found)
+        log.warning("%s: the mount's FUSE handshake is libfuse's own (%s)", _lost(wanted), found)
         return False
     poll = select.poll()
     poll.register(found.device, select.POLLIN)
     if not poll.poll(WAIT_MS):
-        log.warning("lookups in one folder stay one at a time: no INIT request came from the kernel")
+        log.warning("%s: no INIT request came from the kernel", _lost(wanted))
         return False
     real = os.dup(found.device)
     try:
@@ -200,17 +230,17 @@ def answer_init() -> bool:
                 reply = ours.recv(MAX_REQUEST)
             finally:
                 os.dup2(real, found.device, inheritable=False)
-        offered = offered_parallel_dirops(request)
-        changed = with_parallel_dirops(reply) if offered else None
+        given = wanted & offered(request)
+        changed = with_flags(reply, given) if given else None
         os.write(found.device, changed or reply)
     finally:
         os.close(real)
-    if changed is not None:
-        log.debug("INIT answered with parallel lookups (libfuse %s)", _dotted(found.version))
-    elif offered:
-        log.warning("lookups in one folder stay one at a time: libfuse's INIT reply was not as expected")
-    else:
-        log.warning("lookups in one folder stay one at a time: the kernel does not offer parallel lookups")
+    missing = wanted if changed is None else wanted & ~given
+    if missing == wanted and given:
+        log.warning("%s: libfuse's INIT reply was not as expected", _lost(missing))
+    elif missing:
+        log.warning("%s: the kernel does not offer it", _lost(missing))
+    log.debug("INIT answered with flags %#x added (libfuse %s)", given if changed is not None else 0, _dotted(found.version))
     return True
 
 

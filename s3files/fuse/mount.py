@@ -135,7 +135,7 @@ async def _serve(
         fs.use_kernel_cache(kernel)
         try:
             try:
-                answer_init()
+                answer_init(allow_mmap=opts.direct_io)
             except OSError as exc:
                 raise MountError(f"the FUSE handshake with the kernel failed: {exc}") from None
             nursery.start_soon(kernel.run)
