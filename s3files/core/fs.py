@@ -189,13 +189,14 @@ class FileSystem:
                     entries[name] = copy.node
             handle.entries = sorted(entries.items())
         result = []
+        record = self.sb.recorder(handle.path)
         for index in range(start, len(handle.entries)):
             name, entry = handle.entries[index]
             if isinstance(entry, Inode):
                 node = entry
             else:
                 try:
-                    node = self.sb.record(join(handle.path, name), entry)
+                    node = record(name, entry)
                 except NotFound:
                     continue
             result.append((name, node.attr(), index + 1))

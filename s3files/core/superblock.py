@@ -180,15 +180,32 @@ class Superblock:
         """The inode for ``path`` per ``entry`` (a listing's or a probe's answer). The folder's cached
         listing, when there is one, wins over ``entry``: a readdir pages through a snapshot taken at its
         start, and the cached listing has every change made here since."""
+        parent, _, name = path.rpartition("/")
+        return self.recorder(parent)(name, entry)
+
+    def recorder(self, folder: str) -> Callable[[str, Entry], Inode]:
+        """``record`` for names of ``folder``, many at once (a readdir's page): the folder's cached
+        listing and when it was made are looked up once, not per name (each is a cache lookup with its
+        expiry, a good part of an ``ls`` of a folder the mount knows)."""
+        listing = self._listings.get(folder)
+        listed_at = self._listed_at.get(folder) if listing is not None else None
+        return partial(self._record, folder, listing, listed_at)
+
+    def _record(
+        self, parent: str, listing: dict[str, Entry] | None, listed_at: float | None, name: str, entry: Entry
+    ) -> Inode:
+        path = join(parent, name)
         node = self.inodes.by_path(path)
         if node is not None and self.is_local(node.ino):
             return node  # being changed here: our copy is newer than anything S3 or a listing says
-        parent, _, name = path.rpartition("/")
-        cached = self.cached_entry(parent, name)
+        cached = None if listing is None else listing.get(name)
         if cached is not None and not (_bare(cached) and not _bare(entry)):
             entry = cached
         # fresh for a TTL after S3 said so: after the cached listing was made, if the name is in one
-        until = self._listed_at.get(parent, self._now()) + self.ttl if cached is not None else self.fresh_until()
+        if cached is None:
+            until = self.fresh_until()
+        else:
+            until = (self._now() if listed_at is None else listed_at) + self.ttl
         if entry.is_dir:
             recorded = self.inodes.put_dir(path, self.mount_time, until)
             if entry.info is not None:  # its marker's metadata (true_attributes)
