@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import time
 from collections.abc import Callable
@@ -36,18 +37,37 @@ def test_library_mount_error_is_one_line(moto_server: MotoServer, tmp_path: Path
     assert "missing-bucket-x" in str(failed.value) and "\n" not in str(failed.value)
 
 
+def _mapped_shared(path: Path) -> tuple[bool, bytes]:
+    """Map ``path`` shared and read-only: whether its first page was in the page cache before the map
+    touched it (mincore), and its first 3 bytes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    with open(path, "rb") as f:
+        address = libc.mmap(None, mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        try:
+            resident = ctypes.create_string_buffer(1)
+            assert libc.mincore(address, mmap.PAGESIZE, resident) == 0
+            return bool(resident.raw[0] & 1), ctypes.string_at(address, 3)
+        finally:
+            libc.munmap(address, mmap.PAGESIZE)
+
+
 def test_library_mount_with_direct_io_reaches_the_daemon_flag(
     moto_server: MotoServer, boto3_client: Any, bucket: str, tmp_path: Path
 ) -> None:
-    """``direct_io=True`` becomes ``--direct-io`` and the daemon opens files with FUSE direct I/O: reads
-    work, and a shared mmap works as in the default (fuse/dirops.py asks the kernel to allow it; it was
-    refused with ENODEV before)."""
+    """``direct_io=True`` becomes ``--direct-io`` and the daemon opens files with FUSE direct I/O: a
+    file just read left nothing in the page cache (the default keeps it), and a shared mmap works as in
+    the default (fuse/dirops.py asks the kernel to allow it; it was refused with ENODEV before)."""
     boto3_client.put_object(Bucket=bucket, Key="data.bin", Body=b"x" * 10_000)
     for direct_io in (True, False):
         with s3files.mount(f"s3://{bucket}", tmp_path / "m", endpoint_url=moto_server.endpoint_url, direct_io=direct_io) as root:
             assert (root / "data.bin").read_bytes() == b"x" * 10_000
-            with open(root / "data.bin", "rb") as f, mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as view:
-                assert view[:3] == b"xxx"
+            assert _mapped_shared(root / "data.bin") == (not direct_io, b"xxx")
 
 
 def test_library_sync_uploads_what_the_write_back_holds(

@@ -106,7 +106,6 @@ def test_handles_opened_at_once_fetch_the_first_part_once() -> None:
     run_fs(store, body, direct_io=True)
 
 
-
 class SlowFirstPartStore(MemoryStore):
     """The GET of a first part is served when it is sent (its answer is the version of that moment) and
     takes two latencies to come back; every other request one latency, served at its end."""

@@ -6,18 +6,18 @@ cancelling them when the file is closed. Must not decide consistency (the caller
 How it works. The object is split into *parts* fetched by concurrent ranged GETs (``If-Match`` the ETag
 the file was opened at, so a reader never mixes two versions). One open file may be read by several
 sequential *streams* at once: threads sharing a descriptor, ``pread`` at several offsets, page faults of
-a memory map. Each stream keeps its own position and window: a stream that keeps reading where it
-stopped is sequential, and the window ahead of it grows first_part -> x16 -> ... -> max_window (1 -> 16 ->
-64 MiB by default) and is kept full with parts of up to part_size. The first part is small because time
-to first byte is set by it; the next step is two parts at once, because on a network one connection
-carries ~100 MB/s and a single 8 MiB part would keep the reader waiting ~90 ms before the full window
-starts (a 16 MiB file then arrives in one round trip after its first part, not two). A read that
-continues no stream is random: it fetches exactly the bytes asked for, and starts a new stream there
-(up to ``MAX_STREAMS``; the least recently used stream that no read waits on makes room). A stream's read-ahead stops where another stream began or holds parts, so
-parts never overlap and no byte is fetched twice while it is held. A read far ahead of where a stream
-reads next but inside its read-ahead is another reader (threads reading slices: each one's first read
-lands in the read-ahead of the one before): it is split off as a stream of its own with the parts from
-there on, so the first stream keeps the parts its reader is still reading.
+a memory map. Each stream keeps its own position and window: a stream that keeps reading where it stopped
+is sequential, and the window ahead of it grows first_part -> x16 -> ... -> max_window (1 -> 16 -> 64 MiB
+by default) and is kept full with parts of up to part_size. The first part is small because time to first
+byte is set by it; the next step is two parts at once, because on a network one connection carries ~100
+MB/s and a single 8 MiB part would keep the reader waiting ~90 ms before the full window starts (a 16 MiB
+file then arrives in one round trip after its first part, not two). A read that continues no stream is
+random: it fetches exactly the bytes asked for, and starts a new stream there (up to ``MAX_STREAMS``; the
+least recently used stream that no read waits on makes room). A stream's read-ahead stops where another
+stream began or holds parts, so parts never overlap and no byte is fetched twice while it is held. A read
+far ahead of where a stream reads next but inside its read-ahead is another reader (threads reading
+slices: each one's first read lands in the read-ahead of the one before): it is split off as a stream of
+its own with the parts from there on, so the first stream keeps the parts its reader is still reading.
 
 Stragglers: the kernel sends reads slightly out of order, and a memory map's read-around may ask again
 for pages it dropped, so a read may land where its stream no longer holds the part. Parts a stream drops
@@ -33,11 +33,12 @@ Memory: one stream holds at most its window ahead plus ``part_size`` behind its 
 deliver concurrent reads slightly out of order, so a part is dropped only once the reader is a part
 beyond it). Streams share ``max_window``: with n streams reading ahead each window is at most
 ``max_window / n`` (but a part), and no stream starts another part of read-ahead while the file holds
-``max_window`` plus three parts per stream holding any (what one stream can hold: the window, the part
-it reads and one behind), at most ``2 * max_window``; a read's own bytes are always fetched. A consumed part's buffer receives a later part (``into``) when nothing references it
-any more, because a fresh one costs zeroing and page faults, about a fifth of the daemon's CPU per byte
-read. Spare buffers live in the mount's ``PartBuffers``, shared by every reader, so the next file reuses
-them too (at most ``max_window + part_size`` of them, dropped after ``IDLE_SECONDS`` unused).
+``max_window`` plus three parts per stream holding any (what one stream can hold: the window, the part it
+reads and one behind), at most ``2 * max_window``; a read's own bytes are always fetched. A consumed
+part's buffer receives a later part (``into``) when nothing references it any more, because a fresh one
+costs zeroing and page faults, about a fifth of the daemon's CPU per byte read. Spare buffers live in the
+mount's ``PartBuffers``, shared by every reader, so the next file reuses them too (at most ``max_window +
+part_size`` of them, dropped after ``IDLE_SECONDS`` unused).
 
 Invariant: each stream's ``parts`` is sorted, contiguous and non-overlapping (two streams share a part only
 where one was split off the other); between awaits only this
